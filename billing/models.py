@@ -1,0 +1,1 @@
+"""What usage cost and what it was worth: rollups, chargeback statements, value reports."""

@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # Each app owns its URLs: budgets (and keys/usage of metering, billing) under /api/v1/,
+    # the OpenAI/Anthropic-compatible proxy under /v1/.
+    path("api/v1/", include("budgets.urls")),
+    path("api/v1/", include("metering.urls")),
+    path("api/v1/", include("billing.urls")),
+    path("", include("metering.proxy_urls")),
+]

@@ -1,0 +1,192 @@
+"""The proxy's data: virtual keys, upstreams and routes, prices, usage records."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import models
+from django.db.models import Q
+
+from budgets.models import MONEY, CostCenter, Employee
+
+PRICE = {"max_digits": 20, "decimal_places": 8}
+
+
+class VirtualKey(models.Model):
+    """An employee's API key for the proxy. Only its SHA-256 hash is stored; the key itself is
+    shown once, when it is created."""
+
+    employee = models.ForeignKey(Employee, on_delete=models.CASCADE, related_name="keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(
+        max_length=16, help_text="The visible start of the key, for recognition."
+    )
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    allowed_models = models.JSONField(
+        default=list, blank=True, help_text="Empty: the policy decides."
+    )
+    cap_tokens = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="This key's own lifetime cap, in tokens."
+    )
+    used_tokens = models.PositiveBigIntegerField(default=0)
+    reserved_tokens = models.PositiveBigIntegerField(default=0)
+    default_intent = models.CharField(max_length=100, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.name})"
+
+
+class Upstream(models.Model):
+    class Kind(models.TextChoices):
+        OPENAI = "openai", "OpenAI"
+        ANTHROPIC = "anthropic", "Anthropic"
+        AZURE_OPENAI = "azure_openai", "Azure OpenAI"
+        OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible (vLLM, Ollama, …)"
+
+    name = models.SlugField(max_length=64, unique=True)
+    kind = models.CharField(max_length=24, choices=Kind.choices)
+    base_url = models.URLField(
+        max_length=500, help_text="Set by admins only; clients never choose it."
+    )
+    credential_env = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="Environment variable holding the provider key (never the key itself).",
+    )
+    api_version = models.CharField(max_length=32, blank=True, help_text="Azure api-version.")
+    connect_timeout = models.DecimalField(max_digits=6, decimal_places=2, default=Decimal(10))
+    read_timeout = models.DecimalField(max_digits=7, decimal_places=2, default=Decimal(600))
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelRoute(models.Model):
+    """A public model name clients ask for, served by one upstream under its own model name."""
+
+    public_name = models.CharField(max_length=200, unique=True)
+    upstream = models.ForeignKey(Upstream, on_delete=models.PROTECT, related_name="routes")
+    upstream_model = models.CharField(max_length=200)
+    default_max_output_tokens = models.PositiveIntegerField(
+        default=4096, help_text="Reserved for output when the client sets no max_tokens."
+    )
+    unmetered_cost = models.BooleanField(
+        default=False,
+        help_text="Self-hosted: no price needed; only token allowances may use it.",
+    )
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["public_name"]
+
+    def __str__(self) -> str:
+        return f"{self.public_name} -> {self.upstream_id}:{self.upstream_model}"
+
+
+class ModelPrice(models.Model):
+    """USD per million tokens of each kind, in force from `effective_from`. Admin overrides
+    (negotiated prices) win over catalogue rows in force at the same time."""
+
+    class Source(models.TextChoices):
+        CATALOG = "catalog", "Price catalogue"
+        OVERRIDE = "override", "Admin override"
+
+    model = models.CharField(max_length=200, db_index=True, help_text="Upstream model name.")
+    provider = models.CharField(max_length=64, blank=True)
+    input_per_mtok = models.DecimalField(**PRICE)
+    output_per_mtok = models.DecimalField(**PRICE)
+    cached_input_per_mtok = models.DecimalField(**PRICE, null=True, blank=True)
+    cache_write_per_mtok = models.DecimalField(**PRICE, null=True, blank=True)
+    energy_wh_per_1k_input = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True
+    )
+    energy_wh_per_1k_output = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True
+    )
+    effective_from = models.DateTimeField()
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.OVERRIDE)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "source", "effective_from"], name="one_price_per_model_source_time"
+            ),
+            models.CheckConstraint(
+                condition=Q(input_per_mtok__gte=0) & Q(output_per_mtok__gte=0),
+                name="price_non_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} from {self.effective_from:%Y-%m-%d} ({self.source})"
+
+
+class UsageRecord(models.Model):
+    """One metered call. Written exactly once, keyed by request id; never holds prompt text."""
+
+    class Source(models.TextChoices):
+        PROVIDER = "provider", "Provider usage"
+        ESTIMATED = "estimated", "Local estimate"
+        NONE = "none", "No usage (refused or failed before output)"
+
+    request_id = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(db_index=True)
+    employee = models.ForeignKey(Employee, on_delete=models.PROTECT, related_name="usage")
+    key = models.ForeignKey(
+        VirtualKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="usage"
+    )
+    cost_center = models.ForeignKey(CostCenter, on_delete=models.PROTECT, related_name="usage")
+    upstream = models.ForeignKey(
+        Upstream, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    provider = models.CharField(max_length=24, blank=True)
+    model = models.CharField(max_length=200)
+    upstream_model = models.CharField(max_length=200, blank=True)
+    endpoint = models.CharField(max_length=32)
+    input_tokens = models.PositiveBigIntegerField(
+        default=0, help_text="All input, cached included."
+    )
+    output_tokens = models.PositiveBigIntegerField(
+        default=0, help_text="All output, reasoning included."
+    )
+    cached_input_tokens = models.PositiveBigIntegerField(default=0)
+    cache_write_tokens = models.PositiveBigIntegerField(default=0)
+    reasoning_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(**MONEY, default=Decimal(0))
+    latency_ms = models.PositiveIntegerField(default=0)
+    ttft_ms = models.PositiveIntegerField(null=True, blank=True)
+    status_code = models.PositiveSmallIntegerField()
+    streamed = models.BooleanField(default=False)
+    estimated = models.BooleanField(default=False)
+    usage_source = models.CharField(max_length=16, choices=Source.choices, default=Source.PROVIDER)
+    clamped = models.BooleanField(default=False)
+    intent = models.CharField(max_length=100, blank=True, db_index=True)
+    error_type = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["employee", "created_at"]),
+            models.Index(fields=["cost_center", "created_at"]),
+            models.Index(fields=["model", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.model} {self.input_tokens}/{self.output_tokens}"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens

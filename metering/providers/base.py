@@ -1,0 +1,74 @@
+"""Protocol types shared by the provider modules (pure: no I/O, no Django).
+
+The proxy's hot path works only through these shapes: it parses a client request, lets the
+provider module rewrite the body for the upstream, and feeds the upstream's answer (a JSON body
+or an SSE stream, chunk by chunk) to a meter that finds the usage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class RequestError(ValueError):
+    """The client's request is malformed; `param` names the field when there is one."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Normalised usage (see CONVENTIONS: cached is part of input, reasoning part of output)."""
+
+    input_tokens: int = 0  # all input: plain + cache reads + cache writes
+    output_tokens: int = 0  # all output, reasoning included
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass
+class ParsedRequest:
+    """What the proxy needs to know about a client request."""
+
+    endpoint: str  # "chat", "responses", "embeddings", "messages"
+    model: str
+    body: dict  # the decoded JSON body (forwarded after rewriting)
+    stream: bool = False
+    max_output_tokens: int | None = None  # as the client asked; None when absent
+    include_usage_requested: bool = False  # OpenAI chat: client set stream_options.include_usage
+    intent: str = ""  # from metadata.intent
+    prompt_text: str = ""  # text used to estimate prompt tokens locally
+
+
+@dataclass
+class StreamState:
+    """What a stream meter has seen so far."""
+
+    usage: Usage | None = None
+    output_text: list[str] = field(default_factory=list)  # for an estimate when no usage came
+    saw_output: bool = False
+    error: str | None = None  # an error event mid-stream
+
+
+class StreamMeter(Protocol):
+    """Fed the upstream SSE bytes as they arrive; returns the bytes to relay to the client.
+
+    The returned bytes equal the input, except for OpenAI chat streams where the proxy added
+    `include_usage` itself: the usage-only chunk is removed before it reaches the client.
+    Must cope with events split across chunks, CRLF line ends, and several events per chunk.
+    """
+
+    state: StreamState
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def close(self) -> bytes: ...

@@ -64,6 +64,7 @@ class Hold:
     clamped: bool
     cost_center_ids: tuple[int, ...]
     fiscal_year: int
+    remaining: Decimal = Decimal(0)  # the allowance's remaining amount once this hold is taken
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,11 @@ def quota_reserve(
         clamped=plan.clamped,
         cost_center_ids=cc_ids,
         fiscal_year=fiscal_year,
+        remaining=released
+        + allowance.adjustments_total
+        - allowance.used
+        - allowance.reserved
+        - amount,
     )
 
 

@@ -69,7 +69,6 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE transactions take the write lock up front, so two writers never deadlock while
     # upgrading a read lock; WAL lets readers run beside the single writer.
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
         "timeout": 30,
@@ -78,6 +77,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         ),
     }
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis and Celery ------------------------------------------------------------------------
@@ -96,6 +96,9 @@ CELERY_TIMEZONE = "UTC"
 TB_FISCAL_YEAR_START_MONTH = env_int("TB_FISCAL_YEAR_START_MONTH", 1, minimum=1, maximum=12)
 TB_CURRENCY = env_str("TB_CURRENCY", "USD").upper()
 TB_MAX_BODY_BYTES = env_int("TB_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024)
+# Django refuses larger bodies itself; the proxy checks TB_MAX_BODY_BYTES to answer in the
+# provider's error shape, so Django's own limit must not be the lower one.
+DATA_UPLOAD_MAX_MEMORY_SIZE = TB_MAX_BODY_BYTES + 1024
 TB_STORE_CONTENT = env_bool("TB_STORE_CONTENT", False)
 TB_KEY_CACHE_SECONDS = env_int("TB_KEY_CACHE_SECONDS", 2, minimum=0, maximum=5)
 TB_UPSTREAM_CONNECT_TIMEOUT = env_decimal("TB_UPSTREAM_CONNECT_TIMEOUT", "10")

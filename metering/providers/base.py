@@ -47,6 +47,9 @@ class ParsedRequest:
     include_usage_requested: bool = False  # OpenAI chat: client set stream_options.include_usage
     intent: str = ""  # from metadata.intent
     prompt_text: str = ""  # text used to estimate prompt tokens locally
+    message_count: int = 0  # messages / input items, for the per-message token overhead
+    message_count: int = 0  # messages / input items, for the per-message token overhead
+    extra_prompt_tokens: int = 0  # images, files and pre-tokenised input not in prompt_text
 
 
 @dataclass
@@ -57,6 +60,7 @@ class StreamState:
     output_text: list[str] = field(default_factory=list)  # for an estimate when no usage came
     saw_output: bool = False
     error: str | None = None  # an error event mid-stream
+    finished: bool = False  # the provider's end-of-stream marker arrived
 
 
 class StreamMeter(Protocol):

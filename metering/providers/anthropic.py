@@ -1,0 +1,271 @@
+"""Anthropic Messages wire protocol, `/v1/messages` (pure: no I/O, no Django).
+
+Anthropic's `input_tokens` excludes cache reads and cache writes (CONVENTIONS §1.5), so the
+normalised input is the sum of the three; the cache counts are kept apart to be priced at their
+own rates.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from metering.providers.base import ParsedRequest, RequestError, StreamState, Usage
+from metering.providers.openai import (
+    TextCollector,
+    decode_body,
+    intent_of,
+    optional_bool,
+    optional_int,
+    strip_intent,
+)
+from metering.sse import SSESplitter
+
+ENDPOINTS = ("messages",)
+MIN_OUTPUT_TOKENS = {"messages": 1}
+
+_DUMP = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def parse_request(endpoint: str, body: bytes) -> ParsedRequest:
+    """Parse a client `/v1/messages` request.
+
+    Raises RequestError for a body that is not a JSON object, a missing or empty model, missing
+    or empty messages, a missing, non-integer or non-positive `max_tokens` (Anthropic requires
+    it), or a non-boolean `stream`.
+    """
+    if endpoint != "messages":
+        raise ValueError(f"unknown Anthropic endpoint {endpoint!r}")
+    data = decode_body(body)
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(
+            "messages: Field required (a non-empty array of messages).", param="messages"
+        )
+    if data.get("max_tokens") is None:
+        raise RequestError("max_tokens: Field required.", param="max_tokens")
+    max_tokens = optional_int(data, "max_tokens", minimum=1)
+    system = data.get("system")
+    if system is not None and not isinstance(system, (str, list)):
+        raise RequestError("system: must be a string or an array of text blocks.", param="system")
+    text = TextCollector()
+    text.add(system)
+    text.add(messages)
+    text.add_json(data.get("tools"))
+    text.add_json(data.get("output_format"))
+    return ParsedRequest(
+        endpoint="messages",
+        model=data["model"],
+        body=data,
+        stream=optional_bool(data, "stream"),
+        max_output_tokens=max_tokens,
+        intent=intent_of(data),
+        prompt_text=text.text(),
+        message_count=len(messages),
+        extra_prompt_tokens=text.extra_tokens,
+    )
+
+
+def build_upstream_body(
+    parsed: ParsedRequest,
+    *,
+    upstream_model: str,
+    max_output_tokens: int | None,
+    force_include_usage: bool = False,
+) -> bytes:
+    """The JSON body to send upstream; `parsed.body` is not modified.
+
+    Sets the upstream model name and, when given, `max_tokens` (the clamp); removes the proxy's
+    own `metadata.intent` tag, which Anthropic would reject as an unknown metadata field.
+    `force_include_usage` is accepted for a uniform call and ignored: Anthropic streams always
+    carry usage."""
+    del force_include_usage
+    body = dict(parsed.body)
+    body["model"] = upstream_model
+    if max_output_tokens is not None:
+        body["max_tokens"] = max_output_tokens
+    strip_intent(body)
+    return _DUMP(body).encode()
+
+
+# --- usage ---------------------------------------------------------------------------------
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return 0
+
+
+class _Counts:
+    """Anthropic's raw counters, updated field by field as a stream reports them."""
+
+    __slots__ = ("cache_read", "cache_write", "input", "output", "thinking")
+
+    def __init__(self) -> None:
+        self.input = 0
+        self.cache_write = 0
+        self.cache_read = 0
+        self.output = 0
+        self.thinking = 0
+
+    def update(self, usage: dict[str, Any]) -> None:
+        """Present fields replace earlier values (message_delta counts are cumulative)."""
+        if usage.get("input_tokens") is not None:
+            self.input = _count(usage["input_tokens"])
+        if usage.get("cache_creation_input_tokens") is not None:
+            self.cache_write = _count(usage["cache_creation_input_tokens"])
+        if usage.get("cache_read_input_tokens") is not None:
+            self.cache_read = _count(usage["cache_read_input_tokens"])
+        if usage.get("output_tokens") is not None:
+            self.output = _count(usage["output_tokens"])
+        details = usage.get("output_tokens_details")
+        if isinstance(details, dict) and details.get("thinking_tokens") is not None:
+            self.thinking = _count(details["thinking_tokens"])
+
+    def usage(self) -> Usage:
+        return Usage(
+            input_tokens=self.input + self.cache_write + self.cache_read,
+            output_tokens=self.output,
+            cached_input_tokens=self.cache_read,
+            cache_write_tokens=self.cache_write,
+            reasoning_tokens=min(self.output, self.thinking),
+        )
+
+
+def messages_usage(usage: dict[str, Any]) -> Usage:
+    """Normalise an Anthropic `usage` object."""
+    counts = _Counts()
+    counts.update(usage)
+    return counts.usage()
+
+
+def usage_from_body(endpoint: str, data: dict[str, Any]) -> Usage | None:
+    """The normalised usage in a non-streamed Message body, None when it carries none."""
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return messages_usage(usage)
+
+
+# --- streams -------------------------------------------------------------------------------
+
+
+class MessagesStreamMeter:
+    """Meters a Messages stream (named events: message_start, content_block_*, message_delta,
+    message_stop, ping, error). Relays the bytes unchanged.
+
+    Usage starts from `message_start.message.usage`; each `message_delta.usage` holds cumulative
+    counts that replace the earlier ones field by field. An `error` event sets `state.error` and
+    keeps the usage seen so far.
+    """
+
+    def __init__(self, *, strip_usage_chunk: bool = False) -> None:
+        del strip_usage_chunk  # nothing is ever stripped from an Anthropic stream
+        self.state = StreamState()
+        self._sse = SSESplitter(keep_raw=False)
+        self._counts = _Counts()
+
+    def feed(self, chunk: bytes) -> bytes:
+        for event in self._sse.feed(chunk):
+            self._on_event(event.data)
+        return chunk
+
+    def close(self) -> bytes:
+        for event in self._sse.close():
+            self._on_event(event.data)
+        return b""
+
+    def _on_event(self, data: str | None) -> None:
+        if data is None:
+            return
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(obj, dict):
+            return
+        kind = obj.get("type")
+        if kind == "content_block_delta":
+            self._on_delta(obj.get("delta"))
+        elif kind == "content_block_start":
+            block = obj.get("content_block")
+            # A text block may start with text already in it; tool blocks start with a name.
+            if isinstance(block, dict):
+                for key in ("text", "name"):
+                    value = block.get(key)
+                    if isinstance(value, str) and value:
+                        self.state.output_text.append(value)
+                        self.state.saw_output = True
+        elif kind == "message_start":
+            message = obj.get("message")
+            if isinstance(message, dict) and isinstance(message.get("usage"), dict):
+                self._counts.update(message["usage"])
+                self.state.usage = self._counts.usage()
+        elif kind == "message_delta":
+            if isinstance(obj.get("usage"), dict):
+                self._counts.update(obj["usage"])
+                self.state.usage = self._counts.usage()
+        elif kind == "message_stop":
+            self.state.finished = True
+        elif kind == "error":
+            error = obj.get("error")
+            message = error.get("message") if isinstance(error, dict) else None
+            kind_name = error.get("type") if isinstance(error, dict) else None
+            self.state.error = message or kind_name or "An error occurred during streaming."
+
+    def _on_delta(self, delta: Any) -> None:
+        if not isinstance(delta, dict):
+            return
+        for key in ("text", "thinking", "partial_json"):
+            value = delta.get(key)
+            if isinstance(value, str) and value:
+                self.state.output_text.append(value)
+                self.state.saw_output = True
+                return
+
+
+def stream_meter(endpoint: str, *, strip_usage_chunk: bool = False) -> MessagesStreamMeter:
+    """A fresh meter for one upstream `/v1/messages` stream."""
+    if endpoint != "messages":
+        raise ValueError(f"endpoint {endpoint!r} is not an Anthropic endpoint")
+    return MessagesStreamMeter(strip_usage_chunk=strip_usage_chunk)
+
+
+# --- errors --------------------------------------------------------------------------------
+
+# Anthropic names its error types after the HTTP status.
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def error_body(
+    status: int,
+    message: str,
+    type: str | None = None,  # the wire name; shadows the builtin here only
+    code: str | None = None,
+    param: str | None = None,
+) -> bytes:
+    """An error response body in Anthropic's shape: {"type": "error", "error": {type, message}}.
+
+    Without `type`, the type Anthropic uses for `status` is chosen. Anthropic has no `code` or
+    `param` fields; a `code` (e.g. which budget ran out) is added to the error object because the
+    SDK keeps unknown fields and a client can read it there."""
+    del param
+    error: dict[str, Any] = {
+        "type": type or ERROR_TYPES.get(status, "api_error"),
+        "message": message,
+    }
+    if code is not None:
+        error["code"] = code
+    return _DUMP({"type": "error", "error": error}).encode()

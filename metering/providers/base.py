@@ -48,7 +48,6 @@ class ParsedRequest:
     intent: str = ""  # from metadata.intent
     prompt_text: str = ""  # text used to estimate prompt tokens locally
     message_count: int = 0  # messages / input items, for the per-message token overhead
-    message_count: int = 0  # messages / input items, for the per-message token overhead
     extra_prompt_tokens: int = 0  # images, files and pre-tokenised input not in prompt_text
 
 

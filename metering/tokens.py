@@ -21,6 +21,8 @@ import threading
 
 import tiktoken
 
+from metering.providers.base import ParsedRequest
+
 # tiktoken_ext/openai_public.py: the pinned hash of o200k_base.tiktoken and its pattern.
 _O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 _O200K_PATTERN = "|".join(
@@ -98,3 +100,11 @@ def estimate_prompt_tokens(text: str, *, messages: int = 0, extra_tokens: int = 
     if messages:
         base += PER_MESSAGE_TOKENS * messages + PER_REQUEST_TOKENS
     return max(1, -(-base * (100 + MARGIN_PERCENT) // 100))
+
+
+def estimate_request_tokens(parsed: ParsedRequest) -> int:
+    """`estimate_prompt_tokens` for a parsed client request: its text, message count and the
+    fixed allowance for its images, files and pre-tokenised input."""
+    return estimate_prompt_tokens(
+        parsed.prompt_text, messages=parsed.message_count, extra_tokens=parsed.extra_prompt_tokens
+    )

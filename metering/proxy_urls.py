@@ -1,3 +1,13 @@
 """The proxy's URLs (/v1/...), kept apart from the REST API."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from metering import views
+
+urlpatterns = [
+    path("v1/chat/completions", views.chat_completions, name="proxy-chat"),
+    path("v1/responses", views.responses, name="proxy-responses"),
+    path("v1/embeddings", views.embeddings, name="proxy-embeddings"),
+    path("v1/messages", views.messages, name="proxy-messages"),
+    path("v1/models", views.models, name="proxy-models"),
+]

@@ -1,0 +1,203 @@
+"""Reads for the proxy: what a key may do, where a model goes, and what it costs.
+
+The loaders here run on a cache miss (see metering/cache.py); each returns a frozen snapshot
+so the hot path never touches the ORM while the cache is warm.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from budgets.models import Allowance, CostCenter, Employee, Policy
+from budgets.quota import LimitRule, current_fiscal_year
+from metering.models import ModelPrice, ModelRoute, UsageRecord, VirtualKey
+from metering.upstream import UpstreamTarget
+
+
+def key_hash(raw_key: str) -> str:
+    """Keys carry 256 random bits, so one fast hash is enough (no password hashing)."""
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    key_id: int
+    employee_id: int
+    employee_active: bool
+    employee_start: dt.date | None
+    employee_end: dt.date | None
+    cost_center_id: int
+    revoked: bool
+    expires_at: dt.datetime | None
+    key_models: frozenset[str]
+    policy_models: frozenset[str]
+    per_request_token_cap: int | None
+    clamp: bool
+    rule: LimitRule
+    capped_cost_center_ids: tuple[int, ...]
+    cap_tokens: int | None
+    default_intent: str
+    allowance_unit: str  # of this fiscal year's allowance ("tokens" when there is none)
+
+    def usable(self, now: dt.datetime) -> bool:
+        return (
+            not self.revoked
+            and self.employee_active
+            and (self.expires_at is None or self.expires_at > now)
+        )
+
+    def may_use(self, model: str) -> bool:
+        if self.key_models and model not in self.key_models:
+            return False
+        return not self.policy_models or model in self.policy_models
+
+    def employee(self) -> Employee:
+        """An unsaved stand-in carrying what the ledger reads (id and employment dates)."""
+        return Employee(
+            id=self.employee_id, start_date=self.employee_start, end_date=self.employee_end
+        )
+
+
+def cost_center_chain(cost_center_id: int) -> list[CostCenter]:
+    """The cost center and its ancestors, nearest first."""
+    chain: list[CostCenter] = []
+    seen: set[int] = set()
+    current: int | None = cost_center_id
+    while current is not None and current not in seen:
+        seen.add(current)
+        node = CostCenter.objects.select_related("policy").filter(pk=current).first()
+        if node is None:
+            break
+        chain.append(node)
+        current = node.parent_id
+    return chain
+
+
+def policy_from_chain(chain: list[CostCenter]) -> Policy | None:
+    """Whole-policy inheritance: the nearest cost center with a policy decides."""
+    for node in chain:
+        try:
+            return node.policy
+        except Policy.DoesNotExist:
+            continue
+    return None
+
+
+def key_info_load(hashed: str) -> KeyInfo | None:
+    key = VirtualKey.objects.select_related("employee").filter(key_hash=hashed).first()
+    if key is None:
+        return None
+    employee = key.employee
+    chain = cost_center_chain(employee.cost_center_id)
+    policy = policy_from_chain(chain)
+    return KeyInfo(
+        key_id=key.pk,
+        employee_id=employee.pk,
+        employee_active=employee.active,
+        employee_start=employee.start_date,
+        employee_end=employee.end_date,
+        cost_center_id=employee.cost_center_id,
+        revoked=key.revoked_at is not None,
+        expires_at=key.expires_at,
+        key_models=frozenset(key.allowed_models or ()),
+        policy_models=frozenset(policy.allowed_models or ()) if policy else frozenset(),
+        per_request_token_cap=policy.per_request_token_cap if policy else None,
+        clamp=policy is None or policy.over_budget == Policy.OverBudget.CLAMP,
+        rule=LimitRule.from_policy(policy),
+        # Lock order for the ledger: ascending id (see budgets.quota).
+        capped_cost_center_ids=tuple(sorted(n.pk for n in chain if n.annual_cap is not None)),
+        cap_tokens=key.cap_tokens,
+        default_intent=key.default_intent,
+        allowance_unit=Allowance.objects.filter(
+            employee=employee, fiscal_year=current_fiscal_year()
+        )
+        .values_list("unit", flat=True)
+        .first()
+        or "tokens",
+    )
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    public_name: str
+    upstream_id: int
+    upstream_name: str
+    upstream_model: str
+    target: UpstreamTarget
+    default_max_output_tokens: int
+    unmetered_cost: bool
+    prices: tuple[ModelPrice, ...]  # in force now or later, ascending effective_from
+
+    def price_at(self, at: dt.datetime) -> ModelPrice | None:
+        """The price in force at `at`: overrides beat catalogue rows; latest start wins."""
+        best: ModelPrice | None = None
+        for price in self.prices:
+            if price.effective_from > at:
+                continue
+            if best is None or _price_rank(price) >= _price_rank(best):
+                best = price
+        return best
+
+
+def _price_rank(price: ModelPrice) -> tuple[int, dt.datetime]:
+    return (1 if price.source == ModelPrice.Source.OVERRIDE else 0, price.effective_from)
+
+
+def route_info_load(public_name: str) -> RouteInfo | None:
+    route = (
+        ModelRoute.objects.select_related("upstream")
+        .filter(public_name=public_name, active=True, upstream__active=True)
+        .first()
+    )
+    if route is None:
+        return None
+    upstream = route.upstream
+    return RouteInfo(
+        public_name=route.public_name,
+        upstream_id=upstream.pk,
+        upstream_name=upstream.name,
+        upstream_model=route.upstream_model,
+        target=UpstreamTarget(
+            kind=upstream.kind,
+            base_url=upstream.base_url,
+            credential_env=upstream.credential_env,
+            api_version=upstream.api_version,
+            connect_timeout=float(upstream.connect_timeout),
+            read_timeout=float(upstream.read_timeout),
+        ),
+        default_max_output_tokens=route.default_max_output_tokens,
+        unmetered_cost=route.unmetered_cost,
+        prices=tuple(prices_relevant(route.upstream_model, timezone.now())),
+    )
+
+
+def prices_relevant(model: str, now: dt.datetime) -> list[ModelPrice]:
+    """The rows that can be in force from `now` on: per source, the latest one already started,
+    and every one starting later."""
+    rows = list(ModelPrice.objects.filter(model=model).order_by("effective_from"))
+    keep: list[ModelPrice] = []
+    for source in (ModelPrice.Source.CATALOG, ModelPrice.Source.OVERRIDE):
+        started = [p for p in rows if p.source == source and p.effective_from <= now]
+        if started:
+            keep.append(started[-1])
+        keep.extend(p for p in rows if p.source == source and p.effective_from > now)
+    return sorted(keep, key=lambda p: p.effective_from)
+
+
+def routes_for_key(info: KeyInfo) -> list[ModelRoute]:
+    routes = (
+        ModelRoute.objects.select_related("upstream")
+        .filter(active=True, upstream__active=True)
+        .order_by("public_name")
+    )
+    return [route for route in routes if info.may_use(route.public_name)]
+
+
+def usage_for_user_queryset(employee_ids: QuerySet | None) -> QuerySet[UsageRecord]:
+    qs = UsageRecord.objects.select_related("employee", "cost_center")
+    return qs if employee_ids is None else qs.filter(employee_id__in=employee_ids)

@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from metering.models import ModelPrice, ModelRoute, Upstream, UsageRecord, VirtualKey
+
+
+class VirtualKeySerializer(serializers.ModelSerializer):
+    employee_id = serializers.CharField(source="employee.employee_id", read_only=True)
+    revoked = serializers.SerializerMethodField()
+
+    class Meta:
+        model = VirtualKey
+        fields = [
+            "id",
+            "employee_id",
+            "name",
+            "prefix",
+            "created_at",
+            "expires_at",
+            "revoked",
+            "revoked_at",
+            "allowed_models",
+            "cap_tokens",
+            "used_tokens",
+            "default_intent",
+            "last_used_at",
+        ]
+        read_only_fields = [
+            "id",
+            "prefix",
+            "created_at",
+            "revoked_at",
+            "used_tokens",
+            "last_used_at",
+        ]
+
+    def get_revoked(self, key: VirtualKey) -> bool:
+        return key.revoked_at is not None
+
+    def validate_allowed_models(self, value: list) -> list:
+        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+            raise serializers.ValidationError("A list of model names.")
+        return value
+
+
+class CreatedKeySerializer(VirtualKeySerializer):
+    key = serializers.CharField(read_only=True, help_text="The key itself. Shown this once only.")
+
+    class Meta(VirtualKeySerializer.Meta):
+        fields = [*VirtualKeySerializer.Meta.fields, "key"]
+
+
+class UpstreamSerializer(serializers.ModelSerializer):
+    credential_configured = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Upstream
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "base_url",
+            "credential_env",
+            "credential_configured",
+            "api_version",
+            "connect_timeout",
+            "read_timeout",
+            "active",
+        ]
+
+    def get_credential_configured(self, upstream: Upstream) -> bool:
+        import os
+
+        return bool(upstream.credential_env and os.environ.get(upstream.credential_env))
+
+    def validate_base_url(self, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise serializers.ValidationError("Use an http(s) URL.")
+        return value
+
+
+class ModelRouteSerializer(serializers.ModelSerializer):
+    upstream = serializers.SlugRelatedField(slug_field="name", queryset=Upstream.objects.all())
+
+    class Meta:
+        model = ModelRoute
+        fields = [
+            "id",
+            "public_name",
+            "upstream",
+            "upstream_model",
+            "default_max_output_tokens",
+            "unmetered_cost",
+            "active",
+        ]
+
+
+class ModelPriceSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ModelPrice
+        fields = [
+            "id",
+            "model",
+            "provider",
+            "input_per_mtok",
+            "output_per_mtok",
+            "cached_input_per_mtok",
+            "cache_write_per_mtok",
+            "energy_wh_per_1k_input",
+            "energy_wh_per_1k_output",
+            "effective_from",
+            "source",
+            "created_at",
+        ]
+        read_only_fields = ["id", "source", "created_at"]
+
+    def validate(self, attrs: dict) -> dict:
+        for name in (
+            "input_per_mtok",
+            "output_per_mtok",
+            "cached_input_per_mtok",
+            "cache_write_per_mtok",
+        ):
+            value = attrs.get(name)
+            if value is not None and value < 0:
+                raise serializers.ValidationError({name: "Prices cannot be negative."})
+        return attrs
+
+
+class UsageRecordSerializer(serializers.ModelSerializer):
+    employee_id = serializers.CharField(source="employee.employee_id", read_only=True)
+    cost_center = serializers.CharField(source="cost_center.code", read_only=True)
+
+    class Meta:
+        model = UsageRecord
+        fields = [
+            "request_id",
+            "created_at",
+            "employee_id",
+            "cost_center",
+            "provider",
+            "model",
+            "upstream_model",
+            "endpoint",
+            "input_tokens",
+            "output_tokens",
+            "cached_input_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+            "cost",
+            "latency_ms",
+            "ttft_ms",
+            "status_code",
+            "streamed",
+            "estimated",
+            "usage_source",
+            "clamped",
+            "intent",
+            "error_type",
+        ]
+        read_only_fields = fields

@@ -1,0 +1,174 @@
+"""What changes state in metering: keys, and the ledger side of a proxied call.
+
+The proxy calls `call_reserve` before forwarding and exactly one of `call_settle` /
+`call_release` after; each is one database transaction, so the charge and the usage record
+commit together or not at all, and a repeated settle is a no-op (idempotent on the hold and on
+the usage record's request id).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from budgets import ledger
+from budgets.audit import audit_record, snapshot
+from budgets.models import Employee
+from budgets.quota import Hold, quota_release, quota_reserve, quota_settle
+from metering import cache
+from metering.models import UsageRecord, VirtualKey
+from metering.selectors import KeyInfo, key_hash
+
+KEY_PREFIX = "tb-"
+LAST_USED_WRITE_INTERVAL = 60.0  # seconds; last-used is informative, not worth a write per call
+_last_used_written: dict[int, float] = {}
+
+
+def key_create(
+    *,
+    employee: Employee,
+    name: str,
+    actor: Any,
+    expires_at: Any = None,
+    allowed_models: list[str] | None = None,
+    cap_tokens: int | None = None,
+    default_intent: str = "",
+    source: str = "api",
+) -> tuple[VirtualKey, str]:
+    """Mint a key: 32 random bytes, returned once; only its hash is stored."""
+    raw = KEY_PREFIX + secrets.token_urlsafe(32)
+    with transaction.atomic():
+        key = VirtualKey.objects.create(
+            employee=employee,
+            name=name,
+            prefix=raw[:12],
+            key_hash=key_hash(raw),
+            expires_at=expires_at,
+            allowed_models=list(allowed_models or []),
+            cap_tokens=cap_tokens,
+            default_intent=default_intent,
+        )
+        audit_record(
+            actor=actor, action="key.create", obj=key, after=_key_audit(key), source=source
+        )
+    return key, raw
+
+
+def key_revoke(*, key: VirtualKey, actor: Any, source: str = "api") -> VirtualKey:
+    if key.revoked_at is None:
+        with transaction.atomic():
+            before = _key_audit(key)
+            key.revoked_at = timezone.now()
+            key.save(update_fields=["revoked_at"])
+            audit_record(
+                actor=actor,
+                action="key.revoke",
+                obj=key,
+                before=before,
+                after=_key_audit(key),
+                source=source,
+            )
+        cache.keys.invalidate(key.key_hash)
+    return key
+
+
+def _key_audit(key: VirtualKey) -> dict[str, Any] | None:
+    data = snapshot(key)
+    if data is not None:
+        data.pop("key_hash", None)
+    return data
+
+
+@dataclass(frozen=True)
+class CallHold:
+    hold: Hold
+    key_id: int
+    key_tokens: int  # tokens held on the key's own cap (0 when the key has none)
+
+
+def call_reserve(*, info: KeyInfo, estimate: ledger.CallEstimate) -> CallHold | ledger.Refusal:
+    """Hold the call's worst case on the key's cap, the allowance and the capped cost centers.
+
+    Lock order: key row, then the ledger's own order (allowance, cost centers by id)."""
+    with transaction.atomic():
+        extra: list[ledger.Headroom] = []
+        if info.cap_tokens is not None:
+            key = (
+                VirtualKey.objects.select_for_update()
+                .only("cap_tokens", "used_tokens", "reserved_tokens")
+                .get(pk=info.key_id)
+            )
+            extra.append(
+                ledger.Headroom(
+                    "key_cap",
+                    ledger.TOKENS,
+                    Decimal((key.cap_tokens or 0) - key.used_tokens - key.reserved_tokens),
+                )
+            )
+        result = quota_reserve(
+            employee=info.employee(),
+            estimate=estimate,
+            rule=info.rule,
+            capped_cost_center_ids=info.capped_cost_center_ids,
+            clamp=info.clamp,
+            extra=extra,
+        )
+        if isinstance(result, ledger.Refusal):
+            return result
+        key_tokens = result.tokens if extra else 0
+        if key_tokens:
+            VirtualKey.objects.filter(pk=info.key_id).update(
+                reserved_tokens=F("reserved_tokens") + key_tokens
+            )
+    return CallHold(hold=result, key_id=info.key_id, key_tokens=key_tokens)
+
+
+def call_settle(*, held: CallHold, record: UsageRecord) -> bool:
+    """Charge the call's actual usage (taken from `record`) and write its usage record, in one
+    transaction. Returns False when the hold was already closed (nothing is charged twice)."""
+    return _close(held, record, charge=True)
+
+
+def call_release(*, held: CallHold, record: UsageRecord) -> bool:
+    """Give the hold back uncharged and write the (zero-cost) record of the failed call."""
+    return _close(held, record, charge=False)
+
+
+def _close(held: CallHold, record: UsageRecord, *, charge: bool) -> bool:
+    tokens = record.input_tokens + record.output_tokens if charge else 0
+    with transaction.atomic():
+        if held.key_tokens:
+            VirtualKey.objects.filter(pk=held.key_id).update(
+                used_tokens=F("used_tokens") + tokens,
+                reserved_tokens=F("reserved_tokens") - held.key_tokens,
+            )
+        if charge:
+            closed = quota_settle(hold=held.hold, tokens=tokens, cost=record.cost)
+        else:
+            closed = quota_release(hold=held.hold)
+        if not closed:
+            transaction.set_rollback(True)
+            return False
+        UsageRecord.objects.bulk_create([record], ignore_conflicts=True)
+        _touch_key(held.key_id)
+    return True
+
+
+def _touch_key(key_id: int) -> None:
+    now = time.monotonic()
+    if now - _last_used_written.get(key_id, 0.0) < LAST_USED_WRITE_INTERVAL:
+        return
+    _last_used_written[key_id] = now
+    VirtualKey.objects.filter(pk=key_id).update(last_used_at=timezone.now())
+
+
+def usage_record_create(*, record: UsageRecord) -> None:
+    """Write a record outside any hold (idempotent on the request id)."""
+    UsageRecord.objects.bulk_create([record], ignore_conflicts=True)

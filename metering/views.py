@@ -1,0 +1,582 @@
+"""The metering proxy: plain async Django views (no DRF on the hot path).
+
+One call: authenticate (cached) -> parse -> route and policy -> estimate -> reserve -> forward
+-> meter -> settle and record -> respond. With warm caches the only database work is the
+reserve and the settle transactions (see metering/services.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from types import ModuleType
+
+import httpx
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+
+from budgets import ledger
+from metering import cache, pricing, tokens, upstream
+from metering.models import UsageRecord
+from metering.providers import anthropic as anthropic_protocol
+from metering.providers import openai as openai_protocol
+from metering.providers.base import ParsedRequest, RequestError, Usage
+from metering.selectors import KeyInfo, RouteInfo, key_hash, routes_for_key
+from metering.services import CallHold, call_release, call_reserve, call_settle
+
+log = logging.getLogger("tokenbudget.proxy")
+
+_settle = sync_to_async(call_settle)
+_release = sync_to_async(call_release)
+_reserve = sync_to_async(call_reserve)
+_background: set[asyncio.Task] = set()  # strong references for tasks that outlive a request
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProxyError(Exception):
+    status: int
+    kind: str  # our error kind, mapped to each provider's type below
+    message: str
+    code: str | None = None
+    param: str | None = None
+
+
+_OPENAI_TYPES = {
+    "auth": "invalid_request_error",
+    "permission": "invalid_request_error",
+    "not_found": "invalid_request_error",
+    "invalid": "invalid_request_error",
+    "too_large": "invalid_request_error",
+    "quota": "insufficient_quota",
+    "upstream": "api_error",
+    "timeout": "api_error",
+}
+_ANTHROPIC_TYPES = {
+    "auth": "authentication_error",
+    "permission": "permission_error",
+    "not_found": "not_found_error",
+    "invalid": "invalid_request_error",
+    "too_large": "request_too_large",
+    "quota": "insufficient_quota",
+    "upstream": "api_error",
+    "timeout": "api_error",
+}
+
+
+def _protocol(endpoint: str) -> ModuleType:
+    return anthropic_protocol if endpoint == "messages" else openai_protocol
+
+
+def error_response(endpoint: str, error: ProxyError, request_id: str) -> HttpResponse:
+    protocol = _protocol(endpoint)
+    types = _ANTHROPIC_TYPES if protocol is anthropic_protocol else _OPENAI_TYPES
+    body = protocol.error_body(
+        error.status, error.message, types[error.kind], code=error.code, param=error.param
+    )
+    response = HttpResponse(body, status=error.status, content_type="application/json")
+    response["x-request-id"] = request_id
+    if error.kind == "quota":
+        response["x-should-retry"] = "false"  # the official SDKs honour this: a budget won't refill
+    return response
+
+
+# --- request handling ------------------------------------------------------------------------
+
+
+def _raw_key(request: HttpRequest) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return request.headers.get("x-api-key") or None
+
+
+async def _authenticate(request: HttpRequest) -> KeyInfo:
+    raw = _raw_key(request)
+    if not raw:
+        raise ProxyError(
+            401,
+            "auth",
+            "Missing API key: send Authorization: Bearer <key> or x-api-key.",
+            "invalid_api_key",
+        )
+    info = await cache.keys.aget(key_hash(raw))
+    if info is None:
+        raise ProxyError(401, "auth", "Invalid API key.", "invalid_api_key")
+    if not info.usable(timezone.now()):
+        raise ProxyError(
+            401,
+            "auth",
+            "This API key is revoked, expired or its owner is inactive.",
+            "invalid_api_key",
+        )
+    return info
+
+
+def _read_body(request: HttpRequest) -> bytes:
+    declared = request.headers.get("content-length")
+    limit = settings.TB_MAX_BODY_BYTES
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ProxyError(
+            413, "too_large", f"Request body exceeds {limit} bytes.", "request_too_large"
+        )
+    body = request.body
+    if len(body) > limit:
+        raise ProxyError(
+            413, "too_large", f"Request body exceeds {limit} bytes.", "request_too_large"
+        )
+    return body
+
+
+async def _route(info: KeyInfo, parsed: ParsedRequest) -> RouteInfo:
+    route = await cache.routes.aget(parsed.model)
+    if route is None:
+        raise ProxyError(
+            404,
+            "not_found",
+            f"The model '{parsed.model}' does not exist.",
+            "model_not_found",
+            "model",
+        )
+    if not info.may_use(parsed.model):
+        raise ProxyError(
+            403,
+            "permission",
+            f"Your key may not use the model '{parsed.model}'.",
+            "model_not_allowed",
+            "model",
+        )
+    if parsed.endpoint == "messages" and route.target.kind != "anthropic":
+        raise ProxyError(
+            400,
+            "invalid",
+            f"'{parsed.model}' is not served on /v1/messages.",
+            "wrong_endpoint",
+            "model",
+        )
+    if parsed.endpoint != "messages" and route.target.kind == "anthropic":
+        raise ProxyError(
+            400,
+            "invalid",
+            f"'{parsed.model}' is served on /v1/messages only.",
+            "wrong_endpoint",
+            "model",
+        )
+    return route
+
+
+def _quote(route: RouteInfo, info: KeyInfo, at) -> pricing.PriceQuote:
+    if route.unmetered_cost:
+        if info.allowance_unit != ledger.TOKENS:
+            raise ProxyError(
+                403,
+                "permission",
+                f"'{route.public_name}' is self-hosted and unpriced; it needs a token allowance.",
+                "model_not_priced",
+                "model",
+            )
+        return pricing.FREE
+    price = route.price_at(at)
+    if price is None:
+        raise ProxyError(
+            403,
+            "permission",
+            f"No price is in force for '{route.public_name}'; ask an admin to set one.",
+            "model_not_priced",
+            "model",
+        )
+    return pricing.quote_from(price)
+
+
+def _estimate(
+    parsed: ParsedRequest, route: RouteInfo, info: KeyInfo, quote: pricing.PriceQuote
+) -> ledger.CallEstimate:
+    prompt = tokens.estimate_request_tokens(parsed)
+    if parsed.endpoint == "embeddings":
+        max_out = 0
+    else:
+        max_out = parsed.max_output_tokens or route.default_max_output_tokens
+    if info.per_request_token_cap is not None and parsed.endpoint != "embeddings":
+        room = info.per_request_token_cap - prompt
+        if room < 1:
+            raise ProxyError(
+                400,
+                "invalid",
+                f"The prompt (about {prompt} tokens) exceeds your per-request cap of "
+                f"{info.per_request_token_cap} tokens.",
+                "request_too_large",
+            )
+        max_out = min(max_out, room)
+    return ledger.CallEstimate(
+        prompt_tokens=prompt,
+        max_output_tokens=max_out,
+        input_price_per_token=pricing.worst_input_rate(quote),
+        output_price_per_token=quote.output,
+    )
+
+
+def _refusal(refusal: ledger.Refusal) -> ProxyError:
+    what = {
+        "employee_allowance": "your token allowance",
+        "key_cap": "this key's cap",
+        "no_allowance": "your allowance (none is assigned for this fiscal year)",
+    }.get(refusal.code, refusal.code.replace("cost_center_cap:", "the cost center cap of "))
+    return ProxyError(
+        429,
+        "quota",
+        f"Budget exhausted: this call would exceed {what} "
+        f"({refusal.available.normalize()} {refusal.unit} left).",
+        refusal.code.split(":")[0],
+    )
+
+
+@dataclass
+class Call:
+    """Everything known about one call while it is in flight."""
+
+    request_id: str
+    started: float
+    at: object
+    endpoint: str
+    info: KeyInfo
+    parsed: ParsedRequest
+    route: RouteInfo
+    quote: pricing.PriceQuote
+    estimate: ledger.CallEstimate
+    intent: str
+    held: CallHold | None = None
+
+    def record(
+        self, *, usage: Usage, status: int, source: str, ttft: float | None, error: str = ""
+    ) -> UsageRecord:
+        cost = (
+            pricing.cost_of(usage, self.quote) if source != UsageRecord.Source.NONE else Decimal(0)
+        )
+        return UsageRecord(
+            request_id=self.request_id,
+            created_at=self.at,
+            employee_id=self.info.employee_id,
+            key_id=self.info.key_id,
+            cost_center_id=self.info.cost_center_id,
+            upstream_id=self.route.upstream_id,
+            provider=self.route.target.kind,
+            model=self.route.public_name,
+            upstream_model=self.route.upstream_model,
+            endpoint=self.endpoint,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cost=cost,
+            latency_ms=int((time.perf_counter() - self.started) * 1000),
+            ttft_ms=None if ttft is None else int((ttft - self.started) * 1000),
+            status_code=status,
+            streamed=self.parsed.stream,
+            estimated=source == UsageRecord.Source.ESTIMATED,
+            usage_source=source,
+            clamped=bool(self.held and self.held.hold.clamped),
+            intent=self.intent,
+            error_type=error,
+        )
+
+
+def _budget_headers(response: HttpResponse, call: Call, remaining: Decimal) -> None:
+    assert call.held is not None
+    hold = call.held.hold
+    period = ledger.active_period(
+        hold.fiscal_year,
+        settings.TB_FISCAL_YEAR_START_MONTH,
+        call.info.employee_start,
+        call.info.employee_end,
+    )
+    response["x-request-id"] = call.request_id
+    response["x-tokenbudget-remaining"] = str(remaining.normalize() if remaining else Decimal(0))
+    response["x-tokenbudget-unit"] = hold.unit
+    response["x-tokenbudget-period-end"] = (period.end - dt.timedelta(days=1)).isoformat()
+    if hold.clamped:
+        response["x-tokenbudget-max-tokens-clamped"] = str(hold.output_tokens)
+
+
+async def proxy(request: HttpRequest, endpoint: str) -> HttpResponse:
+    request_id = "req_" + uuid.uuid4().hex
+    try:
+        if request.method != "POST":
+            raise ProxyError(405, "invalid", "Use POST.", "method_not_allowed")
+        body = _read_body(request)
+        info = await _authenticate(request)
+        protocol = _protocol(endpoint)
+        try:
+            parsed = protocol.parse_request(endpoint, body)
+        except RequestError as exc:
+            raise ProxyError(400, "invalid", exc.message, "invalid_request", exc.param) from exc
+        route = await _route(info, parsed)
+        at = timezone.now()
+        quote = _quote(route, info, at)
+        estimate = _estimate(parsed, route, info, quote)
+        intent = (request.headers.get("x-intent") or parsed.intent or info.default_intent)[:100]
+        call = Call(
+            request_id,
+            time.perf_counter(),
+            at,
+            endpoint,
+            info,
+            parsed,
+            route,
+            quote,
+            estimate,
+            intent,
+        )
+        result = await _reserve(info=info, estimate=estimate)
+        if isinstance(result, ledger.Refusal):
+            raise _refusal(result)
+        call.held = result
+    except ProxyError as error:
+        return error_response(endpoint, error, request_id)
+    return await _forward(call, request)
+
+
+async def _forward(call: Call, request: HttpRequest) -> HttpResponse:
+    assert call.held is not None
+    protocol = _protocol(call.endpoint)
+    force_usage = call.endpoint == "chat" and call.parsed.stream
+    body = protocol.build_upstream_body(
+        call.parsed,
+        upstream_model=call.route.upstream_model,
+        max_output_tokens=call.held.hold.output_tokens if call.endpoint != "embeddings" else None,
+        force_include_usage=force_usage,
+    )
+    headers = upstream.upstream_headers(call.route.target, request.headers, call.request_id)
+    try:
+        response = await upstream.send(
+            call.route.target,
+            endpoint=call.endpoint,
+            upstream_model=call.route.upstream_model,
+            body=body,
+            headers=headers,
+        )
+    except httpx.TimeoutException:
+        return await _fail(
+            call, ProxyError(504, "timeout", "The upstream provider timed out.", "upstream_timeout")
+        )
+    except httpx.HTTPError as exc:
+        log.warning(
+            "upstream unreachable",
+            extra={"request_id": call.request_id, "error": type(exc).__name__},
+        )
+        return await _fail(
+            call,
+            ProxyError(
+                502,
+                "upstream",
+                "The upstream provider could not be reached.",
+                "upstream_unreachable",
+            ),
+        )
+    except asyncio.CancelledError:
+        _spawn(
+            _release(
+                held=call.held,
+                record=call.record(
+                    usage=Usage(), status=499, source="none", ttft=None, error="client_closed"
+                ),
+            )
+        )
+        raise
+
+    if response.status_code >= 400 or not call.parsed.stream:
+        return await _respond_whole(call, response)
+    meter = protocol.stream_meter(
+        call.endpoint, strip_usage_chunk=force_usage and not call.parsed.include_usage_requested
+    )
+    streaming = StreamingHttpResponse(
+        _relay(call, response, meter),
+        status=response.status_code,
+        content_type=response.headers.get("content-type", "text/event-stream"),
+    )
+    streaming["cache-control"] = "no-cache"
+    streaming["x-accel-buffering"] = "no"
+    _budget_headers(streaming, call, call.held.hold.remaining)
+    return streaming
+
+
+async def _fail(call: Call, error: ProxyError) -> HttpResponse:
+    assert call.held is not None
+    record = call.record(
+        usage=Usage(), status=error.status, source="none", ttft=None, error=error.code or error.kind
+    )
+    await _release(held=call.held, record=record)
+    return error_response(call.endpoint, error, call.request_id)
+
+
+async def _respond_whole(call: Call, response: httpx.Response) -> HttpResponse:
+    assert call.held is not None
+    try:
+        content = await response.aread()
+    except httpx.TimeoutException:
+        await response.aclose()
+        return await _fail(
+            call, ProxyError(504, "timeout", "The upstream provider timed out.", "upstream_timeout")
+        )
+    except httpx.HTTPError:
+        await response.aclose()
+        return await _fail(
+            call,
+            ProxyError(502, "upstream", "The upstream connection failed.", "upstream_unreachable"),
+        )
+    status = response.status_code
+    usage = None
+    if status < 400:
+        try:
+            usage = _protocol(call.endpoint).usage_from_body(call.endpoint, json.loads(content))
+        except (ValueError, TypeError):
+            usage = None
+    if usage is None:
+        # An upstream error (or an answer without usage) before any output: pass it through and
+        # charge nothing, but keep the record of the failed call.
+        record = call.record(
+            usage=Usage(),
+            status=status,
+            source="none",
+            ttft=None,
+            error="upstream_error" if status >= 400 else "no_usage",
+        )
+        await _release(held=call.held, record=record)
+        remaining = call.held.hold.remaining + call.held.hold.amount
+    else:
+        record = call.record(usage=usage, status=status, source="provider", ttft=None)
+        await _settle(held=call.held, record=record)
+        charged = (
+            Decimal(usage.total_tokens) if call.held.hold.unit == ledger.TOKENS else record.cost
+        )
+        remaining = call.held.hold.remaining + call.held.hold.amount - charged
+    out = HttpResponse(
+        content,
+        status=status,
+        content_type=response.headers.get("content-type", "application/json"),
+    )
+    _budget_headers(out, call, remaining)
+    return out
+
+
+async def _relay(call: Call, response: httpx.Response, meter) -> AsyncIterator[bytes]:
+    """Relay the upstream stream chunk by chunk; settle once it ends, however it ends."""
+    first: float | None = None
+    outcome = "complete"
+    try:
+        async for chunk in response.aiter_raw():
+            out = meter.feed(chunk)
+            if first is None and meter.state.saw_output:
+                first = time.perf_counter()
+            if out:
+                yield out
+        tail = meter.close()
+        if tail:
+            yield tail
+    except (asyncio.CancelledError, GeneratorExit):
+        outcome = "client_closed"
+        raise
+    except httpx.HTTPError:
+        outcome = "upstream_broken"
+    finally:
+        # Settling must survive the cancellation that a client disconnect delivers here.
+        task = _spawn(_finish_stream(call, response, meter, first, outcome))
+        with contextlib.suppress(asyncio.CancelledError, GeneratorExit, RuntimeError):
+            await asyncio.shield(task)
+
+
+def _spawn(coro) -> asyncio.Task:
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
+
+
+async def _finish_stream(
+    call: Call, response: httpx.Response, meter, first: float | None, outcome: str
+) -> None:
+    assert call.held is not None
+    await response.aclose()  # closing the connection cancels the upstream generation
+    state = meter.state
+    error = "" if outcome == "complete" and not state.error else (state.error or outcome)
+    if state.usage is not None:
+        usage, source = state.usage, UsageRecord.Source.PROVIDER
+    elif state.saw_output:
+        produced = tokens.count_text_tokens("".join(state.output_text))
+        usage = Usage(input_tokens=call.estimate.prompt_tokens, output_tokens=produced)
+        source = UsageRecord.Source.ESTIMATED
+    else:
+        record = call.record(
+            usage=Usage(),
+            status=response.status_code,
+            source="none",
+            ttft=None,
+            error=error or "no_output",
+        )
+        await _release(held=call.held, record=record)
+        return
+    status = 499 if outcome == "client_closed" else response.status_code
+    await _settle(
+        held=call.held,
+        record=call.record(usage=usage, status=status, source=source, ttft=first, error=error),
+    )
+
+
+# --- endpoints -------------------------------------------------------------------------------
+
+
+@csrf_exempt
+async def chat_completions(request: HttpRequest) -> HttpResponse:
+    return await proxy(request, "chat")
+
+
+@csrf_exempt
+async def responses(request: HttpRequest) -> HttpResponse:
+    return await proxy(request, "responses")
+
+
+@csrf_exempt
+async def embeddings(request: HttpRequest) -> HttpResponse:
+    return await proxy(request, "embeddings")
+
+
+@csrf_exempt
+async def messages(request: HttpRequest) -> HttpResponse:
+    return await proxy(request, "messages")
+
+
+async def models(request: HttpRequest) -> HttpResponse:
+    request_id = "req_" + uuid.uuid4().hex
+    try:
+        info = await _authenticate(request)
+    except ProxyError as error:
+        return error_response("models", error, request_id)
+    routes = await sync_to_async(routes_for_key)(info)
+    data = {
+        "object": "list",
+        "data": [
+            {
+                "id": route.public_name,
+                "object": "model",
+                "created": 0,
+                "owned_by": route.upstream.kind,
+            }
+            for route in routes
+        ],
+    }
+    response = HttpResponse(json.dumps(data), content_type="application/json")
+    response["x-request-id"] = request_id
+    return response

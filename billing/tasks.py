@@ -1,11 +1,16 @@
-"""Celery tasks: thin, idempotent callers of billing services (they take ids, not objects)."""
+"""Celery tasks: thin, idempotent callers of billing services (they take ids, not objects).
+
+Periodic ones are catch-ups (see config.celery beat_schedule): a missed or repeated run is
+harmless. Retries are for transient failures only.
+"""
 
 from __future__ import annotations
 
+import httpx
 from celery import shared_task
 from django.utils import timezone
 
-from billing import rollup, statements
+from billing import alerts, rollup, statements, stripe_api, stripe_sync
 
 
 @shared_task(acks_late=True, ignore_result=True)
@@ -18,3 +23,53 @@ def daily_usage_rollup() -> int:
 def statements_close_as_needed() -> int:
     """Create or refresh drafts for every ended month; returns the months processed."""
     return len(statements.statements_close_as_needed(now=timezone.now()))
+
+
+@shared_task(
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(stripe_api.StripeRetryableError,),
+    retry_backoff=30,
+    retry_backoff_max=1800,
+    max_retries=8,
+)
+def statement_stripe_sync(statement_id: int) -> str:
+    """Invoice a finalized statement in Stripe (safe to run twice); returns the invoice id."""
+    if not stripe_api.is_configured():
+        return ""
+    return stripe_sync.statement_stripe_sync(statement_id=statement_id).stripe_invoice_id
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def statements_stripe_sync_pending() -> int:
+    """Re-enqueue syncs of finalized statements that have no Stripe invoice yet."""
+    if not stripe_api.is_configured():
+        return 0
+    ids = stripe_sync.statements_pending_stripe()
+    for statement_id in ids:
+        statement_stripe_sync.delay(statement_id)
+    return len(ids)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def alerts_check() -> int:
+    """Raise due budget alerts (each once); returns how many were new."""
+    return len(alerts.alerts_check(now=timezone.now()))
+
+
+@shared_task(
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(httpx.HTTPError, OSError),
+    retry_backoff=10,
+    max_retries=5,
+)
+def alert_notify(alert_id: int) -> bool:
+    """Send one alert by email and chat webhook unless already sent."""
+    return alerts.alert_notify(alert_id=alert_id)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def personal_statements_send_as_needed() -> int:
+    """Email last month's personal statements not yet sent; returns how many were sent."""
+    return alerts.personal_statements_send_as_needed(now=timezone.now())

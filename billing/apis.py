@@ -1,0 +1,271 @@
+"""Billing API: statements (list, detail, finalize, exports), daily usage, personal statements.
+
+Scoping: finance and admins see everything; managers their cost-center subtree; employees only
+their own lines. Every queryset comes from billing.selectors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.http import StreamingHttpResponse
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing import exports, personal, selectors
+from billing.models import ChargebackStatement, StatementLine, units_to_cost
+from billing.statements import StatementStateError, statement_finalize
+from budgets import roles
+
+
+def parse_month(value: str | None, *, name: str = "period") -> dt.date | None:
+    """'YYYY-MM' (or 'YYYY-MM-DD') -> first day of that month; 400 on anything else."""
+    if not value:
+        return None
+    try:
+        return dt.date.fromisoformat(value if len(value) > 7 else f"{value}-01").replace(day=1)
+    except ValueError as exc:
+        raise ValidationError({name: "expected YYYY-MM"}) from exc
+
+
+class ExportNegotiation(DefaultContentNegotiation):
+    """`?format=` names the export format here, not a DRF renderer, so it is not negotiated."""
+
+    def select_renderer(self, request: Any, renderers: list, format_suffix: Any = None) -> Any:
+        return renderers[0], renderers[0].media_type
+
+
+class LineSerializer(serializers.ModelSerializer):
+    employee_id = serializers.CharField(source="employee.employee_id")
+    employee_name = serializers.CharField(source="employee.name")
+    usage_month = serializers.DateField(format="%Y-%m")
+    cost = serializers.DecimalField(max_digits=24, decimal_places=10)
+
+    class Meta:
+        model = StatementLine
+        fields = [
+            "kind", "usage_month", "employee_id", "employee_name", "model", "requests",
+            "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
+            "reasoning_tokens", "cost",
+        ]  # fmt: skip
+
+
+class StatementSerializer(serializers.ModelSerializer):
+    period = serializers.DateField(format="%Y-%m")
+    cost_center = serializers.CharField(source="cost_center.code")
+    cost_center_name = serializers.CharField(source="cost_center.name")
+    gl_code = serializers.CharField(source="cost_center.gl_code")
+    total = serializers.DecimalField(max_digits=24, decimal_places=10)
+
+    class Meta:
+        model = ChargebackStatement
+        fields = [
+            "id", "period", "cost_center", "cost_center_name", "gl_code", "status", "currency",
+            "requests", "total_tokens", "total", "finalized_at", "sent_at", "paid_at",
+            "stripe_invoice_id",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class StatementDetailSerializer(StatementSerializer):
+    subtree_total = serializers.SerializerMethodField()
+    subtotals = serializers.SerializerMethodField()
+    lines = serializers.SerializerMethodField()
+
+    class Meta(StatementSerializer.Meta):
+        fields = [*StatementSerializer.Meta.fields, "subtree_total", "subtotals", "lines"]
+        read_only_fields = fields
+
+    def _lines(self, obj: ChargebackStatement) -> list[StatementLine]:
+        cache = self.context.setdefault("_lines", {})
+        if obj.pk not in cache:
+            user = self.context["request"].user
+            cache[obj.pk] = list(selectors.statement_lines(statement=obj, user=user))
+        return cache[obj.pk]
+
+    def get_subtree_total(self, obj: ChargebackStatement) -> str:
+        return str(selectors.statement_subtree_total(statement=obj))
+
+    def get_subtotals(self, obj: ChargebackStatement) -> list[dict[str, Any]]:
+        """Per employee: requests, tokens and cost over the lines visible to the caller."""
+        totals: dict[str, dict[str, Any]] = {}
+        for line in self._lines(obj):
+            row = totals.setdefault(
+                line.employee.employee_id,
+                {"employee_id": line.employee.employee_id, "requests": 0, "tokens": 0, "units": 0},
+            )
+            row["requests"] += line.requests
+            row["tokens"] += line.total_tokens
+            row["units"] += line.cost_units
+        return [
+            {
+                **{k: v for k, v in row.items() if k != "units"},
+                "cost": str(units_to_cost(row["units"])),
+            }
+            for row in totals.values()
+        ]
+
+    def get_lines(self, obj: ChargebackStatement) -> list[dict[str, Any]]:
+        return LineSerializer(self._lines(obj), many=True).data
+
+
+def _export_response(fmt: str, filename: str, statements: Any, lines: Any) -> Any:
+    if fmt not in exports.FORMATS:
+        raise ValidationError({"format": f"one of {', '.join(exports.FORMATS)}"})
+    content_type, ext = exports.FORMATS[fmt]
+    if fmt == "csv":
+        body = exports.finance_csv(lines)
+    elif fmt == "focus":
+        body = exports.focus_csv(lines)
+    elif fmt == "journal":
+        body = exports.journal_csv(statements)
+    else:
+        body = exports.file_chunks(exports.xlsx_file(statements, lines))
+    response = StreamingHttpResponse(body, content_type=content_type)
+    suffix = "-focus" if fmt == "focus" else "-journal" if fmt == "journal" else ""
+    response["Content-Disposition"] = f'attachment; filename="{filename}{suffix}.{ext}"'
+    return response
+
+
+class StatementViewSet(viewsets.ReadOnlyModelViewSet):
+    """Chargeback statements. Filters: `period=YYYY-MM`, `status`, `cost_center` (code).
+
+    `POST {id}/finalize/` (finance, admins); `GET {id}/export/?format=csv|focus|xlsx|journal`;
+    `GET export/?period=YYYY-MM&format=...` exports every visible statement of a month.
+    """
+
+    filter_backends: list = []
+
+    def get_serializer_class(self) -> type[serializers.Serializer]:
+        return StatementDetailSerializer if self.action == "retrieve" else StatementSerializer
+
+    def get_queryset(self) -> Any:
+        qs = selectors.statement_list(user=self.request.user)
+        params = self.request.query_params
+        if period := parse_month(params.get("period")):
+            qs = qs.filter(period=period)
+        if value := params.get("status"):
+            qs = qs.filter(status=value)
+        if value := params.get("cost_center"):
+            qs = qs.filter(cost_center__code=value)
+        return qs
+
+    @action(detail=True, methods=["post"])
+    def finalize(self, request: Request, pk: str | None = None) -> Response:
+        if not roles.sees_all(request.user) or not (
+            roles.is_finance(request.user) or roles.is_admin(request.user)
+        ):
+            raise PermissionDenied("only finance and admins finalize statements")
+        statement = self.get_object()
+        try:
+            statement = statement_finalize(statement_id=statement.pk, actor=request.user)
+        except StatementStateError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(StatementSerializer(statement).data)
+
+    def _export_lines(self, statements: Any) -> Any:
+        user = self.request.user
+        if roles.sees_all(user):
+            return StatementLine.objects.filter(statement__in=statements)
+        managed = roles.managed_cost_center_ids(user)
+        if not managed:
+            raise PermissionDenied("exports are for finance, admins and managers")
+        return StatementLine.objects.filter(
+            statement__in=statements.filter(cost_center_id__in=managed)
+        )
+
+    @action(detail=True, methods=["get"], content_negotiation_class=ExportNegotiation)
+    def export(self, request: Request, pk: str | None = None) -> Any:
+        statement = self.get_object()
+        statements = ChargebackStatement.objects.filter(pk=statement.pk)
+        lines = self._export_lines(statements)
+        name = f"chargeback-{statement.period:%Y-%m}-{statement.cost_center.code}"
+        return _export_response(request.query_params.get("format", "csv"), name, statements, lines)
+
+    @action(
+        detail=False,
+        methods=["get"],
+        url_path="export",
+        content_negotiation_class=ExportNegotiation,
+    )
+    def export_month(self, request: Request) -> Any:
+        period = parse_month(request.query_params.get("period"))
+        if period is None:
+            raise ValidationError({"period": "required, YYYY-MM"})
+        lines = self._export_lines(self.get_queryset())
+        statements = self.get_queryset().filter(id__in=lines.values("statement"))
+        if roles.sees_all(request.user):
+            statements = self.get_queryset()
+        return _export_response(
+            request.query_params.get("format", "csv"),
+            f"chargeback-{period:%Y-%m}",
+            statements,
+            lines,
+        )
+
+
+class DailyUsageView(APIView):
+    """`GET /api/v1/daily-usage/`: sums of the daily rollup.
+
+    Filters: `from`, `to` (dates, inclusive), `cost_center` (code), `employee` (HR id),
+    `model`, `intent`. `group_by`: comma list of cost_center, employee, model, intent, day,
+    month (default day). Costs are decimal strings.
+    """
+
+    def get(self, request: Request) -> Response:
+        params = request.query_params
+        qs = selectors.daily_usage_scoped(user=request.user)
+        try:
+            if value := params.get("from"):
+                qs = qs.filter(day__gte=dt.date.fromisoformat(value))
+            if value := params.get("to"):
+                qs = qs.filter(day__lte=dt.date.fromisoformat(value))
+        except ValueError as exc:
+            raise ValidationError({"from/to": "expected YYYY-MM-DD"}) from exc
+        for param, field in (("cost_center", "cost_center__code"),
+                             ("employee", "employee__employee_id"),
+                             ("model", "model"), ("intent", "intent")):  # fmt: skip
+            if (value := params.get(param)) is not None:
+                qs = qs.filter(**{field: value})
+        group_by = [g for g in params.get("group_by", "day").split(",") if g]
+        unknown = set(group_by) - set(selectors.GROUPS)
+        if unknown:
+            raise ValidationError({"group_by": f"unknown: {', '.join(sorted(unknown))}"})
+        rows = selectors.daily_usage_grouped(queryset=qs, group_by=group_by)
+        limit = min(int(params.get("limit", 1000)), 10000)
+        results = []
+        for row in rows[:limit]:
+            out = {g: row[selectors.GROUPS[g]] for g in group_by}
+            for key in ("day", "month"):
+                if key in out:
+                    out[key] = out[key].strftime("%Y-%m-%d" if key == "day" else "%Y-%m")
+            out.update({k: v for k, v in row.items() if k not in selectors.GROUPS.values()})
+            out["cost"] = str(units_to_cost(out.pop("cost_units")))
+            results.append(out)
+        return Response({"group_by": group_by, "results": results})
+
+
+class MyStatementsView(APIView):
+    """`GET /api/v1/me/statements/`: the caller's monthly summaries (`?period=YYYY-MM` for one;
+    default the last 12 months with usage)."""
+
+    def get(self, request: Request) -> Response:
+        employee = roles.employee_of(request.user)
+        if employee is None:
+            raise PermissionDenied("no employee record for this user")
+        period = parse_month(request.query_params.get("period"))
+        periods = [period] if period else personal.recent_periods(employee=employee)
+        return Response(
+            {
+                "results": [
+                    personal.personal_statement_get(employee=employee, period=p).as_dict()
+                    for p in periods
+                ]
+            }
+        )

@@ -1,0 +1,216 @@
+"""The one adapter to Stripe: the only module that imports `stripe`.
+
+Settings (read when called, never at import): TB_STRIPE_SECRET_KEY, TB_STRIPE_API_BASE
+(default https://api.stripe.com; a localstripe URL in tests), TB_STRIPE_WEBHOOK_SECRET,
+TB_STRIPE_TIMEOUT (seconds, default 20), TB_STRIPE_LOCALSTRIPE (send only the parameters
+localstripe accepts).
+
+Every create carries a caller-chosen deterministic idempotency key, so a retried Celery task
+replays Stripe's first answer instead of creating a second object. Errors come out as
+StripeRetryableError (network, rate limit, Stripe 5xx: retry later) or StripeFinalError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+from django.conf import settings
+
+
+class StripeNotConfigured(Exception):
+    """No TB_STRIPE_SECRET_KEY: Stripe sync is switched off."""
+
+
+class StripeRetryableError(Exception):
+    """A transient failure (network, rate limit, Stripe-side error): retry later."""
+
+
+class StripeFinalError(Exception):
+    """Stripe refused the request (bad parameters, missing object): retrying will not help."""
+
+
+class WebhookSignatureInvalid(Exception):
+    """The webhook body does not carry a valid Stripe signature."""
+
+
+@dataclass(frozen=True)
+class StripeObjectRef:
+    id: str
+    status: str
+    metadata: dict[str, str]
+    amount: int = 0
+
+
+def is_configured() -> bool:
+    return bool(getattr(settings, "TB_STRIPE_SECRET_KEY", ""))
+
+
+def _localstripe() -> bool:
+    return bool(getattr(settings, "TB_STRIPE_LOCALSTRIPE", False))
+
+
+def client(http_client: Any = None) -> stripe.StripeClient:
+    """A StripeClient against the configured API base, with explicit timeouts."""
+    key = getattr(settings, "TB_STRIPE_SECRET_KEY", "")
+    if not key:
+        raise StripeNotConfigured("TB_STRIPE_SECRET_KEY is not set")
+    base = getattr(settings, "TB_STRIPE_API_BASE", "") or "https://api.stripe.com"
+    timeout = int(getattr(settings, "TB_STRIPE_TIMEOUT", 20))
+    return stripe.StripeClient(
+        key,
+        base_addresses={"api": base},
+        max_network_retries=2,
+        http_client=http_client or stripe.new_default_http_client(timeout=timeout),
+    )
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
+        raise StripeRetryableError(str(exc)) from exc
+    except stripe.APIError as exc:
+        raise StripeRetryableError(str(exc)) from exc
+    except stripe.StripeError as exc:
+        status = getattr(exc, "http_status", None) or 0
+        if status >= 500 or status == 409:  # 409: an idempotent request still in flight
+            raise StripeRetryableError(str(exc)) from exc
+        raise StripeFinalError(str(exc)) from exc
+
+
+def _ref(obj: Any) -> StripeObjectRef:
+    metadata = obj.get("metadata") or {}
+    return StripeObjectRef(
+        id=obj["id"],
+        status=str(obj.get("status") or ""),
+        metadata={str(k): str(v) for k, v in dict(metadata).items()},
+        amount=int(obj.get("amount") or obj.get("amount_due") or 0),
+    )
+
+
+def customer_create(*, name: str, email: str = "", metadata: dict[str, str],
+                    idempotency_key: str, http_client: Any = None) -> StripeObjectRef:  # fmt: skip
+    """Create a customer (used to link a cost center that has none)."""
+    params: dict[str, Any] = {"name": name, "metadata": metadata}
+    if email:
+        params["email"] = email
+    c = client(http_client)
+    obj = _call(c.v1.customers.create, params, {"idempotency_key": idempotency_key})
+    return _ref(obj)
+
+
+def pending_invoice_items(*, customer: str, http_client: Any = None) -> Iterator[StripeObjectRef]:
+    """The customer's invoice items not yet on an invoice (to find ones a crashed run made)."""
+    c = client(http_client)
+    page = _call(c.v1.invoice_items.list, {"customer": customer, "limit": 100})
+    for obj in page.auto_paging_iter():
+        if not obj.get("invoice"):
+            yield _ref(obj)
+
+
+def invoice_item_create(
+    *,
+    customer: str,
+    amount_cents: int,
+    currency: str,
+    description: str,
+    period: tuple[int, int],
+    metadata: dict[str, str],
+    idempotency_key: str,
+    http_client: Any = None,
+) -> StripeObjectRef:
+    """A pending invoice item of an integer amount in minor units (localstripe accepts only
+    `amount`; real Stripe accepts it too)."""
+    params: dict[str, Any] = {
+        "customer": customer,
+        "amount": amount_cents,
+        "currency": currency.lower(),
+        "description": description,
+        "metadata": metadata,
+    }
+    if _localstripe():
+        params["period_start"], params["period_end"] = period
+    else:
+        params["period"] = {"start": period[0], "end": period[1]}
+    c = client(http_client)
+    return _ref(_call(c.v1.invoice_items.create, params, {"idempotency_key": idempotency_key}))
+
+
+def invoices_for_customer(*, customer: str, http_client: Any = None) -> Iterator[StripeObjectRef]:
+    c = client(http_client)
+    page = _call(c.v1.invoices.list, {"customer": customer, "limit": 100})
+    for obj in page.auto_paging_iter():
+        yield _ref(obj)
+
+
+def invoice_create(
+    *,
+    customer: str,
+    description: str,
+    metadata: dict[str, str],
+    idempotency_key: str,
+    days_until_due: int = 30,
+    http_client: Any = None,
+) -> StripeObjectRef:
+    """A draft invoice that takes in the customer's pending invoice items.
+
+    Items are created first and pulled in with pending_invoice_items_behavior=include: it is
+    the one flow both Stripe and localstripe support (localstripe refuses an empty invoice and
+    does not attach items created with `invoice=`). Callers serialise syncs per customer so
+    one invoice never sweeps up another statement's items.
+    """
+    params: dict[str, Any] = {
+        "customer": customer,
+        "description": description,
+        "metadata": metadata,
+        "pending_invoice_items_behavior": "include",
+    }
+    if not _localstripe():
+        params.update(
+            collection_method="send_invoice", days_until_due=days_until_due, auto_advance=False
+        )
+    c = client(http_client)
+    return _ref(_call(c.v1.invoices.create, params, {"idempotency_key": idempotency_key}))
+
+
+def invoice_finalize(
+    *, invoice_id: str, idempotency_key: str, http_client: Any = None
+) -> StripeObjectRef:
+    """Finalize a draft invoice (`POST /v1/invoices/{id}/finalize`; not in localstripe)."""
+    c = client(http_client)
+    obj = _call(
+        c.v1.invoices.finalize_invoice,
+        invoice_id,
+        {"auto_advance": False},
+        {"idempotency_key": idempotency_key},
+    )
+    return _ref(obj)
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    id: str
+    type: str
+    object_id: str
+    object_metadata: dict[str, str]
+
+
+def webhook_event_construct(*, payload: bytes, signature: str | None) -> WebhookEvent:
+    """Verify the Stripe-Signature header over the raw body and parse the event."""
+    secret = getattr(settings, "TB_STRIPE_WEBHOOK_SECRET", "")
+    if not secret:
+        raise WebhookSignatureInvalid("TB_STRIPE_WEBHOOK_SECRET is not set")
+    try:
+        event = stripe.Webhook.construct_event(payload, signature, secret)
+    except (stripe.SignatureVerificationError, ValueError) as exc:
+        raise WebhookSignatureInvalid(str(exc)) from exc
+    obj = event["data"]["object"]
+    return WebhookEvent(
+        id=event["id"],
+        type=event["type"],
+        object_id=str(obj.get("id", "")),
+        object_metadata={str(k): str(v) for k, v in dict(obj.get("metadata") or {}).items()},
+    )

@@ -224,11 +224,13 @@ class MockUpstream:
         self.settings = settings or MockSettings()
         self.records: deque[Record] = deque(maxlen=200)
         self.last: Record | None = None
+        self.writers: set[asyncio.StreamWriter] = set()  # open connections, closed on shutdown
 
     # -- connection loop ----------------------------------------------------------------
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(reader, writer)
+        self.writers.add(writer)
         try:
             while True:
                 try:
@@ -253,6 +255,7 @@ class MockUpstream:
         except (ClientGone, ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
+            self.writers.discard(writer)
             with contextlib.suppress(Exception):
                 writer.close()
 
@@ -753,8 +756,15 @@ async def serve(
         holder.update(loop=asyncio.get_running_loop(), task=asyncio.current_task())
     if started is not None:
         started.set()
-    async with server:
-        await server.serve_forever()
+    try:
+        # Not serve_forever(): on cancellation it waits for every connection to close before
+        # we could close them, and clients keep theirs alive.
+        await asyncio.get_running_loop().create_future()
+    finally:
+        server.close()
+        for writer in list(mock.writers):
+            writer.close()
+        await server.wait_closed()
 
 
 def run(host: str, port: int, settings: MockSettings) -> None:

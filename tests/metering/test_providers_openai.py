@@ -617,3 +617,45 @@ def test_error_body_shape() -> None:
     }
     body = json.loads(oa.error_body(400, "bad", "invalid_request_error", param="model"))
     assert body["error"]["param"] == "model" and body["error"]["code"] is None
+
+
+_LINES = st.sampled_from(
+    [
+        b'data: {"a": 1}',
+        b"data:x",
+        b"event: ping",
+        b": comment",
+        b"id: 7",
+        b"data: \xc3\xa9t\xc3\xa9",
+        b"",
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(st.tuples(_LINES, st.sampled_from([b"\n", b"\r\n", b"\r"])), max_size=25),
+    data=st.data(),
+)
+def test_splitter_is_split_invariant_with_mixed_line_ends(lines: list, data: st.DataObject) -> None:
+    stream = b"".join(line + eol for line, eol in lines)
+    whole = SSESplitter()
+    expected = whole.feed(stream) + whole.close()
+    cuts = sorted(set(data.draw(st.lists(st.integers(0, len(stream)), max_size=20))))
+    splitter = SSESplitter()
+    got, last = [], 0
+    for cut in [*cuts, len(stream)]:
+        got += splitter.feed(stream[last:cut])
+        last = cut
+    got += splitter.close()
+    assert b"".join(e.raw for e in got) == stream
+    assert [(e.event, e.data) for e in got] == [(e.event, e.data) for e in expected]
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"])
+def test_splitter_flushes_an_unterminated_multi_line_event(eol: bytes) -> None:
+    stream = b"data: 1" + eol + eol + b"event: done" + eol + b"data: 2" + eol + b"data: 3"
+    splitter = SSESplitter()
+    events = splitter.feed(stream) + splitter.close()
+    assert [(e.event, e.data) for e in events] == [("", "1"), ("done", "2\n3")]
+    assert b"".join(e.raw for e in events) == stream

@@ -6,9 +6,11 @@ import contextlib
 import datetime as dt
 from decimal import Decimal
 from fractions import Fraction
+from unittest import mock
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -124,7 +126,6 @@ def test_monthly_shares_sum_to_the_grant(
 
 # --- the ledger under any sequence of operations --------------------------------------------
 
-DAY = dt.date(2026, 5, 17)
 operations = st.lists(
     st.one_of(
         st.tuples(st.just("top_up"), st.integers(1, 5_000)),
@@ -146,23 +147,34 @@ operations = st.lists(
     st.integers(0, 20_000),
     st.sampled_from(["upfront", "monthly"]),
     st.sampled_from(["tokens", "usd"]),
+    st.dates(dt.date(2026, 1, 1), dt.date(2026, 12, 31)),
     operations,
 )
 def test_ledger_invariants_hold_for_any_sequence(
-    db: None, amount: int, release: str, unit: str, ops: list[tuple]
+    db: None, amount: int, release: str, unit: str, day: dt.date, ops: list[tuple]
 ) -> None:
-    # Each example runs in a savepoint that is rolled back, so examples never see each other.
-    with transaction.atomic():
-        _run_sequence(Decimal(amount), release, unit, ops)
+    # Each example runs in a savepoint that is rolled back, so examples never see each other;
+    # "today" is the drawn day for the ledger and the services alike.
+    with (
+        mock.patch("budgets.quota.today", return_value=day),
+        mock.patch("budgets.services.today", return_value=day),
+        override_settings(TB_FISCAL_YEAR_START_MONTH=1),
+        transaction.atomic(),
+    ):
+        _run_sequence(Decimal(amount), release, unit, day, ops)
         transaction.set_rollback(True)
 
 
-def _run_sequence(amount: Decimal, release: str, unit: str, ops: list[tuple]) -> None:
+def _run_sequence(amount: Decimal, release: str, unit: str, day: dt.date, ops: list[tuple]) -> None:
     center = CostCenter.objects.create(code="prop", name="Prop")
     employee = Employee.objects.create(employee_id="P-1", email="p@example.com", cost_center=center)
     scale = Decimal(1) if unit == "tokens" else Decimal("0.01")
     allowance = Allowance.objects.create(
-        employee=employee, fiscal_year=DAY.year, unit=unit, amount=amount * scale, release=release
+        employee=employee,
+        fiscal_year=quota.current_fiscal_year(day),
+        unit=unit,
+        amount=amount * scale,
+        release=release,
     )
     price = Decimal("0.01")  # per token, so a USD estimate is a whole number of cents
     holds: list[quota.Hold] = []
@@ -182,7 +194,7 @@ def _run_sequence(amount: Decimal, release: str, unit: str, ops: list[tuple]) ->
         elif op[0] == "reserve":
             estimate = ledger.CallEstimate(op[1], op[2], price, price)
             hold = quota.quota_reserve(
-                employee=employee, estimate=estimate, rule=rule, clamp=op[3], day=DAY
+                employee=employee, estimate=estimate, rule=rule, clamp=op[3], day=day
             )
             if isinstance(hold, quota.Hold):
                 holds.append(hold)
@@ -194,7 +206,7 @@ def _run_sequence(amount: Decimal, release: str, unit: str, ops: list[tuple]) ->
             used += Decimal(tokens) if unit == "tokens" else cost
         elif op[0] == "release" and holds:
             assert quota.quota_release(hold=holds.pop(op[1] % len(holds)))
-        view = quota.quota_get(employee, day=DAY)
+        view = quota.quota_get(employee, day=day)
         assert view.remaining == view.released - view.used - view.reserved
         assert view.remaining >= 0  # the hard limit never goes below zero
         assert view.used == used
@@ -202,5 +214,5 @@ def _run_sequence(amount: Decimal, release: str, unit: str, ops: list[tuple]) ->
         total = sum(Adjustment.objects.filter(allowance=allowance).values_list("amount", flat=True))
         allowance.refresh_from_db()
         assert allowance.adjustments_total == total
-        grant, _ = quota.allowance_released(allowance, employee, DAY)
+        grant, _ = quota.allowance_released(allowance, employee, day)
         assert view.allowance == grant + total

@@ -12,7 +12,7 @@ their own: a sequence hands out ids at insert time and transactions commit in an
 once every transaction that could still hold a smaller id has ended:
 
 * at each run it reads max(id) and the ids of the transactions in flight
-  (`pg_current_snapshot()`, less its own);
+  (`pg_current_snapshot()`, less its own and those of other databases on the server);
 * with none in flight it may fold up to that max at once; otherwise it remembers
   (max id, in-flight xids) as pending and folds up to the pending id on a later run once
   `pg_xact_status` reports all of those transactions ended.
@@ -105,10 +105,16 @@ def _postgres_horizon() -> tuple[int, list[int]]:
     """(max visible usage id, ids of other transactions in flight), from one snapshot."""
     table = UsageRecord._meta.db_table
     with connection.cursor() as cursor:
+        # Transactions of other databases on the same server cannot write our table, so they
+        # are left out when pg_stat_activity shows them; an xid we cannot place is kept, which
+        # only delays the fold.
         cursor.execute(
             f"SELECT (SELECT COALESCE(MAX(id), 0) FROM {table}), "
             "ARRAY(SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x "
-            "WHERE x IS DISTINCT FROM pg_current_xact_id_if_assigned())"
+            "WHERE x IS DISTINCT FROM pg_current_xact_id_if_assigned() "
+            "AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a "
+            "WHERE a.datname IS DISTINCT FROM current_database() AND a.backend_xid IS NOT NULL "
+            "AND a.backend_xid::text::bigint = x::text::bigint % 4294967296))"
         )
         max_id, xids = cursor.fetchone()
     return int(max_id), [int(x) for x in xids]

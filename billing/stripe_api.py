@@ -42,6 +42,7 @@ class StripeObjectRef:
     status: str
     metadata: dict[str, str]
     amount: int = 0
+    description: str = ""
 
 
 def is_configured() -> bool:
@@ -81,13 +82,19 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise StripeFinalError(str(exc)) from exc
 
 
+def _plain(obj: Any) -> dict[str, Any]:
+    return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+
+
 def _ref(obj: Any) -> StripeObjectRef:
+    obj = _plain(obj)
     metadata = obj.get("metadata") or {}
     return StripeObjectRef(
         id=obj["id"],
         status=str(obj.get("status") or ""),
         metadata={str(k): str(v) for k, v in dict(metadata).items()},
         amount=int(obj.get("amount") or obj.get("amount_due") or 0),
+        description=str(obj.get("description") or ""),
     )
 
 
@@ -107,7 +114,7 @@ def pending_invoice_items(*, customer: str, http_client: Any = None) -> Iterator
     c = client(http_client)
     page = _call(c.v1.invoice_items.list, {"customer": customer, "limit": 100})
     for obj in page.auto_paging_iter():
-        if not obj.get("invoice"):
+        if not _plain(obj).get("invoice"):
             yield _ref(obj)
 
 
@@ -207,7 +214,7 @@ def webhook_event_construct(*, payload: bytes, signature: str | None) -> Webhook
         event = stripe.Webhook.construct_event(payload, signature, secret)
     except (stripe.SignatureVerificationError, ValueError) as exc:
         raise WebhookSignatureInvalid(str(exc)) from exc
-    obj = event["data"]["object"]
+    obj = _plain(event["data"]["object"])
     return WebhookEvent(
         id=event["id"],
         type=event["type"],

@@ -164,13 +164,15 @@ def _ensure_items(
 def _ensure_invoice(
     statement: ChargebackStatement, customer: str, http_client: Any
 ) -> stripe_api.StripeObjectRef:
+    # The marker in the description finds the invoice where metadata is not kept (localstripe).
+    marker = f"[tb-stmt-{statement.pk}]"
     for ref in stripe_api.invoices_for_customer(customer=customer, http_client=http_client):
-        if ref.metadata.get("tb_statement_id") == str(statement.pk):
+        if ref.metadata.get("tb_statement_id") == str(statement.pk) or marker in ref.description:
             return ref
     cc = statement.cost_center
     return stripe_api.invoice_create(
         customer=customer,
-        description=f"LLM usage chargeback {statement.period:%Y-%m} for {cc.code} {cc.name}",
+        description=f"LLM usage chargeback {statement.period:%Y-%m} for {cc.code} {marker}",
         metadata={
             "tb_statement_id": str(statement.pk),
             "tb_period": f"{statement.period:%Y-%m}",

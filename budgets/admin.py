@@ -78,6 +78,13 @@ class ServiceSaveMixin:
         return False
 
 
+def _saved_formset(formset: Any, created: list[Any]) -> None:
+    """What formset.save() would have recorded, for the admin's change message."""
+    formset.new_objects = created
+    formset.changed_objects = []
+    formset.deleted_objects = []
+
+
 def _adopt(target: Any, saved: Any) -> None:
     """Let the admin's redirect and messages see the row the service saved."""
     target.pk = saved.pk
@@ -144,6 +151,7 @@ class CostCenterAdmin(ServiceSaveMixin, admin.ModelAdmin):
         _adopt(obj, saved)
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        saved: list[Any] = []
         for inline_form in formset.forms:
             if not inline_form.has_changed() or not inline_form.cleaned_data:
                 continue
@@ -152,12 +160,14 @@ class CostCenterAdmin(ServiceSaveMixin, admin.ModelAdmin):
                 for name in PolicyInline.fields
                 if name in inline_form.cleaned_data
             }
-            services.policy_set(
+            policy = services.policy_set(
                 actor=request.user,
                 cost_center=form.instance,
                 data=data,  # type: ignore[arg-type]
                 source="admin",
             )
+            saved.append(policy)
+        _saved_formset(formset, saved)
 
 
 @admin.register(Policy)
@@ -334,20 +344,24 @@ class AllowanceAdmin(ServiceSaveMixin, admin.ModelAdmin):
         _adopt(obj, saved)
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        saved: list[Any] = []
         for inline_form in formset.forms:
             if inline_form.instance.pk or not inline_form.has_changed():
                 continue
             data = inline_form.cleaned_data
             if not data:
                 continue
-            services.adjustment_create(
-                actor=request.user,
-                allowance=form.instance,
-                kind=data["kind"],
-                amount=data["amount"],
-                reason=data["reason"],
-                source="admin",
+            saved.append(
+                services.adjustment_create(
+                    actor=request.user,
+                    allowance=form.instance,
+                    kind=data["kind"],
+                    amount=data["amount"],
+                    reason=data["reason"],
+                    source="admin",
+                )
             )
+        _saved_formset(formset, saved)
 
     @admin.action(description="Roll unused allowance over into next year")
     def rollover(self, request: HttpRequest, queryset: QuerySet[Allowance]) -> None:

@@ -107,6 +107,7 @@ class Headroom:
     code: str  # names the budget in a refusal, e.g. "employee_allowance"
     unit: str  # TOKENS or USD
     available: Decimal
+    held: Decimal = Decimal(0)  # what open holds of other calls take out of `available`
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,9 @@ class Refusal:
     code: str
     available: Decimal
     unit: str
+    # True when the call would fit once other calls' holds are settled: worth waiting for,
+    # since holds are worst cases and usually settle for less.
+    waitable: bool = False
 
 
 def plan_reservation(
@@ -151,12 +155,15 @@ def plan_reservation(
     `min_output_tokens` fit. A budget that cannot pay for that is named in the refusal."""
     allowed = estimate.max_output_tokens
     for room in headrooms:
-        fits = _output_that_fits(room, estimate)
-        if fits < min(min_output_tokens, estimate.max_output_tokens) or (
-            not clamp and fits < estimate.max_output_tokens
-        ):
+        fits = _output_that_fits(room.available, room.unit, estimate)
+        if not _enough(fits, estimate, clamp=clamp, min_output_tokens=min_output_tokens):
+            unheld = _output_that_fits(room.available + room.held, room.unit, estimate)
             return Refusal(
-                code=room.code, available=max(room.available, Decimal(0)), unit=room.unit
+                code=room.code,
+                available=max(room.available, Decimal(0)),
+                unit=room.unit,
+                waitable=room.held > 0
+                and _enough(unheld, estimate, clamp=clamp, min_output_tokens=min_output_tokens),
             )
         allowed = min(allowed, fits)
     return ReservationPlan(
@@ -167,13 +174,19 @@ def plan_reservation(
     )
 
 
-def _output_that_fits(room: Headroom, estimate: CallEstimate) -> int:
-    """The largest output token count whose worst-case charge fits in `room` (-1 if the prompt
-    alone does not fit)."""
-    left = room.available - estimate.amount(room.unit, 0)
+def _enough(fits: int, estimate: CallEstimate, *, clamp: bool, min_output_tokens: int) -> bool:
+    if not clamp:
+        return fits >= estimate.max_output_tokens
+    return fits >= min(min_output_tokens, estimate.max_output_tokens)
+
+
+def _output_that_fits(available: Decimal, unit: str, estimate: CallEstimate) -> int:
+    """The largest output token count whose worst-case charge fits in `available` (-1 if the
+    prompt alone does not fit)."""
+    left = available - estimate.amount(unit, 0)
     if left < 0:
         return -1
-    per_token = Decimal(1) if room.unit == TOKENS else estimate.output_price_per_token
+    per_token = Decimal(1) if unit == TOKENS else estimate.output_price_per_token
     if per_token == 0:
         return estimate.max_output_tokens
     return min(estimate.max_output_tokens, int(left // per_token))

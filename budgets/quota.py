@@ -156,6 +156,7 @@ def quota_reserve(
     rule: LimitRule,
     capped_cost_center_ids: list[int] | tuple[int, ...] = (),
     clamp: bool = True,
+    min_output_tokens: int = 1,
     extra: list[ledger.Headroom] | tuple[ledger.Headroom, ...] = (),
     day: dt.date | None = None,
 ) -> Hold | ledger.Refusal:
@@ -179,7 +180,10 @@ def quota_reserve(
         headrooms = [
             *extra,
             ledger.Headroom(
-                "employee_allowance", allowance.unit, limit - allowance.used - allowance.reserved
+                "employee_allowance",
+                allowance.unit,
+                limit - allowance.used - allowance.reserved,
+                held=allowance.reserved,
             ),
         ]
         spends = _lock_cost_center_spends(capped_cost_center_ids, fiscal_year)
@@ -189,9 +193,12 @@ def quota_reserve(
                     f"cost_center_cap:{spend.cost_center.code}",
                     ledger.USD,
                     spend.cost_center.annual_cap - spend.spent - spend.reserved,
+                    held=spend.reserved,
                 )
             )
-        plan = ledger.plan_reservation(headrooms, estimate, clamp=clamp)
+        plan = ledger.plan_reservation(
+            headrooms, estimate, clamp=clamp, min_output_tokens=min_output_tokens
+        )
         if isinstance(plan, ledger.Refusal):
             return plan
         amount = Decimal(plan.tokens) if allowance.unit == ledger.TOKENS else plan.cost

@@ -77,7 +77,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         ),
     }
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Threads (so connections) for the proxy's database work in each process: SQLite has one
+# writer at a time, so one thread; PostgreSQL takes a few.
+TB_DB_THREADS = env_int(
+    "TB_DB_THREADS",
+    1 if DATABASES["default"]["ENGINE"].endswith("sqlite3") else 4,
+    minimum=1,
+    maximum=64,
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis and Celery ------------------------------------------------------------------------
@@ -100,6 +107,8 @@ TB_MAX_BODY_BYTES = env_int("TB_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024)
 # provider's error shape, so Django's own limit must not be the lower one.
 DATA_UPLOAD_MAX_MEMORY_SIZE = TB_MAX_BODY_BYTES + 1024
 TB_STORE_CONTENT = env_bool("TB_STORE_CONTENT", False)
+# How long a call may wait for other calls' open holds to settle before it is refused.
+TB_HOLD_WAIT_SECONDS = env_int("TB_HOLD_WAIT_SECONDS", 30, minimum=0, maximum=600)
 TB_KEY_CACHE_SECONDS = env_int("TB_KEY_CACHE_SECONDS", 2, minimum=0, maximum=5)
 TB_UPSTREAM_CONNECT_TIMEOUT = env_decimal("TB_UPSTREAM_CONNECT_TIMEOUT", "10")
 TB_UPSTREAM_READ_TIMEOUT = env_decimal("TB_UPSTREAM_READ_TIMEOUT", "600")

@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from metering import selectors
+from metering.dbpool import in_db_thread
 
 V = TypeVar("V")
 
@@ -27,7 +27,7 @@ class TTLCache[V]:
         self._loader = loader
         self._entries: dict[str, tuple[float, V | None]] = {}
         self._max_entries = max_entries
-        self._aload = sync_to_async(loader)
+        self._aload = in_db_thread(loader)
 
     def ttl(self) -> float:
         return float(settings.TB_KEY_CACHE_SECONDS)

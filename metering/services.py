@@ -93,7 +93,9 @@ class CallHold:
     key_tokens: int  # tokens held on the key's own cap (0 when the key has none)
 
 
-def call_reserve(*, info: KeyInfo, estimate: ledger.CallEstimate) -> CallHold | ledger.Refusal:
+def call_reserve(
+    *, info: KeyInfo, estimate: ledger.CallEstimate, min_output_tokens: int = 1
+) -> CallHold | ledger.Refusal:
     """Hold the call's worst case on the key's cap, the allowance and the capped cost centers.
 
     Lock order: key row, then the ledger's own order (allowance, cost centers by id)."""
@@ -110,6 +112,7 @@ def call_reserve(*, info: KeyInfo, estimate: ledger.CallEstimate) -> CallHold | 
                     "key_cap",
                     ledger.TOKENS,
                     Decimal((key.cap_tokens or 0) - key.used_tokens - key.reserved_tokens),
+                    held=Decimal(key.reserved_tokens),
                 )
             )
         result = quota_reserve(
@@ -118,6 +121,7 @@ def call_reserve(*, info: KeyInfo, estimate: ledger.CallEstimate) -> CallHold | 
             rule=info.rule,
             capped_cost_center_ids=info.capped_cost_center_ids,
             clamp=info.clamp,
+            min_output_tokens=min_output_tokens,
             extra=extra,
         )
         if isinstance(result, ledger.Refusal):

@@ -20,7 +20,6 @@ from decimal import Decimal
 from types import ModuleType
 
 import httpx
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import timezone
@@ -28,6 +27,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from budgets import ledger
 from metering import cache, pricing, tokens, upstream
+from metering.dbpool import in_db_thread
 from metering.models import UsageRecord
 from metering.providers import anthropic as anthropic_protocol
 from metering.providers import openai as openai_protocol
@@ -37,10 +37,25 @@ from metering.services import CallHold, call_release, call_reserve, call_settle
 
 log = logging.getLogger("tokenbudget.proxy")
 
-_settle = sync_to_async(call_settle)
-_release = sync_to_async(call_release)
-_reserve = sync_to_async(call_reserve)
+_settle_in_db = in_db_thread(call_settle)
+_release_in_db = in_db_thread(call_release)
+_reserve = in_db_thread(call_reserve)
+_routes_for_key = in_db_thread(routes_for_key)
 _background: set[asyncio.Task] = set()  # strong references for tasks that outlive a request
+
+
+async def _settle(*, held: CallHold, record: UsageRecord) -> bool:
+    try:
+        return await _settle_in_db(held=held, record=record)
+    finally:
+        _holds_closed.notify()
+
+
+async def _release(*, held: CallHold, record: UsageRecord) -> bool:
+    try:
+        return await _release_in_db(held=held, record=record)
+    finally:
+        _holds_closed.notify()
 
 
 # --- errors --------------------------------------------------------------------------------
@@ -243,6 +258,47 @@ def _refusal(refusal: ledger.Refusal) -> ProxyError:
     )
 
 
+class _HoldSignal:
+    """Wakes calls waiting for budget when a call in this process settles or releases its hold
+    (calls held by other processes are noticed by polling)."""
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+
+    def notify(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self, timeout: float) -> None:
+        if self._event is None:
+            self._event = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+
+
+_holds_closed = _HoldSignal()
+POLL_SECONDS = 0.05
+
+
+async def _reserve_or_wait(
+    info: KeyInfo, estimate: ledger.CallEstimate, endpoint: str
+) -> CallHold | ledger.Refusal:
+    """Reserve; when only other calls' open holds stand in the way, wait for them to settle
+    rather than refuse. Holds are worst cases and usually settle for less, so refusing at once
+    would turn away calls the allowance can pay for."""
+    minimum = _protocol(endpoint).MIN_OUTPUT_TOKENS.get(endpoint, 1)
+    deadline = time.monotonic() + settings.TB_HOLD_WAIT_SECONDS
+    while True:
+        result = await _reserve(info=info, estimate=estimate, min_output_tokens=minimum)
+        if not isinstance(result, ledger.Refusal) or not result.waitable:
+            return result
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return result
+        await _holds_closed.wait(min(POLL_SECONDS, left))
+
+
 @dataclass
 class Call:
     """Everything known about one call while it is in flight."""
@@ -340,7 +396,7 @@ async def proxy(request: HttpRequest, endpoint: str) -> HttpResponse:
             estimate,
             intent,
         )
-        result = await _reserve(info=info, estimate=estimate)
+        result = await _reserve_or_wait(info, estimate, endpoint)
         if isinstance(result, ledger.Refusal):
             raise _refusal(result)
         call.held = result
@@ -358,6 +414,11 @@ async def _forward(call: Call, request: HttpRequest) -> HttpResponse:
         upstream_model=call.route.upstream_model,
         max_output_tokens=call.held.hold.output_tokens if call.endpoint != "embeddings" else None,
         force_include_usage=force_usage,
+        **(
+            {"default_limit_field": "max_tokens"}
+            if call.route.target.kind == "openai_compatible"
+            else {}
+        ),
     )
     headers = upstream.upstream_headers(call.route.target, request.headers, call.request_id)
     try:
@@ -564,7 +625,7 @@ async def models(request: HttpRequest) -> HttpResponse:
         info = await _authenticate(request)
     except ProxyError as error:
         return error_response("models", error, request_id)
-    routes = await sync_to_async(routes_for_key)(info)
+    routes = await _routes_for_key(info)
     data = {
         "object": "list",
         "data": [

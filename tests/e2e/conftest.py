@@ -17,12 +17,27 @@ from metering.models import ModelPrice, ModelRoute, Upstream
 from metering.services import key_create
 from tests import servers
 
-# USD per million tokens: input, output, cached input, cache write.
+# Public model -> upstream model. The mock upstream reports cached input tokens for models whose
+# name contains "cached" and reasoning tokens for "reasoning", so those routes exercise every
+# token kind.
+ROUTES = {
+    "gpt-4o-mini": "gpt-4o-mini",
+    "o4-mini": "o4-mini-cached-reasoning",
+    "text-embedding-3-small": "text-embedding-3-small",
+    "claude-sonnet-4-5": "claude-sonnet-4-5-cached",
+    "mock-error-500": "mock-error-500",
+    "mock-timeout": "mock-timeout",
+    "mock-slow-stream": "mock-slow-stream",
+}
+# USD per million tokens of each upstream model: input, output, cached input, cache write.
 PRICES = {
     "gpt-4o-mini": ("0.15", "0.60", "0.075", None),
-    "o4-mini": ("1.10", "4.40", "0.275", None),
+    "o4-mini-cached-reasoning": ("1.10", "4.40", "0.275", None),
     "text-embedding-3-small": ("0.02", "0", None, None),
-    "claude-sonnet-4-5": ("3.00", "15.00", "0.30", "3.75"),
+    "claude-sonnet-4-5-cached": ("3.00", "15.00", "0.30", "3.75"),
+    "mock-error-500": ("1", "2", None, None),
+    "mock-timeout": ("1", "2", None, None),
+    "mock-slow-stream": ("1", "2", None, None),
 }
 
 
@@ -87,26 +102,13 @@ def make_world(
     anthropic_up = Upstream.objects.create(
         name="mock-anthropic", kind="anthropic", base_url=mock, read_timeout=Decimal(3)
     )
-    for model in (
-        "gpt-4o-mini",
-        "o4-mini",
-        "text-embedding-3-small",
-        "mock-error-500",
-        "mock-timeout",
-        "mock-slow-stream",
-    ):
+    for public, upstream_model in ROUTES.items():
         ModelRoute.objects.create(
-            public_name=model,
-            upstream=openai_up,
-            upstream_model=model,
+            public_name=public,
+            upstream=anthropic_up if public.startswith("claude") else openai_up,
+            upstream_model=upstream_model,
             default_max_output_tokens=256,
         )
-    ModelRoute.objects.create(
-        public_name="claude-sonnet-4-5",
-        upstream=anthropic_up,
-        upstream_model="claude-sonnet-4-5",
-        default_max_output_tokens=256,
-    )
     start = timezone.now() - dt.timedelta(days=30)
     for model, (inp, out, cached, write) in PRICES.items():
         ModelPrice.objects.create(
@@ -115,14 +117,6 @@ def make_world(
             output_per_mtok=Decimal(out),
             cached_input_per_mtok=Decimal(cached) if cached else None,
             cache_write_per_mtok=Decimal(write) if write else None,
-            effective_from=start,
-            source="catalog",
-        )
-    for model in ("mock-error-500", "mock-timeout", "mock-slow-stream"):
-        ModelPrice.objects.create(
-            model=model,
-            input_per_mtok=Decimal("1"),
-            output_per_mtok=Decimal("2"),
             effective_from=start,
             source="catalog",
         )

@@ -94,6 +94,11 @@ def test_client_disconnect_mid_stream_is_charged_for_what_was_produced(world: Wo
     world.allowance.refresh_from_db()
     assert world.allowance.reserved == 0
     assert world.allowance.used == record.input_tokens + record.output_tokens
-    # The upstream noticed the client went away and stopped generating.
+    # The upstream noticed the client went away and stopped generating (it notices on its
+    # next write, one chunk interval later).
+    deadline = time.monotonic() + 5
     state = httpx.get(f"{world.mock}/_mock/last", timeout=5).json()
-    assert state.get("cancelled") is True, state
+    while not state["disconnected"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+        state = httpx.get(f"{world.mock}/_mock/last", timeout=5).json()
+    assert state["disconnected"] is True and state["completed"] is False, state

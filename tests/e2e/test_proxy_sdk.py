@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from metering.models import UsageRecord
-from tests.e2e.conftest import PRICES, World
+from tests.e2e.conftest import PRICES, ROUTES, World
 
 pytestmark = pytest.mark.e2e
 M = Decimal(1_000_000)
@@ -29,7 +29,7 @@ def claude(world: World) -> anthropic.Anthropic:
 def expected_cost(
     model: str, *, input_tokens: int, output_tokens: int, cached: int = 0, cache_write: int = 0
 ) -> Decimal:
-    inp, out, cached_rate, write_rate = (Decimal(p) if p else None for p in PRICES[model])
+    inp, out, cached_rate, write_rate = (Decimal(p) if p else None for p in PRICES[ROUTES[model]])
     cached_rate = cached_rate if cached_rate is not None else inp
     write_rate = write_rate if write_rate is not None else inp
     plain = input_tokens - cached - cache_write

@@ -119,9 +119,9 @@ def test_monthly_shares_sum_to_the_grant(
                 Fraction(grant) * (k - 1) / months, unit
             )
             assert Fraction(share) == expected
-        # Between release days nothing more is released.
-        for d in days:
-            assert released(d + dt.timedelta(days=1)) in (released(d), grant)
+        # Nothing more is released between one release day and the next.
+        for d, following in zip(days, [*days[1:], period.end], strict=True):
+            assert released(following - dt.timedelta(days=1)) == released(d)
 
 
 # --- the ledger under any sequence of operations --------------------------------------------

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from decimal import Decimal
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 
 from budgets import ledger, quota
 from budgets.models import Allowance, CostCenter, Employee, Reservation
@@ -40,9 +41,22 @@ def test_fifty_threads_never_reserve_more_than_the_allowance(transactional_db: N
     errors: list[BaseException] = []
     lock = threading.Lock()
 
+    def connect() -> None:
+        # The server is shared: wait for a free connection slot rather than fail on
+        # "too many clients", which says nothing about the ledger.
+        for attempt in range(20):
+            try:
+                connection.ensure_connection()
+                return
+            except OperationalError:
+                connection.close()
+                time.sleep(0.1 * (attempt + 1))
+        connection.ensure_connection()
+
     def worker() -> None:
         try:
-            barrier.wait(timeout=30)
+            connect()
+            barrier.wait(timeout=60)
             result = quota.quota_reserve(
                 employee=employee, estimate=estimate, rule=quota.LimitRule(), clamp=False, day=day
             )

@@ -294,7 +294,7 @@ class _Plan:
     changed_allowances: list[tuple[Allowance, dict[str, Any]]] = field(default_factory=list)
 
 
-def _plan(roster: RosterFile, *, dry_run: bool, day: dt.date, lock: bool) -> _Plan:
+def _plan(roster: RosterFile, *, dry_run: bool, day: dt.date) -> _Plan:
     fiscal_year = current_fiscal_year(day)
     plan = _Plan(result=RosterResult(dry_run=dry_run, fiscal_year=fiscal_year))
     errors: list[RowError] = []
@@ -304,11 +304,7 @@ def _plan(roster: RosterFile, *, dry_run: bool, day: dt.date, lock: bool) -> _Pl
     # stay unique across the table, not just the file.
     existing = {e.employee_id: e for e in Employee.objects.all()}
     email_owner = {e.email.lower(): e.employee_id for e in existing.values()}
-    allowances_qs = Allowance.objects.filter(fiscal_year=fiscal_year)
-    if lock:
-        # Same lock as the quota ledger: an amount is never lowered below a racing reservation.
-        allowances_qs = allowances_qs.select_for_update().order_by("pk")
-    allowances = {a.employee_id: a for a in allowances_qs}
+    allowances = {a.employee_id: a for a in Allowance.objects.filter(fiscal_year=fiscal_year)}
     policies = policy_resolve_many(set(codes))
     users = _users_by_email({row.email for row in roster.rows if row.employee_id not in existing})
 
@@ -558,9 +554,21 @@ def roster_import(
     day = day or today()
     roster = roster_parse(content)
     if dry_run:
-        return _plan(roster, dry_run=True, day=day, lock=False).result
+        return _plan(roster, dry_run=True, day=day).result
     with transaction.atomic():
-        plan = _plan(roster, dry_run=False, day=day, lock=True)
+        plan = _plan(roster, dry_run=False, day=day)
+        changing = sorted(allowance.pk for allowance, _ in plan.changed_allowances)
+        if changing:
+            # Lock only the allowances whose terms change (the ledger's lock), so the proxy
+            # keeps reserving against everybody else during a large import; then plan again
+            # so the "not below what is used" check reads the locked values.
+            list(
+                Allowance.objects.select_for_update()
+                .filter(pk__in=changing)
+                .order_by("pk")
+                .values_list("pk", flat=True)
+            )
+            plan = _plan(roster, dry_run=False, day=day)
         _apply(plan, actor=actor, source=source, day=day)
     return plan.result
 

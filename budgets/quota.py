@@ -15,15 +15,15 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
 from django.utils import timezone
 
-from budgets import ledger
+from budgets import ledger, sql
 from budgets.fiscal import fiscal_year_bounds, fiscal_year_of
-from budgets.models import Allowance, CostCenterSpend, Employee, Policy, Reservation
+from budgets.models import Allowance, CostCenter, CostCenterSpend, Employee, Policy, Reservation
 
 RESERVATION_TTL = dt.timedelta(minutes=30)
 
@@ -162,37 +162,47 @@ def quota_reserve(
 ) -> Hold | ledger.Refusal:
     """Atomically hold the most this call may cost against every budget it draws on.
 
-    Never check-then-act: the rows are locked before the headroom is read. Must be called inside
-    `transaction.atomic()` when the caller locked rows of its own (see module docstring).
+    Never check-then-act: the rows are locked before the headroom is read. Call it inside the
+    caller's `transaction.atomic()` when the caller locked rows of its own (`extra`).
+
+    This is the proxy's hot path, so it speaks SQL directly (three statements for an employee
+    without capped cost centers) and does the arithmetic in Python Decimal on the locked row's
+    values: SQLite would do `reserved + x` in binary floating point.
     """
     day = day or today()
     fiscal_year = fiscal_year_of(day, settings.TB_FISCAL_YEAR_START_MONTH)
-    with transaction.atomic():
-        allowance = (
-            Allowance.objects.select_for_update()
-            .filter(employee_id=employee.pk, fiscal_year=fiscal_year)
-            .first()
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        row = sql.locked_row(
+            cursor,
+            f"SELECT id, unit, amount, release, prorate, used, reserved, adjustments_total "
+            f"FROM {_ALLOWANCE} WHERE employee_id = %s AND fiscal_year = %s",
+            [employee.pk, fiscal_year],
         )
-        if allowance is None:
+        if row is None:
             return ledger.Refusal(code="no_allowance", available=Decimal(0), unit="tokens")
+        allowance_id, unit, amount, release, prorate, used, reserved, adjusted = row
+        allowance = Allowance(
+            id=allowance_id,
+            fiscal_year=fiscal_year,
+            unit=unit,
+            amount=sql.dec(amount),
+            release=release,
+            prorate=bool(prorate),
+        )
+        used, reserved, adjusted = sql.dec(used), sql.dec(reserved), sql.dec(adjusted)
         _, released = allowance_released(allowance, employee, day)
-        limit = rule.limit(released + allowance.adjustments_total, allowance.unit)
+        limit = rule.limit(released + adjusted, unit)
         headrooms = [
             *extra,
-            ledger.Headroom(
-                "employee_allowance",
-                allowance.unit,
-                limit - allowance.used - allowance.reserved,
-                held=allowance.reserved,
-            ),
+            ledger.Headroom("employee_allowance", unit, limit - used - reserved, held=reserved),
         ]
-        spends = _lock_cost_center_spends(capped_cost_center_ids, fiscal_year)
+        spends = _lock_cost_center_spends(cursor, capped_cost_center_ids, fiscal_year)
         for spend in spends:
             headrooms.append(
                 ledger.Headroom(
-                    f"cost_center_cap:{spend.cost_center.code}",
+                    f"cost_center_cap:{spend.code}",
                     ledger.USD,
-                    spend.cost_center.annual_cap - spend.spent - spend.reserved,
+                    spend.cap - spend.spent - spend.reserved,
                     held=spend.reserved,
                 )
             )
@@ -201,68 +211,101 @@ def quota_reserve(
         )
         if isinstance(plan, ledger.Refusal):
             return plan
-        amount = Decimal(plan.tokens) if allowance.unit == ledger.TOKENS else plan.cost
-        Allowance.objects.filter(pk=allowance.pk).update(reserved=F("reserved") + amount)
-        cc_ids = tuple(spend.cost_center_id for spend in spends)
-        if cc_ids:
-            CostCenterSpend.objects.filter(pk__in=[s.pk for s in spends]).update(
-                reserved=F("reserved") + plan.cost
+        held = Decimal(plan.tokens) if unit == ledger.TOKENS else plan.cost
+        cursor.execute(
+            f"UPDATE {_ALLOWANCE} SET reserved = %s WHERE id = %s",
+            [sql.db_text(reserved + held), allowance_id],
+        )
+        for spend in spends:
+            cursor.execute(
+                f"UPDATE {_SPEND} SET reserved = %s WHERE id = %s",
+                [sql.db_text(spend.reserved + plan.cost), spend.id],
             )
-        reservation = Reservation.objects.create(
-            allowance_id=allowance.pk,
-            amount=amount,
-            tokens=plan.tokens,
-            cost=plan.cost,
-            cost_center_ids=list(cc_ids),
-            fiscal_year=fiscal_year,
-            expires_at=timezone.now() + RESERVATION_TTL,
+        cc_ids = tuple(spend.cost_center_id for spend in spends)
+        reservation_id = uuid.uuid4()
+        sql.insert_one(
+            cursor,
+            Reservation(
+                id=reservation_id,
+                allowance_id=allowance_id,
+                amount=held,
+                tokens=plan.tokens,
+                cost=plan.cost,
+                cost_center_ids=list(cc_ids),
+                fiscal_year=fiscal_year,
+                created_at=timezone.now(),
+                expires_at=timezone.now() + RESERVATION_TTL,
+            ),
         )
     return Hold(
-        reservation_id=reservation.pk,
-        allowance_id=allowance.pk,
-        unit=allowance.unit,
-        amount=amount,
+        reservation_id=reservation_id,
+        allowance_id=allowance_id,
+        unit=unit,
+        amount=held,
         tokens=plan.tokens,
         cost=plan.cost,
         output_tokens=plan.output_tokens,
         clamped=plan.clamped,
         cost_center_ids=cc_ids,
         fiscal_year=fiscal_year,
-        remaining=released
-        + allowance.adjustments_total
-        - allowance.used
-        - allowance.reserved
-        - amount,
+        remaining=released + adjusted - used - reserved - held,
     )
+
+
+_ALLOWANCE = Allowance._meta.db_table
+_SPEND = CostCenterSpend._meta.db_table
+_RESERVATION = Reservation._meta.db_table
+
+
+@dataclass
+class _Spend:
+    id: int
+    cost_center_id: int
+    code: str
+    cap: Decimal
+    spent: Decimal
+    reserved: Decimal
 
 
 def _lock_cost_center_spends(
-    cost_center_ids: list[int] | tuple[int, ...], fiscal_year: int
-) -> list[CostCenterSpend]:
+    cursor: Any, cost_center_ids: list[int] | tuple[int, ...], fiscal_year: int
+) -> list[_Spend]:
+    """Lock the spend rows of the capped cost centers in id order, creating missing ones."""
     if not cost_center_ids:
         return []
-    existing = set(
-        CostCenterSpend.objects.filter(
-            cost_center_id__in=cost_center_ids, fiscal_year=fiscal_year
-        ).values_list("cost_center_id", flat=True)
-    )
-    missing = [cc for cc in cost_center_ids if cc not in existing]
+    ids = sorted(cost_center_ids)
+    spends = _select_spends(cursor, ids, fiscal_year)
+    missing = set(ids) - {spend.cost_center_id for spend in spends}
     if missing:
-        # ignore_conflicts: a concurrent first call may create the same row; either one wins.
-        CostCenterSpend.objects.bulk_create(
-            [CostCenterSpend(cost_center_id=cc, fiscal_year=fiscal_year) for cc in missing],
-            ignore_conflicts=True,
-        )
-    return list(
-        CostCenterSpend.objects.select_for_update()
-        .select_related("cost_center")
-        .filter(
-            cost_center_id__in=cost_center_ids,
-            fiscal_year=fiscal_year,
-            cost_center__annual_cap__isnull=False,
-        )
-        .order_by("cost_center_id")
+        for cost_center_id in sorted(missing):
+            # A concurrent first call may create the same row; either one wins.
+            sql.insert_one(
+                cursor,
+                CostCenterSpend(cost_center_id=cost_center_id, fiscal_year=fiscal_year),
+                conflict=("cost_center_id", "fiscal_year"),
+            )
+        spends = _select_spends(cursor, ids, fiscal_year)
+    return spends
+
+
+def _select_spends(
+    cursor: Any, ids: list[int] | tuple[int, ...], fiscal_year: int, *, capped_only: bool = True
+) -> list[_Spend]:
+    marks = ", ".join(["%s"] * len(ids))
+    query = (
+        f"SELECT s.id, s.cost_center_id, c.code, c.annual_cap, s.spent, s.reserved "
+        f"FROM {_SPEND} s JOIN {CostCenter._meta.db_table} c ON c.id = s.cost_center_id "
+        f"WHERE s.fiscal_year = %s AND s.cost_center_id IN ({marks}) "
+        + ("AND c.annual_cap IS NOT NULL " if capped_only else "")
+        + "ORDER BY s.cost_center_id"
     )
+    if connection.features.has_select_for_update_of:
+        query += " FOR UPDATE OF s"
+    cursor.execute(query, [fiscal_year, *ids])
+    return [
+        _Spend(row[0], row[1], row[2], sql.dec(row[3]), sql.dec(row[4]), sql.dec(row[5]))
+        for row in cursor.fetchall()
+    ]
 
 
 def quota_settle(*, hold: Hold, tokens: int, cost: Decimal) -> bool:
@@ -280,18 +323,39 @@ def quota_release(*, hold: Hold) -> bool:
 
 
 def _close_hold(hold: Hold, *, tokens: int, cost: Decimal) -> bool:
-    with transaction.atomic():
-        deleted, _ = Reservation.objects.filter(pk=hold.reservation_id).delete()
-        if not deleted:
+    """Deleting the reservation decides: only the closer that deleted it moves the amounts."""
+    pk = Reservation._meta.pk.get_db_prep_value(hold.reservation_id, connection)
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {_RESERVATION} WHERE id = %s", [pk])
+        if cursor.rowcount != 1:
             return False
-        used = Decimal(tokens) if hold.unit == ledger.TOKENS else cost
-        Allowance.objects.filter(pk=hold.allowance_id).update(
-            used=F("used") + used, reserved=F("reserved") - hold.amount
+        charge = Decimal(tokens) if hold.unit == ledger.TOKENS else cost
+        used, reserved = sql.locked_row(
+            cursor, f"SELECT used, reserved FROM {_ALLOWANCE} WHERE id = %s", [hold.allowance_id]
         )
-        if hold.cost_center_ids:
-            CostCenterSpend.objects.filter(
-                cost_center_id__in=hold.cost_center_ids, fiscal_year=hold.fiscal_year
-            ).update(spent=F("spent") + cost, reserved=F("reserved") - hold.cost)
+        cursor.execute(
+            f"UPDATE {_ALLOWANCE} SET used = %s, reserved = %s WHERE id = %s",
+            [
+                sql.db_text(sql.dec(used) + charge),
+                sql.db_text(sql.dec(reserved) - hold.amount),
+                hold.allowance_id,
+            ],
+        )
+        # Every row this hold reserved on, even if its cap was lifted since.
+        held_on = (
+            _select_spends(cursor, hold.cost_center_ids, hold.fiscal_year, capped_only=False)
+            if hold.cost_center_ids
+            else []
+        )
+        for spend in held_on:
+            cursor.execute(
+                f"UPDATE {_SPEND} SET spent = %s, reserved = %s WHERE id = %s",
+                [
+                    sql.db_text(spend.spent + cost),
+                    sql.db_text(spend.reserved - hold.cost),
+                    spend.id,
+                ],
+            )
     return True
 
 

@@ -1,4 +1,10 @@
-"""The proxy's URLs (/v1/...), kept apart from the REST API."""
+"""The proxy's URLs (/v1/...), kept apart from the REST API.
+
+Served by `metering.asgi.ProxyApplication` under ASGI (no middleware) and, for tools that use
+Django's test client or WSGI, through the ordinary URLconf too.
+"""
+
+from __future__ import annotations
 
 from django.urls import path
 
@@ -11,3 +17,7 @@ urlpatterns = [
     path("v1/messages", views.messages, name="proxy-messages"),
     path("v1/models", views.models, name="proxy-models"),
 ]
+
+
+def views_by_path() -> dict:
+    return {"/" + str(pattern.pattern): pattern.callback for pattern in urlpatterns}

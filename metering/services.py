@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from budgets import ledger
+from budgets import ledger, sql
 from budgets.audit import audit_record, snapshot
 from budgets.models import Employee
 from budgets.quota import Hold, quota_release, quota_reserve, quota_settle
@@ -99,7 +99,7 @@ def call_reserve(
     """Hold the call's worst case on the key's cap, the allowance and the capped cost centers.
 
     Lock order: key row, then the ledger's own order (allowance, cost centers by id)."""
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         extra: list[ledger.Headroom] = []
         if info.cap_tokens is not None:
             key = (
@@ -147,7 +147,7 @@ def call_release(*, held: CallHold, record: UsageRecord) -> bool:
 
 def _close(held: CallHold, record: UsageRecord, *, charge: bool) -> bool:
     tokens = record.input_tokens + record.output_tokens if charge else 0
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         if held.key_tokens:
             VirtualKey.objects.filter(pk=held.key_id).update(
                 used_tokens=F("used_tokens") + tokens,
@@ -160,7 +160,8 @@ def _close(held: CallHold, record: UsageRecord, *, charge: bool) -> bool:
         if not closed:
             transaction.set_rollback(True)
             return False
-        UsageRecord.objects.bulk_create([record], ignore_conflicts=True)
+        with connection.cursor() as cursor:
+            sql.insert_one(cursor, record, conflict=("request_id",))
         _touch_key(held.key_id)
     return True
 
@@ -175,4 +176,5 @@ def _touch_key(key_id: int) -> None:
 
 def usage_record_create(*, record: UsageRecord) -> None:
     """Write a record outside any hold (idempotent on the request id)."""
-    UsageRecord.objects.bulk_create([record], ignore_conflicts=True)
+    with connection.cursor() as cursor:
+        sql.insert_one(cursor, record, conflict=("request_id",))

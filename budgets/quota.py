@@ -11,6 +11,7 @@ headroom in `extra`, inside their own `transaction.atomic()`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from dataclasses import dataclass
@@ -308,13 +309,18 @@ def _select_spends(
     ]
 
 
-def quota_settle(*, hold: Hold, tokens: int, cost: Decimal) -> bool:
-    """Replace the hold by the actual charge. Returns False (and changes nothing) when the hold
-    was already settled, released or expired, so a retry never charges twice.
+def quota_settle(
+    *, hold: Hold, tokens: int, cost: Decimal, charge_when_expired: bool = False
+) -> bool:
+    """Replace the hold by the actual charge. Returns False when the hold was already settled,
+    released or expired; then nothing changes, so a retry never charges twice.
 
-    Call inside the caller's `transaction.atomic()` to commit the usage record with the charge.
+    With `charge_when_expired`, a hold that expired (released by the sweeper while a very long
+    call ran) is still charged, straight to `used`: usage that happened is never dropped. The
+    caller must then guarantee idempotency itself (the proxy does, by the usage record's
+    unique request id written in the same transaction).
     """
-    return _close_hold(hold, tokens=tokens, cost=cost)
+    return _close_hold(hold, tokens=tokens, cost=cost, charge_when_expired=charge_when_expired)
 
 
 def quota_release(*, hold: Hold) -> bool:
@@ -322,14 +328,19 @@ def quota_release(*, hold: Hold) -> bool:
     return _close_hold(hold, tokens=0, cost=Decimal(0))
 
 
-def _close_hold(hold: Hold, *, tokens: int, cost: Decimal) -> bool:
+def _close_hold(
+    hold: Hold, *, tokens: int, cost: Decimal, charge_when_expired: bool = False
+) -> bool:
     """Deleting the reservation decides: only the closer that deleted it moves the amounts."""
     pk = Reservation._meta.pk.get_db_prep_value(hold.reservation_id, connection)
+    charge = Decimal(tokens) if hold.unit == ledger.TOKENS else cost
     with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {_RESERVATION} WHERE id = %s", [pk])
         if cursor.rowcount != 1:
-            return False
-        charge = Decimal(tokens) if hold.unit == ledger.TOKENS else cost
+            if not (charge_when_expired and (charge or cost)):
+                return False
+            # The sweeper already gave the hold back: charge without un-reserving again.
+            hold = dataclasses.replace(hold, amount=Decimal(0), cost=Decimal(0))
         used, reserved = sql.locked_row(
             cursor, f"SELECT used, reserved FROM {_ALLOWANCE} WHERE id = %s", [hold.allowance_id]
         )

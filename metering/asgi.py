@@ -77,5 +77,3 @@ class ProxyApplication:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise RequestAborted
-
-

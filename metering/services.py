@@ -145,23 +145,33 @@ def call_release(*, held: CallHold, record: UsageRecord) -> bool:
     return _close(held, record, charge=False)
 
 
+def call_abandon(*, held: CallHold) -> None:
+    """Give back a hold whose call never started (the client left during the reserve)."""
+    with transaction.atomic(savepoint=False):
+        if quota_release(hold=held.hold) and held.key_tokens:
+            VirtualKey.objects.filter(pk=held.key_id).update(
+                reserved_tokens=F("reserved_tokens") - held.key_tokens
+            )
+
+
 def _close(held: CallHold, record: UsageRecord, *, charge: bool) -> bool:
+    """The usage record is written first: its unique request id makes the whole close
+    idempotent (a second close finds it and changes nothing), so the close never needs to
+    roll back, and a batch of closes can share one transaction."""
     tokens = record.input_tokens + record.output_tokens if charge else 0
     with transaction.atomic(savepoint=False):
+        with connection.cursor() as cursor:
+            if not sql.insert_one(cursor, record, conflict=("request_id",)):
+                return False
         if held.key_tokens:
             VirtualKey.objects.filter(pk=held.key_id).update(
                 used_tokens=F("used_tokens") + tokens,
                 reserved_tokens=F("reserved_tokens") - held.key_tokens,
             )
         if charge:
-            closed = quota_settle(hold=held.hold, tokens=tokens, cost=record.cost)
+            quota_settle(hold=held.hold, tokens=tokens, cost=record.cost, charge_when_expired=True)
         else:
-            closed = quota_release(hold=held.hold)
-        if not closed:
-            transaction.set_rollback(True)
-            return False
-        with connection.cursor() as cursor:
-            sql.insert_one(cursor, record, conflict=("request_id",))
+            quota_release(hold=held.hold)
         _touch_key(held.key_id)
     return True
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from types import ModuleType
 
-import httpx
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import timezone
@@ -27,19 +26,43 @@ from django.views.decorators.csrf import csrf_exempt
 
 from budgets import ledger
 from metering import cache, pricing, tokens, upstream
-from metering.dbpool import in_db_thread
+from metering.dbpool import in_db_thread, ledger_writes
 from metering.models import UsageRecord
 from metering.providers import anthropic as anthropic_protocol
 from metering.providers import openai as openai_protocol
 from metering.providers.base import ParsedRequest, RequestError, Usage
 from metering.selectors import KeyInfo, RouteInfo, key_hash, routes_for_key
-from metering.services import CallHold, call_release, call_reserve, call_settle
+from metering.services import CallHold, call_abandon, call_release, call_reserve, call_settle
 
 log = logging.getLogger("tokenbudget.proxy")
 
-_settle_in_db = in_db_thread(call_settle)
-_release_in_db = in_db_thread(call_release)
-_reserve = in_db_thread(call_reserve)
+
+async def _reserve(**kwargs: object) -> CallHold | ledger.Refusal:
+    pending = asyncio.ensure_future(ledger_writes.submit(call_reserve, **kwargs))
+    try:
+        return await asyncio.shield(pending)
+    except asyncio.CancelledError:
+        # The client left while the hold was being taken: give it back once it exists.
+        pending.add_done_callback(_abandon_hold)
+        raise
+
+
+def _abandon_hold(pending: asyncio.Future) -> None:
+    if pending.cancelled() or pending.exception() is not None:
+        return
+    held = pending.result()
+    if isinstance(held, CallHold):
+        _spawn(ledger_writes.submit(call_abandon, held=held))
+
+
+async def _settle_in_db(**kwargs: object) -> bool:
+    return await ledger_writes.submit(call_settle, **kwargs)
+
+
+async def _release_in_db(**kwargs: object) -> bool:
+    return await ledger_writes.submit(call_release, **kwargs)
+
+
 _routes_for_key = in_db_thread(routes_for_key)
 _background: set[asyncio.Task] = set()  # strong references for tasks that outlive a request
 
@@ -429,11 +452,11 @@ async def _forward(call: Call, request: HttpRequest) -> HttpResponse:
             body=body,
             headers=headers,
         )
-    except httpx.TimeoutException:
+    except upstream.UpstreamTimeout:
         return await _fail(
             call, ProxyError(504, "timeout", "The upstream provider timed out.", "upstream_timeout")
         )
-    except httpx.HTTPError as exc:
+    except upstream.UpstreamError as exc:
         log.warning(
             "upstream unreachable",
             extra={"request_id": call.request_id, "error": type(exc).__name__},
@@ -483,16 +506,16 @@ async def _fail(call: Call, error: ProxyError) -> HttpResponse:
     return error_response(call.endpoint, error, call.request_id)
 
 
-async def _respond_whole(call: Call, response: httpx.Response) -> HttpResponse:
+async def _respond_whole(call: Call, response: upstream.UpstreamResponse) -> HttpResponse:
     assert call.held is not None
     try:
         content = await response.aread()
-    except httpx.TimeoutException:
+    except upstream.UpstreamTimeout:
         await response.aclose()
         return await _fail(
             call, ProxyError(504, "timeout", "The upstream provider timed out.", "upstream_timeout")
         )
-    except httpx.HTTPError:
+    except upstream.UpstreamError:
         await response.aclose()
         return await _fail(
             call,
@@ -533,7 +556,7 @@ async def _respond_whole(call: Call, response: httpx.Response) -> HttpResponse:
     return out
 
 
-async def _relay(call: Call, response: httpx.Response, meter) -> AsyncIterator[bytes]:
+async def _relay(call: Call, response: upstream.UpstreamResponse, meter) -> AsyncIterator[bytes]:
     """Relay the upstream stream chunk by chunk; settle once it ends, however it ends."""
     first: float | None = None
     outcome = "complete"
@@ -550,7 +573,7 @@ async def _relay(call: Call, response: httpx.Response, meter) -> AsyncIterator[b
     except (asyncio.CancelledError, GeneratorExit):
         outcome = "client_closed"
         raise
-    except httpx.HTTPError:
+    except upstream.UpstreamError:
         outcome = "upstream_broken"
     finally:
         # Settling must survive the cancellation that a client disconnect delivers here.
@@ -567,7 +590,7 @@ def _spawn(coro) -> asyncio.Task:
 
 
 async def _finish_stream(
-    call: Call, response: httpx.Response, meter, first: float | None, outcome: str
+    call: Call, response: upstream.UpstreamResponse, meter, first: float | None, outcome: str
 ) -> None:
     assert call.held is not None
     await response.aclose()  # closing the connection cancels the upstream generation

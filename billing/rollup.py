@@ -141,7 +141,9 @@ def _safe_upper_id(mark: Watermark) -> int:
     safe = mark.position
     if mark.pending_position > safe and _all_ended(mark.pending_xids):
         safe = mark.pending_position
-    if not in_flight:
+    if not in_flight or _all_ended(in_flight):
+        # Every transaction that could hold an id below max_id has ended (usually they are
+        # sub-millisecond proxy writes), so the whole visible range is final.
         safe = max(safe, max_id)
     if max_id > safe:
         # Replacing an unmet pending mark is safe: its transactions, still running, are part

@@ -51,7 +51,7 @@ class StatementStateError(Exception):
 class CloseResult:
     period: dt.date
     created: int
-    refreshed: int
+    refreshed: int  # drafts whose lines changed
     removed: int
     skipped_final: int
 
@@ -123,9 +123,22 @@ def _late_usage(period: dt.date) -> dict[LineKey, dict[str, int]]:
     return late
 
 
+def _current_lines(statement: ChargebackStatement) -> dict[LineKey, dict[str, int]]:
+    rows = statement.lines.values("usage_month", "employee_id", "model", *SUM_FIELDS)
+    return {
+        (statement.cost_center_id, r["usage_month"], r["employee_id"], r["model"]): {
+            f: r[f] for f in SUM_FIELDS
+        }
+        for r in rows
+    }
+
+
 def _replace_lines(
     statement: ChargebackStatement, lines: dict[LineKey, dict[str, int]], now: dt.datetime
-) -> None:
+) -> bool:
+    """Make the draft's lines equal `lines`; returns False (and writes nothing) if they are."""
+    if statement.pk and _current_lines(statement) == lines:
+        return False
     statement.lines.all().delete()
     StatementLine.objects.bulk_create(
         [
@@ -148,6 +161,7 @@ def _replace_lines(
     statement.total_units = sum(s["cost_units"] for s in lines.values())
     statement.refreshed_at = now
     statement.save(update_fields=["requests", "total_tokens", "total_units", "refreshed_at"])
+    return True
 
 
 def statements_close_month(*, period: dt.date, now: dt.datetime) -> CloseResult:
@@ -179,9 +193,9 @@ def statements_close_month(*, period: dt.date, now: dt.datetime) -> CloseResult:
                     period=period, cost_center_id=cc, currency=currency
                 )
                 created += 1
-            else:
+                _replace_lines(statement, lines, now)
+            elif _replace_lines(statement, lines, now):
                 refreshed += 1
-            _replace_lines(statement, lines, now)
         for cc, statement in existing.items():
             if cc not in by_center and statement.is_open:
                 statement.delete()

@@ -7,6 +7,7 @@ also drops the entry at once.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -28,6 +29,7 @@ class TTLCache[V]:
         self._entries: dict[str, tuple[float, V | None]] = {}
         self._max_entries = max_entries
         self._aload = in_db_thread(loader)
+        self._loading: dict[str, asyncio.Future] = {}
 
     def ttl(self) -> float:
         return float(settings.TB_KEY_CACHE_SECONDS)
@@ -42,9 +44,21 @@ class TTLCache[V]:
         hit, value = self.peek(name)
         if hit:
             return value
-        value = await self._aload(name)
-        self._store(name, value)
-        return value
+        # Single flight: when an entry expires under load, one load serves every caller that
+        # missed meanwhile, instead of each of them querying the database.
+        loading = self._loading.get(name)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(name))
+            self._loading[name] = loading
+        return await asyncio.shield(loading)
+
+    async def _load(self, name: str) -> V | None:
+        try:
+            value = await self._aload(name)
+            self._store(name, value)
+            return value
+        finally:
+            self._loading.pop(name, None)
 
     def get(self, name: str) -> V | None:
         hit, value = self.peek(name)

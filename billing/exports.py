@@ -169,6 +169,11 @@ def _utc_month(month: dt.date) -> tuple[str, str]:
     return start.strftime("%Y-%m-%dT%H:%M:%SZ"), end.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _per_million(tokens: int) -> str:
+    # PricingQuantity is a decimal in FOCUS; six places keep it exact for whole tokens.
+    return f"{Decimal(tokens).scaleb(-6):.6f}"
+
+
 def _publishers() -> dict[str, str]:
     """Public model name -> provider label, from the routes (one small query)."""
     from metering.models import ModelRoute
@@ -185,6 +190,9 @@ def focus_csv(lines: QuerySet[StatementLine]) -> Iterator[bytes]:
 
     Late-usage adjustment lines are Usage rows with ChargeClass "Correction" and their
     original month as the charge period; the billing period is the statement's month.
+    Prices are per million tokens (PricingUnit "1000000 Tokens"). InvoiceId is the Stripe
+    invoice id once there is one, else the statement's own reference: a chargeback statement
+    is the provisional invoice its rows belong to.
     """
     account_id = getattr(settings, "TB_FOCUS_BILLING_ACCOUNT_ID", "tokenbudget")
     account_name = getattr(settings, "TB_FOCUS_BILLING_ACCOUNT_NAME", "Tokenbudget LLM platform")
@@ -208,7 +216,7 @@ def focus_csv(lines: QuerySet[StatementLine]) -> Iterator[bytes]:
                 billing[1], billing[0], "Usage", "Correction" if correction else "",
                 description, "Usage-Based", charge[1], charge[0], tokens, "Tokens", cost,
                 cost, r.invoice_id or f"TB-{r.period:%Y%m}-{r.cost_center_code}", issuer,
-                cost, "Standard", tokens, "Tokens", account_name,
+                cost, "Standard", _per_million(tokens), "1000000 Tokens", account_name,
                 publishers.get(r.model, account_name), "AI and Machine Learning",
                 "LLM Gateway", "Generative AI", r.model, "Tokens", r.cost_center_code,
                 r.cost_center_name, "Cost Center", json.dumps(tags, sort_keys=True),

@@ -149,5 +149,10 @@ def daily_usage_grouped(*, queryset: QuerySet[DailyUsage], group_by: list[str]) 
     return qs.values(*fields).annotate(**sums).order_by(*fields)
 
 
+def parse_period(value: str) -> dt.date:
+    """'YYYY-MM' -> the month's first day (ValueError otherwise)."""
+    return dt.date.fromisoformat(f"{value}-01" if len(value) == 7 else value).replace(day=1)
+
+
 def month_bounds(period: dt.date) -> tuple[dt.date, dt.date]:
     return period, add_months(period, 1)

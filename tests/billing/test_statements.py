@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 from decimal import Decimal
 
 import pytest
@@ -163,3 +165,19 @@ def test_totals_reconcile_to_the_unit() -> None:
     assert result.statements_total + result.open_total == raw
     march = sum((r.cost for r in UsageRecord.objects.filter(created_at__gte=at(MAR, 0))), 0)
     assert result.open_total == march + Decimal(5)
+
+
+def test_commands_close_and_export(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from django.core.management import call_command
+
+    alice = EmployeeFactory()
+    usage(alice, at=at(dt.date(2026, 1, 10)), cost="1.25")
+    out = io.StringIO()
+    call_command("billing_close", now="2026-02-01T06:00:00+00:00", stdout=out)
+    assert "2026-01: 1 created" in out.getvalue() and "balanced" in out.getvalue()
+    target = tmp_path / "focus.csv"
+    call_command("billing_export", period="2026-01", format="focus", output=str(target))
+    rows = list(csv.DictReader(target.open()))
+    assert [r["BilledCost"] for r in rows] == ["1.2500000000"]
+    call_command("billing_export", period="2026-01", format="xlsx", output=str(tmp_path / "x.xlsx"))
+    assert (tmp_path / "x.xlsx").stat().st_size > 0

@@ -109,7 +109,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = TB_MAX_BODY_BYTES + 1024
 TB_STORE_CONTENT = env_bool("TB_STORE_CONTENT", False)
 # How long a call may wait for other calls' open holds to settle before it is refused.
 TB_HOLD_WAIT_SECONDS = env_int("TB_HOLD_WAIT_SECONDS", 30, minimum=0, maximum=600)
-TB_KEY_CACHE_SECONDS = env_int("TB_KEY_CACHE_SECONDS", 2, minimum=0, maximum=5)
+# At most 4 s: a revoked key must stop working everywhere within 5 s.
+TB_KEY_CACHE_SECONDS = env_int("TB_KEY_CACHE_SECONDS", 2, minimum=0, maximum=4)
 TB_UPSTREAM_CONNECT_TIMEOUT = env_decimal("TB_UPSTREAM_CONNECT_TIMEOUT", "10")
 TB_UPSTREAM_READ_TIMEOUT = env_decimal("TB_UPSTREAM_READ_TIMEOUT", "600")
 TB_MOCK_UPSTREAM_URL = env_str("TB_MOCK_UPSTREAM_URL", "http://127.0.0.1:8001")
@@ -141,6 +142,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "UnitEnum": "budgets.models.Unit",
+        "ReleaseEnum": "budgets.models.Release",
+    },
 }
 
 # --- i18n, static -------------------------------------------------------------------------------

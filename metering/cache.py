@@ -1,6 +1,6 @@
 """Per-process caches for the hot path: keys, routes (with their prices).
 
-Entries live at most `TB_KEY_CACHE_SECONDS` (5 s at most), which bounds how long a revoked key
+Entries live at most `TB_KEY_CACHE_SECONDS` (4 s at most), which bounds how long a revoked key
 or a changed policy keeps working in any process. A change made through this process's services
 also drops the entry at once.
 """

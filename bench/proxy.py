@@ -112,7 +112,7 @@ from metering.models import ModelPrice, ModelRoute, Upstream
 from metering.services import key_create
 cc = CostCenter.objects.create(code="bench", name="Bench")
 e = Employee.objects.create(employee_id="B1", email="b1@example.com", cost_center=cc)
-Allowance.objects.create(employee=e, fiscal_year=current_fiscal_year(), amount=Decimal(10**15), prorate=False)
+Allowance.objects.create(employee=e, fiscal_year=current_fiscal_year(), amount=Decimal(10**12), prorate=False)
 for name, url in (("instant", "{instant}"), ("slow", "{slow}")):
     up = Upstream.objects.create(name=name, kind="openai", base_url=url)
     ModelRoute.objects.create(public_name="bench-" + name, upstream=up, upstream_model="gpt-4o-mini")
@@ -245,10 +245,9 @@ def main() -> None:
 
 
 def report(result: Result, results: list[Result]) -> None:
-    if (
-        len(results) == 1
-        or ((results[-2].upstream, results[-2].stream) != (result.upstream, result.stream)
-        and result.target == "direct")
+    if len(results) == 1 or (
+        (results[-2].upstream, results[-2].stream) != (result.upstream, result.stream)
+        and result.target == "direct"
     ):
         mode = "streaming" if result.stream else "non-streaming"
         latency = "instant" if result.upstream == "instant" else "50 ms"

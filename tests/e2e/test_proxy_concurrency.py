@@ -63,8 +63,9 @@ def test_hundred_simultaneous_calls_against_ten_calls_of_allowance(world: World)
 
 
 def test_client_disconnect_mid_stream_is_charged_for_what_was_produced(world: World) -> None:
-    with httpx.Client(timeout=20) as client:
-        with client.stream(
+    with (
+        httpx.Client(timeout=20) as client,
+        client.stream(
             "POST",
             f"{world.proxy}/v1/chat/completions",
             json={
@@ -74,14 +75,15 @@ def test_client_disconnect_mid_stream_is_charged_for_what_was_produced(world: Wo
                 "stream": True,
             },
             headers={"authorization": f"Bearer {world.key}"},
-        ) as response:
-            assert response.status_code == 200
-            received = 0
-            for line in response.iter_lines():
-                if line.startswith("data:"):
-                    received += 1
-                if received >= 5:
-                    break
+        ) as response,
+    ):
+        assert response.status_code == 200
+        received = 0
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                received += 1
+            if received >= 5:
+                break
     deadline = time.monotonic() + 10
     while not UsageRecord.objects.exists() and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import anthropic
-import httpx
 import openai
 import pytest
 
@@ -166,7 +165,7 @@ def test_responses_api_streaming_and_not(world: World) -> None:
             model="gpt-4o-mini", input="Describe a budget", max_output_tokens=32, stream=True
         )
     )
-    completed = [e for e in events if e.type == "response.completed"][0]
+    completed = next(e for e in events if e.type == "response.completed")
     streamed = UsageRecord.objects.get(endpoint="responses", streamed=True)
     assert (streamed.input_tokens, streamed.output_tokens) == (
         completed.response.usage.input_tokens,

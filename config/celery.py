@@ -12,6 +12,12 @@ app.autodiscover_tasks()
 
 # Every periodic job is declared here, each with an expiry so a backlog never runs duplicates.
 app.conf.beat_schedule = {
+    # Give back holds left behind by crashed proxy processes.
+    "budgets-reservations-sweep": {
+        "task": "budgets.tasks.reservations_sweep",
+        "schedule": 60.0,
+        "options": {"expires": 50},
+    },
     # Fold new usage records into DailyUsage (one upsert from a watermark).
     "billing-daily-usage-rollup": {
         "task": "billing.tasks.daily_usage_rollup",

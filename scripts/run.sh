@@ -23,6 +23,12 @@ if [ -z "${OPENAI_API_KEY:-}" ] && [ -z "${ANTHROPIC_API_KEY:-}" ]; then
     echo "Mock LLM upstream on 127.0.0.1:${mock_port%%/*} (no provider key configured)"
 fi
 
+if [ -z "${CELERY_BROKER_URL:-}${REDIS_URL:-}" ]; then
+    # No broker: the periodic jobs (rollups, month close, alerts, sweeps) run in-process.
+    $py manage.py run_jobs &
+    pids+=($!)
+fi
+
 echo "Tokenbudget on http://$host:$port  (admin: /admin/, API docs: /api/docs/, proxy: /v1/)"
 .venv/bin/uvicorn config.asgi:application --host "$host" --port "$port" \
     --workers "${TB_WORKERS:-1}" --no-access-log --log-level warning &

@@ -41,6 +41,9 @@ PRICES = {
 }
 
 
+PROVIDER_KEY = "sk-provider-test-0123456789"
+
+
 @pytest.fixture(scope="session")
 def mock_upstream_url() -> Iterator[str]:
     port = servers.free_port()
@@ -60,6 +63,8 @@ def proxy_url(django_db_setup, django_db_blocker, mock_upstream_url: str) -> Ite
         "TB_KEY_CACHE_SECONDS": "0",
         "TB_MOCK_UPSTREAM_URL": mock_upstream_url,
         "TB_SERVE_STATIC": "0",
+        # The provider key the proxy must send upstream (never the client's own key).
+        "TB_TEST_PROVIDER_KEY": PROVIDER_KEY,
     }
     process = servers.start_proxy(port, env)
     yield f"http://127.0.0.1:{port}"
@@ -97,10 +102,18 @@ def make_world(
         prorate=False,
     )
     openai_up = Upstream.objects.create(
-        name="mock-openai", kind="openai", base_url=mock, read_timeout=Decimal(3)
+        name="mock-openai",
+        kind="openai",
+        base_url=mock,
+        read_timeout=Decimal(3),
+        credential_env="TB_TEST_PROVIDER_KEY",
     )
     anthropic_up = Upstream.objects.create(
-        name="mock-anthropic", kind="anthropic", base_url=mock, read_timeout=Decimal(3)
+        name="mock-anthropic",
+        kind="anthropic",
+        base_url=mock,
+        read_timeout=Decimal(3),
+        credential_env="TB_TEST_PROVIDER_KEY",
     )
     for public, upstream_model in ROUTES.items():
         ModelRoute.objects.create(

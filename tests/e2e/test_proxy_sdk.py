@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -230,3 +232,46 @@ def test_models_lists_only_what_the_key_may_use(world: World) -> None:
     )
     ids = sorted(model.id for model in oai(world).models.list())
     assert ids == ["claude-sonnet-4-5", "gpt-4o-mini"]
+
+
+def test_upstream_gets_the_provider_key_never_the_clients(world: World) -> None:
+    from tests.e2e.conftest import PROVIDER_KEY
+
+    oai(world).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=5,
+        extra_headers={
+            "x-api-key": world.key,
+            "cookie": "session=abc",
+            "openai-organization": "org-x",
+        },
+    )
+    seen = httpx.get(f"{world.mock}/_mock/last", timeout=5).json()
+    assert seen["headers"]["authorization"] == f"Bearer {PROVIDER_KEY}"
+    assert world.key not in json.dumps(seen)
+    assert "cookie" not in seen["headers"] and "openai-organization" not in seen["headers"]
+    claude(world).messages.create(
+        model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+    )
+    seen = httpx.get(f"{world.mock}/_mock/last", timeout=5).json()
+    assert seen["headers"]["x-api-key"] == PROVIDER_KEY
+    assert world.key not in json.dumps(seen)
+
+
+def test_intent_comes_from_the_header_or_metadata(world: World) -> None:
+    client = oai(world)
+    hello = [{"role": "user", "content": "hi"}]
+    tagged = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=hello, max_tokens=5, extra_headers={"X-Intent": "code-review"}
+    )
+    by_metadata = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=hello,
+        max_tokens=5,
+        metadata={"intent": "support-reply"},
+        store=False,
+    )
+    records = {r.request_id: r.intent for r in UsageRecord.objects.all()}
+    assert records[tagged.headers["x-request-id"]] == "code-review"
+    assert records[by_metadata.headers["x-request-id"]] == "support-reply"

@@ -126,6 +126,7 @@ def error_response(endpoint: str, error: ProxyError, request_id: str) -> HttpRes
         error.status, error.message, types[error.kind], code=error.code, param=error.param
     )
     response = HttpResponse(body, status=error.status, content_type="application/json")
+    response["Content-Length"] = str(len(body))
     response["x-request-id"] = request_id
     if error.kind == "quota":
         response["x-should-retry"] = "false"  # the official SDKs honour this: a budget won't refill
@@ -552,6 +553,7 @@ async def _respond_whole(call: Call, response: upstream.UpstreamResponse) -> Htt
         status=status,
         content_type=response.headers.get("content-type", "application/json"),
     )
+    out["Content-Length"] = str(len(content))
     _budget_headers(out, call, remaining)
     return out
 
@@ -661,6 +663,8 @@ async def models(request: HttpRequest) -> HttpResponse:
             for route in routes
         ],
     }
-    response = HttpResponse(json.dumps(data), content_type="application/json")
+    body = json.dumps(data).encode()
+    response = HttpResponse(body, content_type="application/json")
+    response["Content-Length"] = str(len(body))
     response["x-request-id"] = request_id
     return response

@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
+from decimal import Decimal
 
+from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -43,12 +45,19 @@ class KeyInfo:
     cap_tokens: int | None
     default_intent: str
     allowance_unit: str  # of this fiscal year's allowance ("tokens" when there is none)
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    # What the Redis quota backend needs besides the counters; None without an allowance.
+    limits: QuotaLimits | None = None
 
     def usable(self, now: dt.datetime) -> bool:
+        """Not revoked or expired, and its owner is active and still employed."""
         return (
             not self.revoked
             and self.employee_active
             and (self.expires_at is None or self.expires_at > now)
+            and (self.employee_end is None or self.employee_end >= timezone.localdate(now))
+            and (self.employee_start is None or self.employee_start <= timezone.localdate(now))
         )
 
     def may_use(self, model: str) -> bool:
@@ -61,6 +70,47 @@ class KeyInfo:
         return Employee(
             id=self.employee_id, start_date=self.employee_start, end_date=self.employee_end
         )
+
+
+@dataclass(frozen=True)
+class QuotaLimits:
+    """The budgets a call draws on, as of the moment the key was loaded (cached like the key,
+    so an adjustment or a cap change reaches every process within the cache bound).
+
+    The Redis quota backend keeps only the counters (used, reserved); the limits travel with
+    each call, which keeps Redis state rebuildable from the database at any time."""
+
+    allowance_id: int
+    fiscal_year: int
+    unit: str
+    limit: Decimal  # released + adjustments, with the soft overage applied
+    period_end: dt.date  # exclusive end of the fiscal year: counters expire after it
+    # Capped cost centers (id, code, cap in USD), ascending id.
+    cost_center_caps: tuple[tuple[int, str, Decimal], ...]
+
+
+def quota_limits_load(
+    employee: Employee, rule: LimitRule, chain: list[CostCenter]
+) -> QuotaLimits | None:
+    from budgets.fiscal import fiscal_year_bounds
+    from budgets.quota import allowance_released, today
+
+    day = today()
+    fiscal_year = current_fiscal_year(day)
+    allowance = Allowance.objects.filter(employee=employee, fiscal_year=fiscal_year).first()
+    if allowance is None:
+        return None
+    _, released = allowance_released(allowance, employee, day)
+    return QuotaLimits(
+        allowance_id=allowance.pk,
+        fiscal_year=fiscal_year,
+        unit=allowance.unit,
+        limit=rule.limit(released + allowance.adjustments_total, allowance.unit),
+        period_end=fiscal_year_bounds(fiscal_year, settings.TB_FISCAL_YEAR_START_MONTH)[1],
+        cost_center_caps=tuple(
+            sorted((n.pk, n.code, n.annual_cap) for n in chain if n.annual_cap is not None)
+        ),
+    )
 
 
 def cost_center_chain(cost_center_id: int) -> list[CostCenter]:
@@ -95,6 +145,8 @@ def key_info_load(hashed: str) -> KeyInfo | None:
     employee = key.employee
     chain = cost_center_chain(employee.cost_center_id)
     policy = policy_from_chain(chain)
+    rule = LimitRule.from_policy(policy)
+    limits = quota_limits_load(employee, rule, chain) if settings.REDIS_URL else None
     return KeyInfo(
         key_id=key.pk,
         employee_id=employee.pk,
@@ -108,17 +160,20 @@ def key_info_load(hashed: str) -> KeyInfo | None:
         policy_models=frozenset(policy.allowed_models or ()) if policy else frozenset(),
         per_request_token_cap=policy.per_request_token_cap if policy else None,
         clamp=policy is None or policy.over_budget == Policy.OverBudget.CLAMP,
-        rule=LimitRule.from_policy(policy),
+        rule=rule,
         # Lock order for the ledger: ascending id (see budgets.quota).
         capped_cost_center_ids=tuple(sorted(n.pk for n in chain if n.annual_cap is not None)),
         cap_tokens=key.cap_tokens,
         default_intent=key.default_intent,
-        allowance_unit=Allowance.objects.filter(
-            employee=employee, fiscal_year=current_fiscal_year()
-        )
+        allowance_unit=limits.unit
+        if limits
+        else Allowance.objects.filter(employee=employee, fiscal_year=current_fiscal_year())
         .values_list("unit", flat=True)
         .first()
         or "tokens",
+        requests_per_minute=policy.requests_per_minute if policy else None,
+        tokens_per_minute=policy.tokens_per_minute if policy else None,
+        limits=limits,
     )
 
 

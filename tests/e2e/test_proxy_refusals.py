@@ -190,3 +190,11 @@ def test_output_is_clamped_to_what_remains(world: World) -> None:
     assert completion.usage.completion_tokens <= clamped
     world.allowance.refresh_from_db()
     assert world.allowance.used <= 60 and world.allowance.reserved == 0
+
+
+def test_employee_who_left_cannot_spend_the_rest_of_the_year(world: World) -> None:
+    world.employee.end_date = timezone.localdate() - dt.timedelta(days=1)
+    world.employee.save()
+    with pytest.raises(openai.AuthenticationError):
+        oai(world).chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=5)
+    assert_nothing_charged(world)

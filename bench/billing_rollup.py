@@ -136,10 +136,16 @@ def main() -> None:
         default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument("--reuse", help="a database kept by --keep: skip generating data")
     args = parser.parse_args()
 
     name, url = scratch_url(args.database_url)
-    admin_exec(args.database_url, f'CREATE DATABASE "{name}"')
+    if args.reuse:
+        name = args.reuse
+        url = urlunparse(urlparse(args.database_url)._replace(path=f"/{name}"))
+        args.keep = True
+    else:
+        admin_exec(args.database_url, f'CREATE DATABASE "{name}"')
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     try:
@@ -154,9 +160,18 @@ def main() -> None:
         from billing.statements import statements_close_month
 
         call_command("migrate", verbosity=0, skip_checks=True)
-        t = time.perf_counter()
-        generate(args.records, args.employees, args.cost_centers)
-        print(f"data generated in {time.perf_counter() - t:.1f} s")
+        if args.reuse:
+            with connection.cursor() as cur:
+                cur.execute(
+                    "TRUNCATE billing_dailyusage, billing_statementline, "
+                    "billing_stripeinvoiceitem, billing_chargebackstatement, billing_watermark"
+                )
+                cur.execute("SELECT count(*) FROM metering_usagerecord")
+                args.records = cur.fetchone()[0]
+        else:
+            t = time.perf_counter()
+            generate(args.records, args.employees, args.cost_centers)
+            print(f"data generated in {time.perf_counter() - t:.1f} s")
 
         t = time.perf_counter()
         result = daily_usage_rollup()

@@ -60,20 +60,20 @@ def local_tz() -> zoneinfo.ZoneInfo:
 
 def _aggregate_query(condition: Q):
     """The grouped SELECT over usage records matching `condition`, columns in KEY+SUM order."""
-    cost_units = Cast(
-        Round(
-            F("cost")
-            * Value(COST_SCALE, output_field=DecimalField(max_digits=30, decimal_places=0))
-        ),
-        BigIntegerField(),
-    )
+    scale = Value(COST_SCALE, output_field=DecimalField(max_digits=30, decimal_places=0))
+    if connection.vendor == "postgresql":
+        # numeric sums are exact, so scale once per group instead of once per row.
+        cost_units = Cast(Sum("cost") * scale, BigIntegerField())
+    else:
+        # SQLite keeps decimals as doubles: make each record an exact integer before summing.
+        cost_units = Sum(Cast(Round(F("cost") * scale), BigIntegerField()))
     sums = {kind: Sum(kind) for kind in TOKEN_KINDS}
     return (
         UsageRecord.objects.filter(condition)
         .annotate(day=TruncDate("created_at", tzinfo=local_tz()))
         .order_by()
         .values(*KEY_COLUMNS)
-        .annotate(requests=Count("id"), **sums, cost_units=Sum(cost_units))
+        .annotate(requests=Count("id"), **sums, cost_units=cost_units)
         .values_list(*KEY_COLUMNS, *SUM_COLUMNS)
     )
 
@@ -92,6 +92,11 @@ def _upsert(condition: Q) -> int:
         f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
     )
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # A large catch-up groups millions of keys; enough memory keeps the hash aggregate
+            # from spilling to disk. Local to this transaction.
+            work_mem = getattr(settings, "TB_ROLLUP_WORK_MEM", "256MB")
+            cursor.execute("SELECT set_config('work_mem', %s, true)", [work_mem])
         cursor.execute(sql, params)
         return max(cursor.rowcount, 0)
 

@@ -155,7 +155,9 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-LOGIN_URL = "/admin/login/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+LOGIN_URL = "pages:login"
+LOGIN_REDIRECT_URL = "pages:home"
 
 LOGGING = {
     "version": 1,

@@ -12,4 +12,5 @@ urlpatterns = [
     path("api/v1/", include("metering.urls")),
     path("api/v1/", include("billing.urls")),
     path("", include("metering.proxy_urls")),
+    path("", include("config.pages_urls")),
 ]

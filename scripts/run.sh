@@ -7,7 +7,7 @@ scripts/setup.sh
 py=.venv/bin/python
 $py manage.py migrate --noinput -v 0
 $py manage.py collectstatic --noinput -v 0
-$py manage.py seed_demo
+$py manage.py seed_demo_history  # seed_demo plus months of usage and closed months
 
 host="${TB_HOST:-127.0.0.1}"
 port="${TB_PORT:-8000}"

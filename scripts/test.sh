@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
+scripts/install-browser.sh
 export TB_REDIS_TEST_URL="${TB_REDIS_TEST_URL:-redis://127.0.0.1:6379/9}"
 
 .venv/bin/ruff check .

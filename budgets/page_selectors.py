@@ -1,0 +1,189 @@
+"""Reads for the admin and manager pages: the cost-center tree with its totals, the employees
+table (built to stay fast at 10,000 employees) and an employee's history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Count, DecimalField, F, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
+
+from budgets import roles
+from budgets.models import Adjustment, Allowance, AuditEvent, CostCenter, Employee, Unit
+
+ZERO = Value(Decimal(0), output_field=DecimalField(max_digits=24, decimal_places=10))
+
+
+@dataclass
+class Totals:
+    allowance: Decimal = Decimal(0)
+    used: Decimal = Decimal(0)
+    employees: int = 0
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.allowance - self.used
+
+    def add(self, other: Totals) -> None:
+        self.allowance += other.allowance
+        self.used += other.used
+        self.employees += other.employees
+
+
+@dataclass
+class Node:
+    center: CostCenter
+    depth: int
+    own: dict[str, Totals] = field(default_factory=dict)
+    subtree: dict[str, Totals] = field(default_factory=dict)
+
+    def total(self, unit: str) -> Totals:
+        return self.subtree.get(unit, Totals())
+
+    @property
+    def percent_used(self) -> int:
+        t = self.total(Unit.TOKENS)
+        return 0 if t.allowance <= 0 else min(100, int(t.used * 100 / t.allowance))
+
+
+def cost_center_tree(*, user: Any, fiscal_year: int) -> list[Node]:
+    """Visible cost centers depth-first, each with its own and its subtree's allowance totals
+    (grant plus adjustments) and use, per unit. Two queries whatever the size of the tree."""
+    centers = list(roles.visible_cost_centers(user).order_by("code"))
+    ids = {c.pk for c in centers}
+    sums = (
+        Allowance.objects.filter(fiscal_year=fiscal_year, employee__cost_center_id__in=ids)
+        .order_by()
+        .values("employee__cost_center_id", "unit")
+        .annotate(a=Sum("amount"), j=Sum("adjustments_total"), u=Sum("used"), r=Sum("reserved"))
+    )
+    own: dict[int, dict[str, Totals]] = {}
+    for row in sums:
+        own.setdefault(row["employee__cost_center_id"], {})[row["unit"]] = Totals(
+            allowance=(row["a"] or 0) + (row["j"] or 0),
+            used=(row["u"] or 0) + (row["r"] or 0),
+        )
+    counts = (
+        Employee.objects.filter(cost_center_id__in=ids, active=True)
+        .order_by()
+        .values("cost_center_id")
+        .annotate(n=Count("id"))
+    )
+    for row in counts:
+        own.setdefault(row["cost_center_id"], {}).setdefault(Unit.TOKENS, Totals()).employees = row[
+            "n"
+        ]
+    children: dict[int | None, list[CostCenter]] = {}
+    for center in centers:
+        parent = center.parent_id if center.parent_id in ids else None
+        children.setdefault(parent, []).append(center)
+    ordered: list[Node] = []
+
+    def walk(center: CostCenter, depth: int) -> Node:
+        node = Node(center, depth, own=own.get(center.pk, {}))
+        ordered.append(node)
+        for unit, totals in node.own.items():
+            node.subtree.setdefault(unit, Totals()).add(totals)
+        for child in children.get(center.pk, []):
+            for unit, totals in walk(child, depth + 1).subtree.items():
+                node.subtree.setdefault(unit, Totals()).add(totals)
+        return node
+
+    for root in children.get(None, []):
+        walk(root, 0)
+    return ordered
+
+
+SORTS = {
+    "employee_id": "employee_id",
+    "name": "name",
+    "cost_center": "cost_center__code",
+    "allowance": "allowance_total",
+    "used": "allowance_used",
+    "remaining": "allowance_remaining",
+}
+
+
+def employee_table(
+    *,
+    user: Any,
+    fiscal_year: int,
+    search: str = "",
+    cost_center_ids: set[int] | None = None,
+    status: str = "active",
+    sort: str = "employee_id",
+) -> QuerySet[Employee]:
+    """Visible employees with this year's allowance figures as columns, filtered and sorted.
+
+    The figures come from correlated subqueries on the unique (employee, fiscal year) index, so
+    the database sorts and pages 10,000 rows without loading them; pages slice the queryset.
+    """
+    year = Allowance.objects.filter(employee=OuterRef("pk"), fiscal_year=fiscal_year)
+
+    def column(expression: str) -> Coalesce:
+        return Coalesce(Subquery(year.values(expression)[:1], output_field=ZERO.output_field), ZERO)
+
+    qs = (
+        roles.visible_employees(user)
+        .select_related("cost_center")
+        .annotate(
+            allowance_total=column("amount") + column("adjustments_total"),
+            allowance_used=column("used") + column("reserved"),
+            allowance_unit=Subquery(year.values("unit")[:1]),
+        )
+        .annotate(allowance_remaining=F("allowance_total") - F("allowance_used"))
+    )
+    if search:
+        qs = qs.filter(
+            Q(employee_id__icontains=search)
+            | Q(name__icontains=search)
+            | Q(email__icontains=search)
+        )
+    if cost_center_ids:
+        qs = qs.filter(cost_center_id__in=roles.subtree_ids(cost_center_ids))
+    if status == "active":
+        qs = qs.filter(active=True)
+    elif status == "inactive":
+        qs = qs.filter(active=False)
+    field_name = SORTS.get(sort.lstrip("-"), "employee_id")
+    return qs.order_by(("-" if sort.startswith("-") else "") + field_name, "pk")
+
+
+def employee_history(*, employee: Employee, fiscal_year: int) -> dict[str, Any]:
+    allowance = Allowance.objects.filter(employee=employee, fiscal_year=fiscal_year).first()
+    adjustments = (
+        Adjustment.objects.filter(allowance__employee=employee)
+        .select_related("allowance", "actor")
+        .order_by("-created_at", "-id")[:50]
+    )
+    related = [str(employee.pk)]
+    allowance_ids = [str(pk) for pk in employee.allowances.values_list("pk", flat=True)]
+    events = (
+        AuditEvent.objects.filter(
+            Q(object_type="budgets.employee", object_id__in=related)
+            | Q(object_type="budgets.allowance", object_id__in=allowance_ids)
+        )
+        .select_related("actor")
+        .order_by("-created_at", "-id")[:50]
+    )
+    events = list(events)
+    for event in events:
+        event.changes = audit_changes(event.before, event.after)
+    return {"allowance": allowance, "adjustments": list(adjustments), "events": events}
+
+
+SKIPPED_FIELDS = {"id", "created_at", "updated_at"}
+
+
+def audit_changes(before: dict | None, after: dict | None) -> str:
+    """'amount: 1000 → 2000; unit: tokens' — what changed, readable in a table cell."""
+    before, after = before or {}, after or {}
+    parts = []
+    for name in sorted(set(before) | set(after)):
+        if name in SKIPPED_FIELDS or before.get(name) == after.get(name):
+            continue
+        old, new = before.get(name), after.get(name)
+        parts.append(f"{name}: {old} → {new}" if name in before else f"{name}: {new}")
+    return "; ".join(parts)

@@ -1,0 +1,239 @@
+"""Pages for admins and managers: cost centers, employees, allowances, top-ups, roster, policies.
+
+Every view decides who may see what through budgets.roles: admins everything, finance reads
+everything, managers their cost-center subtree; anything else is a 403 page.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from budgets import page_selectors, roles, selectors
+from budgets.bulk import allowances_assign
+from budgets.models import Adjustment, Unit
+from budgets.quota import current_fiscal_year, quota_get
+from budgets.roster import RosterInvalid, roster_import
+from budgets.services import adjustment_create
+
+PAGE_SIZE = 50
+ROSTER_SESSION = "tb_roster"
+MAX_ROSTER_BYTES = 5 * 1024 * 1024
+
+
+def _require_reader(user: Any) -> None:
+    """Admins, finance and managers read budgets; employees only their own (on My tokens)."""
+    if not (roles.sees_all(user) or roles.managed_cost_center_ids(user)):
+        raise PermissionDenied
+
+
+def _require_admin(user: Any) -> None:
+    if not roles.is_admin(user):
+        raise PermissionDenied
+
+
+def _decimal(raw: str) -> Decimal | None:
+    try:
+        value = Decimal(raw.replace(",", "").replace("_", "").strip())
+    except InvalidOperation:
+        return None
+    return value if value.is_finite() else None
+
+
+@login_required
+def cost_centers(request: HttpRequest) -> HttpResponse:
+    _require_reader(request.user)
+    year = current_fiscal_year()
+    nodes = page_selectors.cost_center_tree(user=request.user, fiscal_year=year)
+    return render(
+        request, "budgets/cost_centers.html", {"nav": "cost-centers", "nodes": nodes, "year": year}
+    )
+
+
+@login_required
+def employees(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    _require_reader(user)
+    year = current_fiscal_year()
+    params = request.GET
+    center_ids = {int(v) for v in params.getlist("cost_center") if v.isdigit()}
+    status = params.get("status", "active")
+    sort = params.get("sort", "employee_id")
+    table = page_selectors.employee_table(
+        user=user,
+        fiscal_year=year,
+        search=params.get("q", "").strip()[:100],
+        cost_center_ids=center_ids,
+        status=status,
+        sort=sort,
+    )
+    page = Paginator(table, PAGE_SIZE).get_page(params.get("page"))
+    keep = params.copy()
+    keep.pop("page", None)
+    sort_links = {}
+    for column in page_selectors.SORTS:
+        flipped = params.copy()
+        flipped["sort"] = f"-{column}" if sort == column else column
+        flipped.pop("page", None)
+        sort_links[column] = flipped.urlencode()
+    context = {
+        "nav": "employees",
+        "page": page,
+        "year": year,
+        "centers": selectors.cost_center_list(user=user).order_by("code"),
+        "chosen_centers": center_ids,
+        "status": status,
+        "sort": sort,
+        "q": params.get("q", ""),
+        "query": keep.urlencode(),
+        "sort_links": sort_links,
+        "can_assign": roles.is_admin(user) or bool(roles.managed_cost_center_ids(user)),
+        "units": Unit.choices,
+    }
+    return render(request, "budgets/employees.html", context)
+
+
+@login_required
+@require_POST
+def employees_assign(request: HttpRequest) -> HttpResponse:
+    """Bulk: set this year's allowance of the ticked employees."""
+    user = request.user
+    back = f"{reverse('pages:employees')}?{request.POST.get('query', '')}"
+    ids = [int(v) for v in request.POST.getlist("employee") if v.isdigit()]
+    amount = _decimal(request.POST.get("amount", ""))
+    unit = request.POST.get("unit", Unit.TOKENS)
+    if not ids:
+        messages.error(request, "Tick at least one employee.")
+        return redirect(back)
+    if amount is None or amount < 0 or unit not in Unit.values:
+        messages.error(request, "Give the amount as a number of tokens or dollars, 0 or more.")
+        return redirect(back)
+    chosen = list(roles.visible_employees(user).filter(pk__in=ids).select_related("cost_center"))
+    if len(chosen) != len(set(ids)) or not all(roles.can_manage_employee(user, e) for e in chosen):
+        raise PermissionDenied
+    result = allowances_assign(
+        actor=user, employees=chosen, amount=amount, unit=unit, fiscal_year=current_fiscal_year()
+    )
+    if result.errors:
+        messages.error(request, "Nothing changed. " + " ".join(result.errors[:5]))
+    else:
+        messages.success(
+            request,
+            f"Allowance set to {amount:,} {unit} for {len(chosen)} employees "
+            f"({result.created} new, {result.updated} changed, {result.unchanged} already so).",
+        )
+    return redirect(back)
+
+
+@login_required
+def employee_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    user = request.user
+    _require_reader(user)
+    employee = get_object_or_404(selectors.employee_list(user=user), pk=pk)
+    year = current_fiscal_year()
+    errors: dict[str, str] = {}
+    form = {"amount": "", "reason": "", "kind": Adjustment.Kind.TOP_UP}
+    history = page_selectors.employee_history(employee=employee, fiscal_year=year)
+    if request.method == "POST":
+        if not roles.can_manage_employee(user, employee):
+            raise PermissionDenied
+        form = {k: request.POST.get(k, "").strip() for k in form}
+        amount = _decimal(form["amount"])
+        if history["allowance"] is None:
+            errors["amount"] = "Assign an allowance for this year first."
+        elif amount is None:
+            errors["amount"] = "A number, e.g. 100000."
+        if form["kind"] not in (Adjustment.Kind.TOP_UP, Adjustment.Kind.CORRECTION):
+            errors["kind"] = "Choose top-up or correction."
+        if not errors:
+            try:
+                adjustment_create(
+                    actor=user,
+                    allowance=history["allowance"],
+                    kind=form["kind"],
+                    amount=amount,
+                    reason=form["reason"],
+                    source="admin",
+                )
+            except ValidationError as exc:
+                for name, problems in exc.message_dict.items():
+                    errors[name if name in form else "amount"] = " ".join(problems)
+            else:
+                messages.success(request, f"{form['kind'].replace('_', '-')} of {amount:,} saved.")
+                return redirect("pages:employee", pk=employee.pk)
+    context = {
+        "nav": "employees",
+        "employee": employee,
+        "quota": quota_get(employee),
+        "history": history,
+        "year": year,
+        "can_manage": roles.can_manage_employee(user, employee),
+        "form": form,
+        "errors": errors,
+        "kinds": [(Adjustment.Kind.TOP_UP, "Top-up"), (Adjustment.Kind.CORRECTION, "Correction")],
+        "keys": employee.keys.order_by("revoked_at", "-created_at"),
+    }
+    return render(request, "budgets/employee.html", context, status=400 if errors else 200)
+
+
+@login_required
+def roster(request: HttpRequest) -> HttpResponse:
+    """Upload a roster CSV: a dry run shows the diff; "Apply" imports the same file."""
+    _require_admin(request.user)
+    context: dict[str, Any] = {"nav": "roster", "result": None, "errors": None}
+    if request.method == "POST" and request.POST.get("action") == "apply":
+        content = request.session.get(ROSTER_SESSION)
+        if not content:
+            messages.error(request, "Upload the file again: its preview has expired.")
+            return redirect("pages:roster")
+        try:
+            result = roster_import(content=content, actor=request.user, source="import")
+        except RosterInvalid as exc:
+            context["errors"] = exc
+        else:
+            request.session.pop(ROSTER_SESSION, None)
+            counts = result.counts
+            messages.success(
+                request,
+                f"Roster imported: {counts['created']} created, {counts['updated']} updated, "
+                f"{counts['deactivated']} deactivated, {counts['unchanged']} unchanged.",
+            )
+            return redirect("pages:roster")
+    elif request.method == "POST":
+        upload = request.FILES.get("file")
+        if upload is None:
+            context["file_error"] = "Choose a CSV file."
+        elif upload.size > MAX_ROSTER_BYTES:
+            context["file_error"] = "The file is larger than 5 MB."
+        else:
+            content = upload.read().decode("utf-8-sig", errors="replace")
+            try:
+                context["result"] = roster_import(content=content, actor=request.user, dry_run=True)
+            except RosterInvalid as exc:
+                context["errors"] = exc
+            else:
+                # The preview's file waits in the session so "Apply" imports exactly what was
+                # previewed, without a second upload.
+                request.session[ROSTER_SESSION] = content
+                context["filename"] = upload.name
+    return render(request, "budgets/roster.html", context)
+
+
+@login_required
+def policies(request: HttpRequest) -> HttpResponse:
+    _require_reader(request.user)
+    rows = selectors.policy_list(user=request.user).order_by("cost_center__code")
+    return render(
+        request,
+        "budgets/policies.html",
+        {"nav": "policies", "policies": rows, "is_admin": roles.is_admin(request.user)},
+    )

@@ -1,0 +1,41 @@
+"""The web pages: sign-in, My tokens, admin and manager pages, finance statements."""
+
+from __future__ import annotations
+
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from billing import pages as billing_pages
+from budgets import pages as budget_pages
+from metering import pages as metering_pages
+
+app_name = "pages"
+
+urlpatterns = [
+    path("", billing_pages.home, name="home"),
+    path(
+        "accounts/login/",
+        auth_views.LoginView.as_view(redirect_authenticated_user=True),
+        name="login",
+    ),
+    path("accounts/logout/", auth_views.LogoutView.as_view(next_page="pages:login"), name="logout"),
+    path("me/", billing_pages.my_tokens, name="my-tokens"),
+    path("me/keys/", metering_pages.key_new, name="key-new"),
+    path("keys/<int:pk>/revoke/", metering_pages.key_remove, name="key-revoke"),
+    path("manage/cost-centers/", budget_pages.cost_centers, name="cost-centers"),
+    path("manage/employees/", budget_pages.employees, name="employees"),
+    path("manage/employees/assign/", budget_pages.employees_assign, name="employees-assign"),
+    path("manage/employees/<int:pk>/", budget_pages.employee_detail, name="employee"),
+    path("manage/roster/", budget_pages.roster, name="roster"),
+    path("manage/policies/", budget_pages.policies, name="policies"),
+    path("manage/models/", metering_pages.routes, name="routes"),
+    path("finance/statements/", billing_pages.statements, name="statements"),
+    path("finance/statements/close/", billing_pages.month_close, name="month-close"),
+    path("finance/statements/export/", billing_pages.statements_export, name="export"),
+    path("finance/statements/<int:pk>/", billing_pages.statement_detail, name="statement"),
+    path(
+        "finance/statements/<int:pk>/finalize/",
+        billing_pages.statement_finalize_page,
+        name="finalize",
+    ),
+]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, DecimalField, F, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db.models import Count, DecimalField, F, FilteredRelation, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 
 from budgets import roles
@@ -117,21 +117,26 @@ def employee_table(
 ) -> QuerySet[Employee]:
     """Visible employees with this year's allowance figures as columns, filtered and sorted.
 
-    The figures come from correlated subqueries on the unique (employee, fiscal year) index, so
-    the database sorts and pages 10,000 rows without loading them; pages slice the queryset.
+    The figures come from one LEFT JOIN on the unique (employee, fiscal year) allowance, so the
+    database filters, sorts and pages 10,000 rows in one statement (correlated subqueries would
+    be evaluated again for every row an OFFSET skips); pages slice the queryset.
     """
-    year = Allowance.objects.filter(employee=OuterRef("pk"), fiscal_year=fiscal_year)
 
-    def column(expression: str) -> Coalesce:
-        return Coalesce(Subquery(year.values(expression)[:1], output_field=ZERO.output_field), ZERO)
+    def column(name: str) -> Coalesce:
+        return Coalesce(F(f"year_allowance__{name}"), ZERO)
 
     qs = (
         roles.visible_employees(user)
         .select_related("cost_center")
         .annotate(
+            year_allowance=FilteredRelation(
+                "allowances", condition=Q(allowances__fiscal_year=fiscal_year)
+            )
+        )
+        .annotate(
             allowance_total=column("amount") + column("adjustments_total"),
             allowance_used=column("used") + column("reserved"),
-            allowance_unit=Subquery(year.values("unit")[:1]),
+            allowance_unit=F("year_allowance__unit"),
         )
         .annotate(allowance_remaining=F("allowance_total") - F("allowance_used"))
     )

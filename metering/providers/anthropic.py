@@ -10,7 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from metering.providers.base import ParsedRequest, RequestError, StreamState, Usage
+from metering.providers.base import (
+    ParsedRequest,
+    PassThroughMeter,
+    RequestError,
+    Usage,
+)
 from metering.providers.openai import (
     TextCollector,
     decode_body,
@@ -19,7 +24,6 @@ from metering.providers.openai import (
     optional_int,
     strip_intent,
 )
-from metering.sse import SSESplitter
 
 ENDPOINTS = ("messages",)
 MIN_OUTPUT_TOKENS = {"messages": 1}
@@ -151,7 +155,7 @@ def usage_from_body(endpoint: str, data: dict[str, Any]) -> Usage | None:
 # --- streams -------------------------------------------------------------------------------
 
 
-class MessagesStreamMeter:
+class MessagesStreamMeter(PassThroughMeter):
     """Meters a Messages stream (named events: message_start, content_block_*, message_delta,
     message_stop, ping, error). Relays the bytes unchanged.
 
@@ -162,29 +166,10 @@ class MessagesStreamMeter:
 
     def __init__(self, *, strip_usage_chunk: bool = False) -> None:
         del strip_usage_chunk  # nothing is ever stripped from an Anthropic stream
-        self.state = StreamState()
-        self._sse = SSESplitter(keep_raw=False)
+        super().__init__()
         self._counts = _Counts()
 
-    def feed(self, chunk: bytes) -> bytes:
-        for event in self._sse.feed(chunk):
-            self._on_event(event.data)
-        return chunk
-
-    def close(self) -> bytes:
-        for event in self._sse.close():
-            self._on_event(event.data)
-        return b""
-
-    def _on_event(self, data: str | None) -> None:
-        if data is None:
-            return
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            return
-        if not isinstance(obj, dict):
-            return
+    def on_object(self, obj: dict[str, Any]) -> None:
         kind = obj.get("type")
         if kind == "content_block_delta":
             self._on_delta(obj.get("delta"))

@@ -7,8 +7,11 @@ or an SSE stream, chunk by chunk) to a meter that finds the usage.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+from metering.sse import SSESplitter
 
 
 class RequestError(ValueError):
@@ -75,3 +78,36 @@ class StreamMeter(Protocol):
     def feed(self, chunk: bytes) -> bytes: ...
 
     def close(self) -> bytes: ...
+
+
+class PassThroughMeter:
+    """A stream meter that relays the bytes unchanged and hands each event's JSON object to
+    `on_object` (subclasses read usage and output text there). Events that are not JSON
+    objects (comments, pings without data, garbage) are ignored, never fatal."""
+
+    def __init__(self) -> None:
+        self.state = StreamState()
+        self._sse = SSESplitter(keep_raw=False)
+
+    def feed(self, chunk: bytes) -> bytes:
+        for event in self._sse.feed(chunk):
+            self._on_data(event.data)
+        return chunk
+
+    def close(self) -> bytes:
+        for event in self._sse.close():
+            self._on_data(event.data)
+        return b""
+
+    def _on_data(self, data: str | None) -> None:
+        if data is None:
+            return
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return
+        if isinstance(obj, dict):
+            self.on_object(obj)
+
+    def on_object(self, obj: dict[str, Any]) -> None:
+        raise NotImplementedError

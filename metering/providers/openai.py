@@ -10,7 +10,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from metering.providers.base import ParsedRequest, RequestError, StreamState, Usage
+from metering.providers.base import (
+    ParsedRequest,
+    PassThroughMeter,
+    RequestError,
+    StreamState,
+    Usage,
+)
 from metering.sse import SSESplitter
 
 ENDPOINTS = ("chat", "responses", "embeddings")
@@ -483,33 +489,11 @@ _RESPONSES_TEXT_DELTAS = frozenset(
 _RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
-class ResponsesStreamMeter:
+class ResponsesStreamMeter(PassThroughMeter):
     """Meters a responses API stream (named events; usage in the terminal
     `response.completed` / `response.incomplete` / `response.failed` event). Relays unchanged."""
 
-    def __init__(self) -> None:
-        self.state = StreamState()
-        self._sse = SSESplitter(keep_raw=False)
-
-    def feed(self, chunk: bytes) -> bytes:
-        for event in self._sse.feed(chunk):
-            self._on_event(event.data)
-        return chunk
-
-    def close(self) -> bytes:
-        for event in self._sse.close():
-            self._on_event(event.data)
-        return b""
-
-    def _on_event(self, data: str | None) -> None:
-        if data is None:
-            return
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            return
-        if not isinstance(obj, dict):
-            return
+    def on_object(self, obj: dict[str, Any]) -> None:
         kind = obj.get("type")
         if kind in _RESPONSES_TEXT_DELTAS:
             delta = obj.get("delta")

@@ -649,7 +649,13 @@ def test_splitter_is_split_invariant_with_mixed_line_ends(lines: list, data: st.
         last = cut
     got += splitter.close()
     assert b"".join(e.raw for e in got) == stream
-    assert [(e.event, e.data) for e in got] == [(e.event, e.data) for e in expected]
+
+    # Blocks without data dispatch nothing (SSE spec); how runs of blank lines are grouped
+    # into such blocks may depend on the cuts, but their bytes are all relayed (checked above).
+    def dispatched(events: list) -> list:
+        return [(e.event, e.data) for e in events if e.data is not None]
+
+    assert dispatched(got) == dispatched(expected)
 
 
 @pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"])

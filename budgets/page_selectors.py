@@ -182,6 +182,13 @@ def employee_history(*, employee: Employee, fiscal_year: int) -> dict[str, Any]:
 SKIPPED_FIELDS = {"id", "created_at", "updated_at"}
 
 
+def _plain(value: Any) -> Any:
+    """'500000.0000000000' -> '500000': audit snapshots keep the database's decimal places."""
+    if isinstance(value, str) and value.replace(".", "", 1).lstrip("-").isdigit():
+        return format(Decimal(value).normalize(), "f")
+    return value
+
+
 def audit_changes(before: dict | None, after: dict | None) -> str:
     """'amount: 1000 → 2000; unit: tokens' — what changed, readable in a table cell."""
     before, after = before or {}, after or {}
@@ -189,6 +196,6 @@ def audit_changes(before: dict | None, after: dict | None) -> str:
     for name in sorted(set(before) | set(after)):
         if name in SKIPPED_FIELDS or before.get(name) == after.get(name):
             continue
-        old, new = before.get(name), after.get(name)
+        old, new = _plain(before.get(name)), _plain(after.get(name))
         parts.append(f"{name}: {old} → {new}" if name in before else f"{name}: {new}")
     return "; ".join(parts)

@@ -168,7 +168,8 @@ def employee_detail(request: HttpRequest, pk: int) -> HttpResponse:
                 for name, problems in exc.message_dict.items():
                     errors[name if name in form else "amount"] = " ".join(problems)
             else:
-                messages.success(request, f"{form['kind'].replace('_', '-')} of {amount:,} saved.")
+                label = dict(Adjustment.Kind.choices)[form["kind"]]
+                messages.success(request, f"{label} of {amount:,} saved for {employee.name}.")
                 return redirect("pages:employee", pk=employee.pk)
     context = {
         "nav": "employees",
@@ -183,6 +184,33 @@ def employee_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "keys": employee.keys.order_by("revoked_at", "-created_at"),
     }
     return render(request, "budgets/employee.html", context, status=400 if errors else 200)
+
+
+def _describe(row: dict[str, Any]) -> str:
+    """One roster diff row as a sentence-like cell: changes as 'from → to', else the fields."""
+    if changes := row.get("changes"):
+        return "; ".join(
+            f"{name.replace('_', ' ')}: {change['from'] or 'none'} → {change['to'] or 'none'}"
+            for name, change in changes.items()
+        )
+    return "; ".join(
+        f"{name.replace('_', ' ')}: {value}"
+        for name, value in row.items()
+        if name not in {"row", "employee_id"} and value not in (None, "")
+    )
+
+
+def _diff(result: Any) -> list[tuple[str, str, list[tuple[int, str, str]]]]:
+    sections = [
+        ("New employees", "diff-created", result.created),
+        ("Changes", "diff-updated", result.updated),
+        ("Deactivated (missing from the file)", "diff-deactivated", result.deactivated),
+    ]
+    return [
+        (title, css, [(r.get("row") or 0, r["employee_id"], _describe(r)) for r in rows])
+        for title, css, rows in sections
+        if rows
+    ]
 
 
 @login_required
@@ -225,6 +253,7 @@ def roster(request: HttpRequest) -> HttpResponse:
                 # previewed, without a second upload.
                 request.session[ROSTER_SESSION] = content
                 context["filename"] = upload.name
+                context["diff"] = _diff(context["result"])
     return render(request, "budgets/roster.html", context)
 
 

@@ -23,7 +23,7 @@ from metering.models import UsageRecord, VirtualKey
 ROSTER = (
     "employee_id,email,name,cost_center,allowance\n"
     "E-100,employee@example.com,Erin Employee,eng-ml,1000000\n"
-    "S-200,other@example.com,Sam Sales,sales,300000\n"
+    "S-200,other@example.com,Sam Sales,sales,350000\n"
     "N-1,new.one@example.com,Nora New,eng,\n"
     "N-2,new.two@example.com,Nick New,sales,250000\n"
 )
@@ -43,6 +43,8 @@ def test_admin_imports_a_roster_then_assigns_allowances_in_bulk(cast: Any, sign_
     admin.page.get_by_role("button", name="Preview changes").click()
     preview = admin.page.get_by_test_id("roster-preview")
     expect(preview).to_contain_text("2 to create")
+    expect(preview).to_contain_text("1 to update")
+    expect(preview).to_contain_text("allowance: 300000 → 350000")
     expect(preview).to_contain_text("N-2")
     admin.shot("admin-roster-preview")
     assert not Employee.objects.filter(employee_id__in=["N-1", "N-2"]).exists()  # dry run

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from html import escape
 
 from django.utils.safestring import SafeString, mark_safe
@@ -44,7 +44,7 @@ def compact(value: Number) -> str:
     number = abs(number)
     for limit, suffix in ((Decimal(10**9), "B"), (Decimal(10**6), "M"), (Decimal(10**3), "k")):
         if number >= limit:
-            scaled = (number / limit).quantize(Decimal("0.1"))
+            scaled = (number / limit).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
             text = f"{scaled:f}".removesuffix(".0")
             return f"{sign}{text}{suffix}"
     if number != number.to_integral_value():

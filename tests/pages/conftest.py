@@ -45,14 +45,12 @@ PROVIDER_KEY = "sk-provider-pages-0123456789"
 # the tests make between browser steps are ordinary synchronous code.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
-pytestmark = pytest.mark.e2e
-
 
 def pytest_collection_modifyitems(items: list[Any]) -> None:
     if shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists():
         skip = pytest.mark.skip(reason=f"no Chromium at {CHROMIUM} (scripts/install-browser.sh)")
         for item in items:
-            if "tests/pages" in str(item.fspath):
+            if "browser" in getattr(item, "fixturenames", ()):
                 item.add_marker(skip)
 
 

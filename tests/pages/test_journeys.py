@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from django.utils import timezone
 from openai import OpenAI
 from playwright.sync_api import expect
@@ -27,6 +28,8 @@ ROSTER = (
     "N-1,new.one@example.com,Nora New,eng,\n"
     "N-2,new.two@example.com,Nick New,sales,250000\n"
 )
+
+pytestmark = pytest.mark.e2e
 
 
 def test_admin_imports_a_roster_then_assigns_allowances_in_bulk(cast: Any, sign_in: Any) -> None:

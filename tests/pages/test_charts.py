@@ -1,0 +1,42 @@
+"""The SVG charts: labelled, escaped, and scaled to their data."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+
+from budgets.charts import Bar, Series, bar_chart, compact, line_chart
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(0, "0"), (999, "999"), (1000, "1k"), (1250, "1.3k"), (2_000_000, "2M"),
+     (Decimal("0.5"), "0.50"), (-1500, "-1.5k"), (3 * 10**9, "3B")],
+)  # fmt: skip
+def test_compact(value: int | Decimal, text: str) -> None:
+    assert compact(value) == text
+
+
+def test_line_chart_has_an_accessible_name_and_escapes_labels() -> None:
+    start, end = dt.date(2026, 1, 1), dt.date(2026, 12, 31)
+    svg = line_chart(
+        [Series("<b>remaining</b>", [(start, 100), (dt.date(2026, 6, 1), 40)])],
+        title='Left "now"', desc="falls", start=start, end=end,
+        marks=[(dt.date(2026, 6, 1), "today")],
+    )  # fmt: skip
+    assert 'role="img"' in svg and 'aria-label="Left &quot;now&quot;"' in svg
+    assert "<b>" not in svg and "&lt;b&gt;remaining" in svg
+    assert ">today<" in svg and ">Jan<" in svg and ">Dec<" in svg
+
+
+def test_bar_chart_longest_bar_is_the_largest_value() -> None:
+    svg = bar_chart([Bar("a", 100), Bar("b", 50)], title="t", desc="d")
+    widths = [float(part.split('"')[0]) for part in svg.split('width="')[1:]]
+    assert widths[0] == 2 * widths[1]
+
+
+def test_empty_data_still_draws() -> None:
+    svg = line_chart([], title="t", desc="d", start=dt.date(2026, 1, 1), end=dt.date(2026, 1, 2))
+    assert svg.startswith("<svg")

@@ -108,6 +108,8 @@ def employees_assign(request: HttpRequest) -> HttpResponse:
     """Bulk: set this year's allowance of the ticked employees."""
     user = request.user
     back = f"{reverse('pages:employees')}?{request.POST.get('query', '')}"
+    if (target := request.POST.get("next", "")).startswith("/manage/employees/"):
+        back = target  # the single-employee form on an employee's page returns there
     ids = [int(v) for v in request.POST.getlist("employee") if v.isdigit()]
     amount = _decimal(request.POST.get("amount", ""))
     unit = request.POST.get("unit", Unit.TOKENS)
@@ -182,6 +184,7 @@ def employee_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "errors": errors,
         "kinds": [(Adjustment.Kind.TOP_UP, "Top-up"), (Adjustment.Kind.CORRECTION, "Correction")],
         "keys": employee.keys.order_by("revoked_at", "-created_at"),
+        "units": Unit.choices,
     }
     return render(request, "budgets/employee.html", context, status=400 if errors else 200)
 

@@ -8,7 +8,6 @@ from decimal import Decimal
 from typing import Any
 
 from django.db.models import F, QuerySet, Sum
-from django.db.models.functions import TruncMonth
 
 from billing.models import ChargebackStatement, DailyUsage, units_to_cost
 from budgets.fiscal import add_months
@@ -80,22 +79,23 @@ def spend_trend(
     """Monthly cost per top-level visible cost center (subtrees folded in) for the `months`
     months ending with `end`'s month; the `top` largest by total, the rest as "Other".
 
-    Folding subtrees keeps the chart readable at a glance whatever the depth of the tree.
+    Read from the statements (one row per cost center and month) rather than the daily rollup,
+    so the chart costs the same at ten thousand employees as at ten. Folding subtrees keeps it
+    readable at a glance whatever the depth of the tree.
     """
     first = add_months(end.replace(day=1), -(months - 1))
     periods = [add_months(first, i) for i in range(months)]
-    qs = DailyUsage.objects.filter(day__gte=first, day__lt=add_months(periods[-1], 1))
+    qs = ChargebackStatement.objects.filter(period__gte=first, period__lte=periods[-1])
     if cost_center_ids is not None:
         qs = qs.filter(cost_center_id__in=cost_center_ids)
     rows = (
         qs.order_by()
-        .annotate(month=TruncMonth("day"))
-        .values("month", "cost_center_id")
-        .annotate(c=Sum("cost_units"))
+        .values("period", "cost_center_id")
+        .annotate(c=Sum("total_units"))
+        .values_list("period", "cost_center_id", "c")
     )
     centers = {c.pk: c for c in CostCenter.objects.all()}
     visible = set(centers) if cost_center_ids is None else cost_center_ids
-
     roots = {cc for cc in visible if centers[cc].parent_id not in visible}
     if len(roots) == 1:
         # One company root would make one line: show its departments instead.
@@ -111,12 +111,9 @@ def spend_trend(
         return node
 
     totals: dict[int, list[int]] = {}
-    for row in rows:
-        month = row["month"]
-        month = month.date() if isinstance(month, dt.datetime) else month
-        index = periods.index(month.replace(day=1))
-        values = totals.setdefault(root_of(row["cost_center_id"]), [0] * months)
-        values[index] += row["c"] or 0
+    for period, cc_id, units in rows:
+        values = totals.setdefault(root_of(cc_id), [0] * months)
+        values[periods.index(period)] += units or 0
     # Months before the first spend only flatten the lines; keep at least a quarter.
     used = [i for i in range(months) if any(values[i] for values in totals.values())]
     skip = min(used[0], months - 3) if used else 0

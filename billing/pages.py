@@ -194,12 +194,12 @@ def statements(request: HttpRequest) -> HttpResponse:
     month_statements = list(visible.filter(period=period))
     totals = selectors.subtree_totals(period=period)
     managed = None if roles.sees_all(user) else roles.managed_cost_center_ids(user)
-    months, trend = page_selectors.spend_trend(cost_center_ids=managed, end=max(period, closable))
+    months, trend = page_selectors.spend_trend(cost_center_ids=managed, end=closable)
     trend_chart = None
     if any(any(values) for _, values in trend):
         trend_chart = line_chart(
             [Series(cc.name, list(zip(months, values, strict=True))) for cc, values in trend],
-            title="Monthly spend by cost center",
+            title="Monthly spend by cost center (closed months)",
             desc="; ".join(
                 f"{cc.name}: ${sum(values)} over {len(months)} months" for cc, values in trend
             ),

@@ -82,6 +82,7 @@ def _burn_down(employee: Any, quota: Any, day: dt.date, per_day: Decimal) -> dic
         start=start,
         end=end - dt.timedelta(days=1),
         marks=marks,
+        prefix="$" if quota.unit == "usd" else "",
     )
     monthly: dict[dt.date, Decimal] = {}
     for when, amount in spent:
@@ -205,6 +206,7 @@ def statements(request: HttpRequest) -> HttpResponse:
             ),
             start=months[0],
             end=months[-1],
+            prefix="$",
         )
     context = {
         "nav": "finance",

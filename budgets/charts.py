@@ -80,10 +80,12 @@ def line_chart(
     start: dt.date,
     end: dt.date,
     marks: Sequence[tuple[dt.date, str]] = (),
+    prefix: str = "",
     width: int = 960,
     height: int = 300,
 ) -> SafeString:
-    """Lines over a date axis from `start` to `end`, with optional labelled vertical marks."""
+    """Lines over a date axis from `start` to `end`, with optional labelled vertical marks;
+    `prefix` goes before the axis values (a currency sign)."""
     left, right, top, bottom = 56, 16, 16, 34
     plot_w, plot_h = width - left - right, height - top - bottom
     values = [Decimal(v) for s in series for _, v in s.points]
@@ -102,7 +104,7 @@ def line_chart(
         body.append(
             f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y(tick):.1f}" '
             f'y2="{y(tick):.1f}"/><text class="axis" x="{left - 6}" y="{y(tick) + 4:.1f}" '
-            f'text-anchor="end">{compact(tick)}</text>'
+            f'text-anchor="end">{prefix}{compact(tick)}</text>'
         )
     month = start.replace(day=1)
     while month <= end:

@@ -3,6 +3,7 @@
 import os
 
 from celery import Celery
+from celery.schedules import crontab
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -17,6 +18,24 @@ app.conf.beat_schedule = {
         "task": "budgets.tasks.reservations_sweep",
         "schedule": 60.0,
         "options": {"expires": 50},
+    },
+    # Give back Redis holds left behind by crashed proxy processes (no-op without Redis).
+    "metering-quota-holds-sweep": {
+        "task": "metering.tasks.quota_holds_sweep",
+        "schedule": 60.0,
+        "options": {"expires": 50},
+    },
+    # Safety net for the usage-stream consumers: drain whatever is waiting.
+    "metering-usage-stream-drain": {
+        "task": "metering.tasks.usage_stream_drain",
+        "schedule": 30.0,
+        "options": {"expires": 25},
+    },
+    # Nightly: compare the Redis quota counters with the database, report and repair drift.
+    "metering-quota-counters-reconcile": {
+        "task": "metering.tasks.quota_counters_reconcile",
+        "schedule": crontab(hour=3, minute=30),
+        "options": {"expires": 3600},
     },
     # Fold new usage records into DailyUsage (one upsert from a watermark).
     "billing-daily-usage-rollup": {

@@ -115,6 +115,16 @@ TB_UPSTREAM_CONNECT_TIMEOUT = env_decimal("TB_UPSTREAM_CONNECT_TIMEOUT", "10")
 TB_UPSTREAM_READ_TIMEOUT = env_decimal("TB_UPSTREAM_READ_TIMEOUT", "600")
 TB_MOCK_UPSTREAM_URL = env_str("TB_MOCK_UPSTREAM_URL", "http://127.0.0.1:8001")
 TB_REDIS_DOWN_MODE = env_choice("TB_REDIS_DOWN_MODE", "database", ("database", "closed", "open"))
+# How long one Redis command may take before Redis counts as down for the quota path (then
+# TB_REDIS_DOWN_MODE applies for a second before Redis is tried again).
+TB_REDIS_TIMEOUT_MS = env_int("TB_REDIS_TIMEOUT_MS", 1000, minimum=10, maximum=60_000)
+# Usage events applied per database transaction by the stream consumer.
+TB_USAGE_BATCH = env_int("TB_USAGE_BATCH", 2000, minimum=1, maximum=50_000)
+# A stream entry delivered to a consumer that has not acknowledged it for this long (it died
+# mid-batch) is claimed by another consumer.
+TB_USAGE_CLAIM_IDLE_MS = env_int("TB_USAGE_CLAIM_IDLE_MS", 30_000, minimum=100)
+# /readyz answers 503 once the oldest usage event not yet in the database is older than this.
+TB_READY_MAX_LAG_SECONDS = env_int("TB_READY_MAX_LAG_SECONDS", 300, minimum=1)
 TB_PUBLIC_BASE_URL = env_str("TB_PUBLIC_BASE_URL", "http://127.0.0.1:8000")
 
 # --- REST framework ------------------------------------------------------------------------
@@ -159,10 +169,27 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 LOGIN_URL = "pages:login"
 LOGIN_REDIRECT_URL = "pages:home"
 
+# "json": one JSON object per line (with the request id of the call, if any) for log shippers.
+TB_LOG_FORMAT = env_choice("TB_LOG_FORMAT", "text", ("text", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"request_id": {"()": "metering.logs.RequestIdFilter"}},
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+        "text": {"format": "%(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": TB_LOG_FORMAT,
+            "filters": ["request_id"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("TB_LOG_LEVEL", "INFO")},
     "loggers": {"httpx": {"level": "WARNING"}, "uvicorn.access": {"level": "WARNING"}},
 }

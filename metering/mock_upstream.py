@@ -15,6 +15,9 @@ bare prefix all work):
   POST .../messages           Anthropic Messages, stream and not, with cache usage fields
   GET  /_mock/last            the last API request seen: method, path, headers, body, outcome
   GET  /_mock/requests        the last 200 of them, oldest first; DELETE clears the list
+  GET  /_mock/ledger          every answer served in full, by the x-request-id it came with:
+                              count and token totals (what a metering proxy must have recorded);
+                              DELETE clears it
 
 Usage is deterministic. Input tokens = o200k count of the prompt text (metering.tokens) +
 fixed image/file allowances + 3 per message. The reply is N tokens of fixed words, exactly one
@@ -223,6 +226,8 @@ class MockUpstream:
     def __init__(self, settings: MockSettings | None = None) -> None:
         self.settings = settings or MockSettings()
         self.records: deque[Record] = deque(maxlen=200)
+        # request id -> (input, output) tokens of every answer served in full
+        self.ledger: dict[str, tuple[int, int]] = {}
         self.last: Record | None = None
         self.writers: set[asyncio.StreamWriter] = set()  # open connections, closed on shutdown
 
@@ -320,13 +325,17 @@ class MockUpstream:
             fail(plan.error_status, "The mock upstream failed as asked.", "server_error")
             return
         record.status = 200
+        served = (plan.prompt_tokens, plan.output_tokens)
         if not parsed.stream:
             conn.send(200, _BODIES[endpoint](parsed, plan))
+            self.ledger[headers.get("x-request-id", str(id(record)))] = served
             return
         plan.chunk_delay = max(plan.chunk_delay, self.settings.chunk_latency_ms / 1000)
         conn.start_stream()
         await _STREAMS[endpoint](conn, parsed, plan)
         await conn.end_stream()
+        if not plan.stream_error:
+            self.ledger[headers.get("x-request-id", str(id(record)))] = served
 
     def _authorised(self, headers: dict[str, str]) -> bool:
         expected = self.settings.expected_key
@@ -345,6 +354,17 @@ class MockUpstream:
             conn.send(200, b"[]")
         elif path == "/_mock/requests":
             conn.send(200, _DUMP([r.as_dict() for r in self.records]).encode())
+        elif path == "/_mock/ledger" and method == "DELETE":
+            self.ledger.clear()
+            conn.send(200, b"{}")
+        elif path == "/_mock/ledger":
+            body = {
+                "count": len(self.ledger),
+                "input_tokens": sum(i for i, _ in self.ledger.values()),
+                "output_tokens": sum(o for _, o in self.ledger.values()),
+                "requests": {rid: list(used) for rid, used in self.ledger.items()},
+            }
+            conn.send(200, _DUMP(body).encode())
         else:
             conn.send(404, b'{"error":"unknown mock endpoint"}')
 

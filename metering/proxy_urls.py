@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from metering import views
+from metering import ops, views
 
 urlpatterns = [
     path("v1/chat/completions", views.chat_completions, name="proxy-chat"),
@@ -16,6 +16,9 @@ urlpatterns = [
     path("v1/embeddings", views.embeddings, name="proxy-embeddings"),
     path("v1/messages", views.messages, name="proxy-messages"),
     path("v1/models", views.models, name="proxy-models"),
+    path("healthz", ops.healthz, name="healthz"),
+    path("readyz", ops.readyz, name="readyz"),
+    path("metrics", ops.metrics_view, name="metrics"),
 ]
 
 

@@ -25,58 +25,40 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from budgets import ledger
-from metering import cache, pricing, tokens, upstream
-from metering.dbpool import in_db_thread, ledger_writes
+from metering import cache, metrics, pricing, quota_redis, quotas, tokens, upstream
+from metering.dbpool import in_db_thread
+from metering.logs import REQUEST_ID
 from metering.models import UsageRecord
 from metering.providers import anthropic as anthropic_protocol
 from metering.providers import openai as openai_protocol
 from metering.providers.base import ParsedRequest, RequestError, Usage
 from metering.selectors import KeyInfo, RouteInfo, key_hash, routes_for_key
-from metering.services import CallHold, call_abandon, call_release, call_reserve, call_settle
 
 log = logging.getLogger("tokenbudget.proxy")
-
-
-async def _reserve(**kwargs: object) -> CallHold | ledger.Refusal:
-    pending = asyncio.ensure_future(ledger_writes.submit(call_reserve, **kwargs))
-    try:
-        return await asyncio.shield(pending)
-    except asyncio.CancelledError:
-        # The client left while the hold was being taken: give it back once it exists.
-        pending.add_done_callback(_abandon_hold)
-        raise
-
-
-def _abandon_hold(pending: asyncio.Future) -> None:
-    if pending.cancelled() or pending.exception() is not None:
-        return
-    held = pending.result()
-    if isinstance(held, CallHold):
-        _spawn(ledger_writes.submit(call_abandon, held=held))
-
-
-async def _settle_in_db(**kwargs: object) -> bool:
-    return await ledger_writes.submit(call_settle, **kwargs)
-
-
-async def _release_in_db(**kwargs: object) -> bool:
-    return await ledger_writes.submit(call_release, **kwargs)
 
 
 _routes_for_key = in_db_thread(routes_for_key)
 _background: set[asyncio.Task] = set()  # strong references for tasks that outlive a request
 
 
-async def _settle(*, held: CallHold, record: UsageRecord) -> bool:
+async def _settle(*, held: quotas.AnyHold, record: UsageRecord) -> bool:
+    metrics.call_recorded(
+        input_tokens=record.input_tokens,
+        output_tokens=record.output_tokens,
+        cached=record.cached_input_tokens,
+        cache_write=record.cache_write_tokens,
+        reasoning=record.reasoning_tokens,
+        cost=record.cost,
+    )
     try:
-        return await _settle_in_db(held=held, record=record)
+        return await quotas.settle(held=held, record=record)
     finally:
         _holds_closed.notify()
 
 
-async def _release(*, held: CallHold, record: UsageRecord) -> bool:
+async def _release(*, held: quotas.AnyHold, record: UsageRecord) -> bool:
     try:
-        return await _release_in_db(held=held, record=record)
+        return await quotas.release(held=held, record=record)
     finally:
         _holds_closed.notify()
 
@@ -91,6 +73,7 @@ class ProxyError(Exception):
     message: str
     code: str | None = None
     param: str | None = None
+    retry_after: int | None = None
 
 
 _OPENAI_TYPES = {
@@ -100,6 +83,8 @@ _OPENAI_TYPES = {
     "invalid": "invalid_request_error",
     "too_large": "invalid_request_error",
     "quota": "insufficient_quota",
+    "rate": "rate_limit_error",
+    "unavailable": "api_error",
     "upstream": "api_error",
     "timeout": "api_error",
 }
@@ -110,6 +95,8 @@ _ANTHROPIC_TYPES = {
     "invalid": "invalid_request_error",
     "too_large": "request_too_large",
     "quota": "insufficient_quota",
+    "rate": "rate_limit_error",
+    "unavailable": "overloaded_error",
     "upstream": "api_error",
     "timeout": "api_error",
 }
@@ -120,6 +107,10 @@ def _protocol(endpoint: str) -> ModuleType:
 
 
 def error_response(endpoint: str, error: ProxyError, request_id: str) -> HttpResponse:
+    if error.kind in ("quota", "rate", "unavailable"):
+        metrics.REFUSALS.labels(error.code or error.kind).inc()
+    elif error.kind in ("upstream", "timeout"):
+        metrics.UPSTREAM_ERRORS.labels(error.code or error.kind).inc()
     protocol = _protocol(endpoint)
     types = _ANTHROPIC_TYPES if protocol is anthropic_protocol else _OPENAI_TYPES
     body = protocol.error_body(
@@ -130,6 +121,10 @@ def error_response(endpoint: str, error: ProxyError, request_id: str) -> HttpRes
     response["x-request-id"] = request_id
     if error.kind == "quota":
         response["x-should-retry"] = "false"  # the official SDKs honour this: a budget won't refill
+    if error.retry_after is not None:
+        # A rate limit clears with the next minute: the SDKs retry after Retry-After.
+        response["retry-after"] = str(error.retry_after)
+        response["x-should-retry"] = "true"
     return response
 
 
@@ -305,16 +300,28 @@ _holds_closed = _HoldSignal()
 POLL_SECONDS = 0.05
 
 
+def _rate_limited(limited: quota_redis.RateLimited) -> ProxyError:
+    whose = "this key" if limited.scope == "key" else "your account"
+    return ProxyError(
+        429,
+        "rate",
+        f"Rate limit reached: {whose} may send no more {limited.kind} this minute; "
+        f"retry in {limited.retry_after} s.",
+        f"rate_limit_{limited.kind}",
+        retry_after=limited.retry_after,
+    )
+
+
 async def _reserve_or_wait(
     info: KeyInfo, estimate: ledger.CallEstimate, endpoint: str
-) -> CallHold | ledger.Refusal:
+) -> quotas.AnyHold | ledger.Refusal | quota_redis.RateLimited:
     """Reserve; when only other calls' open holds stand in the way, wait for them to settle
     rather than refuse. Holds are worst cases and usually settle for less, so refusing at once
     would turn away calls the allowance can pay for."""
     minimum = _protocol(endpoint).MIN_OUTPUT_TOKENS.get(endpoint, 1)
     deadline = time.monotonic() + settings.TB_HOLD_WAIT_SECONDS
     while True:
-        result = await _reserve(info=info, estimate=estimate, min_output_tokens=minimum)
+        result = await quotas.reserve(info=info, estimate=estimate, min_output_tokens=minimum)
         if not isinstance(result, ledger.Refusal) or not result.waitable:
             return result
         left = deadline - time.monotonic()
@@ -337,7 +344,7 @@ class Call:
     quote: pricing.PriceQuote
     estimate: ledger.CallEstimate
     intent: str
-    held: CallHold | None = None
+    held: quotas.AnyHold | None = None
 
     def record(
         self, *, usage: Usage, status: int, source: str, ttft: float | None, error: str = ""
@@ -393,6 +400,15 @@ def _budget_headers(response: HttpResponse, call: Call, remaining: Decimal) -> N
 
 async def proxy(request: HttpRequest, endpoint: str) -> HttpResponse:
     request_id = "req_" + uuid.uuid4().hex
+    REQUEST_ID.set(request_id)
+    started = time.perf_counter()
+    response = await _proxy(request, endpoint, request_id)
+    metrics.LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+    metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
+    return response
+
+
+async def _proxy(request: HttpRequest, endpoint: str, request_id: str) -> HttpResponse:
     try:
         if request.method != "POST":
             raise ProxyError(405, "invalid", "Use POST.", "method_not_allowed")
@@ -420,9 +436,20 @@ async def proxy(request: HttpRequest, endpoint: str) -> HttpResponse:
             estimate,
             intent,
         )
-        result = await _reserve_or_wait(info, estimate, endpoint)
+        try:
+            result = await _reserve_or_wait(info, estimate, endpoint)
+        except quotas.QuotaUnavailable:
+            raise ProxyError(
+                503,
+                "unavailable",
+                "Budget enforcement is unavailable; try again shortly.",
+                "quota_unavailable",
+                retry_after=1,
+            ) from None
         if isinstance(result, ledger.Refusal):
             raise _refusal(result)
+        if isinstance(result, quota_redis.RateLimited):
+            raise _rate_limited(result)
         call.held = result
     except ProxyError as error:
         return error_response(endpoint, error, request_id)
@@ -529,6 +556,8 @@ async def _respond_whole(call: Call, response: upstream.UpstreamResponse) -> Htt
             usage = _protocol(call.endpoint).usage_from_body(call.endpoint, json.loads(content))
         except (ValueError, TypeError):
             usage = None
+    if status >= 400:
+        metrics.UPSTREAM_ERRORS.labels(f"http_{status}").inc()
     if usage is None:
         # An upstream error (or an answer without usage) before any output: pass it through and
         # charge nothing, but keep the record of the failed call.

@@ -1,0 +1,518 @@
+"""The Redis quota backend: the only module that speaks to Redis for quotas and the usage stream.
+
+Each operation is one Lua script (loaded once, called by hash; redis-py falls back to EVAL and
+reloads on NOSCRIPT), so a reserve, a settle or a release is one atomic step and one round trip:
+
+- `reserve`: the per-minute rate limits of the key and the employee, then every budget the call
+  draws on (the key's own cap, the allowance, each capped cost center), then the hold.
+- `close` (settle and release): moves the hold to `used`, counts tokens per minute, and XADDs the
+  usage event to the stream in the same step, so the charge and its event are never apart.
+- `sweep`: gives back holds of processes that died mid-call.
+- `seed`: creates missing counters from the database (only if still missing, so a burst of
+  calls that all found a counter missing seeds it once).
+- `reconcile`: sets a counter to the database's value if it did not move meanwhile.
+
+Counters hold only `used` and `reserved`, as integers: tokens, or USD in units of 1e-10 (the
+database's own precision). Limits travel with each call (`KeyInfo.limits`, cached at most 4 s),
+so Redis holds nothing that cannot be rebuilt from the database. Lua numbers are doubles: USD
+comparisons are exact up to 2**53 units (about $900,000 per counter); above that a comparison
+may be off by a few units of 1e-10 USD. Every write to Redis goes through HINCRBY (int64).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import uuid
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from budgets import ledger
+from budgets.quota import Hold
+
+SCALE = 10**10
+PLACES = Decimal("1e-10")
+STREAM = "tb:usage"
+GROUP = "tb-ingest"
+HOLDS = "tb:holds"
+HOLD_TTL = 30 * 60  # seconds a hold lives before `sweep` gives it back (as the database's)
+TOMBSTONE_TTL = 24 * 3600  # a closed hold is remembered this long, so a repeated close is a no-op
+KEY_COUNTER_TTL = 40 * 24 * 3600  # a key's cap is not per year: idle counters re-seed later
+
+# Errors that mean "Redis is unreachable or unwell", as opposed to a bug in a script.
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+_LUA_HELPERS = """
+local function int(x) return string.format('%.0f', x) end
+"""
+
+RESERVE = (
+    _LUA_HELPERS
+    + """
+-- KEYS: 1 hold, 2 holds index, 3 key rate window, 4 employee rate window, 5.. counters
+-- ARGV: 1 hold expiry (unix s), 2 prompt tokens, 3 max output, 4 min output, 5 clamp (1/0),
+--       6 key rpm, 7 key tpm, 8 employee rpm, 9 employee tpm (0: none), 10 window ttl,
+--       11 retry after, 12 counters, then per counter: limit, input rate, output rate, expire at
+local n = tonumber(ARGV[12])
+local missing = {}
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[4 + i]) == 0 then missing[#missing + 1] = i end
+end
+if #missing > 0 then return {'seed', missing} end
+
+local function limited(key, rpm, tpm)
+  if rpm == 0 and tpm == 0 then return false end
+  local v = redis.call('HMGET', key, 'n', 't')
+  if rpm > 0 and tonumber(v[1] or '0') + 1 > rpm then return 'requests' end
+  if tpm > 0 and tonumber(v[2] or '0') >= tpm then return 'tokens' end
+  return false
+end
+local krpm, ktpm = tonumber(ARGV[6]), tonumber(ARGV[7])
+local erpm, etpm = tonumber(ARGV[8]), tonumber(ARGV[9])
+local over = limited(KEYS[3], krpm, ktpm)
+if over then return {'rate', 'key', over, ARGV[11]} end
+over = limited(KEYS[4], erpm, etpm)
+if over then return {'rate', 'employee', over, ARGV[11]} end
+
+local prompt, maxout = tonumber(ARGV[2]), tonumber(ARGV[3])
+local minout, clamp = tonumber(ARGV[4]), ARGV[5] == '1'
+local function cost(inr, outr, out) return math.ceil(prompt * inr + out * outr) end
+local function fits(avail, inr, outr)
+  if avail - cost(inr, 0, 0) < 0 then return -1 end
+  local f = maxout
+  if outr > 0 then f = math.min(maxout, math.floor((avail - prompt * inr) / outr)) end
+  while f >= 0 and cost(inr, outr, f) > avail do f = f - 1 end
+  return f
+end
+local function enough(f)
+  if not clamp then return f >= maxout end
+  return f >= math.min(minout, maxout)
+end
+
+local allowed = maxout
+local avail = {}
+for i = 1, n do
+  local base = 12 + (i - 1) * 4
+  local limit, inr, outr = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+  local v = redis.call('HMGET', KEYS[4 + i], 'used', 'reserved')
+  local reserved = tonumber(v[2] or '0')
+  avail[i] = limit - tonumber(v[1] or '0') - reserved
+  local f = fits(avail[i], inr, outr)
+  if not enough(f) then
+    local waitable = 0
+    if reserved > 0 and enough(fits(avail[i] + reserved, inr, outr)) then waitable = 1 end
+    return {'refuse', i, int(math.max(avail[i], 0)), waitable}
+  end
+  allowed = math.min(allowed, f)
+end
+
+local amounts = {}
+redis.call('HSET', KEYS[1], 's', 'o', 'n', n)
+for i = 1, n do
+  local base = 12 + (i - 1) * 4
+  local a = cost(tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), allowed)
+  amounts[i] = int(a)
+  redis.call('HINCRBY', KEYS[4 + i], 'reserved', amounts[i])
+  redis.call('EXPIREAT', KEYS[4 + i], ARGV[base + 4])
+  redis.call('HSET', KEYS[1], 'k' .. i, KEYS[4 + i], 'a' .. i, amounts[i])
+end
+redis.call('EXPIRE', KEYS[1], TONUMBER_TTL)
+redis.call('ZADD', KEYS[2], ARGV[1], KEYS[1])
+for _, w in ipairs({{KEYS[3], krpm + ktpm}, {KEYS[4], erpm + etpm}}) do
+  if w[2] > 0 then
+    redis.call('HINCRBY', w[1], 'n', 1)
+    redis.call('EXPIRE', w[1], ARGV[10])
+  end
+end
+local first = 1
+if n > 1 then first = 2 end  -- the allowance follows the key's cap when there is one
+return {'ok', allowed, int(avail[first] - tonumber(amounts[first])), amounts}
+""".replace("TONUMBER_TTL", str(HOLD_TTL + TOMBSTONE_TTL))
+)
+
+CLOSE = (
+    _LUA_HELPERS
+    + """
+-- KEYS: 1 hold, 2 holds index, 3 stream, 4 key rate window, 5 employee rate window, 6.. counters
+-- ARGV: 1 tokens for the per-minute count (0: none), 2 window ttl, 3 event, 4 tombstone ttl,
+--       then per counter: the charge
+local s = redis.call('HGET', KEYS[1], 's')
+if s == 'c' then return 0 end
+for i = 6, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    if s == 'o' then
+      local held = redis.call('HGET', KEYS[1], 'a' .. (i - 5))
+      if held and held ~= '0' then redis.call('HINCRBY', KEYS[i], 'reserved', int(-tonumber(held))) end
+    end
+    local charge = ARGV[4 + i - 5]
+    if charge ~= '0' then redis.call('HINCRBY', KEYS[i], 'used', charge) end
+  end
+end
+redis.call('ZREM', KEYS[2], KEYS[1])
+redis.call('HSET', KEYS[1], 's', 'c')
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if ARGV[1] ~= '0' then
+  for _, w in ipairs({KEYS[4], KEYS[5]}) do
+    redis.call('HINCRBY', w, 't', ARGV[1])
+    redis.call('EXPIRE', w, ARGV[2])
+  end
+end
+redis.call('XADD', KEYS[3], '*', 'e', ARGV[3])
+return 1
+"""
+)
+
+SWEEP = (
+    _LUA_HELPERS
+    + """
+-- KEYS: 1 holds index; ARGV: 1 now (unix s), 2 most holds per run, 3 tombstone ttl
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, h in ipairs(due) do
+  if redis.call('HGET', h, 's') == 'o' then
+    local n = tonumber(redis.call('HGET', h, 'n') or '0')
+    for i = 1, n do
+      local k, a = redis.call('HGET', h, 'k' .. i), redis.call('HGET', h, 'a' .. i)
+      if k and a and a ~= '0' and redis.call('EXISTS', k) == 1 then
+        redis.call('HINCRBY', k, 'reserved', int(-tonumber(a)))
+      end
+    end
+    -- Expired, not closed: a late settle still charges (without giving the hold back twice).
+    redis.call('HSET', h, 's', 'x')
+    redis.call('EXPIRE', h, ARGV[3])
+  end
+  redis.call('ZREM', KEYS[1], h)
+end
+return #due
+"""
+)
+
+SEED = """
+-- KEYS: counters; ARGV: per counter its used amount and its expiry (unix s)
+local seeded = 0
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    redis.call('HSET', KEYS[i], 'used', ARGV[2 * i - 1], 'reserved', 0)
+    redis.call('EXPIREAT', KEYS[i], ARGV[2 * i])
+    seeded = seeded + 1
+  end
+end
+return seeded
+"""
+
+RECONCILE = """
+-- KEYS: 1 counter; ARGV: 1 used as read, 2 used per the database
+if redis.call('HGET', KEYS[1], 'used') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'used', ARGV[2])
+return 1
+"""
+
+
+# --- units -----------------------------------------------------------------------------------
+
+
+def to_units(amount: Decimal, unit: str, *, up: bool = False) -> int:
+    """An amount as the integer Redis counts: tokens, or USD in units of 1e-10."""
+    if unit == ledger.TOKENS:
+        return int(amount.to_integral_value(rounding=ROUND_CEILING if up else ROUND_HALF_EVEN))
+    rounding = ROUND_CEILING if up else ROUND_HALF_EVEN
+    return int(amount.quantize(PLACES, rounding=rounding) * SCALE)
+
+
+def from_units(units: int | str, unit: str) -> Decimal:
+    value = Decimal(int(units))
+    return value if unit == ledger.TOKENS else value / SCALE
+
+
+def money(amount: Decimal) -> Decimal:
+    """A cost at the database's precision (as the DecimalField would store it)."""
+    return amount.quantize(PLACES, rounding=ROUND_HALF_EVEN)
+
+
+def _rate(price: Decimal, unit: str) -> str:
+    return "1" if unit == ledger.TOKENS else format(price * SCALE, "f")
+
+
+def allowance_counter(allowance_id: int) -> str:
+    return f"tb:q:a:{allowance_id}"
+
+
+def key_counter(key_id: int) -> str:
+    return f"tb:q:k:{key_id}"
+
+
+def cost_center_counter(cost_center_id: int, fiscal_year: int) -> str:
+    return f"tb:q:c:{cost_center_id}:{fiscal_year}"
+
+
+def _window(scope: str, ident: int, now: float) -> str:
+    return f"tb:rl:{scope}:{ident}:{int(now // 60)}"
+
+
+# --- clients ---------------------------------------------------------------------------------
+
+
+def _client_options() -> dict[str, Any]:
+    # Short timeouts: an unreachable Redis must turn into the down mode quickly, not a hang.
+    return {
+        "socket_connect_timeout": settings.TB_REDIS_TIMEOUT_MS / 1000,
+        "socket_timeout": settings.TB_REDIS_TIMEOUT_MS / 1000,
+    }
+
+
+@dataclass
+class _AsyncState:
+    loop: asyncio.AbstractEventLoop
+    client: aioredis.Redis
+    scripts: dict[str, Any]
+
+
+_async_state: _AsyncState | None = None
+
+
+def async_client() -> tuple[aioredis.Redis, dict[str, Any]]:
+    """This event loop's client and scripts (a connection pool belongs to one loop)."""
+    global _async_state
+    loop = asyncio.get_running_loop()
+    if _async_state is None or _async_state.loop is not loop:
+        # A blocking pool: a burst beyond its size waits for a free connection instead of
+        # failing with "too many connections" (which would read as Redis being down).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            max_connections=64,
+            timeout=settings.TB_REDIS_TIMEOUT_MS / 1000,
+            **_client_options(),
+        )
+        client = aioredis.Redis(connection_pool=pool)
+        scripts = {
+            name: client.register_script(body)
+            for name, body in (
+                ("reserve", RESERVE),
+                ("close", CLOSE),
+                ("seed", SEED),
+            )
+        }
+        _async_state = _AsyncState(loop, client, scripts)
+    return _async_state.client, _async_state.scripts
+
+
+_sync_client: redis.Redis | None = None
+
+
+def sync_client() -> redis.Redis:
+    global _sync_client
+    if _sync_client is None:
+        _sync_client = redis.Redis.from_url(settings.REDIS_URL, **_client_options())
+    return _sync_client
+
+
+# --- the hold --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisHold:
+    """A hold taken in Redis; `counters` are the budgets it is held on, in reserve order."""
+
+    hold: Hold
+    key_id: int
+    key_tokens: int
+    employee_id: int
+    counters: tuple[str, ...]
+    units: tuple[str, ...]  # each counter's unit (tokens or usd)
+    backend: str = "redis"
+
+
+@dataclass(frozen=True)
+class RateLimited:
+    scope: str  # "key" or "employee"
+    kind: str  # "requests" or "tokens"
+    retry_after: int
+
+
+@dataclass(frozen=True)
+class Budget:
+    counter: str
+    code: str
+    unit: str
+    limit: Decimal
+    expire_at: int
+
+
+def budgets_for(info: Any, now: float) -> list[Budget]:
+    """The budgets a call with this key draws on, in the database backend's order."""
+    limits = info.limits
+    assert limits is not None
+    period_end = dt.datetime.combine(limits.period_end, dt.time(), tzinfo=dt.UTC)
+    expire_at = int(period_end.timestamp()) + 7 * 24 * 3600
+    found: list[Budget] = []
+    if info.cap_tokens is not None:
+        found.append(
+            Budget(
+                key_counter(info.key_id),
+                "key_cap",
+                ledger.TOKENS,
+                Decimal(info.cap_tokens),
+                int(now) + KEY_COUNTER_TTL,
+            )
+        )
+    found.append(
+        Budget(
+            allowance_counter(limits.allowance_id),
+            "employee_allowance",
+            limits.unit,
+            limits.limit,
+            expire_at,
+        )
+    )
+    for cost_center_id, code, cap in limits.cost_center_caps:
+        found.append(
+            Budget(
+                cost_center_counter(cost_center_id, limits.fiscal_year),
+                f"cost_center_cap:{code}",
+                ledger.USD,
+                cap,
+                expire_at,
+            )
+        )
+    return found
+
+
+async def reserve(
+    *,
+    info: Any,
+    estimate: ledger.CallEstimate,
+    min_output_tokens: int,
+    seed: Any,
+) -> RedisHold | ledger.Refusal | RateLimited:
+    """Take the call's hold in one script run. `seed(budgets)` is awaited when counters are
+    missing (it loads them from the database and runs the seed script), then the reserve
+    runs again."""
+    client, scripts = async_client()
+    now = time.time()
+    budgets = budgets_for(info, now)
+    hold_id = uuid.uuid4()
+    hold_key = f"tb:h:{hold_id.hex}"
+    keys = [
+        hold_key,
+        HOLDS,
+        _window("k", info.key_id, now),
+        _window("e", info.employee_id, now),
+        *(b.counter for b in budgets),
+    ]
+    args: list[Any] = [
+        int(now) + HOLD_TTL,
+        estimate.prompt_tokens,
+        estimate.max_output_tokens,
+        min_output_tokens,
+        1 if info.clamp else 0,
+        info.requests_per_minute or 0,
+        info.tokens_per_minute or 0,
+        info.requests_per_minute or 0,
+        info.tokens_per_minute or 0,
+        120,
+        max(1, 60 - int(now) % 60),
+        len(budgets),
+    ]
+    for budget in budgets:
+        args += [
+            to_units(budget.limit, budget.unit),
+            _rate(estimate.input_price_per_token, budget.unit),
+            _rate(estimate.output_price_per_token, budget.unit),
+            budget.expire_at,
+        ]
+    for _ in range(3):
+        result = await scripts["reserve"](keys=keys, args=args, client=client)
+        status = _text(result[0])
+        if status != "seed":
+            break
+        await seed([budgets[int(i) - 1] for i in result[1]])
+    if status == "rate":
+        return RateLimited(_text(result[1]), _text(result[2]), int(result[3]))
+    if status == "refuse":
+        budget = budgets[int(result[1]) - 1]
+        return ledger.Refusal(
+            code=budget.code,
+            available=from_units(result[2], budget.unit),
+            unit=budget.unit,
+            waitable=bool(int(result[3])),
+        )
+    if status != "ok":
+        raise redis.ResponseError(f"reserve: unexpected answer {result!r}")
+    output_tokens = int(result[1])
+    amounts = [int(a) for a in result[3]]
+    allowance_at = 1 if info.cap_tokens is not None else 0
+    unit = info.limits.unit
+    hold = Hold(
+        reservation_id=hold_id,
+        allowance_id=info.limits.allowance_id,
+        unit=unit,
+        amount=from_units(amounts[allowance_at], unit),
+        tokens=estimate.prompt_tokens + output_tokens,
+        cost=estimate.cost(output_tokens),
+        output_tokens=output_tokens,
+        clamped=output_tokens < estimate.max_output_tokens,
+        cost_center_ids=tuple(c for c, _, _ in info.limits.cost_center_caps),
+        fiscal_year=info.limits.fiscal_year,
+        remaining=from_units(result[2], unit),
+    )
+    return RedisHold(
+        hold=hold,
+        key_id=info.key_id,
+        key_tokens=amounts[0] if allowance_at else 0,
+        employee_id=info.employee_id,
+        counters=tuple(b.counter for b in budgets),
+        units=tuple(b.unit for b in budgets),
+    )
+
+
+async def close(
+    *, held: RedisHold, tokens: int, cost: Decimal, event: str, count_tokens: bool
+) -> bool:
+    """Settle (tokens and cost > 0) or release (zeros) the hold and append `event` to the
+    usage stream, atomically. False when the hold was already closed."""
+    client, scripts = async_client()
+    now = time.time()
+    keys = [
+        f"tb:h:{held.hold.reservation_id.hex}",
+        HOLDS,
+        STREAM,
+        _window("k", held.key_id, now),
+        _window("e", held.employee_id, now),
+        *held.counters,
+    ]
+    charges = [
+        str(tokens) if unit == ledger.TOKENS else str(to_units(cost, unit)) for unit in held.units
+    ]
+    args = [tokens if count_tokens else 0, 120, event, TOMBSTONE_TTL, *charges]
+    return bool(await scripts["close"](keys=keys, args=args, client=client))
+
+
+async def seed_counters(values: list[tuple[str, int, int]]) -> int:
+    """Create the counters that are still missing: (name, used, expire at)."""
+    client, scripts = async_client()
+    args: list[Any] = []
+    for _, used, expire_at in values:
+        args += [used, expire_at]
+    return int(await scripts["seed"](keys=[v[0] for v in values], args=args, client=client))
+
+
+def holds_sweep(*, now: float | None = None, limit: int = 1000) -> int:
+    """Give back holds whose calls never closed (the process died). Safe to run any time."""
+    client = sync_client()
+    script = client.register_script(SWEEP)
+    return int(script(keys=[HOLDS], args=[int(now or time.time()), limit, TOMBSTONE_TTL]))
+
+
+def counter_set_if_unchanged(name: str, read: str, value: int) -> bool:
+    client = sync_client()
+    script = client.register_script(RECONCILE)
+    return bool(script(keys=[name], args=[read, value]))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,275 @@
+"""The production path: Redis quotas, the usage stream and its consumer, PostgreSQL.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/test .venv/bin/python bench/production.py
+
+Starts on 127.0.0.1: a private redis-server, two mock upstreams (instant and 50 ms), the proxy
+with one and then two uvicorn workers, and one usage-stream consumer, on a throwaway PostgreSQL
+database created next to the one DATABASE_URL names (dropped at the end). Prints:
+
+- requests/s, p50/p99 and the proxy's added latency against the mock directly, at each
+  concurrency level, streaming and not, with 1 and 2 workers (`--workers 1,2`);
+- database transactions and Redis commands per proxied call with warm caches (the consumer
+  stopped, so only the proxy's own work counts);
+- ingestion: usage events per second from the stream into PostgreSQL (`--events`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import proxy as base  # noqa: E402  (bench/proxy.py: the load generator and the seeding)
+
+from tests import servers  # noqa: E402
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
+    port = servers.free_port()
+    process = subprocess.Popen(
+        [
+            "redis-server",
+            *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)),
+            *("--save", "", "--appendonly", "yes", "--appendfsync", "everysec"),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    servers.wait_for_port(port, process)
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
+def throwaway_database(url: str) -> tuple[str, str]:
+    """A fresh database on the server of `url`; returns (its URL, its name)."""
+    name = f"tb_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return url.rsplit("/", 1)[0] + "/" + name, name
+
+
+def drop_database(url: str, name: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def commits(url: str, name: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s", [name]
+        ).fetchone()
+    return int(row[0])
+
+
+def redis_commands(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    skip = {"cmdstat_info", "cmdstat_ping", "cmdstat_config|get"}
+    return sum(v["calls"] for k, v in stats.items() if k not in skip)
+
+
+def round_trips(
+    proxy_url: str, key: str, db_url: str, db_name: str, rds: redis.Redis, calls: int = 300
+) -> tuple[float, float]:
+    body = {**base.BODY, "model": "bench-instant"}
+    headers = {"authorization": f"Bearer {key}"}
+    url = f"{proxy_url}/v1/chat/completions"
+    asyncio.run(base.drive(url, body, headers, 4, 0.5, False))  # warm the caches
+    before_db, before_redis = commits(db_url, db_name), redis_commands(rds)
+    started = time.perf_counter()
+    count = 0
+    while count < calls:
+        done, _, _, _ = asyncio.run(base.drive(url, body, headers, 1, 0.05, False))
+        count += done
+    elapsed = time.perf_counter() - started
+    # The statistics views lag a little behind; the sessions that read them add their own.
+    time.sleep(0.7)
+    db = commits(db_url, db_name) - before_db - 1
+    red = redis_commands(rds) - before_redis
+    print(f"  ({count} calls in {elapsed:.1f} s)")
+    return db / count, red / count
+
+
+def ingestion(env: dict[str, str], events: int) -> float:
+    script = f"""
+import django, time, uuid, datetime as dt
+from decimal import Decimal
+django.setup()
+from budgets.models import Allowance
+from metering.models import UsageRecord, VirtualKey
+from metering import quota_redis
+from metering.usage_stream import Charge, UsageEvent, event_encode, stream_drain
+key = VirtualKey.objects.select_related("employee").first()
+allowance = Allowance.objects.get(employee=key.employee)
+client = quota_redis.sync_client()
+now = dt.datetime.now(dt.UTC)
+pipe = client.pipeline(transaction=False)
+for i in range({events}):
+    record = UsageRecord(request_id="req_" + uuid.uuid4().hex, created_at=now,
+        employee_id=key.employee_id, key_id=key.pk, cost_center_id=key.employee.cost_center_id,
+        model="bench", endpoint="chat", input_tokens=12, output_tokens=16,
+        cost=Decimal("0.0000114"), status_code=200)
+    charge = Charge(allowance.pk, allowance.unit, Decimal(28), Decimal("0.0000114"), (), 2026, None, 0)
+    pipe.xadd(quota_redis.STREAM, {{"e": event_encode(UsageEvent(record, charge))}})
+    if i % 5000 == 4999:
+        pipe.execute()
+pipe.execute()
+before = UsageRecord.objects.count()
+started = time.perf_counter()
+written = stream_drain(client=client, batch=5000)
+elapsed = time.perf_counter() - started
+assert written == {events} and UsageRecord.objects.count() - before == {events}
+print(written / elapsed)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"},
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per run")
+    parser.add_argument("--concurrency", default="1,16,64,256")
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--upstreams", default="slow", help="instant, slow (50 ms) or both")
+    parser.add_argument("--events", type=int, default=50_000, help="events for the ingestion run")
+    args = parser.parse_args()
+    admin_url = os.environ.get("DATABASE_URL", "")
+    if not admin_url.startswith("postgres"):
+        sys.exit("Set DATABASE_URL to a PostgreSQL server (a throwaway database is created).")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    upstreams = ["instant", "slow"] if args.upstreams == "both" else args.upstreams.split(",")
+
+    workdir = Path(tempfile.mkdtemp(prefix="tb-bench-prod-"))
+    processes: list[subprocess.Popen] = []
+    db_url, db_name = throwaway_database(admin_url)
+    try:
+        redis_process, redis_url = start_redis(workdir)
+        processes.append(redis_process)
+        rds = redis.Redis.from_url(redis_url)
+        env = {
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "REDIS_URL": redis_url,
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "TB_SERVE_STATIC": "0",
+            "TB_DB_THREADS": "2",
+        }
+        ports = {name: servers.free_port() for name in ("instant", "slow")}
+        processes.append(servers.start_mock_upstream(ports["instant"], "--latency-ms", "0"))
+        processes.append(servers.start_mock_upstream(ports["slow"], "--latency-ms", "50"))
+        urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        key = base.setup_database(env, urls["instant"], urls["slow"])
+        server_env = {k: v for k, v in env.items() if k != "DJANGO_SETTINGS_MODULE"}
+        consumer = subprocess.Popen(
+            [sys.executable, "manage.py", "consume_usage"], cwd=ROOT, env=env
+        )
+        processes.append(consumer)
+
+        results: list[base.Result] = []
+        for workers in [int(w) for w in args.workers.split(",")]:
+            port = servers.free_port()
+            proxy = servers.start_proxy(port, server_env, workers=workers)
+            print(f"\n=== {workers} worker(s) ===")
+            try:
+                for upstream in upstreams:
+                    for stream in (False, True):
+                        for concurrency in levels:
+                            for target in ("direct", "tokenbudget"):
+                                if target == "direct":
+                                    url, headers = f"{urls[upstream]}/v1/chat/completions", {}
+                                    model = "gpt-4o-mini"
+                                else:
+                                    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                                    headers = {"authorization": f"Bearer {key}"}
+                                    model = f"bench-{upstream}"
+                                count, errors, elapsed, lat = asyncio.run(
+                                    base.drive(
+                                        url,
+                                        {**base.BODY, "model": model},
+                                        headers,
+                                        concurrency,
+                                        args.seconds,
+                                        stream,
+                                    )
+                                )
+                                results.append(
+                                    base.Result(
+                                        f"{target}/{workers}w" if target != "direct" else target,
+                                        upstream,
+                                        stream,
+                                        concurrency,
+                                        count,
+                                        errors,
+                                        elapsed,
+                                        lat,
+                                    )
+                                )
+                                _report(results[-1], results)
+                if workers == 1:
+                    consumer.terminate()
+                    consumer.wait(timeout=30)
+                    db, red = round_trips(f"http://127.0.0.1:{port}", key, admin_url, db_name, rds)
+                    print(f"round trips per call (warm caches): database {db:.3f}, redis {red:.2f}")
+                    consumer = subprocess.Popen(
+                        [sys.executable, "manage.py", "consume_usage"], cwd=ROOT, env=env
+                    )
+                    processes.append(consumer)
+            finally:
+                servers.stop(proxy)
+        consumer.terminate()
+        consumer.wait(timeout=60)
+        rate = ingestion(env, args.events)
+        print(f"\ningestion: {rate:,.0f} usage records/s from the stream into PostgreSQL")
+    finally:
+        for process in reversed(processes):
+            if process.poll() is None:
+                servers.stop(process)
+        drop_database(admin_url, db_name)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _report(result: base.Result, results: list[base.Result]) -> None:
+    direct = next(
+        (
+            r
+            for r in reversed(results)
+            if r.target == "direct"
+            and (r.upstream, r.stream, r.concurrency)
+            == (result.upstream, result.stream, result.concurrency)
+        ),
+        None,
+    )
+    added = ""
+    if direct is not None and result is not direct:
+        ratio = result.rps / direct.rps if direct.rps else 0
+        added = f"  added p50 {result.pct(0.5) - direct.pct(0.5):6.1f} ms  {ratio * 100:5.1f}% of direct"
+    print(
+        f"{result.target:16} {result.upstream:7} {'stream' if result.stream else 'whole ':6} "
+        f"c={result.concurrency:<4} {result.rps:8.0f} rps  p50 {result.pct(0.5):7.1f} ms  "
+        f"p99 {result.pct(0.99):7.1f} ms  errors {result.errors}{added}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Page benchmark on PostgreSQL: server time of each page with 10,000 employees and 10 million
+usage records.
+
+    .venv/bin/python bench/pages.py [--records 10000000] [--employees 10000]
+        [--database-url postgres://postgres@127.0.0.1:5432/test] [--keep] [--reuse NAME]
+
+Generates the data in a scratch database with bench/billing_rollup.py's set-based SQL (January
+2026), gives every employee an allowance, rolls the usage up and closes the month, then renders
+every page through Django's full request handler (middleware, sessions, templates) in this
+process and reports the median and worst of several renders. Target: under 300 ms each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.billing_rollup import admin_exec, generate  # noqa: E402
+
+RUNS = 7
+TARGET_MS = 300
+
+
+def prepare(args: argparse.Namespace) -> None:
+    import datetime as dt
+
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+    from django.db import connection
+
+    from billing.rollup import daily_usage_rollup
+    from billing.statements import statements_close_month
+
+    t = time.perf_counter()
+    generate(args.records, args.employees, args.cost_centers)
+    print(f"data generated in {time.perf_counter() - t:.1f} s", flush=True)
+    with connection.cursor() as cur:
+        # A two-level tree: every tenth cost center parents the nine after it.
+        cur.execute(
+            "UPDATE budgets_costcenter c SET parent_id = p.id FROM budgets_costcenter p"
+            " WHERE p.id = c.id - ((c.id - (SELECT min(id) FROM budgets_costcenter)) % 10)"
+            " AND p.id <> c.id"
+        )
+        cur.execute(
+            "INSERT INTO budgets_allowance (employee_id, fiscal_year, unit, amount, release,"
+            " prorate, rollover, rollover_percent, used, reserved, adjustments_total,"
+            " created_at, updated_at)"
+            " SELECT e.id, 2026, 'tokens', 2000000, 'upfront', false, 'none', 0,"
+            " coalesce(u.t, 0), 0, 0, now(), now() FROM budgets_employee e LEFT JOIN"
+            " (SELECT employee_id, sum(input_tokens + output_tokens) t"
+            "  FROM metering_usagerecord GROUP BY employee_id) u ON u.employee_id = e.id"
+        )
+        cur.execute("ANALYZE")
+    t = time.perf_counter()
+    daily_usage_rollup()
+    statements_close_month(
+        period=dt.date(2026, 1, 1), now=dt.datetime(2026, 2, 1, 6, tzinfo=dt.UTC)
+    )
+    print(f"rollup and close in {time.perf_counter() - t:.1f} s", flush=True)
+    users = get_user_model()
+    users.objects.create_superuser("bench-admin", "admin@example.com", "x")
+    finance = users.objects.create_user("bench-finance", "finance@example.com", "x")
+    finance.groups.add(Group.objects.get_or_create(name="finance")[0])
+    employee = users.objects.create_user("bench-employee", "e0@example.com", "x")
+    with connection.cursor() as cur:
+        cur.execute(
+            "UPDATE budgets_employee SET user_id = %s WHERE id = (SELECT min(id) FROM"
+            " budgets_employee)",
+            [employee.pk],
+        )
+
+
+def measure() -> list[tuple[str, str, float, float]]:
+    from django.contrib.auth import get_user_model
+    from django.db import reset_queries
+    from django.test import Client
+    from django.test.utils import override_settings
+
+    from billing.models import ChargebackStatement
+    from budgets.models import Employee
+
+    users = get_user_model()
+    statement = ChargebackStatement.objects.order_by("-total_units").first()
+    someone = Employee.objects.order_by("-id").first()
+    pages = {
+        "bench-employee": ["/me/"],
+        "bench-admin": [
+            "/manage/cost-centers/",
+            "/manage/employees/",
+            "/manage/employees/?page=150",
+            "/manage/employees/?sort=-used",
+            "/manage/employees/?q=Employee+99",
+            f"/manage/employees/{someone.pk}/",
+            "/manage/policies/",
+            "/manage/models/",
+        ],
+        "bench-finance": [
+            "/finance/statements/?period=2026-01",
+            f"/finance/statements/{statement.pk}/",
+        ],
+    }
+    results = []
+    with override_settings(ALLOWED_HOSTS=["*"], DEBUG=False):
+        for username, paths in pages.items():
+            client = Client()
+            client.force_login(users.objects.get(username=username))
+            for path in paths:
+                timings = []
+                for _ in range(RUNS):
+                    reset_queries()
+                    start = time.perf_counter()
+                    response = client.get(path)
+                    body = response.content
+                    timings.append((time.perf_counter() - start) * 1000)
+                    assert response.status_code == 200, (path, response.status_code)
+                    assert body
+                results.append((username, path, statistics.median(timings), max(timings[1:])))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=10_000_000)
+    parser.add_argument("--employees", type=int, default=10_000)
+    parser.add_argument("--cost-centers", type=int, default=200)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument("--reuse", help="a database kept by --keep: skip generating data")
+    args = parser.parse_args()
+
+    name = args.reuse or f"tb_bench_pages_{os.getpid()}"
+    url = urlunparse(urlparse(args.database_url)._replace(path=f"/{name}"))
+    if not args.reuse:
+        admin_exec(args.database_url, f'CREATE DATABASE "{name}"')
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    try:
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0, skip_checks=True)
+        if not args.reuse:
+            prepare(args)
+        print(f"{'user':<15} {'page':<40} {'median ms':>10} {'worst ms':>9}")
+        slow = 0
+        for username, path, median, worst in measure():
+            flag = "" if median < TARGET_MS else "  over target"
+            slow += bool(flag)
+            print(f"{username:<15} {path:<40} {median:>10.1f} {worst:>9.1f}{flag}")
+        print(f"{'all pages' if not slow else f'{slow} page(s) not'} under {TARGET_MS} ms (median)")
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        if not (args.keep or args.reuse):
+            admin_exec(args.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()

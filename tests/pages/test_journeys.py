@@ -20,6 +20,7 @@ from billing.statements import last_complete_month
 from budgets.models import Adjustment, Allowance, Employee
 from budgets.quota import current_fiscal_year
 from metering.models import UsageRecord, VirtualKey
+from tests.pages.conftest import PASSWORD, SCREENSHOTS
 
 ROSTER = (
     "employee_id,email,name,cost_center,allowance\n"
@@ -218,3 +219,28 @@ def test_permission_refusals_show_the_403_page(cast: Any, sign_in: Any) -> None:
     assert outsider.goto("/me/").status == 403
     finance = sign_in("finance")
     assert finance.goto("/manage/roster/").status == 403
+
+
+def test_sign_in_refuses_a_wrong_password_and_sign_out_ends_the_session(
+    cast: Any, browser: Any, live_url: str
+) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(f"{live_url}/me/")
+        expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/me/"))
+        page.fill("#id_username", "employee")
+        page.fill("#id_password", "wrong")
+        page.click("button[type=submit]")
+        expect(page.get_by_role("alert")).to_be_visible()
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "sign-in-error.png"), full_page=True)
+        page.fill("#id_password", PASSWORD)
+        page.click("button[type=submit]")
+        expect(page).to_have_url(re.compile(r"/me/$"))
+        page.get_by_role("button", name="Sign out").click()
+        expect(page).to_have_url(re.compile(r"/accounts/login/"))
+        page.goto(f"{live_url}/me/")
+        expect(page).to_have_url(re.compile(r"/accounts/login/"))
+    finally:
+        context.close()

@@ -56,3 +56,9 @@ def money(value: Any) -> str:
 @register.filter
 def short(value: Any) -> str:
     return compact(Decimal(value or 0))
+
+
+@register.filter
+def amount(value: Any, unit: str) -> str:
+    """An allowance figure in its unit: dollars for USD allowances, whole tokens otherwise."""
+    return money(value) if unit == "usd" else num(value)

@@ -157,3 +157,12 @@ def test_top_up_errors_show_beside_the_field(people: dict[str, Any]) -> None:
     )
     assert response.status_code == 302
     assert Allowance.objects.get(employee=employee).adjustments_total == 10
+
+
+def test_a_dollar_allowance_reads_in_dollars(people: dict[str, Any]) -> None:
+    Allowance.objects.filter(employee=people["employee_record"]).update(
+        unit="usd", amount=Decimal(25), used=Decimal("1.5")
+    )
+    content = client_for(people["employee"]).get("/me/").content.decode()
+    assert 'data-testid="remaining-value">$23.50 ' in content
+    assert "no calls yet" in content.lower()  # the empty states read as instructions

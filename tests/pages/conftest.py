@@ -41,10 +41,6 @@ SCREENSHOTS = servers.ROOT / "artifacts" / "screenshots"
 PASSWORD = "pages-test-password-1"
 PROVIDER_KEY = "sk-provider-pages-0123456789"
 
-# Playwright's sync API drives its own event loop in this thread between calls; the ORM calls
-# the tests make between browser steps are ordinary synchronous code.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
 
 def pytest_collection_modifyitems(items: list[Any]) -> None:
     if shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists():
@@ -52,6 +48,15 @@ def pytest_collection_modifyitems(items: list[Any]) -> None:
         for item in items:
             if "browser" in getattr(item, "fixturenames", ()):
                 item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _orm_beside_playwright(request: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Playwright's sync API keeps an event loop in this thread, which makes Django refuse ORM
+    calls as if they came from async code; the ORM calls of the browser tests between browser
+    steps are ordinary synchronous code. Only the tests that use the browser get the waiver."""
+    if "browser" in request.fixturenames:
+        monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 @pytest.fixture(scope="session")
@@ -81,8 +86,10 @@ def live_url(django_db_setup: None, django_db_blocker: Any, mock_url: str) -> It
     servers.stop(process)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # Module scope: Playwright's event loop lives only while a browser module runs, so the
+    # ORM is not refused in the modules that follow.
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

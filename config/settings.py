@@ -127,6 +127,37 @@ TB_USAGE_CLAIM_IDLE_MS = env_int("TB_USAGE_CLAIM_IDLE_MS", 30_000, minimum=100)
 TB_READY_MAX_LAG_SECONDS = env_int("TB_READY_MAX_LAG_SECONDS", 300, minimum=1)
 TB_PUBLIC_BASE_URL = env_str("TB_PUBLIC_BASE_URL", "http://127.0.0.1:8000")
 
+# --- Billing, Stripe, alerts, email ---------------------------------------------------------
+TB_STRIPE_SECRET_KEY = env_str("TB_STRIPE_SECRET_KEY")  # empty: Stripe sync off
+TB_STRIPE_API_BASE = env_str("TB_STRIPE_API_BASE", "https://api.stripe.com")
+TB_STRIPE_WEBHOOK_SECRET = env_str("TB_STRIPE_WEBHOOK_SECRET")
+TB_STRIPE_TIMEOUT = env_int("TB_STRIPE_TIMEOUT", 20, minimum=1, maximum=300)
+TB_STRIPE_LOCALSTRIPE = env_bool("TB_STRIPE_LOCALSTRIPE", False)
+TB_STRIPE_FINALIZE_INVOICES = env_bool("TB_STRIPE_FINALIZE_INVOICES", False)
+TB_JOURNAL_CREDIT_ACCOUNT = env_str("TB_JOURNAL_CREDIT_ACCOUNT", "AI-EXPENSE-CENTRAL")
+TB_FOCUS_BILLING_ACCOUNT_ID = env_str("TB_FOCUS_BILLING_ACCOUNT_ID", "tokenbudget")
+TB_FOCUS_BILLING_ACCOUNT_NAME = env_str("TB_FOCUS_BILLING_ACCOUNT_NAME", "Tokenbudget LLM platform")
+TB_FOCUS_INVOICE_ISSUER = env_str("TB_FOCUS_INVOICE_ISSUER", TB_FOCUS_BILLING_ACCOUNT_NAME)
+TB_ALERT_WEBHOOK_URL = env_str("TB_ALERT_WEBHOOK_URL")
+TB_BILLING_LATE_USAGE_MONTHS = env_int("TB_BILLING_LATE_USAGE_MONTHS", 12, minimum=1, maximum=120)
+TB_ROLLUP_WORK_MEM = env_str("TB_ROLLUP_WORK_MEM", "1GB")
+
+DEFAULT_FROM_EMAIL = env_str("TB_EMAIL_FROM", "tokenbudget@localhost")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+_EMAIL_BACKEND = env_str("TB_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+_EMAIL_OPTIONS = (
+    {
+        "host": env_str("TB_EMAIL_HOST", "localhost"),
+        "port": env_int("TB_EMAIL_PORT", 25, minimum=1, maximum=65535),
+        "username": env_str("TB_EMAIL_USER"),
+        "password": env_str("TB_EMAIL_PASSWORD"),
+        "use_tls": env_bool("TB_EMAIL_USE_TLS", False),
+    }
+    if _EMAIL_BACKEND.endswith("smtp.EmailBackend")
+    else {}
+)
+MAILERS = {"default": {"BACKEND": _EMAIL_BACKEND, "OPTIONS": _EMAIL_OPTIONS}}
+
 # --- REST framework ------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -106,7 +106,6 @@ TB_MAX_BODY_BYTES = env_int("TB_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024)
 # Django refuses larger bodies itself; the proxy checks TB_MAX_BODY_BYTES to answer in the
 # provider's error shape, so Django's own limit must not be the lower one.
 DATA_UPLOAD_MAX_MEMORY_SIZE = TB_MAX_BODY_BYTES + 1024
-TB_STORE_CONTENT = env_bool("TB_STORE_CONTENT", False)
 # How long a call may wait for other calls' open holds to settle before it is refused.
 TB_HOLD_WAIT_SECONDS = env_int("TB_HOLD_WAIT_SECONDS", 30, minimum=0, maximum=600)
 # At most 4 s: a revoked key must stop working everywhere within 5 s.

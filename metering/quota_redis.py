@@ -311,6 +311,14 @@ def sync_client() -> redis.Redis:
     return _sync_client
 
 
+def consumer_client(block_ms: int) -> redis.Redis:
+    """A client for the stream consumer: its reads block up to `block_ms`, so its socket
+    timeout must be longer than that (else every idle read would look like Redis being down)."""
+    options = _client_options()
+    options["socket_timeout"] = block_ms / 1000 + options["socket_timeout"]
+    return redis.Redis.from_url(settings.REDIS_URL, **options)
+
+
 # --- the hold --------------------------------------------------------------------------------
 
 

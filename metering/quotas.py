@@ -210,7 +210,7 @@ async def _close(held: AnyHold, record: UsageRecord, *, charged: bool) -> bool:
         close = call_settle if charged else call_release
         return await ledger_writes.submit(close, held=held, record=record)
     record.cost = quota_redis.money(record.cost) if charged else Decimal(0)
-    event = UsageEvent(record, _charge(held, record, charged=charged))
+    event = UsageEvent.of(record, _charge(held, record, charged=charged))
     if isinstance(held, quota_redis.RedisHold) and redis_health.usable():
         tokens = record.input_tokens + record.output_tokens if charged else 0
         try:

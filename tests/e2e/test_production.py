@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -304,15 +305,19 @@ def test_two_hundred_concurrent_calls_against_twenty_calls_of_allowance(
     assert allowance.reserved == 0
 
 
-def _worker_pids(proxy: subprocess.Popen) -> list[int]:
+def _busiest_worker(port: int) -> int | None:
+    """The process holding the most client connections on `port` (a uvicorn worker)."""
     answer = subprocess.run(
-        ["pgrep", "-P", str(proxy.pid), "-f", "spawn_main"], capture_output=True, text=True
+        ["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
     )
-    return [int(pid) for pid in answer.stdout.split()]
+    pids = re.findall(r"pid=(\d+)", answer.stdout)
+    return int(max(set(pids), key=pids.count)) if pids else None
 
 
 async def _streams(world: World, calls: int) -> list[int | str]:
-    """Streams of 50 tokens, 20 ms apart: about a second each, all in flight together."""
+    """Streams of 50 tokens, 40 ms apart: about two seconds each, all in flight together."""
     client = openai.AsyncOpenAI(
         base_url=f"{world.proxy}/v1", api_key=world.key, max_retries=0, timeout=30
     )
@@ -324,7 +329,8 @@ async def _streams(world: World, calls: int) -> list[int | str]:
                 messages=PROMPT,
                 max_tokens=50,
                 stream=True,
-                extra_headers={"x-mock-output-tokens": "50", "x-mock-chunk-delay-ms": "20"},
+                # The proxy passes the body's metadata through to the mock upstream.
+                metadata={"mock_output_tokens": "50", "mock_chunk_delay_ms": "40"},
             )
             async for _ in stream:
                 pass
@@ -345,11 +351,12 @@ def test_kill_9_of_a_proxy_worker_mid_stream(
 ) -> None:
     world = _world(production, mock_upstream_url)
     assert asyncio.run(_load(world, calls=8, concurrency=8)) == [200] * 8  # both workers warm
-    victim = _worker_pids(production.proxy)[0]
 
     async def run() -> list[int | str]:
         load = asyncio.ensure_future(_streams(world, 40))
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.8)
+        victim = await asyncio.to_thread(_busiest_worker, production.port)
+        assert victim is not None and victim != production.proxy.pid
         os.kill(victim, signal.SIGKILL)
         return await load
 

@@ -158,7 +158,8 @@ def start_litellm(port: int, instant: str, slow: str) -> subprocess.Popen:
             "1",
         ],
         port,
-        {"LITELLM_LOG": "ERROR"},
+        # One worker, no database: LiteLLM's lightest set-up. It refuses to start keyless.
+        {"LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": "sk-bench-master"},
     )
 
 
@@ -195,7 +196,7 @@ def main() -> None:
         targets = {"direct": None, "tokenbudget": (urls["proxy"], key)}
         if args.litellm:
             processes.append(start_litellm(ports["litellm"], urls["instant"], urls["slow"]))
-            targets["litellm"] = (urls["litellm"], "sk-bench")
+            targets["litellm"] = (urls["litellm"], "sk-bench-master")
 
         results: list[Result] = []
         for upstream in ("instant", "slow"):

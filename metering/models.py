@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -190,3 +191,81 @@ class UsageRecord(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+
+class Intent(models.Model):
+    """An admin-curated use of AI (the `intent` tag of calls). Calls are never refused for an
+    intent missing here: unknown tags are recorded as given and listed for adoption."""
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    owner_cost_center = models.ForeignKey(
+        CostCenter, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    expected_value = models.DecimalField(
+        **MONEY,
+        null=True,
+        blank=True,
+        help_text="Money one accepted outcome is worth when the outcome carries no value.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Outcome(models.Model):
+    """What a call (or the calls of an intent over a time window) produced.
+
+    The call's employee, cost center, model, intent and local day are copied onto the row when
+    it is recorded, so value reports group outcomes by the same keys as `DailyUsage` without
+    reading the usage table. Value is an integer count of 1e-10 currency units, like the
+    billing tables, so sums stay exact on SQLite too.
+    """
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+    recorded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    client_id = models.CharField(max_length=100, help_text="The caller's idempotency key.")
+    request_id = models.CharField(max_length=64, blank=True, db_index=True)
+    intent = models.CharField(max_length=100, blank=True)
+    window_start = models.DateTimeField(null=True, blank=True)
+    window_end = models.DateTimeField(null=True, blank=True)
+    employee = models.ForeignKey(
+        Employee, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    cost_center = models.ForeignKey(
+        CostCenter, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    model = models.CharField(max_length=200, blank=True)
+    day = models.DateField()
+    kind = models.CharField(max_length=100)
+    value_units = models.BigIntegerField(null=True, blank=True)
+    quantity = models.PositiveIntegerField(default=1)
+    note = models.CharField(max_length=1000, blank=True)
+    source = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["recorded_by", "client_id"], name="outcome_once_per_client_id"
+            ),
+            models.CheckConstraint(condition=Q(quantity__gte=1), name="outcome_quantity_positive"),
+        ]
+        indexes = [models.Index(fields=["day"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} x{self.quantity} ({self.request_id or self.intent})"
+
+    @property
+    def value(self) -> Decimal | None:
+        return None if self.value_units is None else Decimal(self.value_units).scaleb(-10)

@@ -146,7 +146,11 @@ class OutcomeViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, viewsets.Ge
     filterset_fields = ["kind", "intent", "request_id"]
     ordering_fields = ["created_at"]
 
+    queryset = Outcome.objects.none()  # the schema generator reads the model from here
+
     def get_queryset(self) -> Any:
+        if getattr(self, "swagger_fake_view", False):
+            return Outcome.objects.none()
         return Outcome.objects.filter(recorded_by=self.request.user).select_related("employee")
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:

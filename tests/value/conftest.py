@@ -22,9 +22,12 @@ __all__ = ["Cast", "api", "cast", "client_for"]
 AT = dt.datetime(2026, 3, 10, 12, tzinfo=dt.UTC)
 
 
+LATENCY_MS = {"e1": 2000, "e2": 1000, "e3": 500, "o1": 1500}
+
+
 @pytest.fixture
 def calls(cast: Cast) -> dict[str, UsageRecord]:
-    return {
+    made = {
         "e1": usage(cast.employee, at=AT, model="big", intent="code", cost="0.0300000000",
                     input_tokens=1000, output_tokens=500),
         "e2": usage(cast.employee, at=AT, model="big", intent="code", cost="0.0100000000",
@@ -34,6 +37,9 @@ def calls(cast: Cast) -> dict[str, UsageRecord]:
         "o1": usage(cast.other, at=AT, model="big", intent="code", cost="0.0200000000",
                     input_tokens=600, output_tokens=400),
     }  # fmt: skip
+    for name, record in made.items():
+        UsageRecord.objects.filter(pk=record.pk).update(latency_ms=LATENCY_MS[name])
+    return made
 
 
 @pytest.fixture

@@ -277,3 +277,41 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.object_type}:{self.object_id}"
+
+
+class BudgetRequest(models.Model):
+    """An employee's ask for more allowance this fiscal year. A manager of their cost center
+    (or an admin) approves or declines it; an approval appends an `Adjustment` of kind
+    `request` with the approver as actor, so the ledger stays the one record of the change."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPROVED = "approved", "Approved"
+        DECLINED = "declined", "Declined"
+
+    employee = models.ForeignKey(Employee, on_delete=models.PROTECT, related_name="requests")
+    allowance = models.ForeignKey(Allowance, on_delete=models.PROTECT, related_name="requests")
+    amount = models.DecimalField(**AMOUNT, help_text="Asked for, in the allowance's unit.")
+    reason = models.CharField(max_length=1000)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_note = models.CharField(max_length=1000, blank=True)
+    adjustment = models.OneToOneField(
+        Adjustment, null=True, blank=True, on_delete=models.PROTECT, related_name="request"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="budget_request_positive")
+        ]
+
+    def __str__(self) -> str:
+        return f"request {self.pk} of {self.employee_id}: {self.amount} ({self.status})"

@@ -21,7 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from billing import exports, page_selectors, personal, selectors, stripe_api
+from billing import exports, page_selectors, personal, selectors, stripe_api, value
 from billing.models import ChargebackStatement, StatementLine
 from billing.statements import (
     StatementStateError,
@@ -33,6 +33,7 @@ from budgets import roles
 from budgets.charts import PALETTE, Bar, Series, bar_chart, line_chart
 from budgets.fiscal import fiscal_year_bounds
 from budgets.quota import quota_get, today
+from budgets.templatetags.tb_pages import money
 from metering import page_selectors as metering_selectors
 from metering.pages import NEW_KEY_SESSION
 
@@ -336,3 +337,45 @@ def statements_export(request: HttpRequest) -> HttpResponse:
     # page shows.
     lines = StatementLine.objects.filter(statement__in=chosen)
     return _export(fmt, name, chosen, lines)
+
+
+VALUE_DIMENSIONS = {
+    "cost_center": "Cost center",
+    "intent": "Intent",
+    "model": "Model",
+    "employee": "Employee",
+}
+
+
+@login_required
+def value_page(request: HttpRequest) -> HttpResponse:
+    """Value per token for a month, grouped as asked, within what the user's role shows."""
+    period = _month(request.GET.get("period")) or last_complete_month(timezone.now())
+    dimension = request.GET.get("dimension", "cost_center")
+    if dimension not in VALUE_DIMENSIONS:
+        dimension = "cost_center"
+    end = (period + dt.timedelta(days=32)).replace(day=1)
+    rows = value.value_report(dimension=dimension, start=period, end=end, user=request.user)
+    valued = [r for r in rows if Decimal(r["value"]) > 0]
+    chart = None
+    if valued:
+        bars = sorted(valued, key=lambda r: -Decimal(r["value"]))[:12]
+        chart = bar_chart(
+            [
+                Bar(r["key"] or "(none)", Decimal(r["value"]), note=f"cost {money(r['cost'])}")
+                for r in bars
+            ],
+            title=f"Value by {VALUE_DIMENSIONS[dimension].lower()}, {period:%B %Y}",
+            desc="; ".join(f"{r['key'] or '(none)'}: value ${r['value']}" for r in bars),
+        )
+    context = {
+        "nav": "value",
+        "period": period,
+        "dimension": dimension,
+        "dimensions": VALUE_DIMENSIONS,
+        "dimension_label": VALUE_DIMENSIONS[dimension],
+        "rows": rows,
+        "chart": chart,
+        "comparison": value.model_comparison(start=period, end=end, user=request.user),
+    }
+    return render(request, "billing/value.html", context)

@@ -29,6 +29,7 @@ urlpatterns = [
     path("manage/roster/", budget_pages.roster, name="roster"),
     path("manage/policies/", budget_pages.policies, name="policies"),
     path("manage/models/", metering_pages.routes, name="routes"),
+    path("value/", billing_pages.value_page, name="value"),
     path("finance/statements/", billing_pages.statements, name="statements"),
     path("finance/statements/close/", billing_pages.month_close, name="month-close"),
     path("finance/statements/export/", billing_pages.statements_export, name="export"),

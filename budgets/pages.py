@@ -20,8 +20,14 @@ from django.views.decorators.http import require_POST
 
 from budgets import page_selectors, roles, selectors
 from budgets.bulk import allowances_assign
-from budgets.models import Adjustment, Unit
+from budgets.models import Adjustment, BudgetRequest, Unit
 from budgets.quota import current_fiscal_year, quota_get
+from budgets.requests import (
+    budget_request_create,
+    budget_request_decide,
+    budget_requests_visible,
+    can_decide,
+)
 from budgets.roster import RosterInvalid, roster_import
 from budgets.services import adjustment_create
 
@@ -269,3 +275,69 @@ def policies(request: HttpRequest) -> HttpResponse:
         "budgets/policies.html",
         {"nav": "policies", "policies": rows, "is_admin": roles.is_admin(request.user)},
     )
+
+
+# --- budget requests -----------------------------------------------------------------------
+
+
+def _service_message(exc: ValidationError) -> str:
+    return " ".join(" ".join(v) for v in getattr(exc, "message_dict", {"": exc.messages}).values())
+
+
+@login_required
+@require_POST
+def budget_request_new(request: HttpRequest) -> HttpResponse:
+    """The "Request more allowance" form on My tokens."""
+    amount = _decimal(request.POST.get("amount", ""))
+    if amount is None:
+        messages.error(request, "Give the amount as a number.")
+        return redirect("pages:my-tokens")
+    try:
+        made = budget_request_create(
+            user=request.user, amount=amount, reason=request.POST.get("reason", "")
+        )
+    except ValidationError as exc:
+        messages.error(request, "Not sent. " + _service_message(exc))
+    else:
+        messages.success(request, f"Request for {made.amount:,} sent to your managers.")
+    return redirect("pages:my-tokens")
+
+
+@login_required
+def approvals(request: HttpRequest) -> HttpResponse:
+    """Pending requests the user may decide, and the last decided ones they may see."""
+    user = request.user
+    if not (roles.is_admin(user) or roles.managed_cost_center_ids(user) or roles.is_finance(user)):
+        raise PermissionDenied
+    visible = budget_requests_visible(user)
+    pending = [
+        (r, can_decide(user, r)) for r in visible.filter(status=BudgetRequest.Status.PENDING)
+    ]
+    decided = visible.exclude(status=BudgetRequest.Status.PENDING)[:50]
+    context = {"nav": "approvals", "pending": pending, "decided": decided}
+    return render(request, "budgets/approvals.html", context)
+
+
+@login_required
+@require_POST
+def approval_decide(request: HttpRequest, pk: int) -> HttpResponse:
+    target = get_object_or_404(budget_requests_visible(request.user), pk=pk)
+    approve = request.POST.get("decision") == "approve"
+    raw = request.POST.get("amount", "").strip()
+    amount = _decimal(raw) if raw else None
+    if raw and amount is None:
+        messages.error(request, "Give the approved amount as a number, or leave it empty.")
+        return redirect("pages:approvals")
+    try:
+        decided = budget_request_decide(
+            actor=request.user,
+            request_id=target.pk,
+            approve=approve,
+            amount=amount,
+            note=request.POST.get("note", ""),
+        )
+    except ValidationError as exc:
+        messages.error(request, "Not decided. " + _service_message(exc))
+    else:
+        messages.success(request, f"Request of {decided.employee.name} {decided.status}.")
+    return redirect("pages:approvals")

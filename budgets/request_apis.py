@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Q
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from budgets import roles
 from budgets.apis import service_errors
 from budgets.models import BudgetRequest
-from budgets.requests import budget_request_create, budget_request_decide
+from budgets.requests import (
+    budget_request_create,
+    budget_request_decide,
+    budget_requests_visible,
+)
 from budgets.serializers import AmountField
 
 
@@ -63,16 +65,7 @@ class BudgetRequestViewSet(
     ordering_fields = ["created_at", "status"]
 
     def get_queryset(self) -> Any:
-        user = self.request.user
-        qs = BudgetRequest.objects.select_related(
-            "employee", "allowance", "adjustment", "decided_by"
-        )
-        if roles.sees_all(user):
-            return qs
-        condition = Q(employee__cost_center_id__in=roles.managed_cost_center_ids(user))
-        if (employee := roles.employee_of(user)) is not None:
-            condition |= Q(employee=employee)
-        return qs.filter(condition)
+        return budget_requests_visible(self.request.user)
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         serializer = self.get_serializer(data=request.data)

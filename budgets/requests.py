@@ -23,6 +23,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.mail import send_mail
 from django.db import transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from budgets import roles
@@ -44,6 +45,18 @@ def request_approver_emails(employee: Employee) -> list[str]:
     ids = [employee.cost_center_id, *cost_center_ancestor_ids(employee.cost_center)]
     users = get_user_model().objects.filter(managed_cost_centers__in=ids).distinct()
     return sorted({u.email for u in users if u.email and u.pk != employee.user_id})
+
+
+def budget_requests_visible(user: Any) -> QuerySet[BudgetRequest]:
+    """Requests the user may read: their own, their managed subtree's, all for admins and
+    finance."""
+    qs = BudgetRequest.objects.select_related("employee", "allowance", "adjustment", "decided_by")
+    if roles.sees_all(user):
+        return qs
+    condition = Q(employee__cost_center_id__in=roles.managed_cost_center_ids(user))
+    if (employee := roles.employee_of(user)) is not None:
+        condition |= Q(employee=employee)
+    return qs.filter(condition)
 
 
 def can_decide(user: Any, request: BudgetRequest) -> bool:

@@ -115,8 +115,10 @@ TB_UPSTREAM_READ_TIMEOUT = env_decimal("TB_UPSTREAM_READ_TIMEOUT", "600")
 TB_MOCK_UPSTREAM_URL = env_str("TB_MOCK_UPSTREAM_URL", "http://127.0.0.1:8001")
 TB_REDIS_DOWN_MODE = env_choice("TB_REDIS_DOWN_MODE", "database", ("database", "closed", "open"))
 # How long one Redis command may take before Redis counts as down for the quota path (then
-# TB_REDIS_DOWN_MODE applies for a second before Redis is tried again).
-TB_REDIS_TIMEOUT_MS = env_int("TB_REDIS_TIMEOUT_MS", 1000, minimum=10, maximum=60_000)
+# TB_REDIS_DOWN_MODE applies for a second before Redis is tried again). An unreachable Redis is
+# noticed at once (connection refused); this bounds a hung one. Not lower than the event loop's
+# worst lag under overload, or a busy process would take a slow reply for an outage.
+TB_REDIS_TIMEOUT_MS = env_int("TB_REDIS_TIMEOUT_MS", 3000, minimum=10, maximum=60_000)
 # Usage events applied per database transaction by the stream consumer.
 TB_USAGE_BATCH = env_int("TB_USAGE_BATCH", 2000, minimum=1, maximum=50_000)
 # A stream entry delivered to a consumer that has not acknowledged it for this long (it died

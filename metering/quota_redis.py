@@ -284,7 +284,7 @@ def async_client() -> tuple[aioredis.Redis, dict[str, Any]]:
         # failing with "too many connections" (which would read as Redis being down).
         pool = aioredis.BlockingConnectionPool.from_url(
             settings.REDIS_URL,
-            max_connections=64,
+            max_connections=256,
             timeout=settings.TB_REDIS_TIMEOUT_MS / 1000,
             **_client_options(),
         )

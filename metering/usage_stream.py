@@ -248,11 +248,14 @@ def stream_drain(
     consumer = consumer or consumer_name()
     batch = batch or settings.TB_USAGE_BATCH
     claim_idle_ms = settings.TB_USAGE_CLAIM_IDLE_MS if claim_idle_ms is None else claim_idle_ms
-    group_ensure(client)
     total = 0
     rounds = 0
+    grouped = False
     while not (stop and stop()):
         try:
+            if not grouped:  # inside the retry: a consumer may start while Redis is down
+                group_ensure(client)
+                grouped = True
             new, read_any = _drain_round(
                 client, consumer, batch, block_ms, claim_idle_ms, until_empty
             )

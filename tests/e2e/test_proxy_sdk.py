@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from decimal import Decimal
 
 import anthropic
@@ -38,6 +39,11 @@ def expected_cost(
 
 
 def only_record() -> UsageRecord:
+    # A stream is settled when the proxy's relay ends, which may be just after the SDK has
+    # read the final `data: [DONE]` and returned: wait a moment for the record.
+    deadline = time.monotonic() + 5
+    while not UsageRecord.objects.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
     records = list(UsageRecord.objects.all())
     assert len(records) == 1, records
     return records[0]

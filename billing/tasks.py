@@ -10,7 +10,7 @@ import httpx
 from celery import shared_task
 from django.utils import timezone
 
-from billing import alerts, rollup, statements, stripe_api, stripe_sync
+from billing import alerts, rollup, statements, stripe_api, stripe_sync, value
 
 
 @shared_task(acks_late=True, ignore_result=True)
@@ -73,3 +73,10 @@ def alert_notify(alert_id: int) -> bool:
 def personal_statements_send_as_needed() -> int:
     """Email last month's personal statements not yet sent; returns how many were sent."""
     return alerts.personal_statements_send_as_needed(now=timezone.now())
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def value_reports_send_as_needed() -> str:
+    """Email last month's value report to admins and finance once; returns the month or ''."""
+    sent = value.value_reports_send_as_needed(now=timezone.now())
+    return sent.isoformat() if sent else ""

@@ -35,11 +35,16 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any
 
+from django.contrib.auth import get_user_model
+from django.core.mail import send_mail
+from django.db import transaction
 from django.db.models import Case, F, Q, QuerySet, Sum, When
 
-from billing.models import DailyUsage, units_to_cost
+from billing.models import DailyUsage, Watermark, units_to_cost
 from billing.rollup import local_tz
+from billing.statements import last_complete_month
 from budgets import roles
+from budgets.fiscal import add_months
 from budgets.models import CostCenter, Employee
 from metering.models import Intent, ModelPrice, ModelRoute, Outcome, UsageRecord
 
@@ -416,3 +421,50 @@ def model_comparison(
             }
         )
     return report
+
+
+# --- the monthly value report by email ------------------------------------------------------
+
+VALUE_MAIL_WATERMARK = "value_report_mail"
+
+
+def _report_recipients() -> list[str]:
+    users = get_user_model().objects.filter(
+        Q(is_staff=True) | Q(groups__name__in=[roles.ADMIN_GROUP, roles.FINANCE_GROUP]),
+        is_active=True,
+    )
+    return sorted({u.email for u in users if u.email})
+
+
+def value_report_text(*, start: dt.date, end: dt.date, user: Any) -> str:
+    """The report by cost center as plain text, one line per cost center."""
+    lines = [f"Value per token, {start:%B %Y}, by cost center:"]
+    for row in value_report(dimension="cost_center", start=start, end=end, user=user):
+        lines.append(
+            f"{row['key'] or '(none)'}: {row['requests']} requests, {row['tokens']} tokens, "
+            f"cost {row['cost']}, value {row['value']}, return on spend "
+            f"{row['return_on_spend'] or '-'}, acceptance {row['acceptance_rate'] or '-'}"
+        )
+    return "\n".join(lines)
+
+
+def value_reports_send_as_needed(*, now: dt.datetime) -> dt.date | None:
+    """Email last month's value report to admins and finance once; returns the month sent.
+
+    A catch-up: the watermark's `period` is the last month sent, advanced in the transaction
+    that sends, under its row lock, so a re-run or a concurrent run sends nothing twice and a
+    failed send is retried by the next run."""
+    period = last_complete_month(now)
+    with transaction.atomic():
+        Watermark.objects.get_or_create(name=VALUE_MAIL_WATERMARK)
+        mark = Watermark.objects.select_for_update().get(name=VALUE_MAIL_WATERMARK)
+        if mark.period is not None and mark.period >= period:
+            return None
+        recipients = _report_recipients()
+        if recipients:
+            everyone = get_user_model()(is_staff=True)  # the report covers every cost center
+            body = value_report_text(start=period, end=add_months(period, 1), user=everyone)
+            send_mail(f"[Tokenbudget] Value per token, {period:%B %Y}", body, None, recipients)
+        mark.period = period
+        mark.save(update_fields=["period", "updated_at"])
+    return period

@@ -61,6 +61,12 @@ app.conf.beat_schedule = {
         "schedule": 3600.0,
         "options": {"expires": 3000},
     },
+    # Last month's value report by email to admins and finance, once per month.
+    "billing-value-reports": {
+        "task": "billing.tasks.value_reports_send_as_needed",
+        "schedule": 3600.0,
+        "options": {"expires": 3000},
+    },
     # Retry Stripe syncs of finalized statements that did not complete.
     "billing-stripe-sync-pending": {
         "task": "billing.tasks.statements_stripe_sync_pending",

@@ -179,3 +179,16 @@ def test_no_recommendation_on_small_samples(api, cast) -> None:
     assert compare(api)["recommendations"] == []
     assert compare(api, margin="0.5")["recommendations"] == []
     assert compare(api, min_rated=5)["recommendations"][0]["to_model"] == "small"
+
+
+def test_monthly_value_mail_is_sent_once(cast, recorded, settings) -> None:
+    from django.core import mail
+
+    from billing.value import value_reports_send_as_needed
+
+    now = dt.datetime(2026, 4, 2, 6, tzinfo=dt.UTC)
+    assert value_reports_send_as_needed(now=now) == dt.date(2026, 3, 1)
+    assert value_reports_send_as_needed(now=now) is None
+    (message,) = mail.outbox
+    assert sorted(message.to) == sorted([cast.users["admin"].email, cast.users["finance"].email])
+    assert "eng-ml: 3 requests, 3000 tokens, cost 0.0410000000, value 17.0000000000" in message.body

@@ -142,3 +142,18 @@ def test_intent_catalogue_admin_writes_and_unknown_intents(api, cast, calls) -> 
     bad = api("admin").post("/api/v1/intents/", {**body, "name": "x", "expected_value": "-1"},
                             format="json")  # fmt: skip
     assert bad.status_code == 400 and Intent.objects.count() == 1
+
+
+def test_an_integration_token_records_outcomes_and_reads_nothing_else(calls, writer) -> None:
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=writer).key}")
+    body = outcome(calls["o1"].request_id, client_id="crm-42", kind="ticket resolved", value="80")
+    assert client.post(OUTCOMES, body, format="json").status_code == 201
+    assert client.post(OUTCOMES, body, format="json").status_code == 200
+    assert client.get("/api/v1/usage/").data["count"] == 0
+    assert client.get("/api/v1/employees/").data["count"] == 0
+    assert client.post("/api/v1/intents/", {"name": "x"}, format="json").status_code == 403
+    assert Outcome.objects.get().value == Decimal(80)

@@ -18,6 +18,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from billing.rollup import daily_usage_rollup
 from billing.value import wilson_interval
@@ -192,3 +194,23 @@ def test_monthly_value_mail_is_sent_once(cast, recorded, settings) -> None:
     (message,) = mail.outbox
     assert sorted(message.to) == sorted([cast.users["admin"].email, cast.users["finance"].email])
     assert "eng-ml: 3 requests, 3000 tokens, cost 0.0410000000, value 17.0000000000" in message.body
+
+
+@given(n=st.integers(min_value=1, max_value=5000), data=st.data())
+def test_wilson_interval_holds_the_observed_rate_inside_zero_one(n: int, data: Any) -> None:
+    successes = data.draw(st.integers(min_value=0, max_value=n))
+    low, high = wilson_interval(successes, n)  # type: ignore[misc]
+    rate = Decimal(successes) / n
+    assert Decimal(0) <= low <= rate.quantize(Decimal("0.000001")) <= high <= Decimal(1)
+
+
+def test_intent_window_outcomes_count_for_the_intent_without_a_model(api, recorded) -> None:
+    body = {
+        "client_id": "w-1", "kind": "accepted", "intent": "code", "quantity": 2,
+        "window_start": "2026-03-01T00:00:00Z", "window_end": "2026-03-31T00:00:00Z",
+    }  # fmt: skip
+    assert api("employee").post("/api/v1/outcomes/", body, format="json").status_code == 201
+    by_intent = rows(api("admin"), "intent")
+    # before: accepted 3 (2 + 1), value 12.5 + 4.5 + 3 = 20; now + 2 x 4.5 expected value
+    assert (by_intent["code"]["accepted"], by_intent["code"]["value"]) == (5, "29.0000000000")
+    assert rows(api("admin"), "model")[""]["accepted"] == 2  # no model: its own row

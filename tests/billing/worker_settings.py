@@ -8,8 +8,12 @@ import os
 
 from config.settings import *  # noqa: F403
 
-EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
-EMAIL_FILE_PATH = os.environ["TB_TEST_MAIL_DIR"]
+MAILERS = {
+    "default": {
+        "BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+        "OPTIONS": {"file_path": os.environ["TB_TEST_MAIL_DIR"]},
+    }
+}
 CELERY_TASK_DEFAULT_QUEUE = os.environ["TB_TEST_QUEUE"]
 TB_STRIPE_SECRET_KEY = os.environ.get("TB_STRIPE_SECRET_KEY", "")
 TB_STRIPE_API_BASE = os.environ.get("TB_STRIPE_API_BASE", "")

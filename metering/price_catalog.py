@@ -7,7 +7,7 @@ package is how prices get refreshed.
 
 Rows are append-only: a model gets a new catalogue row only when the catalogue's price differs
 from the row in force, so running the sync again adds nothing. Override rows are never read
-or written here (they win over catalogue rows anyway, see metering.selectors_prices).
+or written here (they win over catalogue rows anyway, see metering.selectors.pick_price).
 """
 
 from __future__ import annotations

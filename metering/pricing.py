@@ -2,7 +2,7 @@
 
 Prices are stored per million tokens; a PriceQuote holds them per token, exactly (dividing a
 Decimal by 10**6 only moves its exponent). Costs are exact Decimals; nothing is rounded here.
-Which price is in force at a moment is a database question: see `metering.selectors_prices`.
+Which price is in force at a moment is a database question: see `metering.selectors.pick_price`.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -189,18 +190,30 @@ class RouteInfo:
     prices: tuple[ModelPrice, ...]  # in force now or later, ascending effective_from
 
     def price_at(self, at: dt.datetime) -> ModelPrice | None:
-        """The price in force at `at`: overrides beat catalogue rows; latest start wins."""
-        best: ModelPrice | None = None
-        for price in self.prices:
-            if price.effective_from > at:
-                continue
-            if best is None or _price_rank(price) >= _price_rank(best):
-                best = price
-        return best
+        return pick_price(self.prices, at)
 
 
-def _price_rank(price: ModelPrice) -> tuple[int, dt.datetime]:
-    return (1 if price.source == ModelPrice.Source.OVERRIDE else 0, price.effective_from)
+def pick_price(prices: Iterable[ModelPrice], at: dt.datetime) -> ModelPrice | None:
+    """The price in force at `at`: an override in force beats any catalogue row (a negotiated
+    price stays until an admin ends it with a newer override); within a source the latest
+    start wins."""
+    best: ModelPrice | None = None
+    for price in prices:
+        if price.effective_from > at:
+            continue
+        if best is None or _price_rank(price) >= _price_rank(best):
+            best = price
+    return best
+
+
+def _price_rank(price: ModelPrice) -> tuple[int, dt.datetime, int]:
+    override = 1 if price.source == ModelPrice.Source.OVERRIDE else 0
+    return (override, price.effective_from, price.pk or 0)
+
+
+def price_in_force(model: str, at: dt.datetime) -> ModelPrice | None:
+    """The price of upstream model `model` at `at` (the rule the proxy applies from its cache)."""
+    return pick_price(ModelPrice.objects.filter(model=model, effective_from__lte=at), at)
 
 
 def route_info_load(public_name: str) -> RouteInfo | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from decimal import Decimal
 from types import SimpleNamespace
@@ -12,7 +11,7 @@ import pytest
 from metering.models import ModelPrice
 from metering.pricing import FREE, PriceQuote, cost_of, quote_from, worst_input_rate
 from metering.providers.base import Usage
-from metering.selectors_prices import aprice_in_force, price_in_force
+from metering.selectors import price_in_force
 
 D = Decimal
 UTC = dt.UTC
@@ -117,17 +116,3 @@ def test_price_in_force_latest_start_and_overrides_win() -> None:
     # A newer catalogue row does not displace the override in force.
     assert price_in_force("gpt-x", t2).input_per_mtok == D("3")
     assert price_in_force("nope", t2) is None
-
-
-@pytest.mark.django_db(transaction=True)
-def test_aprice_in_force_matches() -> None:
-    t0 = dt.datetime(2025, 1, 1, tzinfo=UTC)
-    ModelPrice.objects.create(
-        model="m",
-        input_per_mtok=D("1"),
-        output_per_mtok=D("2"),
-        effective_from=t0,
-        source=ModelPrice.Source.CATALOG,
-    )
-    price = asyncio.run(aprice_in_force("m", t0))
-    assert price is not None and price.output_per_mtok == D("2")

@@ -12,7 +12,7 @@ from django.core.management import call_command
 
 from metering.models import ModelPrice, ModelRoute, Upstream
 from metering.price_catalog import SEED_FROM, prices_sync
-from metering.selectors_prices import price_in_force
+from metering.selectors import price_in_force
 
 NOW = dt.datetime(2026, 1, 15, 12, 0, tzinfo=dt.UTC)
 CATALOG = ModelPrice.Source.CATALOG

@@ -76,7 +76,9 @@ def _reset_connections() -> None:
 
 @pytest.fixture
 def worker(tmp_path: Path, localstripe_url: str) -> Iterator[dict[str, str]]:
-    _require(connection.vendor == "postgresql", "PostgreSQL is not the database (DATABASE_URL)")
+    if connection.vendor != "postgresql":
+        # Not a missing service: this test belongs to the suite's PostgreSQL pass.
+        pytest.skip("runs in the PostgreSQL pass (DATABASE_URL=postgres://...)")
     _require(_redis_ok(), f"Redis is not reachable at {REDIS_URL}")
     httpx.delete(f"{localstripe_url}/_config/data", timeout=5)
     queue = f"billing-e2e-{uuid.uuid4().hex[:8]}"

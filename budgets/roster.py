@@ -590,20 +590,7 @@ def _apply(plan: _Plan, *, actor: Any, source: str, day: dt.date) -> None:
     for employee in plan.new_employees:
         event("create", employee, after=snapshot(employee))
 
-    changed_fields: set[str] = set()
-    updated_employees = []
-    for employee, changes in plan.changed_employees:
-        before = snapshot(employee)
-        for name, value in changes.items():
-            setattr(employee, name, value)
-        employee.updated_at = now
-        changed_fields |= set(changes)
-        updated_employees.append(employee)
-        event("update", employee, before=before, after=snapshot(employee))
-    if updated_employees:
-        Employee.objects.bulk_update(
-            updated_employees, [*sorted(changed_fields), "updated_at"], batch_size=BATCH
-        )
+    _bulk_apply(Employee, plan.changed_employees, now=now, event=event)
     actor_user = actor if getattr(actor, "is_authenticated", False) else None
     EmployeeMove.objects.bulk_create(
         [
@@ -637,19 +624,23 @@ def _apply(plan: _Plan, *, actor: Any, source: str, day: dt.date) -> None:
     for allowance in plan.new_allowances:
         event("create", allowance, after=snapshot(allowance))
 
-    allowance_fields: set[str] = set()
-    updated_allowances = []
-    for allowance, changes in plan.changed_allowances:
-        before = snapshot(allowance)
-        for name, value in changes.items():
-            setattr(allowance, name, value)
-        allowance.updated_at = now
-        allowance_fields |= set(changes)
-        updated_allowances.append(allowance)
-        event("update", allowance, before=before, after=snapshot(allowance))
-    if updated_allowances:
-        # Only the terms are written: used/reserved move under the ledger's F() updates.
-        Allowance.objects.bulk_update(
-            updated_allowances, [*sorted(allowance_fields), "updated_at"], batch_size=BATCH
-        )
+    # Only the changed terms are written: used/reserved move under the ledger's own updates.
+    _bulk_apply(Allowance, plan.changed_allowances, now=now, event=event)
     audit_bulk(events)
+
+
+def _bulk_apply(model: Any, changed: list, *, now: Any, event: Any) -> None:
+    """Set each object's changed fields, audit it, and write them all in batched updates of
+    only the fields that changed (plus `updated_at`)."""
+    fields: set[str] = set()
+    objects = []
+    for obj, changes in changed:
+        before = snapshot(obj)
+        for name, value in changes.items():
+            setattr(obj, name, value)
+        obj.updated_at = now
+        fields |= set(changes)
+        objects.append(obj)
+        event("update", obj, before=before, after=snapshot(obj))
+    if objects:
+        model.objects.bulk_update(objects, [*sorted(fields), "updated_at"], batch_size=BATCH)

@@ -112,6 +112,8 @@ class PolicyInline(admin.StackedInline):
         "over_budget",
         "requests_per_minute",
         "tokens_per_minute",
+        "downgrade_models",
+        "downgrade_at_percent",
     ]
 
 

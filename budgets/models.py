@@ -132,6 +132,17 @@ class Policy(models.Model):
     )
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
     tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    downgrade_models = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Public model name to its cheaper stand-in, e.g. {"gpt-4o": "gpt-4o-mini"}.',
+    )
+    downgrade_at_percent = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(100)],
+        help_text="Past this share of the allowance used, calls go to the downgrade model.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -246,6 +246,17 @@ class PolicySerializer(serializers.ModelSerializer):
         required=False,
         help_text="Percentages of the allowance, e.g. [50, 80, 100].",
     )
+    downgrade_models = serializers.DictField(
+        child=serializers.CharField(max_length=200),
+        required=False,
+        help_text='Public model name to its cheaper stand-in, e.g. {"gpt-4o": "gpt-4o-mini"}: '
+        "once the employee has used `downgrade_at_percent` of the allowance, calls for the "
+        "model are served by the stand-in and the response says so in "
+        "`x-tokenbudget-downgraded-from`.",
+    )
+    downgrade_at_percent = serializers.IntegerField(
+        min_value=1, max_value=100, allow_null=True, required=False
+    )
 
     class Meta:
         model = Policy
@@ -262,6 +273,8 @@ class PolicySerializer(serializers.ModelSerializer):
             "over_budget",
             "requests_per_minute",
             "tokens_per_minute",
+            "downgrade_models",
+            "downgrade_at_percent",
             "updated_at",
         ]
         read_only_fields = ["updated_at"]

@@ -107,6 +107,8 @@ class PolicyData(TypedDict, total=False):
     over_budget: str
     requests_per_minute: int | None
     tokens_per_minute: int | None
+    downgrade_models: dict[str, str]
+    downgrade_at_percent: int | None
 
 
 PolicyFields = tuple(PolicyData.__annotations__)
@@ -665,6 +667,16 @@ def _check_policy(policy: Policy) -> None:
     ):
         raise _invalid("alert_thresholds", "A list of percentages from 1 to 1000.")
     policy.alert_thresholds = sorted(set(thresholds))
+    if policy.downgrade_models is None:  # an empty form field
+        policy.downgrade_models = {}
+    downgrades = policy.downgrade_models
+    if not isinstance(downgrades, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) and v and k != v
+        for k, v in downgrades.items()
+    ):
+        raise _invalid("downgrade_models", "A map of model name to a different model name.")
+    if downgrades and policy.downgrade_at_percent is None:
+        raise _invalid("downgrade_at_percent", "Say at which share of the allowance to downgrade.")
     if policy.default_allowance is not None:
         if policy.default_allowance < 0:
             raise _invalid("default_allowance", "Must not be negative.")

@@ -208,6 +208,17 @@ class Intent(models.Model):
         blank=True,
         help_text="Money one accepted outcome is worth when the outcome carries no value.",
     )
+    default_model = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Public model name `auto:<intent>` routes to until a recommendation exists.",
+    )
+    recommended_model = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Written by the value report job: the model the comparison favours.",
+    )
+    recommended_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -52,7 +52,23 @@ class IntentSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Intent
-        fields = ["id", "name", "description", "owner_cost_center", "expected_value"]
+        fields = [
+            "id",
+            "name",
+            "description",
+            "owner_cost_center",
+            "expected_value",
+            "default_model",
+            "recommended_model",
+            "recommended_at",
+        ]
+        read_only_fields = ["recommended_model", "recommended_at"]
+        extra_kwargs = {
+            "default_model": {
+                "help_text": "Public model name that `auto:<intent>` routes to until the value "
+                "report recommends one (`recommended_model`, which then wins)."
+            }
+        }
 
 
 class IntentViewSet(viewsets.ModelViewSet):
@@ -80,6 +96,7 @@ class IntentViewSet(viewsets.ModelViewSet):
                 description=data.get("description", current.description),
                 owner_cost_center=data.get("owner_cost_center", current.owner_cost_center),
                 expected_value=data.get("expected_value", current.expected_value),
+                default_model=data.get("default_model", current.default_model),
             )
         except DjangoValidationError as exc:
             raise _drf_error(exc) from exc

@@ -27,7 +27,7 @@ from django.db.models import Max, Sum
 
 from budgets import roles
 from budgets.models import CostCenter
-from metering.models import Intent, Outcome, UsageRecord
+from metering.models import Intent, ModelRoute, Outcome, UsageRecord
 
 OUTCOME_WRITERS_GROUP = "outcome-writers"
 VALUE_SCALE = 10**10  # the 1e-10 currency units of Outcome.value_units (as in billing tables)
@@ -209,16 +209,21 @@ def intent_save(
     description: str = "",
     owner_cost_center: CostCenter | None = None,
     expected_value: Decimal | None = None,
+    default_model: str = "",
     instance: Intent | None = None,
 ) -> Intent:
     """Create or update a catalogue entry (admins only; the API checks the role)."""
     if expected_value is not None and expected_value < 0:
         raise _invalid("expected_value", "May not be negative.")
+    default_model = default_model.strip()
+    if default_model and not ModelRoute.objects.filter(public_name=default_model).exists():
+        raise _invalid("default_model", f"No model route is named {default_model!r}.")
     intent = instance or Intent()
     intent.name = name.strip()
     intent.description = description
     intent.owner_cost_center = owner_cost_center
     intent.expected_value = expected_value
+    intent.default_model = default_model
     intent.full_clean()
     intent.save()
     return intent

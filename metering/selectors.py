@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from budgets.models import Allowance, CostCenter, Employee, Policy
 from budgets.quota import LimitRule, current_fiscal_year
-from metering.models import ModelPrice, ModelRoute, UsageRecord, VirtualKey
+from metering.models import Intent, ModelPrice, ModelRoute, UsageRecord, VirtualKey
 from metering.upstream import UpstreamTarget
 
 
@@ -49,7 +49,12 @@ class KeyInfo:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     # What the Redis quota backend needs besides the counters; None without an allowance.
+    # Also loaded without Redis when the policy downgrades models (the share used needs it).
     limits: QuotaLimits | None = None
+    # Budget-aware routing from the policy: (model, cheaper stand-in) pairs, and the share of
+    # the allowance (percent) past which calls for the model go to its stand-in.
+    downgrades: tuple[tuple[str, str], ...] = ()
+    downgrade_at_percent: int | None = None
 
     def usable(self, now: dt.datetime) -> bool:
         """Not revoked or expired, and its owner is active and still employed."""
@@ -65,6 +70,12 @@ class KeyInfo:
         if self.key_models and model not in self.key_models:
             return False
         return not self.policy_models or model in self.policy_models
+
+    def downgrade_for(self, model: str) -> str | None:
+        for source, target in self.downgrades:
+            if source == model:
+                return target
+        return None
 
     def employee(self) -> Employee:
         """An unsaved stand-in carrying what the ledger reads (id and employment dates)."""
@@ -147,7 +158,12 @@ def key_info_load(hashed: str) -> KeyInfo | None:
     chain = cost_center_chain(employee.cost_center_id)
     policy = policy_from_chain(chain)
     rule = LimitRule.from_policy(policy)
-    limits = quota_limits_load(employee, rule, chain) if settings.REDIS_URL else None
+    downgrades = tuple(sorted((policy.downgrade_models or {}).items())) if policy else ()
+    limits = (
+        quota_limits_load(employee, rule, chain)
+        if settings.REDIS_URL or (downgrades and policy and policy.downgrade_at_percent)
+        else None
+    )
     return KeyInfo(
         key_id=key.pk,
         employee_id=employee.pk,
@@ -175,7 +191,28 @@ def key_info_load(hashed: str) -> KeyInfo | None:
         requests_per_minute=policy.requests_per_minute if policy else None,
         tokens_per_minute=policy.tokens_per_minute if policy else None,
         limits=limits,
+        downgrades=downgrades,
+        downgrade_at_percent=policy.downgrade_at_percent if policy else None,
     )
+
+
+@dataclass(frozen=True)
+class IntentRoute:
+    """Where `auto:<intent>` goes: the models to try, best first (the value report's
+    recommendation, then the intent's default model)."""
+
+    intent: str
+    candidates: tuple[str, ...]
+
+
+def intent_route_load(name: str) -> IntentRoute | None:
+    intent = Intent.objects.filter(name=name).values("recommended_model", "default_model").first()
+    if intent is None:
+        return None
+    candidates = tuple(
+        dict.fromkeys(m for m in (intent["recommended_model"], intent["default_model"]) if m)
+    )
+    return IntentRoute(intent=name, candidates=candidates)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -25,7 +26,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from budgets import ledger
-from metering import cache, metrics, pricing, quota_redis, quotas, tokens, upstream
+from metering import cache, metrics, pricing, quota_redis, quotas, routing, tokens, upstream
 from metering.dbpool import in_db_thread
 from metering.logs import REQUEST_ID
 from metering.models import UsageRecord
@@ -236,9 +237,14 @@ def _quote(route: RouteInfo, info: KeyInfo, at) -> pricing.PriceQuote:
 
 
 def _estimate(
-    parsed: ParsedRequest, route: RouteInfo, info: KeyInfo, quote: pricing.PriceQuote
+    parsed: ParsedRequest,
+    route: RouteInfo,
+    info: KeyInfo,
+    quote: pricing.PriceQuote,
+    prompt: int | None = None,
 ) -> ledger.CallEstimate:
-    prompt = tokens.estimate_request_tokens(parsed)
+    if prompt is None:
+        prompt = tokens.estimate_request_tokens(parsed)
     if parsed.endpoint == "embeddings":
         max_out = 0
     else:
@@ -313,13 +319,13 @@ def _rate_limited(limited: quota_redis.RateLimited) -> ProxyError:
 
 
 async def _reserve_or_wait(
-    info: KeyInfo, estimate: ledger.CallEstimate, endpoint: str
+    info: KeyInfo, estimate: ledger.CallEstimate, endpoint: str, *, wait: bool = True
 ) -> quotas.AnyHold | ledger.Refusal | quota_redis.RateLimited:
     """Reserve; when only other calls' open holds stand in the way, wait for them to settle
     rather than refuse. Holds are worst cases and usually settle for less, so refusing at once
     would turn away calls the allowance can pay for."""
     minimum = _protocol(endpoint).MIN_OUTPUT_TOKENS.get(endpoint, 1)
-    deadline = time.monotonic() + settings.TB_HOLD_WAIT_SECONDS
+    deadline = time.monotonic() + (settings.TB_HOLD_WAIT_SECONDS if wait else 0)
     while True:
         result = await quotas.reserve(info=info, estimate=estimate, min_output_tokens=minimum)
         if not isinstance(result, ledger.Refusal) or not result.waitable:
@@ -345,6 +351,9 @@ class Call:
     estimate: ledger.CallEstimate
     intent: str
     held: quotas.AnyHold | None = None
+    # The model the client asked for, when routing served another (alias or downgrade).
+    requested_model: str = ""
+    downgraded: bool = False
 
     def record(
         self, *, usage: Usage, status: int, source: str, ttft: float | None, error: str = ""
@@ -396,6 +405,12 @@ def _budget_headers(response: HttpResponse, call: Call, remaining: Decimal) -> N
     response["x-tokenbudget-period-end"] = (period.end - dt.timedelta(days=1)).isoformat()
     if hold.clamped:
         response["x-tokenbudget-max-tokens-clamped"] = str(hold.output_tokens)
+    if call.requested_model:
+        response["x-tokenbudget-model"] = call.route.public_name
+        if call.downgraded:
+            response["x-tokenbudget-downgraded-from"] = call.requested_model
+        else:
+            response["x-tokenbudget-routed-from"] = call.requested_model
 
 
 async def proxy(request: HttpRequest, endpoint: str) -> HttpResponse:
@@ -419,11 +434,17 @@ async def _proxy(request: HttpRequest, endpoint: str, request_id: str) -> HttpRe
             parsed = protocol.parse_request(endpoint, body)
         except RequestError as exc:
             raise ProxyError(400, "invalid", exc.message, "invalid_request", exc.param) from exc
+        requested = parsed.model
+        alias = routing.alias_intent(requested)
+        if alias is not None:
+            parsed.model = await _alias_model(info, alias, requested)
         route = await _route(info, parsed)
         at = timezone.now()
         quote = _quote(route, info, at)
         estimate = _estimate(parsed, route, info, quote)
-        intent = (request.headers.get("x-intent") or parsed.intent or info.default_intent)[:100]
+        intent = (request.headers.get("x-intent") or parsed.intent or alias or info.default_intent)[
+            :100
+        ]
         call = Call(
             request_id,
             time.perf_counter(),
@@ -435,17 +456,12 @@ async def _proxy(request: HttpRequest, endpoint: str, request_id: str) -> HttpRe
             quote,
             estimate,
             intent,
+            requested_model=requested if alias is not None else "",
         )
-        try:
-            result = await _reserve_or_wait(info, estimate, endpoint)
-        except quotas.QuotaUnavailable:
-            raise ProxyError(
-                503,
-                "unavailable",
-                "Budget enforcement is unavailable; try again shortly.",
-                "quota_unavailable",
-                retry_after=1,
-            ) from None
+        stand_in = info.downgrade_for(route.public_name)
+        result = await _reserve(call, wait=stand_in is None)
+        if stand_in is not None:
+            result = await _maybe_downgrade(call, result, stand_in)
         if isinstance(result, ledger.Refusal):
             raise _refusal(result)
         if isinstance(result, quota_redis.RateLimited):
@@ -454,6 +470,88 @@ async def _proxy(request: HttpRequest, endpoint: str, request_id: str) -> HttpRe
     except ProxyError as error:
         return error_response(endpoint, error, request_id)
     return await _forward(call, request)
+
+
+async def _reserve(
+    call: Call, *, wait: bool = True
+) -> quotas.AnyHold | ledger.Refusal | quota_redis.RateLimited:
+    try:
+        return await _reserve_or_wait(call.info, call.estimate, call.endpoint, wait=wait)
+    except quotas.QuotaUnavailable:
+        raise ProxyError(
+            503,
+            "unavailable",
+            "Budget enforcement is unavailable; try again shortly.",
+            "quota_unavailable",
+            retry_after=1,
+        ) from None
+
+
+async def _alias_model(info: KeyInfo, intent: str, requested: str) -> str:
+    """The model `auto:<intent>` stands for: the first candidate the caller may use."""
+    target = await routing.intents.aget(intent) if intent else None
+    if target is None or not target.candidates:
+        raise ProxyError(
+            404,
+            "not_found",
+            f"The model '{requested}' does not exist: no intent '{intent}' with a recommended "
+            "or default model.",
+            "model_not_found",
+            "model",
+        )
+    for candidate in target.candidates:
+        if info.may_use(candidate):
+            return candidate
+    raise ProxyError(
+        403,
+        "permission",
+        f"Your key may not use the models '{requested}' stands for "
+        f"({', '.join(target.candidates)}).",
+        "model_not_allowed",
+        "model",
+    )
+
+
+async def _maybe_downgrade(
+    call: Call,
+    result: quotas.AnyHold | ledger.Refusal | quota_redis.RateLimited,
+    stand_in: str,
+) -> quotas.AnyHold | ledger.Refusal | quota_redis.RateLimited:
+    """Serve the call with the policy's cheaper stand-in once the allowance's consumption has
+    reached the policy's share, or when the requested model was refused for budget."""
+    if isinstance(result, quota_redis.RateLimited):
+        return result
+    refused = isinstance(result, ledger.Refusal)
+    if not refused and (
+        isinstance(result, quotas.UnheldCall)
+        or not routing.consumed_share_reached(call.info, result.hold)
+    ):
+        return result
+    try:
+        route = await _route(call.info, dataclasses.replace(call.parsed, model=stand_in))
+        quote = _quote(route, call.info, call.at)
+    except ProxyError as error:
+        log.warning(
+            "downgrade model unusable",
+            extra={"request_id": call.request_id, "model": stand_in, "error": error.code},
+        )
+        return await _reserve(call) if refused else result
+    estimate = _estimate(call.parsed, route, call.info, quote, prompt=call.estimate.prompt_tokens)
+    if not refused and not routing.fits_in_hold(result.hold, estimate):
+        return result  # the stand-in is not cheaper: keep the requested model
+    call.route, call.quote, call.estimate = route, quote, estimate
+    if refused:
+        result = await _reserve(call)
+        if isinstance(result, ledger.Refusal):
+            return result
+    call.requested_model = call.requested_model or call.parsed.model
+    call.parsed.model = stand_in
+    call.downgraded = True
+    return result
+    call.requested_model = call.requested_model or call.parsed.model
+    call.parsed.model = stand_in
+    call.downgraded = True
+    return result
 
 
 async def _forward(call: Call, request: HttpRequest) -> HttpResponse:

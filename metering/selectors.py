@@ -303,6 +303,18 @@ def routes_for_key(info: KeyInfo) -> list[ModelRoute]:
     return [route for route in routes if info.may_use(route.public_name)]
 
 
+def aliases_for_key(info: KeyInfo, routed: Iterable[str]) -> list[str]:
+    """The `auto:<intent>` names that lead somewhere for this key (a candidate it may use
+    among the routed models)."""
+    usable = set(routed)
+    found = []
+    rows = Intent.objects.values_list("name", "recommended_model", "default_model")
+    for name, recommended, default in rows.order_by("name"):
+        if any(m in usable for m in (recommended, default) if m):
+            found.append(f"auto:{name}")
+    return found
+
+
 def usage_for_user_queryset(employee_ids: QuerySet | None) -> QuerySet[UsageRecord]:
     qs = UsageRecord.objects.select_related("employee", "cost_center")
     return qs if employee_ids is None else qs.filter(employee_id__in=employee_ids)

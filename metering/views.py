@@ -33,12 +33,13 @@ from metering.models import UsageRecord
 from metering.providers import anthropic as anthropic_protocol
 from metering.providers import openai as openai_protocol
 from metering.providers.base import ParsedRequest, RequestError, Usage
-from metering.selectors import KeyInfo, RouteInfo, key_hash, routes_for_key
+from metering.selectors import KeyInfo, RouteInfo, aliases_for_key, key_hash, routes_for_key
 
 log = logging.getLogger("tokenbudget.proxy")
 
 
 _routes_for_key = in_db_thread(routes_for_key)
+_aliases_for_key = in_db_thread(aliases_for_key)
 _background: set[asyncio.Task] = set()  # strong references for tasks that outlive a request
 
 
@@ -778,6 +779,7 @@ async def models(request: HttpRequest) -> HttpResponse:
     except ProxyError as error:
         return error_response("models", error, request_id)
     routes = await _routes_for_key(info)
+    aliases = await _aliases_for_key(info, [route.public_name for route in routes])
     data = {
         "object": "list",
         "data": [
@@ -788,6 +790,10 @@ async def models(request: HttpRequest) -> HttpResponse:
                 "owned_by": route.upstream.kind,
             }
             for route in routes
+        ]
+        + [
+            {"id": alias, "object": "model", "created": 0, "owned_by": "tokenbudget"}
+            for alias in aliases
         ],
     }
     body = json.dumps(data).encode()

@@ -137,6 +137,17 @@ def test_auto_alias_stays_within_the_allowed_models(
     assert refused.value.body["code"] == "model_not_allowed"
 
 
+def test_models_list_the_aliases_the_key_can_use(
+    transactional_db, proxy_url: str, mock_upstream_url: str
+) -> None:
+    world = make_world(proxy_url, mock_upstream_url, policy={"allowed_models": ["o4-mini"]})
+    Intent.objects.create(name="support", default_model="o4-mini")
+    Intent.objects.create(name="research", default_model="gpt-4o-mini")
+    Intent.objects.create(name="empty")
+    names = [m.id for m in oai(world).models.list()]
+    assert names == ["o4-mini", "auto:support"]
+
+
 def test_auto_alias_for_an_unknown_intent_is_a_clear_404(world: World) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         _call(world, "auto:nobody-knows")

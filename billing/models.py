@@ -262,3 +262,76 @@ class PersonalStatementNotice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.employee_id} {self.period:%Y-%m}"
+
+
+class ValueReportPeriod(models.Model):
+    """A month whose value reports are stored (billing.value_store). The rows of a period are
+    replaced together, so a period is always one consistent computation."""
+
+    since = models.DateField(unique=True, help_text="First local day (the month's first).")
+    until = models.DateField(help_text="First local day after the period.")
+    complete = models.BooleanField(
+        default=False, help_text="False: computed while the month was still running (to date)."
+    )
+    computed_at = models.DateTimeField(
+        help_text="When the last computation started (the figures are as of then)."
+    )
+    changed_at = models.DateTimeField(help_text="When the stored rows last changed.")
+
+    class Meta:
+        ordering = ["-since"]
+
+    def __str__(self) -> str:
+        return f"{self.since:%Y-%m}{'' if self.complete else ' (to date)'}"
+
+
+class ValueReport(models.Model):
+    """One stored row of a value report: period x dimension x key.
+
+    Only exact sums are stored (integers; money and value in COST_SCALE units, energy in 1e-9
+    Wh); every ratio of the report is derived from them on read, by the same code that
+    computes reports on demand, so a stored row reads exactly like a computed one."""
+
+    class Dimension(models.TextChoices):
+        COST_CENTER = "cost_center", "Cost center"
+        INTENT = "intent", "Intent"
+        MODEL = "model", "Model"
+        EMPLOYEE = "employee", "Employee"
+
+    period = models.ForeignKey(ValueReportPeriod, on_delete=models.CASCADE, related_name="rows")
+    dimension = models.CharField(max_length=16, choices=Dimension.choices)
+    key = models.CharField(
+        max_length=200, blank=True, help_text="Cost-center code, intent, model or HR id."
+    )
+    requests = models.BigIntegerField(default=0)
+    tokens = models.BigIntegerField(default=0)
+    cost_units = models.BigIntegerField(default=0, help_text="Cost in 1e-10 currency units.")
+    outcomes = models.BigIntegerField(default=0)
+    accepted = models.BigIntegerField(default=0)
+    rejected = models.BigIntegerField(default=0)
+    value_units = models.BigIntegerField(default=0, help_text="Value in 1e-10 currency units.")
+    energy_nwh = models.BigIntegerField(default=0, help_text="Energy in 1e-9 Wh.")
+    energy_tokens = models.BigIntegerField(default=0)
+    energy_cost_units = models.BigIntegerField(
+        default=0, help_text="Cost of the energy-covered calls, in 1e-10 currency units."
+    )
+    generation_ms = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["period", "dimension", "-cost_units", "key"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["period", "dimension", "key"], name="one_value_row_per_period_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.period} {self.dimension} {self.key or '(none)'}"
+
+    @property
+    def cost(self) -> Decimal:
+        return units_to_cost(self.cost_units)
+
+    @property
+    def value(self) -> Decimal:
+        return units_to_cost(self.value_units)

@@ -6,11 +6,14 @@ harmless. Retries are for transient failures only.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import httpx
 from celery import shared_task
+from django.db import OperationalError
 from django.utils import timezone
 
-from billing import alerts, rollup, statements, stripe_api, stripe_sync, value
+from billing import alerts, rollup, statements, stripe_api, stripe_sync, value, value_store
 
 
 @shared_task(acks_late=True, ignore_result=True)
@@ -80,3 +83,31 @@ def value_reports_send_as_needed() -> str:
     """Email last month's value report to admins and finance once; returns the month or ''."""
     sent = value.value_reports_send_as_needed(now=timezone.now())
     return sent.isoformat() if sent else ""
+
+
+# Stored value reports: a lost connection or a locked SQLite database is worth a retry; any
+# other error is a bug that retrying would not fix.
+STORE_RETRY = {
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": 30,
+    "retry_backoff_max": 600,
+    "max_retries": 5,
+}
+
+
+@shared_task(acks_late=True, ignore_result=True, **STORE_RETRY)
+def value_report_store(period: str) -> int:
+    """Compute and store the value reports of the month starting at `period` (YYYY-MM-01),
+    replacing that month's stored rows; safe to run twice. Returns the rows stored."""
+    stored = value_store.value_report_store(
+        period=dt.date.fromisoformat(period), now=timezone.now()
+    )
+    return stored.rows.count()
+
+
+@shared_task(acks_late=True, ignore_result=True, **STORE_RETRY)
+def value_reports_store_as_needed() -> list[str]:
+    """Store last month's and this month's value reports and move the intents' recommended
+    models; returns the months stored."""
+    months = value_store.value_reports_store_as_needed(now=timezone.now())
+    return [month.isoformat() for month in months]

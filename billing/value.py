@@ -56,6 +56,11 @@ DIMENSIONS = {
 }
 RATIO = Decimal("0.000001")
 MONEY = Decimal("0.0000000001")
+# Coefficients have 6 decimal places, so tokens x coefficient / 1000 is exact to 1e-9 Wh, and
+# kWh to 1e-12: energy figures are quantized to that, so a stored report (which keeps energy
+# as an integer count of 1e-9 Wh) prints exactly like a computed one.
+WH = Decimal("1e-9")
+KWH = Decimal("1e-12")
 ACCEPTED, REJECTED = Outcome.ACCEPTED, Outcome.REJECTED
 
 
@@ -86,7 +91,7 @@ class Group:
     models: set[str] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, Any]:
-        kwh = self.energy_wh / 1000
+        kwh = (self.energy_wh / 1000).quantize(KWH)
         seconds = Decimal(self.generation_ms) / 1000
         covered = bool(self.energy_tokens and self.energy_wh and seconds)
         power = _ratio(self.energy_wh * 3600, seconds) if covered else None
@@ -258,19 +263,30 @@ def _label(groups: dict[Any, Group], dimension: str) -> None:
         group.label = names.get(key, key) if key not in (None, "") else ""
 
 
-def value_report(
-    *, dimension: str, start: dt.date, end: dt.date, user: Any
-) -> list[dict[str, Any]]:
-    """One row per group of `dimension` over the local days [start, end), within what `user`
-    may see. An empty key collects outcomes without that attribute (e.g. intent-window
-    outcomes have no model) and usage without an intent."""
+def report_order(groups: Any) -> list[Group]:
+    """Rows as every report lists them: dearest first, then by key."""
+    return sorted(groups, key=lambda g: (-g.cost, str(g.label)))
+
+
+def value_groups(*, dimension: str, start: dt.date, end: dt.date, user: Any) -> list[Group]:
+    """The summed figures behind `value_report`, one `Group` per key, in report order."""
     column = DIMENSIONS[dimension]
     groups: dict[Any, Group] = {}
     by_model = _usage(groups, column, user, start, end)
     _energy(groups, by_model, column, user, start, end)
     _outcomes(groups, column, user, start, end)
     _label(groups, dimension)
-    return [g.as_dict() for g in sorted(groups.values(), key=lambda g: (-g.cost, str(g.label)))]
+    return report_order(groups.values())
+
+
+def value_report(
+    *, dimension: str, start: dt.date, end: dt.date, user: Any
+) -> list[dict[str, Any]]:
+    """One row per group of `dimension` over the local days [start, end), within what `user`
+    may see. An empty key collects outcomes without that attribute (e.g. intent-window
+    outcomes have no model) and usage without an intent."""
+    groups = value_groups(dimension=dimension, start=start, end=end, user=user)
+    return [g.as_dict() for g in groups]
 
 
 # --- model comparison -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import value
+from billing import value, value_store
 from budgets.fiscal import add_months
 
 RATIO_FIELD = {"max_digits": 40, "decimal_places": 6, "allow_null": True}
@@ -76,6 +76,22 @@ class ValueRowSerializer(serializers.Serializer):
         **RATIO_FIELD,
         help_text="Covered tokens / covered cost / average power (tokens per dollar per watt).",
     )
+
+
+class ValueReportSerializer(serializers.Serializer):
+    dimension = serializers.CharField()
+    since = serializers.DateField(help_text="First local day, inclusive.")
+    until = serializers.DateField(help_text="Last local day, exclusive.")
+    stored = serializers.BooleanField(
+        help_text="True: the rows come from the stored report of this month, computed by the "
+        "periodic job at `computed_at` (admins and finance only; `fresh=true` computes "
+        "instead). False: computed for this request."
+    )
+    computed_at = serializers.DateTimeField(help_text="When the figures were computed.")
+    complete = serializers.BooleanField(
+        help_text="False: the period had not ended when the figures were computed (to date)."
+    )
+    rows = ValueRowSerializer(many=True)
 
 
 class ModelStatsSerializer(serializers.Serializer):
@@ -140,6 +156,16 @@ def _period(request: Request) -> tuple[dt.date, dt.date]:
     return start, end
 
 
+STORED_HELP = """
+
+Stored reports: a periodic job stores the last complete month's report and the current
+month's to date, by every dimension, hourly. For a whole month (`period=YYYY-MM`, or since and
+until spanning exactly that month) admins and finance are served the stored report when there
+is one (`stored: true`, figures as of `computed_at`); everyone else, other periods, and
+`fresh=true` get the report computed for the request (`stored: false`). Both give the same
+figures for the same data."""
+
+
 class ValueReportView(APIView):
     @extend_schema(
         parameters=[
@@ -147,23 +173,36 @@ class ValueReportView(APIView):
                 "dimension", str, enum=list(value.DIMENSIONS), description="Group rows by this."
             ),
             *PERIOD_PARAMS,
+            OpenApiParameter(
+                "fresh",
+                bool,
+                description="true: compute now even when the month's report is stored.",
+            ),
         ],
-        responses=ValueRowSerializer(many=True),
-        description=(value.__doc__ or "").split("\n\n", 1)[1],
+        responses=ValueReportSerializer,
+        description=(value.__doc__ or "").split("\n\n", 1)[1] + STORED_HELP,
     )
     def get(self, request: Request) -> Response:
         dimension = request.query_params.get("dimension", "cost_center")
         if dimension not in value.DIMENSIONS:
             raise ValidationError({"dimension": f"One of {', '.join(value.DIMENSIONS)}."})
         start, end = _period(request)
-        rows = value.value_report(dimension=dimension, start=start, end=end, user=request.user)
+        fresh = request.query_params.get("fresh", "").lower() in ("1", "true", "yes")
+        report = value_store.value_report_served(
+            dimension=dimension, start=start, end=end, user=request.user, fresh=fresh
+        )
         return Response(
-            {
-                "dimension": dimension,
-                "since": start,
-                "until": end,
-                "rows": ValueRowSerializer(rows, many=True).data,
-            }
+            ValueReportSerializer(
+                {
+                    "dimension": dimension,
+                    "since": start,
+                    "until": end,
+                    "stored": report.stored,
+                    "computed_at": report.computed_at,
+                    "complete": report.complete,
+                    "rows": report.rows,
+                }
+            ).data
         )
 
 

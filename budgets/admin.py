@@ -10,7 +10,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
@@ -19,6 +19,7 @@ from budgets.models import (
     Adjustment,
     Allowance,
     AuditEvent,
+    BudgetRequest,
     CostCenter,
     CostCenterSpend,
     Employee,
@@ -26,6 +27,7 @@ from budgets.models import (
     Policy,
     Reservation,
 )
+from budgets.requests import budget_request_decide
 
 
 def _changes(form: forms.ModelForm, fields: tuple[str, ...]) -> dict[str, Any]:
@@ -456,3 +458,42 @@ class AuditEventAdmin(ReadOnlyAdmin):
     list_filter = ["source", "action", "object_type"]
     search_fields = ["object_repr", "object_id", "actor_label"]
     date_hierarchy = "created_at"
+
+
+# --- budget requests ---------------------------------------------------------------------------
+
+
+@admin.register(BudgetRequest)
+class BudgetRequestAdmin(ReadOnlyAdmin):
+    """Requests are asked for by employees (API and pages) and decided once, through
+    `budgets.requests.budget_request_decide`: the actions below approve as asked or decline,
+    with the same rules (nobody decides their own request) and the same audited adjustment.
+    An approval of another amount is made from the API or the approvals page."""
+
+    list_display = ["created_at", "employee", "amount", "status", "reason", "decided_by",
+                    "decided_at", "adjustment"]  # fmt: skip
+    list_filter = ["status", "allowance__fiscal_year"]
+    search_fields = ["employee__employee_id", "employee__email", "reason"]
+    list_select_related = ["employee", "decided_by", "adjustment"]
+    actions = ["approve", "decline"]
+
+    def _decide(
+        self, request: HttpRequest, queryset: QuerySet[BudgetRequest], approve: bool
+    ) -> None:
+        done = 0
+        for request_id in queryset.values_list("pk", flat=True):
+            try:
+                budget_request_decide(actor=request.user, request_id=request_id, approve=approve)
+                done += 1
+            except (PermissionDenied, ValidationError) as exc:
+                reason = " ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+                self.message_user(request, f"Request {request_id}: {reason}", messages.WARNING)
+        self.message_user(request, f"{done} request(s) {'approved' if approve else 'declined'}.")
+
+    @admin.action(description="Approve selected requests (the amount asked)")
+    def approve(self, request: HttpRequest, queryset: QuerySet[BudgetRequest]) -> None:
+        self._decide(request, queryset, approve=True)
+
+    @admin.action(description="Decline selected requests")
+    def decline(self, request: HttpRequest, queryset: QuerySet[BudgetRequest]) -> None:
+        self._decide(request, queryset, approve=False)

@@ -67,6 +67,13 @@ app.conf.beat_schedule = {
         "schedule": 3600.0,
         "options": {"expires": 3000},
     },
+    # Store last month's and this month's value reports (by every dimension) and move the
+    # intents' recommended models; the current month's stored figures are at most this old.
+    "billing-value-reports-store": {
+        "task": "billing.tasks.value_reports_store_as_needed",
+        "schedule": 3600.0,
+        "options": {"expires": 3000},
+    },
     # Retry Stripe syncs of finalized statements that did not complete.
     "billing-stripe-sync-pending": {
         "task": "billing.tasks.statements_stripe_sync_pending",

@@ -1,0 +1,82 @@
+"""Admin for the intent catalogue and outcomes.
+
+Intents are saved through `metering.outcomes.intent_save` (the same validation as the API: a
+default model must be a model route); the recommended model is the value report job's to
+write, so it is read-only here. Outcomes are evidence recorded by callers: read-only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+
+from metering import outcomes
+from metering.models import Intent, Outcome
+
+
+@admin.register(Intent)
+class IntentAdmin(admin.ModelAdmin):
+    list_display = ["name", "owner_cost_center", "expected_value", "default_model",
+                    "recommended_model", "recommended_at"]  # fmt: skip
+    search_fields = ["name", "description", "default_model", "recommended_model"]
+    list_filter = ["owner_cost_center"]
+    autocomplete_fields = ["owner_cost_center"]
+    fields = ["name", "description", "owner_cost_center", "expected_value", "default_model",
+              "recommended_model", "recommended_at", "created_at", "updated_at"]  # fmt: skip
+    readonly_fields = ["recommended_model", "recommended_at", "created_at", "updated_at"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Intent]:
+        return super().get_queryset(request).select_related("owner_cost_center")
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ValidationError as exc:
+            # A rule only the service checks: the admin's transaction rolled back.
+            self.message_user(request, "Not saved: " + " ".join(exc.messages), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        data = form.cleaned_data
+        saved = outcomes.intent_save(
+            instance=obj if change else None,
+            name=data["name"],
+            description=data.get("description", ""),
+            owner_cost_center=data.get("owner_cost_center"),
+            expected_value=data.get("expected_value"),
+            default_model=data.get("default_model", ""),
+        )
+        obj.pk = saved.pk
+        obj._state.adding = False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # outcomes and usage refer to intents by name; keep the catalogue whole
+
+
+@admin.register(Outcome)
+class OutcomeAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "kind", "quantity", "value", "intent", "model", "request_id",
+                    "employee", "source"]  # fmt: skip
+    list_filter = ["kind", "day", "source"]
+    search_fields = ["request_id", "intent", "client_id"]
+    date_hierarchy = "day"
+    list_select_related = ["employee"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -11,7 +11,15 @@ from django.db.models import Count, DecimalField, F, FilteredRelation, Q, QueryS
 from django.db.models.functions import Coalesce
 
 from budgets import roles
-from budgets.models import Adjustment, Allowance, AuditEvent, CostCenter, Employee, Unit
+from budgets.models import (
+    Adjustment,
+    Allowance,
+    AuditEvent,
+    CostCenter,
+    Employee,
+    Policy,
+    Unit,
+)
 
 ZERO = Value(Decimal(0), output_field=DecimalField(max_digits=24, decimal_places=10))
 
@@ -186,6 +194,10 @@ def _plain(value: Any) -> Any:
     """'500000.0000000000' -> '500000': audit snapshots keep the database's decimal places."""
     if isinstance(value, str) and value.replace(".", "", 1).lstrip("-").isdigit():
         return format(Decimal(value).normalize(), "f")
+    if isinstance(value, dict):  # a policy's downgrade map
+        return "{" + ", ".join(f"{k} → {v}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(str(item) for item in value) + "]"
     return value
 
 
@@ -199,3 +211,26 @@ def audit_changes(before: dict | None, after: dict | None) -> str:
         old, new = _plain(before.get(name)), _plain(after.get(name))
         parts.append(f"{name}: {old} → {new}" if name in before else f"{name}: {new}")
     return "; ".join(parts)
+
+
+def routed_model_names() -> list[str]:
+    """Public model names of every route, for the policy editor's model pickers. Routes live in
+    metering, which imports budgets; asking the app registry keeps the import arrow one way."""
+    from django.apps import apps
+
+    route = apps.get_model("metering", "ModelRoute")
+    return list(route.objects.order_by("public_name").values_list("public_name", flat=True))
+
+
+def policy_audit(*, policy: Policy | None, limit: int = 20) -> list[AuditEvent]:
+    """The latest audit events of one policy, each with a readable `changes` line."""
+    if policy is None or policy.pk is None:
+        return []
+    events = list(
+        AuditEvent.objects.filter(object_type="budgets.policy", object_id=str(policy.pk))
+        .select_related("actor")
+        .order_by("-created_at", "-id")[:limit]
+    )
+    for event in events:
+        event.changes = audit_changes(event.before, event.after)
+    return events

@@ -20,7 +20,7 @@ from django.views.decorators.http import require_POST
 
 from budgets import page_selectors, roles, selectors
 from budgets.bulk import allowances_assign
-from budgets.models import Adjustment, BudgetRequest, Unit
+from budgets.models import Adjustment, BudgetRequest, Policy, Release, Unit
 from budgets.quota import current_fiscal_year, quota_get
 from budgets.requests import (
     budget_request_create,
@@ -29,7 +29,7 @@ from budgets.requests import (
     can_decide,
 )
 from budgets.roster import RosterInvalid, roster_import
-from budgets.services import adjustment_create
+from budgets.services import adjustment_create, policy_set
 
 PAGE_SIZE = 50
 ROSTER_SESSION = "tb_roster"
@@ -268,13 +268,179 @@ def roster(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def policies(request: HttpRequest) -> HttpResponse:
-    _require_reader(request.user)
-    rows = selectors.policy_list(user=request.user).order_by("cost_center__code")
+    """Every visible policy; admins also pick a cost center to create or change its policy."""
+    user = request.user
+    _require_reader(user)
+    is_admin = roles.is_admin(user)
+    if is_admin and (chosen := request.GET.get("cost_center", "")).isdigit():
+        return redirect("pages:policy-edit", pk=int(chosen))
+    rows = selectors.policy_list(user=user).order_by("cost_center__code")
+    centers = selectors.cost_center_list(user=user).order_by("code") if is_admin else []
     return render(
         request,
         "budgets/policies.html",
-        {"nav": "policies", "policies": rows, "is_admin": roles.is_admin(request.user)},
+        {"nav": "policies", "policies": rows, "is_admin": is_admin, "centers": centers},
     )
+
+
+# --- the policy editor (admins) --------------------------------------------------------------
+
+POLICY_CHOICES = {
+    "default_unit": Unit.values,
+    "default_release": Release.values,
+    "limit_mode": Policy.LimitMode.values,
+    "over_budget": Policy.OverBudget.values,
+}
+POLICY_WHOLE_NUMBERS = (
+    "per_request_token_cap",
+    "requests_per_minute",
+    "tokens_per_minute",
+    "downgrade_at_percent",
+)
+DOWNGRADE_BLANK_ROWS = 2
+
+
+def _policy_form(policy: Policy | None) -> dict[str, Any]:
+    """The editor's field values as the form shows them (a new policy shows the defaults)."""
+    policy = policy or Policy()
+
+    def text(value: Any) -> str:
+        return (
+            ""
+            if value is None
+            else format(value.normalize(), "f")
+            if isinstance(value, Decimal)
+            else str(value)
+        )
+
+    return {
+        "default_allowance": text(policy.default_allowance),
+        "default_unit": policy.default_unit,
+        "default_release": policy.default_release,
+        "allowed_models": list(policy.allowed_models or []),
+        "alert_thresholds": ", ".join(str(t) for t in policy.alert_thresholds or []),
+        "limit_mode": policy.limit_mode,
+        "soft_overage_percent": text(policy.soft_overage_percent),
+        "per_request_token_cap": text(policy.per_request_token_cap),
+        "over_budget": policy.over_budget,
+        "requests_per_minute": text(policy.requests_per_minute),
+        "tokens_per_minute": text(policy.tokens_per_minute),
+        "downgrades": list((policy.downgrade_models or {}).items()),
+        "downgrade_at_percent": text(policy.downgrade_at_percent),
+    }
+
+
+def _whole(raw: str, *, optional: bool) -> int | None:
+    """A whole number 0 or more from a form field; None for empty (when allowed)."""
+    raw = raw.replace(",", "").replace("_", "").strip()
+    if not raw and optional:
+        return None
+    if not raw.isdigit():
+        raise ValueError
+    return int(raw)
+
+
+def _policy_data(post: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """(PolicyData for `policy_set`, the form as posted, errors of values that are not even
+    numbers). Range and consistency checks are the service's."""
+    form = _policy_form(None)
+    errors: dict[str, str] = {}
+    data: dict[str, Any] = {}
+    for name in form:
+        if name not in ("allowed_models", "downgrades"):
+            form[name] = post.get(name, "").strip()
+    form["allowed_models"] = [m.strip() for m in post.getlist("allowed_models") if m.strip()]
+    rows = list(zip(post.getlist("downgrade_from"), post.getlist("downgrade_to"), strict=False))
+    form["downgrades"] = [(a.strip(), b.strip()) for a, b in rows if a.strip() or b.strip()]
+
+    for name, allowed in POLICY_CHOICES.items():
+        if form[name] not in allowed:
+            errors[name] = "Choose one of the options."
+        data[name] = form[name]
+    if form["default_allowance"]:
+        amount = _decimal(form["default_allowance"])
+        if amount is None:
+            errors["default_allowance"] = "A number, e.g. 1000000, or empty for none."
+        data["default_allowance"] = amount
+    else:
+        data["default_allowance"] = None
+    try:
+        data["soft_overage_percent"] = _whole(form["soft_overage_percent"] or "0", optional=False)
+    except ValueError:
+        errors["soft_overage_percent"] = "A whole percentage, e.g. 10."
+    for name in POLICY_WHOLE_NUMBERS:
+        try:
+            data[name] = _whole(form[name], optional=True)
+        except ValueError:
+            errors[name] = "A whole number, or empty for no limit."
+    try:
+        parts = form["alert_thresholds"].replace(";", ",").split(",")
+        data["alert_thresholds"] = sorted({int(part) for part in parts if part.strip()})
+    except ValueError:
+        errors["alert_thresholds"] = "Whole percentages separated by commas, e.g. 50, 80, 100."
+    data["allowed_models"] = form["allowed_models"]
+    downgrades: dict[str, str] = {}
+    for source_model, target in form["downgrades"]:
+        if not source_model or not target:
+            errors["downgrade_models"] = "Choose both models in each row, or clear the row."
+        elif source_model in downgrades:
+            errors["downgrade_models"] = f"{source_model} has more than one downgrade."
+        else:
+            downgrades[source_model] = target
+    data["downgrade_models"] = downgrades
+    return data, form, errors
+
+
+@login_required
+def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    """Create or change one cost center's policy. Every save goes through `policy_set`, which
+    validates and audits it; on any error nothing is saved and the form shows why."""
+    user = request.user
+    _require_admin(user)
+    center = get_object_or_404(selectors.cost_center_list(user=user), pk=pk)
+    own = Policy.objects.filter(cost_center=center).first()
+    inherited = None if own else selectors.policy_resolve(center)
+    form = _policy_form(own or inherited)
+    errors: dict[str, str] = {}
+    if request.method == "POST":
+        data, form, errors = _policy_data(request.POST)
+        if not errors:
+            unchanged = own is not None and all(getattr(own, k) == v for k, v in data.items())
+            try:
+                policy_set(actor=user, cost_center=center, data=data, source="admin")
+            except ValidationError as exc:
+                for name, problems in exc.message_dict.items():
+                    key = name if name in form or name == "downgrade_models" else "form"
+                    errors[key] = " ".join(problems)
+            else:
+                if unchanged:
+                    messages.info(request, "Nothing changed.")
+                else:
+                    messages.success(
+                        request,
+                        f"Policy of {center.name} saved; running proxies apply it within seconds.",
+                    )
+                return redirect("pages:policy-edit", pk=center.pk)
+    models_ = page_selectors.routed_model_names()
+    known = set(models_)
+    extra = [m for m in form["allowed_models"] if m not in known]
+    extra += [m for row in form["downgrades"] for m in row if m and m not in known]
+    context = {
+        "nav": "policies",
+        "center": center,
+        "own": own,
+        "inherited": inherited,
+        "form": form,
+        "errors": errors,
+        "model_names": models_ + sorted(set(extra)),
+        "downgrade_rows": form["downgrades"] + [("", "")] * DOWNGRADE_BLANK_ROWS,
+        "units": Unit.choices,
+        "releases": Release.choices,
+        "limit_modes": Policy.LimitMode.choices,
+        "over_budget_choices": Policy.OverBudget.choices,
+        "events": page_selectors.policy_audit(policy=own),
+    }
+    return render(request, "budgets/policy_edit.html", context, status=400 if errors else 200)
 
 
 # --- budget requests -----------------------------------------------------------------------

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+import datetime as dt
+import os
+from dataclasses import dataclass
+
+from django.db.models import Q, QuerySet
 
 from budgets.models import Employee
 from metering.models import ModelPrice, ModelRoute, Upstream, UsageRecord, VirtualKey
+from metering.selectors import pick_price
 
 RECENT_CALLS = 15
 
@@ -37,9 +42,52 @@ def recent_calls(*, employee: Employee, limit: int = RECENT_CALLS) -> list[Usage
     )
 
 
-def catalogue() -> tuple[list[Upstream], list[ModelRoute], list[ModelPrice]]:
-    return (
-        list(Upstream.objects.order_by("name")),
-        list(ModelRoute.objects.select_related("upstream").order_by("public_name")),
-        list(ModelPrice.objects.order_by("model", "-effective_from")),
+@dataclass
+class RouteRow:
+    route: ModelRoute
+    price: ModelPrice | None  # in force now, by the proxy's rule (an override beats catalogue)
+
+
+@dataclass
+class Catalogue:
+    upstreams: list[Upstream]
+    routes: list[RouteRow]
+    prices: list[ModelPrice]  # of the routed upstream models, and every override
+    other_prices: int  # catalogue rows of models no route serves, not listed
+    in_force: set[int]  # ids of the rows in force now
+
+
+def catalogue_view(*, now: dt.datetime) -> Catalogue:
+    """The models page: upstreams (each with whether its credential variable is set in this
+    process's environment, never its value), routes with the price each is charged at now,
+    and the price rows that matter to them. Three queries whatever the catalogue's size."""
+    upstreams = list(Upstream.objects.order_by("name"))
+    for upstream in upstreams:
+        upstream.credential_set = bool(
+            upstream.credential_env and os.environ.get(upstream.credential_env)
+        )
+    routes = list(ModelRoute.objects.select_related("upstream").order_by("public_name"))
+    routed = {r.upstream_model for r in routes} | {r.public_name for r in routes}
+    prices = list(
+        ModelPrice.objects.filter(
+            Q(model__in=routed) | Q(source=ModelPrice.Source.OVERRIDE)
+        ).order_by("model", "-effective_from", "-id")
     )
+    by_model: dict[str, list[ModelPrice]] = {}
+    for price in prices:
+        by_model.setdefault(price.model, []).append(price)
+    rows = [RouteRow(r, pick_price(by_model.get(r.upstream_model, []), now)) for r in routes]
+    in_force = {
+        chosen.pk for rows_ in by_model.values() if (chosen := pick_price(rows_, now)) is not None
+    }
+    other = ModelPrice.objects.exclude(model__in=routed).exclude(source=ModelPrice.Source.OVERRIDE)
+    return Catalogue(upstreams, rows, prices, other.count(), in_force)
+
+
+def upstreams() -> list[Upstream]:
+    return list(Upstream.objects.order_by("name"))
+
+
+def upstream_model_names() -> list[str]:
+    """Upstream model names the routes use, for the price form's suggestions."""
+    return sorted(set(ModelRoute.objects.values_list("upstream_model", flat=True)))

@@ -1,18 +1,35 @@
-"""Pages for keys (create, revoke) and the model catalogue. The proxy is metering.views."""
+"""Pages for keys (create, revoke) and the model catalogue (upstreams, routes, price overrides;
+admins only). The proxy is metering.views."""
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from budgets import roles
 from metering import page_selectors
-from metering.models import VirtualKey
+from metering.catalog_services import (
+    PriceData,
+    RouteData,
+    UpstreamData,
+    price_override_create,
+    route_create,
+    route_update,
+    upstream_update,
+)
+from metering.models import ModelRoute, Upstream, VirtualKey
 from metering.services import key_create, key_revoke
 
 NEW_KEY_SESSION = "tb_new_key"
@@ -53,13 +70,258 @@ def key_remove(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect(target or "pages:my-tokens")
 
 
+def _require_admin(user: Any) -> None:
+    if not roles.is_admin(user):
+        raise PermissionDenied
+
+
+def _decimal(raw: str) -> Decimal | None:
+    """A finite Decimal from a form field (money is never a float), or None."""
+    try:
+        value = Decimal(raw.replace(",", "").replace("_", "").strip())
+    except InvalidOperation:
+        return None
+    return value if value.is_finite() else None
+
+
+def _field_errors(exc: ValidationError, fields: Any) -> dict[str, str]:
+    """A service's field -> messages dict as one message per form field; the rest (uniqueness
+    across fields) under `form`, shown above the form."""
+    errors: dict[str, str] = {}
+    for name, problems in exc.message_dict.items():
+        key = name if name in fields else "form"
+        errors[key] = " ".join(filter(None, [errors.get(key, ""), *problems]))
+    return errors
+
+
+def _cache_note() -> str:
+    seconds = settings.TB_KEY_CACHE_SECONDS
+    return (
+        f"Running proxies pick up a change within {seconds} s"
+        if seconds
+        else "Running proxies pick up a change at their next call"
+    ) + " (their route and price caches expire); calls already in flight finish as they began."
+
+
 @login_required
 def routes(request: HttpRequest) -> HttpResponse:
-    if not roles.is_admin(request.user):
-        raise PermissionDenied
-    upstreams, model_routes, prices = page_selectors.catalogue()
-    return render(
-        request,
-        "metering/routes.html",
-        {"nav": "routes", "upstreams": upstreams, "routes": model_routes, "prices": prices},
-    )
+    """The model catalogue: upstreams, routes with the price each is charged at now, prices."""
+    _require_admin(request.user)
+    view = page_selectors.catalogue_view(now=timezone.now())
+    context = {"nav": "routes", "catalogue": view, "cache_note": _cache_note()}
+    return render(request, "metering/routes.html", context)
+
+
+# --- routes -----------------------------------------------------------------------------------
+
+ROUTE_FORM = ("public_name", "upstream", "upstream_model", "default_max_output_tokens")
+
+
+def _route_form(route: ModelRoute) -> dict[str, Any]:
+    return {
+        "public_name": route.public_name,
+        "upstream": str(route.upstream_id or ""),
+        "upstream_model": route.upstream_model,
+        "default_max_output_tokens": str(route.default_max_output_tokens),
+        "unmetered_cost": route.unmetered_cost,
+        "active": route.active,
+    }
+
+
+def _route_data(post: Any) -> tuple[RouteData, dict[str, Any], dict[str, str]]:
+    form = {name: post.get(name, "").strip() for name in ROUTE_FORM}
+    form["unmetered_cost"] = post.get("unmetered_cost") == "on"
+    form["active"] = post.get("active") == "on"
+    errors: dict[str, str] = {}
+    data: RouteData = {
+        "public_name": form["public_name"],
+        "upstream_model": form["upstream_model"],
+        "unmetered_cost": form["unmetered_cost"],
+        "active": form["active"],
+    }
+    upstream = {str(u.pk): u for u in page_selectors.upstreams()}.get(form["upstream"])
+    if upstream is None:
+        errors["upstream"] = "Choose an upstream."
+    else:
+        data["upstream"] = upstream
+    tokens = form["default_max_output_tokens"].replace(",", "").replace("_", "")
+    if not tokens.isdigit():
+        errors["default_max_output_tokens"] = "A whole number of tokens, e.g. 4096."
+    else:
+        data["default_max_output_tokens"] = int(tokens)
+    return data, form, errors
+
+
+def _route_page(
+    request: HttpRequest, route: ModelRoute | None, form: dict[str, Any], errors: dict[str, str]
+) -> HttpResponse:
+    context = {
+        "nav": "routes",
+        "route": route,
+        "form": form,
+        "errors": errors,
+        "upstreams": page_selectors.upstreams(),
+        "cache_note": _cache_note(),
+    }
+    return render(request, "metering/route_form.html", context, status=400 if errors else 200)
+
+
+@login_required
+def route_new(request: HttpRequest) -> HttpResponse:
+    _require_admin(request.user)
+    form = _route_form(ModelRoute())
+    errors: dict[str, str] = {}
+    if request.method == "POST":
+        data, form, errors = _route_data(request.POST)
+        if not errors:
+            try:
+                made = route_create(actor=request.user, data=data, source="admin")
+            except ValidationError as exc:
+                errors = _field_errors(exc, form)
+            else:
+                messages.success(request, f"Route {made.public_name} added. {_cache_note()}")
+                return redirect("pages:routes")
+    return _route_page(request, None, form, errors)
+
+
+@login_required
+def route_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    _require_admin(request.user)
+    route = get_object_or_404(ModelRoute.objects.select_related("upstream"), pk=pk)
+    form = _route_form(route)
+    errors: dict[str, str] = {}
+    if request.method == "POST":
+        data, form, errors = _route_data(request.POST)
+        if not errors:
+            try:
+                saved = route_update(actor=request.user, route=route, data=data, source="admin")
+            except ValidationError as exc:
+                errors = _field_errors(exc, form)
+            else:
+                messages.success(request, f"Route {saved.public_name} saved. {_cache_note()}")
+                return redirect("pages:routes")
+    return _route_page(request, route, form, errors)
+
+
+# --- upstreams --------------------------------------------------------------------------------
+
+
+@login_required
+def upstream_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    """URL, timeouts and state of an upstream. Its credential is an environment variable set in
+    configuration: the page shows the variable's name and whether it is set, never a value,
+    and has no field that would accept one."""
+    _require_admin(request.user)
+    upstream = get_object_or_404(Upstream, pk=pk)
+    form: dict[str, Any] = {
+        "base_url": upstream.base_url,
+        "connect_timeout": format(upstream.connect_timeout.normalize(), "f"),
+        "read_timeout": format(upstream.read_timeout.normalize(), "f"),
+        "active": upstream.active,
+    }
+    errors: dict[str, str] = {}
+    if request.method == "POST":
+        form = {
+            n: request.POST.get(n, "").strip()
+            for n in ("base_url", "connect_timeout", "read_timeout")
+        }
+        form["active"] = request.POST.get("active") == "on"
+        data: UpstreamData = {"base_url": form["base_url"], "active": form["active"]}
+        for name in ("connect_timeout", "read_timeout"):
+            seconds = _decimal(form[name])
+            if seconds is None:
+                errors[name] = "A number of seconds, e.g. 10."
+            else:
+                data[name] = seconds  # type: ignore[literal-required]
+        if not errors:
+            try:
+                saved = upstream_update(
+                    actor=request.user, upstream=upstream, data=data, source="admin"
+                )
+            except ValidationError as exc:
+                errors = _field_errors(exc, form)
+            else:
+                messages.success(request, f"Upstream {saved.name} saved. {_cache_note()}")
+                return redirect("pages:routes")
+    context = {
+        "nav": "routes",
+        "upstream": upstream,
+        "credential_set": bool(upstream.credential_env and os.environ.get(upstream.credential_env)),
+        "form": form,
+        "errors": errors,
+        "cache_note": _cache_note(),
+    }
+    return render(request, "metering/upstream_form.html", context, status=400 if errors else 200)
+
+
+# --- price overrides --------------------------------------------------------------------------
+
+PRICE_AMOUNTS = (
+    "input_per_mtok",
+    "output_per_mtok",
+    "cached_input_per_mtok",
+    "cache_write_per_mtok",
+    "energy_wh_per_1k_input",
+    "energy_wh_per_1k_output",
+)
+PRICE_REQUIRED = ("input_per_mtok", "output_per_mtok")
+LOCAL_MINUTE = "%Y-%m-%dT%H:%M"
+
+
+def _price_data(post: Any) -> tuple[PriceData, dict[str, Any], dict[str, str]]:
+    form = {n: post.get(n, "").strip() for n in ("model", "effective_from", *PRICE_AMOUNTS)}
+    errors: dict[str, str] = {}
+    data: PriceData = {"model": form["model"]}
+    for name in PRICE_AMOUNTS:
+        if not form[name] and name not in PRICE_REQUIRED:
+            data[name] = None  # type: ignore[literal-required]
+            continue
+        value = _decimal(form[name])
+        if value is None:
+            errors[name] = (
+                "A number, e.g. 2.50." if name in PRICE_REQUIRED else "A number, or empty."
+            )
+        else:
+            data[name] = value  # type: ignore[literal-required]
+    try:
+        start = dt.datetime.strptime(form["effective_from"], LOCAL_MINUTE)
+    except ValueError:
+        errors["effective_from"] = "A date and time, e.g. 2026-01-01T00:00."
+    else:
+        data["effective_from"] = timezone.make_aware(start, timezone.get_current_timezone())
+    return data, form, errors
+
+
+@login_required
+def price_new(request: HttpRequest) -> HttpResponse:
+    """Add a price override (a negotiated price). Rows are appended, never edited, so calls
+    already recorded keep the price they were charged at."""
+    _require_admin(request.user)
+    now = timezone.localtime().replace(second=0, microsecond=0)
+    form: dict[str, Any] = {"model": request.GET.get("model", "")[:200]}
+    form["effective_from"] = now.strftime(LOCAL_MINUTE)
+    errors: dict[str, str] = {}
+    if request.method == "POST":
+        data, form, errors = _price_data(request.POST)
+        if not errors:
+            try:
+                made = price_override_create(actor=request.user, data=data, source="admin")
+            except ValidationError as exc:
+                errors = _field_errors(exc, form)
+            else:
+                messages.success(
+                    request,
+                    f"Price override for {made.model} from "
+                    f"{timezone.localtime(made.effective_from):%Y-%m-%d %H:%M} added. "
+                    + _cache_note(),
+                )
+                return redirect("pages:routes")
+    context = {
+        "nav": "routes",
+        "form": form,
+        "errors": errors,
+        "models": page_selectors.upstream_model_names(),
+        "time_zone": timezone.get_current_timezone_name(),
+        "cache_note": _cache_note(),
+    }
+    return render(request, "metering/price_form.html", context, status=400 if errors else 200)

@@ -1,0 +1,206 @@
+"""State changes of the model catalogue: upstreams, model routes and price overrides.
+
+Each function validates, saves and writes an audit event in one transaction, and raises
+`django.core.exceptions.ValidationError` with a field -> messages dict for anything the caller
+got wrong, so a page can show the message beside its field and nothing is saved.
+
+Credentials never pass through here: an upstream's `credential_env` is the *name* of an
+environment variable, set in configuration; these functions neither read nor change it.
+
+The proxy holds routes and their prices in per-process caches (`metering.cache.routes`, at most
+`TB_KEY_CACHE_SECONDS`). A change made here drops this process's entries once the transaction
+commits; other processes pick it up when their entries expire.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any, TypedDict
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from budgets.audit import audit_record, snapshot
+from metering import cache
+from metering.models import ModelPrice, ModelRoute, Upstream
+
+MAX_CONNECT_TIMEOUT = Decimal(120)  # seconds; beyond this a dead upstream holds workers too long
+MAX_READ_TIMEOUT = Decimal(3600)
+
+
+class UpstreamData(TypedDict, total=False):
+    base_url: str
+    connect_timeout: Decimal
+    read_timeout: Decimal
+    active: bool
+
+
+class RouteData(TypedDict, total=False):
+    public_name: str
+    upstream: Upstream
+    upstream_model: str
+    default_max_output_tokens: int
+    unmetered_cost: bool
+    active: bool
+
+
+class PriceData(TypedDict, total=False):
+    model: str
+    provider: str
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cached_input_per_mtok: Decimal | None
+    cache_write_per_mtok: Decimal | None
+    energy_wh_per_1k_input: Decimal | None
+    energy_wh_per_1k_output: Decimal | None
+    effective_from: dt.datetime
+
+
+UPSTREAM_FIELDS = tuple(UpstreamData.__annotations__)
+ROUTE_FIELDS = tuple(RouteData.__annotations__)
+PRICE_FIELDS = tuple(PriceData.__annotations__)
+
+
+def _invalid(field: str, message: str) -> ValidationError:
+    return ValidationError({field: [message]})
+
+
+def _known(data: Any, allowed: tuple[str, ...]) -> None:
+    unknown = set(data) - set(allowed)
+    if unknown:
+        raise TypeError(f"cannot set {', '.join(sorted(unknown))}")
+
+
+def _set(instance: Any, data: dict[str, Any], allowed: tuple[str, ...]) -> list[str]:
+    """Set the given fields; return the names of those that changed."""
+    _known(data, allowed)
+    changed = []
+    for name, value in data.items():
+        if getattr(instance, name) != value:
+            setattr(instance, name, value)
+            changed.append(name)
+    return changed
+
+
+def _routes_changed() -> None:
+    transaction.on_commit(cache.routes.invalidate)
+
+
+def _check_upstream(upstream: Upstream) -> None:
+    if not upstream.base_url.startswith(("http://", "https://")):
+        raise _invalid("base_url", "Use an http(s) URL.")
+    if not 0 < upstream.connect_timeout <= MAX_CONNECT_TIMEOUT:
+        raise _invalid("connect_timeout", f"More than 0 and at most {MAX_CONNECT_TIMEOUT} s.")
+    if not 0 < upstream.read_timeout <= MAX_READ_TIMEOUT:
+        raise _invalid("read_timeout", f"More than 0 and at most {MAX_READ_TIMEOUT} s.")
+
+
+def upstream_update(
+    *, actor: Any, upstream: Upstream, data: UpstreamData, source: str = "api"
+) -> Upstream:
+    """Change an upstream's URL, timeouts or state (never its credential variable)."""
+    with transaction.atomic():
+        locked = Upstream.objects.select_for_update().get(pk=upstream.pk)
+        before = snapshot(locked)
+        if not _set(locked, dict(data), UPSTREAM_FIELDS):
+            return locked
+        _check_upstream(locked)
+        locked.full_clean()
+        locked.save()
+        audit_record(
+            actor=actor,
+            action="upstream.update",
+            obj=locked,
+            before=before,
+            after=snapshot(locked),
+            source=source,
+        )
+        _routes_changed()
+    return locked
+
+
+def _check_route(route: ModelRoute) -> None:
+    route.public_name = route.public_name.strip()
+    route.upstream_model = route.upstream_model.strip()
+    if not route.public_name:
+        raise _invalid("public_name", "Give the name clients ask for, e.g. gpt-4o-mini.")
+    if not route.upstream_model:
+        raise _invalid("upstream_model", "Give the model name the upstream expects.")
+    if not 0 < route.default_max_output_tokens <= 1_000_000:
+        raise _invalid("default_max_output_tokens", "From 1 to 1,000,000 tokens.")
+
+
+def route_create(*, actor: Any, data: RouteData, source: str = "api") -> ModelRoute:
+    _known(data, ROUTE_FIELDS)
+    route = ModelRoute(**data)
+    with transaction.atomic():
+        _check_route(route)
+        route.full_clean()
+        route.save()
+        audit_record(
+            actor=actor, action="route.create", obj=route, after=snapshot(route), source=source
+        )
+        _routes_changed()
+    return route
+
+
+def route_update(
+    *, actor: Any, route: ModelRoute, data: RouteData, source: str = "api"
+) -> ModelRoute:
+    with transaction.atomic():
+        locked = ModelRoute.objects.select_for_update().get(pk=route.pk)
+        before = snapshot(locked)
+        if not _set(locked, dict(data), ROUTE_FIELDS):
+            return locked
+        _check_route(locked)
+        locked.full_clean()
+        locked.save()
+        audit_record(
+            actor=actor,
+            action="route.update",
+            obj=locked,
+            before=before,
+            after=snapshot(locked),
+            source=source,
+        )
+        _routes_changed()
+    return locked
+
+
+def _check_price(price: ModelPrice) -> None:
+    price.model = price.model.strip()
+    if not price.model:
+        raise _invalid("model", "Give the upstream model name the price is for.")
+    for name in (
+        "input_per_mtok",
+        "output_per_mtok",
+        "cached_input_per_mtok",
+        "cache_write_per_mtok",
+        "energy_wh_per_1k_input",
+        "energy_wh_per_1k_output",
+    ):
+        value = getattr(price, name)
+        if value is not None and (not value.is_finite() or value < 0):
+            raise _invalid(name, "A number, 0 or more.")
+    if (price.energy_wh_per_1k_input is None) != (price.energy_wh_per_1k_output is None):
+        raise _invalid("energy_wh_per_1k_output", "Give both energy coefficients, or neither.")
+    if price.effective_from is None or price.effective_from.tzinfo is None:
+        raise _invalid("effective_from", "Give the moment the price starts.")
+
+
+def price_override_create(*, actor: Any, data: PriceData, source: str = "api") -> ModelPrice:
+    """Append a negotiated price: an override row wins over catalogue rows from its start
+    (see `metering.selectors.pick_price`). Price rows are never edited, so past calls keep the
+    price they were charged at."""
+    _known(data, PRICE_FIELDS)
+    price = ModelPrice(**data, source=ModelPrice.Source.OVERRIDE)
+    with transaction.atomic():
+        _check_price(price)
+        price.full_clean()
+        price.save()
+        audit_record(
+            actor=actor, action="price.create", obj=price, after=snapshot(price), source=source
+        )
+        _routes_changed()
+    return price

@@ -1,0 +1,307 @@
+"""The policy editor and the model catalogue editors, through Django's test client: who may open
+them, errors beside their fields with nothing written, and audited saves (the browser journeys
+are in test_editor_journeys.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.test import Client
+from django.utils import timezone
+
+from budgets.models import AuditEvent, CostCenter, Employee, Policy
+from metering.models import ModelPrice, ModelRoute, Upstream
+
+SECRET = "sk-live-do-not-show-0123456789"
+
+
+@pytest.fixture
+def catalogue(db: None, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    users = get_user_model()
+    made = {n: users.objects.create_user(n, f"{n}@example.com", "pw") for n in
+            ("admin", "finance", "manager", "employee")}  # fmt: skip
+    made["admin"].is_staff = True
+    made["admin"].save()
+    made["finance"].groups.add(Group.objects.get_or_create(name="finance")[0])
+    acme = CostCenter.objects.create(code="acme", name="Acme")
+    eng = CostCenter.objects.create(code="eng", name="Engineering", parent=acme)
+    eng.managers.add(made["manager"])
+    Employee.objects.create(
+        employee_id="E-1", email="e1@example.com", name="Erin", cost_center=eng,
+        user=made["employee"],
+    )  # fmt: skip
+    Policy.objects.create(cost_center=acme, default_allowance=Decimal(500_000))
+    monkeypatch.setenv("TB_PAGES_TEST_KEY", SECRET)
+    upstream = Upstream.objects.create(
+        name="openai", kind="openai", base_url="https://api.openai.com/v1",
+        credential_env="TB_PAGES_TEST_KEY",
+    )  # fmt: skip
+    for name in ("gpt-4o", "gpt-4o-mini"):
+        ModelRoute.objects.create(public_name=name, upstream=upstream, upstream_model=name)
+    ModelPrice.objects.create(
+        model="gpt-4o", input_per_mtok=Decimal("2.5"), output_per_mtok=Decimal(10),
+        effective_from=timezone.now() - dt.timedelta(days=30), source="catalog",
+    )  # fmt: skip
+    return {**made, "acme": acme, "eng": eng, "upstream": upstream}
+
+
+def client_for(user: Any) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+GOOD_POLICY = {
+    "default_allowance": "750000",
+    "default_unit": "tokens",
+    "default_release": "upfront",
+    "allowed_models": ["gpt-4o", "gpt-4o-mini"],
+    "alert_thresholds": "80, 50, 100",
+    "limit_mode": "soft",
+    "soft_overage_percent": "10",
+    "per_request_token_cap": "20000",
+    "over_budget": "clamp",
+    "requests_per_minute": "60",
+    "tokens_per_minute": "",
+    "downgrade_from": ["gpt-4o", ""],
+    "downgrade_to": ["gpt-4o-mini", ""],
+    "downgrade_at_percent": "80",
+}
+
+
+def _catalogue_state() -> tuple[list, list, list, int]:
+    return (
+        list(Upstream.objects.values()),
+        list(ModelRoute.objects.values()),
+        list(ModelPrice.objects.values()),
+        AuditEvent.objects.count(),
+    )
+
+
+@pytest.mark.parametrize("persona", ["finance", "manager", "employee"])
+def test_only_admins_open_or_post_the_editors(catalogue: dict[str, Any], persona: str) -> None:
+    client = client_for(catalogue[persona])
+    eng, upstream = catalogue["eng"], catalogue["upstream"]
+    route = ModelRoute.objects.get(public_name="gpt-4o")
+    paths = [
+        f"/manage/policies/{eng.pk}/",
+        "/manage/models/",
+        "/manage/models/routes/new/",
+        f"/manage/models/routes/{route.pk}/",
+        f"/manage/models/upstreams/{upstream.pk}/",
+        "/manage/models/prices/new/",
+    ]
+    before = _catalogue_state()
+    policies = list(Policy.objects.values())
+    for path in paths:
+        assert client.get(path).status_code == 403, path
+        response = client.post(path, {**GOOD_POLICY, "public_name": "x", "active": "on"})
+        assert response.status_code == 403, path
+        assert b'data-testid="forbidden"' in response.content
+    assert _catalogue_state() == before
+    assert list(Policy.objects.values()) == policies
+    # Nor are the editors offered to them.
+    page = client.get("/manage/policies/" if persona != "employee" else "/me/").content
+    assert b"/manage/models/" not in page
+    assert f"/manage/policies/{catalogue['acme'].pk}/".encode() not in page
+    assert b"Create or change its policy" not in page
+
+
+def test_policy_editor_prefills_the_inherited_policy_and_saves_its_own(
+    catalogue: dict[str, Any],
+) -> None:
+    client = client_for(catalogue["admin"])
+    eng = catalogue["eng"]
+    response = client.get(f"/manage/policies/?cost_center={eng.pk}")
+    assert response.status_code == 302 and response["Location"] == f"/manage/policies/{eng.pk}/"
+    page = client.get(f"/manage/policies/{eng.pk}/").content.decode()
+    assert "uses the whole policy of <strong>Acme</strong>" in page
+    assert 'value="500000"' in page
+
+    response = client.post(f"/manage/policies/{eng.pk}/", GOOD_POLICY)
+    assert response.status_code == 302
+    policy = Policy.objects.get(cost_center=eng)
+    assert policy.default_allowance == Decimal(750_000)
+    assert policy.alert_thresholds == [50, 80, 100]
+    assert policy.allowed_models == ["gpt-4o", "gpt-4o-mini"]
+    assert policy.downgrade_models == {"gpt-4o": "gpt-4o-mini"}
+    assert policy.downgrade_at_percent == 80
+    assert (policy.limit_mode, policy.soft_overage_percent) == ("soft", 10)
+    assert (policy.per_request_token_cap, policy.requests_per_minute) == (20000, 60)
+    assert policy.tokens_per_minute is None
+    event = AuditEvent.objects.get(object_type="budgets.policy", object_id=str(policy.pk))
+    assert (event.action, event.source, event.actor) == ("create", "admin", catalogue["admin"])
+
+    page = client.get(f"/manage/policies/{eng.pk}/").content.decode()
+    assert "gpt-4o → gpt-4o-mini" in page  # the audit trail shows the rule
+    # Saving the same values again writes no second event.
+    client.post(f"/manage/policies/{eng.pk}/", GOOD_POLICY)
+    assert AuditEvent.objects.filter(object_type="budgets.policy").count() == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"alert_thresholds": "50, 2000"}, "alert_thresholds", "percentages from 1 to 1000"),
+        ({"alert_thresholds": "50, eighty"}, "alert_thresholds", "Whole percentages"),
+        ({"default_allowance": "lots"}, "default_allowance", "A number"),
+        ({"default_allowance": "-5"}, "default_allowance", "Must not be negative"),
+        ({"requests_per_minute": "1.5"}, "requests_per_minute", "A whole number"),
+        ({"downgrade_at_percent": ""}, "downgrade_at_percent", "at which share"),
+        ({"downgrade_at_percent": "150"}, "downgrade_at_percent", "less than or equal to 100"),
+        ({"downgrade_to": ["gpt-4o", ""]}, "downgrade_models", "a different model"),
+        ({"downgrade_to": ["", ""]}, "downgrade_models", "Choose both models"),
+        ({"limit_mode": "maybe"}, "limit_mode", "Choose one"),
+    ],
+)
+def test_policy_errors_show_beside_the_field_and_nothing_is_saved(
+    catalogue: dict[str, Any], change: dict[str, Any], field: str, message: str
+) -> None:
+    client = client_for(catalogue["admin"])
+    acme = catalogue["acme"]
+    before = list(Policy.objects.values())
+    events = AuditEvent.objects.count()
+    response = client.post(f"/manage/policies/{acme.pk}/", {**GOOD_POLICY, **change})
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert f'id="{field}-error"' in page
+    assert message in page
+    assert list(Policy.objects.values()) == before
+    assert AuditEvent.objects.count() == events
+
+
+def test_an_unknown_cost_center_is_not_found(catalogue: dict[str, Any]) -> None:
+    assert client_for(catalogue["admin"]).get("/manage/policies/999999/").status_code == 404
+
+
+def test_models_page_names_the_credential_variable_but_never_its_value(
+    catalogue: dict[str, Any],
+) -> None:
+    client = client_for(catalogue["admin"])
+    upstream = catalogue["upstream"]
+    for path in ("/manage/models/", f"/manage/models/upstreams/{upstream.pk}/"):
+        page = client.get(path).content.decode()
+        assert "TB_PAGES_TEST_KEY" in page and SECRET not in page
+        assert "within" in page  # the cache delay is stated
+    response = client.post(
+        f"/manage/models/upstreams/{upstream.pk}/",
+        {
+            "base_url": "https://llm.example.com/v1",
+            "connect_timeout": "5",
+            "read_timeout": "120.5",
+            "credential_env": "SOMETHING_ELSE",  # not a field of the form: ignored
+            "api_key": SECRET,
+        },
+    )
+    assert response.status_code == 302
+    upstream.refresh_from_db()
+    assert upstream.base_url == "https://llm.example.com/v1"
+    assert (upstream.connect_timeout, upstream.read_timeout) == (Decimal(5), Decimal("120.5"))
+    assert upstream.active is False  # the unticked box turns it off
+    assert upstream.credential_env == "TB_PAGES_TEST_KEY"
+    event = AuditEvent.objects.get(action="upstream.update")
+    assert SECRET not in str(event.after) and event.source == "admin"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"base_url": "ftp://x"}, "base_url"),
+        ({"connect_timeout": "0"}, "connect_timeout"),
+        ({"read_timeout": "soon"}, "read_timeout"),
+    ],
+)
+def test_upstream_errors_change_nothing(
+    catalogue: dict[str, Any], change: dict[str, str], field: str
+) -> None:
+    client = client_for(catalogue["admin"])
+    upstream = catalogue["upstream"]
+    before = _catalogue_state()
+    data = {"base_url": "https://x.example", "connect_timeout": "5", "read_timeout": "60"}
+    response = client.post(f"/manage/models/upstreams/{upstream.pk}/", {**data, **change})
+    assert response.status_code == 400
+    assert f'id="{field}-error"' in response.content.decode()
+    assert _catalogue_state() == before
+
+
+def test_admin_adds_and_edits_a_route(catalogue: dict[str, Any]) -> None:
+    client = client_for(catalogue["admin"])
+    upstream = catalogue["upstream"]
+    form = {
+        "public_name": "gpt-4o",
+        "upstream": str(upstream.pk),
+        "upstream_model": "gpt-4o-2024-11-20",
+        "default_max_output_tokens": "2048",
+        "active": "on",
+    }
+    before = _catalogue_state()
+    response = client.post("/manage/models/routes/new/", form)  # the name is taken
+    assert response.status_code == 400
+    assert 'id="public_name-error"' in response.content.decode()
+    assert _catalogue_state() == before
+
+    response = client.post("/manage/models/routes/new/", {**form, "public_name": "fast"})
+    assert response.status_code == 302
+    made = ModelRoute.objects.get(public_name="fast")
+    assert (made.upstream_model, made.default_max_output_tokens) == ("gpt-4o-2024-11-20", 2048)
+    assert made.active and not made.unmetered_cost
+
+    response = client.post(
+        f"/manage/models/routes/{made.pk}/",
+        {**form, "public_name": "fast", "default_max_output_tokens": "1,024",
+         "unmetered_cost": "on"},
+    )  # fmt: skip
+    assert response.status_code == 302
+    made.refresh_from_db()
+    assert (made.default_max_output_tokens, made.unmetered_cost) == (1024, True)
+    actions = list(
+        AuditEvent.objects.filter(object_type="metering.modelroute").values_list("action", "source")
+    )
+    assert sorted(actions) == [("route.create", "admin"), ("route.update", "admin")]
+
+
+def test_admin_adds_a_price_override_in_exact_decimals(catalogue: dict[str, Any]) -> None:
+    client = client_for(catalogue["admin"])
+    form = {
+        "model": "gpt-4o",
+        "input_per_mtok": "2.12345678",
+        "output_per_mtok": "8.1",
+        "cached_input_per_mtok": "",
+        "cache_write_per_mtok": "",
+        "energy_wh_per_1k_input": "0.3",
+        "energy_wh_per_1k_output": "",
+        "effective_from": "2026-01-01T00:00",
+    }
+    before = _catalogue_state()
+    response = client.post("/manage/models/prices/new/", form)  # one energy figure only
+    assert response.status_code == 400
+    assert 'id="energy_wh_per_1k_output-error"' in response.content.decode()
+    response = client.post("/manage/models/prices/new/", {**form, "output_per_mtok": "-1"})
+    assert response.status_code == 400
+    assert _catalogue_state() == before
+
+    response = client.post("/manage/models/prices/new/", {**form, "energy_wh_per_1k_output": "1.2"})
+    assert response.status_code == 302
+    price = ModelPrice.objects.get(source="override")
+    assert price.input_per_mtok == Decimal("2.12345678")
+    assert price.output_per_mtok == Decimal("8.1")
+    assert price.cached_input_per_mtok is None
+    assert (price.energy_wh_per_1k_input, price.energy_wh_per_1k_output) == (
+        Decimal("0.3"),
+        Decimal("1.2"),
+    )
+    assert timezone.localtime(price.effective_from).replace(tzinfo=None) == dt.datetime(2026, 1, 1)
+    assert AuditEvent.objects.filter(action="price.create", source="admin").count() == 1
+    page = client.get("/manage/models/").content.decode()
+    assert "2.12345678" in page and "(admin override)" in page  # now the route's price
+
+    # The same model, source and start again is refused beside the form, nothing written.
+    before = _catalogue_state()
+    response = client.post("/manage/models/prices/new/", {**form, "energy_wh_per_1k_output": "1.2"})
+    assert response.status_code == 400 and b"Nothing was saved" in response.content
+    assert _catalogue_state() == before

@@ -35,6 +35,7 @@ from django.conf import settings
 
 from budgets import ledger
 from budgets.quota import Hold
+from metering.redis_batch import ScriptBatcher
 
 SCALE = 10**10
 PLACES = Decimal("1e-10")
@@ -289,13 +290,12 @@ def async_client() -> tuple[aioredis.Redis, dict[str, Any]]:
             **_client_options(),
         )
         client = aioredis.Redis(connection_pool=pool)
+        # Reserve and close run once per call: concurrent calls' runs share pipelines.
+        batcher = ScriptBatcher(client)
         scripts = {
-            name: client.register_script(body)
-            for name, body in (
-                ("reserve", RESERVE),
-                ("close", CLOSE),
-                ("seed", SEED),
-            )
+            "reserve": batcher.wrap(client.register_script(RESERVE)),
+            "close": batcher.wrap(client.register_script(CLOSE)),
+            "seed": client.register_script(SEED),
         }
         _async_state = _AsyncState(loop, client, scripts)
     return _async_state.client, _async_state.scripts

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from io import StringIO
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.test import Client
+from django.utils import timezone
 
 from billing.models import ChargebackStatement, DailyUsage
-from budgets.models import Allowance
-from metering.models import UsageRecord
+from billing.statements import last_complete_month
+from billing.value import value_report
+from budgets.fiscal import add_months
+from budgets.models import Allowance, Policy
+from metering.models import Intent, ModelPrice, Outcome, UsageRecord
 
 
 @pytest.mark.django_db(transaction=True)
@@ -22,7 +29,53 @@ def test_seed_demo_history_fills_months_and_is_idempotent() -> None:
     statuses = set(ChargebackStatement.objects.values_list("status", flat=True))
     assert statuses == {"draft", "final"}  # the last ended month open, older ones final
     used = sorted(Allowance.objects.values_list("used", flat=True))
+    outcomes = list(Outcome.objects.order_by("client_id").values_list("client_id", "kind"))
 
     call_command("seed_demo_history", "--months", "3", "--extra-employees", "4", stdout=out)
     assert UsageRecord.objects.count() == records
     assert sorted(Allowance.objects.values_list("used", flat=True)) == used
+    assert list(Outcome.objects.order_by("client_id").values_list("client_id", "kind")) == outcomes
+
+
+@pytest.mark.django_db(transaction=True)
+def test_seed_demo_history_makes_the_value_page_meaningful() -> None:
+    call_command("seed_demo_history", "--months", "3", "--extra-employees", "8", stdout=StringIO())
+    intents = {i.name: i for i in Intent.objects.all()}
+    assert set(intents) == {"code-review", "support-reply", "summarize", "sql-help", "proposal"}
+    assert all(i.expected_value > 0 and i.default_model for i in intents.values())
+
+    kinds = set(Outcome.objects.values_list("kind", flat=True))
+    assert {"accepted", "rejected", "ticket_resolved", "pr_merged"} <= kinds
+    rated = Outcome.objects.filter(kind__in=["accepted", "rejected"]).count()
+    calls = UsageRecord.objects.exclude(intent="").count()
+    assert 0.2 * calls < rated < 0.8 * calls  # a realistic share of the calls, not all
+    business = Outcome.objects.exclude(kind__in=["accepted", "rejected"])
+    assert business.exists() and not business.filter(value_units__isnull=True).exists()
+    months = {d.replace(day=1) for d in Outcome.objects.values_list("day", flat=True)}
+    assert len(months) >= 3  # across the months of the history
+
+    demo_models = {"gpt-4o-mini", "gpt-4o", "claude-sonnet-4-5"}
+    priced = ModelPrice.objects.filter(model__in=demo_models)
+    assert not priced.filter(energy_wh_per_1k_output__isnull=True).exists()
+
+    sales = Policy.objects.get(cost_center__code="sales")
+    assert sales.downgrade_models == {
+        "gpt-4o": "gpt-4o-mini",
+        "claude-sonnet-4-5": "claude-haiku-4-5",
+    }
+    assert sales.downgrade_at_percent == 80
+
+    admin = get_user_model().objects.get(username="admin")
+    period = last_complete_month(timezone.now())
+    end = add_months(period, 1)
+    rows = value_report(dimension="intent", start=period, end=end, user=admin)
+    assert sum(Decimal(r["value"]) for r in rows) > 0
+    assert any(r["acceptance_rate"] for r in rows)
+    assert any(r["energy_kwh"] for r in rows)
+
+    client = Client()
+    client.force_login(admin)
+    page = client.get("/value/?dimension=intent").content.decode()
+    assert "support-reply" in page and "No usage or outcomes" not in page
+    assert 'role="img"' in page  # the value chart is drawn
+    assert "No intent was served by more than one model" not in page

@@ -2,19 +2,30 @@
 employees across the cost centers, calls over the last months with models and intents, the
 daily rollup, statements for each ended month, and the oldest months finalized.
 
-Idempotent: usage rows have deterministic request ids and are inserted once; the rollup, the
-month close and finalizing are catch-ups that skip what is done. Randomness is seeded, so two
-databases seeded the same day hold the same history.
+For the Value page: the intents of the demo calls in the catalogue (expected value per accepted
+outcome, default model), outcomes on a share of the calls (accepted / rejected feedback, and
+named business outcomes with a money value, recorded by a demo integration user), energy
+coefficients of the demo models (EcoLogits estimates through `metering.energy`, the same as
+`manage.py sync_energy`; never measurements), a downgrade rule in the Sales policy, and the
+stored value reports.
+
+Idempotent: usage rows and outcomes have deterministic ids and are inserted once; catalogue
+entries and the policy are created only when missing (an admin's later edits stay); the rollup,
+the month close and finalizing are catch-ups that skip what is done. Randomness is seeded (per
+call for outcomes), so two databases seeded the same day hold the same history.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import random
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from django.db import transaction
@@ -24,11 +35,15 @@ from django.utils import timezone
 from billing.models import ChargebackStatement
 from billing.rollup import daily_usage_rollup, local_tz
 from billing.statements import last_complete_month, statement_finalize, statements_close_month
+from billing.value_store import value_reports_store_as_needed
 from budgets.fiscal import add_months, fiscal_year_bounds
-from budgets.models import Allowance, CostCenter, Employee
+from budgets.models import Allowance, CostCenter, Employee, Policy
 from budgets.quota import current_fiscal_year
+from budgets.services import policy_set
+from metering.energy import energy_defaults_sync
 from metering.management.commands.seed_demo import DEMO_PRICES
-from metering.models import UsageRecord
+from metering.models import Intent, Outcome, UsageRecord
+from metering.outcomes import OUTCOME_WRITERS_GROUP, VALUE_SCALE, intent_save
 
 FIRST = ["Ana", "Ben", "Chen", "Dana", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jo", "Kofi",
          "Lena", "Mo", "Nia", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tara"]  # fmt: skip
@@ -37,6 +52,55 @@ CENTERS = ["eng-platform", "eng", "sales", "finance"]
 MODELS = ["gpt-4o-mini", "gpt-4o", "claude-sonnet-4-5", "claude-haiku-4-5", "o4-mini"]
 INTENTS = ["code-review", "support-reply", "summarize", "sql-help", "proposal", ""]
 ALLOWANCES = [500_000, 1_000_000, 2_000_000]
+ACTOR = "command:seed_demo_history"
+
+
+@dataclass(frozen=True)
+class DemoIntent:
+    description: str
+    owner: str | None  # cost-center code
+    expected_value: str  # USD one accepted outcome is worth
+    default_model: str
+    feedback_share: float  # of the intent's calls that get accepted / rejected feedback
+    business: tuple[str, float, str, str] | None  # kind, share of calls, value low, value high
+
+
+INTENTS_CATALOGUE = {
+    "code-review": DemoIntent(
+        "Review comments on pull requests", "eng", "1.50", "claude-sonnet-4-5", 0.7,
+        ("pr_merged", 0.10, "5", "12"),
+    ),
+    "support-reply": DemoIntent(
+        "Draft replies to customer tickets", None, "1", "gpt-4o-mini", 0.8,
+        ("ticket_resolved", 0.12, "3", "6"),
+    ),
+    "summarize": DemoIntent(
+        "Summaries of documents and threads", None, "0.25", "gpt-4o-mini", 0.3, None
+    ),
+    "sql-help": DemoIntent(
+        "Queries for reports", "finance", "2", "gpt-4o", 0.5, ("report_shipped", 0.05, "15", "40")
+    ),
+    "proposal": DemoIntent(
+        "Sales proposals", "sales", "5", "claude-sonnet-4-5", 0.4,
+        ("deal_won", 0.01, "200", "800"),
+    ),
+}  # fmt: skip
+# Chance that feedback on a call accepts it: the larger models are accepted a little more often,
+# except where a small model does as well or better (support replies, summaries), so the model
+# comparison has a switch to recommend.
+ACCEPTANCE = {
+    "gpt-4o-mini": 0.80,
+    "gpt-4o": 0.87,
+    "o4-mini": 0.80,
+    "claude-haiku-4-5": 0.82,
+    "claude-sonnet-4-5": 0.89,
+}
+ACCEPTANCE_BY_INTENT = {
+    ("support-reply", "gpt-4o-mini"): 0.96,
+    ("summarize", "gpt-4o-mini"): 0.9,
+    ("summarize", "claude-haiku-4-5"): 0.9,
+}
+SALES_DOWNGRADES = {"gpt-4o": "gpt-4o-mini", "claude-sonnet-4-5": "claude-haiku-4-5"}
 
 
 def _cost(model: str, input_tokens: int, output_tokens: int) -> Decimal:
@@ -58,6 +122,9 @@ class Command(BaseCommand):
         employees = self._employees(rng, extra_employees)
         added = self._usage(rng, employees, months)
         daily_usage_rollup()
+        self._catalogue()
+        outcomes = self._outcomes()
+        energy = energy_defaults_sync(actor=ACTOR)
         now = timezone.now()
         last = last_complete_month(now)
         first = add_months(last, -(months - 1))
@@ -68,7 +135,96 @@ class Command(BaseCommand):
         # Every ended month but the last is final, so the finance page shows both states.
         for statement in ChargebackStatement.objects.filter(period__lt=last, status="draft"):
             statement_finalize(statement_id=statement.pk, now=now)
+        value_reports_store_as_needed(now=now)
         self.stdout.write(f"Demo history: {added} usage records added over {months} months.")
+        self.stdout.write(
+            f"Demo value: {outcomes} outcomes added; energy coefficients filled for "
+            f"{len(energy.filled)} model(s) from EcoLogits estimates (not measurements)."
+        )
+
+    def _catalogue(self) -> None:
+        """The demo intents and the Sales policy's downgrade rule, each only when missing."""
+        centers = {c.code: c for c in CostCenter.objects.all()}
+        known = set(Intent.objects.values_list("name", flat=True))
+        for name, spec in INTENTS_CATALOGUE.items():
+            if name not in known:
+                intent_save(
+                    name=name,
+                    description=spec.description,
+                    owner_cost_center=centers.get(spec.owner or ""),
+                    expected_value=Decimal(spec.expected_value),
+                    default_model=spec.default_model,
+                )
+        sales = centers.get("sales")
+        if sales is not None and not Policy.objects.filter(cost_center=sales).exists():
+            policy_set(
+                actor=ACTOR,
+                cost_center=sales,
+                data={
+                    "default_allowance": Decimal(500_000),
+                    "alert_thresholds": [50, 80, 100],
+                    "downgrade_models": SALES_DOWNGRADES,
+                    "downgrade_at_percent": 80,
+                },
+                source="command",
+            )
+
+    def _outcomes(self) -> int:
+        """Feedback and business outcomes on the demo calls of catalogued intents. Each call's
+        outcomes are decided by a generator seeded with its request id, so reruns and other
+        databases decide alike; the unique (recorder, client id) keeps reruns from adding
+        any twice."""
+        users = get_user_model()
+        recorder, made = users.objects.get_or_create(username="demo-integration")
+        if made:
+            recorder.set_unusable_password()
+            recorder.save()
+            recorder.groups.add(Group.objects.get_or_create(name=OUTCOME_WRITERS_GROUP)[0])
+        tz = local_tz()
+        calls = (
+            UsageRecord.objects.filter(
+                request_id__startswith="demo-", intent__in=list(INTENTS_CATALOGUE)
+            )
+            .order_by("request_id")
+            .values_list(
+                "request_id", "created_at", "employee_id", "cost_center_id", "model", "intent"
+            )
+        )
+        existing = set(
+            Outcome.objects.filter(recorded_by=recorder).values_list("client_id", flat=True)
+        )
+        fresh: list[Outcome] = []
+        for request_id, at, employee_id, center_id, model, intent in calls.iterator():
+            rng = random.Random(f"outcome:{request_id}")
+            spec = INTENTS_CATALOGUE[intent]
+            common = {
+                "recorded_by": recorder,
+                "request_id": request_id,
+                "intent": intent,
+                "employee_id": employee_id,
+                "cost_center_id": center_id,
+                "model": model,
+                "day": at.astimezone(tz).date(),
+                "source": "demo",
+            }
+            if rng.random() < spec.feedback_share:
+                rate = ACCEPTANCE_BY_INTENT.get((intent, model), ACCEPTANCE[model])
+                kind = Outcome.ACCEPTED if rng.random() < rate else Outcome.REJECTED
+                fresh.append(Outcome(client_id=f"demo-feedback-{request_id}", kind=kind, **common))
+            if spec.business and rng.random() < spec.business[1]:
+                kind, _, low, high = spec.business
+                cents = rng.randint(int(Decimal(low) * 100), int(Decimal(high) * 100))
+                fresh.append(
+                    Outcome(
+                        client_id=f"demo-{kind}-{request_id}",
+                        kind=kind,
+                        value_units=cents * VALUE_SCALE // 100,
+                        **common,
+                    )
+                )
+        fresh = [o for o in fresh if o.client_id not in existing]
+        Outcome.objects.bulk_create(fresh, batch_size=1000)
+        return len(fresh)
 
     def _employees(self, rng: random.Random, count: int) -> list[Employee]:
         centers = {c.code: c for c in CostCenter.objects.filter(code__in=CENTERS)}

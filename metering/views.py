@@ -687,14 +687,24 @@ async def _respond_whole(call: Call, response: upstream.UpstreamResponse) -> Htt
 
 
 async def _relay(call: Call, response: upstream.UpstreamResponse, meter) -> AsyncIterator[bytes]:
-    """Relay the upstream stream chunk by chunk; settle once it ends, however it ends."""
+    """Relay the upstream stream chunk by chunk; settle once it ends, however it ends.
+
+    When the provider's end-of-stream marker arrives, the call is settled before the bytes that
+    carry it are relayed: a client that has seen its stream complete is never left with an
+    unrecorded call, even if this process dies the next moment."""
     first: float | None = None
     outcome = "complete"
+    settled = False
     try:
         async for chunk in response.aiter_raw():
             out = meter.feed(chunk)
             if first is None and meter.state.saw_output:
                 first = time.perf_counter()
+            if meter.state.finished and not settled:
+                settled = True
+                await asyncio.shield(
+                    _spawn(_settle_stream(call, response, meter, first, "complete"))
+                )
             if out:
                 yield out
         tail = meter.close()
@@ -707,7 +717,7 @@ async def _relay(call: Call, response: upstream.UpstreamResponse, meter) -> Asyn
         outcome = "upstream_broken"
     finally:
         # Settling must survive the cancellation that a client disconnect delivers here.
-        task = _spawn(_finish_stream(call, response, meter, first, outcome))
+        task = _spawn(_finish_stream(call, response, meter, first, outcome, settled=settled))
         with contextlib.suppress(asyncio.CancelledError, GeneratorExit, RuntimeError):
             await asyncio.shield(task)
 
@@ -720,10 +730,23 @@ def _spawn(coro) -> asyncio.Task:
 
 
 async def _finish_stream(
+    call: Call,
+    response: upstream.UpstreamResponse,
+    meter,
+    first: float | None,
+    outcome: str,
+    *,
+    settled: bool,
+) -> None:
+    await response.aclose()  # closing the connection cancels the upstream generation
+    if not settled:
+        await _settle_stream(call, response, meter, first, outcome)
+
+
+async def _settle_stream(
     call: Call, response: upstream.UpstreamResponse, meter, first: float | None, outcome: str
 ) -> None:
     assert call.held is not None
-    await response.aclose()  # closing the connection cancels the upstream generation
     state = meter.state
     error = "" if outcome == "complete" and not state.error else (state.error or outcome)
     if state.usage is not None:

@@ -131,7 +131,7 @@ print(key_create(employee=e, name="bench", actor=None)[1])
     return out.stdout.strip().splitlines()[-1]
 
 
-def start_litellm(port: int, instant: str, slow: str) -> subprocess.Popen:
+def start_litellm(port: int, instant: str, slow: str, workers: int = 1) -> subprocess.Popen:
     venv = ROOT / "bench" / ".litellm-venv"
     if not (venv / "bin" / "litellm").exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -155,10 +155,10 @@ def start_litellm(port: int, instant: str, slow: str) -> subprocess.Popen:
             "--port",
             str(port),
             "--num_workers",
-            "1",
+            str(workers),
         ],
         port,
-        # One worker, no database: LiteLLM's lightest set-up. It refuses to start keyless.
+        # No database: LiteLLM's lightest set-up. It refuses to start keyless.
         {"LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": "sk-bench-master"},
     )
 

@@ -135,7 +135,7 @@ def value_report_store(*, period: dt.date, now: dt.datetime) -> ValueReportPerio
         if not created and header.computed_at > now:
             return header  # a later computation is already stored
         stored = {(r.dimension, r.key): r for r in header.rows.all()}
-        stale = [r.pk for k, r in stored.items() if computed.get(k) != _figures(r)]
+        stale = {r.pk for k, r in stored.items() if computed.get(k) != _figures(r)}
         fresh = [
             ValueReport(period=header, dimension=dimension, key=key, **figures)
             for (dimension, key), figures in computed.items()

@@ -225,8 +225,16 @@ def intent_save(
     intent.expected_value = expected_value
     intent.default_model = default_model
     intent.full_clean()
-    intent.save()
+    if intent.pk is None:
+        intent.save()
+    else:
+        # Only what the admin edits: the value job writes the recommendation meanwhile, and a
+        # form opened before it ran must not put the old one back.
+        intent.save(update_fields=[*_INTENT_EDITED, "updated_at"])
     return intent
+
+
+_INTENT_EDITED = ["name", "description", "owner_cost_center", "expected_value", "default_model"]
 
 
 def intents_unknown() -> list[dict[str, Any]]:

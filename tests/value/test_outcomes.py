@@ -157,3 +157,15 @@ def test_an_integration_token_records_outcomes_and_reads_nothing_else(calls, wri
     assert client.get("/api/v1/employees/").data["count"] == 0
     assert client.post("/api/v1/intents/", {"name": "x"}, format="json").status_code == 403
     assert Outcome.objects.get().value == Decimal(80)
+
+
+def test_editing_an_intent_keeps_the_recommendation_written_meanwhile(db: None) -> None:
+    from metering.models import Intent
+    from metering.outcomes import intent_save
+
+    intent = intent_save(name="support", description="Tickets")
+    stale = Intent.objects.get(pk=intent.pk)  # an edit form opened before the job ran
+    Intent.objects.filter(pk=intent.pk).update(recommended_model="gpt-4o-mini")
+    intent_save(name="support", description="Customer tickets", instance=stale)
+    intent.refresh_from_db()
+    assert (intent.description, intent.recommended_model) == ("Customer tickets", "gpt-4o-mini")

@@ -26,7 +26,15 @@ from django.utils import timezone
 from billing.models import ValueReport, ValueReportPeriod, cost_to_units, units_to_cost
 from billing.rollup import local_tz
 from billing.statements import last_complete_month
-from billing.value import DIMENSIONS, WH, Group, model_comparison, report_order, value_groups
+from billing.value import (
+    DIMENSIONS,
+    MIN_RATED,
+    WH,
+    Group,
+    model_comparison,
+    report_order,
+    value_groups,
+)
 from budgets import roles
 from budgets.audit import audit_record, snapshot
 from budgets.fiscal import add_months
@@ -197,9 +205,12 @@ def intent_recommendations_apply(*, start: dt.date, end: dt.date, now: dt.dateti
     changed = []
     with transaction.atomic():
         for intent in Intent.objects.select_for_update().order_by("pk"):
-            target = recommended_model(comparison.get(intent.name), intent.default_model)
+            entry = comparison.get(intent.name)
+            target = recommended_model(entry, intent.default_model)
             if target == intent.recommended_model:
                 continue
+            if not target and not _decidable(entry, intent.recommended_model):
+                continue  # too few ratings to say the switch stopped paying off: keep it
             before = snapshot(intent)
             intent.recommended_model = target
             intent.recommended_at = now if target else None
@@ -214,6 +225,18 @@ def intent_recommendations_apply(*, start: dt.date, end: dt.date, now: dt.dateti
             )
             changed.append(intent)
     return changed
+
+
+def _decidable(entry: dict[str, Any] | None, recommended: str) -> bool:
+    """Whether the month's comparison had enough rated outcomes on the recommended model and
+    on another one to judge the switch again. Once `auto:<intent>` traffic has moved to the
+    recommended model, the model it replaced collects few ratings; without this the
+    recommendation would be cleared for lack of data and the traffic would flip back."""
+    if entry is None:
+        return False
+    rated = {m["model"]: m["accepted"] + m["rejected"] for m in entry["models"]}
+    others = [n for model, n in rated.items() if model != recommended]
+    return rated.get(recommended, 0) >= MIN_RATED and any(n >= MIN_RATED for n in others)
 
 
 # --- reading ------------------------------------------------------------------------------------

@@ -134,15 +134,17 @@ def test_wilson_closed_forms() -> None:
     assert wilson_interval(0, 0) is None
 
 
-def _compare_fixture(cast: Any, big: tuple[int, int], small: tuple[int, int]) -> None:
-    """Intent `summarize` on `big` (cost 1.00) and `small` (cost 0.20) with rated outcomes."""
+def _compare_fixture(
+    cast: Any, big: tuple[int, int], small: tuple[int, int], intent: str = "summarize"
+) -> None:
+    """`intent` on `big` (cost 1.00) and `small` (cost 0.20) with rated outcomes."""
     for model, cost, (accepted, rejected) in (("big", "1", big), ("small", "0.2", small)):
-        record = usage(cast.employee, at=AT, model=model, intent="summarize", cost=cost)
+        record = usage(cast.employee, at=AT, model=model, intent=intent, cost=cost)
         for kind, quantity in (("accepted", accepted), ("rejected", rejected)):
             if not quantity:
                 continue
             Outcome.objects.create(
-                client_id=f"{model}-{kind}", request_id=record.request_id, intent="summarize",
+                client_id=f"{intent}-{model}-{kind}", request_id=record.request_id, intent=intent,
                 employee=cast.employee, cost_center=cast.eng_ml, model=model, day=AT.date(),
                 kind=kind, quantity=quantity,
             )  # fmt: skip

@@ -196,20 +196,29 @@ def test_recommendation_that_fires_is_written_and_audited(cast) -> None:
     assert AuditEvent.objects.filter(object_type="metering.intent").count() == 1
 
 
-@pytest.mark.parametrize(
-    ("big", "small"),
-    [
-        ((5, 5), (10, 0)),  # small samples: under 30 rated outcomes each
-        ((80, 20), (85, 15)),  # small's interval reaches below big's rate
-    ],
-)
-def test_no_recommendation_without_confidence_and_a_stale_one_is_cleared(cast, big, small) -> None:
+def test_a_recommendation_is_cleared_once_enough_ratings_say_it_stopped_paying(cast) -> None:
     intent = _intent(recommended="small")
-    _compare_fixture(cast, big=big, small=small)
+    _compare_fixture(cast, big=(80, 20), small=(85, 15))  # small's interval reaches below big's
     value_report_store(period=MARCH, now=APRIL_2ND)
     intent.refresh_from_db()
     assert (intent.recommended_model, intent.recommended_at) == ("", None)
     assert AuditEvent.objects.get(object_type="metering.intent").action == "unrecommend"
+
+
+def test_small_samples_neither_make_nor_clear_a_recommendation(cast) -> None:
+    fresh = _intent()
+    kept = Intent.objects.create(
+        name="translate", default_model="big", recommended_model="small", recommended_at=APRIL_2ND
+    )
+    _compare_fixture(cast, big=(5, 5), small=(10, 0))  # under 30 rated outcomes each
+    _compare_fixture(cast, big=(3, 1), small=(20, 0), intent="translate")
+    value_report_store(period=MARCH, now=APRIL_2ND + dt.timedelta(days=30))
+    fresh.refresh_from_db()
+    kept.refresh_from_db()
+    assert fresh.recommended_model == ""
+    # Traffic moved to the recommended model, so the old one collects few ratings: no flip back.
+    assert (kept.recommended_model, kept.recommended_at) == ("small", APRIL_2ND)
+    assert not AuditEvent.objects.filter(object_type="metering.intent").exists()
 
 
 def test_only_the_last_complete_month_moves_recommendations(cast) -> None:

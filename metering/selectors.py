@@ -99,6 +99,7 @@ class QuotaLimits:
     period_end: dt.date  # exclusive end of the fiscal year: counters expire after it
     # Capped cost centers (id, code, cap in USD), ascending id.
     cost_center_caps: tuple[tuple[int, str, Decimal], ...]
+    granted: Decimal = Decimal(0)  # released + adjustments: the allowance proper, no overage
 
 
 def quota_limits_load(
@@ -113,11 +114,13 @@ def quota_limits_load(
     if allowance is None:
         return None
     _, released = allowance_released(allowance, employee, day)
+    granted = released + allowance.adjustments_total
     return QuotaLimits(
         allowance_id=allowance.pk,
         fiscal_year=fiscal_year,
         unit=allowance.unit,
-        limit=rule.limit(released + allowance.adjustments_total, allowance.unit),
+        limit=rule.limit(granted, allowance.unit),
+        granted=granted,
         period_end=fiscal_year_bounds(fiscal_year, settings.TB_FISCAL_YEAR_START_MONTH)[1],
         cost_center_caps=tuple(
             sorted((n.pk, n.code, n.annual_cap) for n in chain if n.annual_cap is not None)

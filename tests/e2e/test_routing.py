@@ -70,6 +70,17 @@ def test_at_the_share_the_downgrade_model_serves_and_is_recorded(downgrading: Wo
     assert allowance.reserved == 0
 
 
+@pytest.mark.parametrize(("used", "downgraded"), [(8_900, False), (9_000, True)])
+def test_the_share_is_of_the_allowance_not_of_a_soft_overage(
+    transactional_db, proxy_url: str, mock_upstream_url: str, used: int, downgraded: bool
+) -> None:
+    policy = {**DOWNGRADE, "limit_mode": "soft", "soft_overage_percent": 50}
+    world = make_world(proxy_url, mock_upstream_url, amount=10_000, policy=policy)
+    _use(world, used)
+    response = _call(world, "o4-mini")
+    assert ("x-tokenbudget-downgraded-from" in response.headers) is downgraded
+
+
 def test_a_model_without_a_downgrade_rule_is_not_switched(downgrading: World) -> None:
     _use(downgrading, 9_500)
     response = _call(downgrading, "gpt-4o-mini")
@@ -162,7 +173,8 @@ def test_downgrade_on_the_redis_path(
 ) -> None:
     """Several workers on Redis quotas: the share is read where the Redis hold is taken."""
     system: Production = request.getfixturevalue("production")
-    world = make_world(system.url, mock_upstream_url, amount=10_000, policy=DOWNGRADE)
+    policy = {**DOWNGRADE, "limit_mode": "soft", "soft_overage_percent": 50}
+    world = make_world(system.url, mock_upstream_url, amount=10_000, policy=policy)
     first = _call(world, "o4-mini")
     assert "x-tokenbudget-downgraded-from" not in first.headers
     wait_for_records(1)  # the stream is drained into the database ledger

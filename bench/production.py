@@ -10,7 +10,10 @@ database created next to the one DATABASE_URL names (dropped at the end). Prints
   concurrency level, streaming and not, with 1 and 2 workers (`--workers 1,2`);
 - database transactions and Redis commands per proxied call with warm caches (the consumer
   stopped, so only the proxy's own work counts);
-- ingestion: usage events per second from the stream into PostgreSQL (`--events`).
+- ingestion: usage events per second from the stream into PostgreSQL (`--events`), drained
+  by `consume_usage --once` with 1 and 2 consumer processes (`--consumers 1,2`).
+
+`--parts ingestion` measures only the ingestion.
 """
 
 from __future__ import annotations
@@ -125,18 +128,22 @@ def round_trips(
     return db / count, (redis_calls.count - 1) / count
 
 
-def ingestion(env: dict[str, str], events: int) -> float:
+def ingestion(env: dict[str, str], events: int, consumers: int, batch: int) -> float:
+    """Fill the stream with `events` events (no consumer running), then drain it with the
+    `consume_usage` command as deployed (`--once`, `consumers` processes) and time that."""
     script = f"""
-import django, time, uuid, datetime as dt
+import django, io, time, uuid, datetime as dt
 from decimal import Decimal
 django.setup()
+from django.core.management import call_command
 from budgets.models import Allowance
 from metering.models import UsageRecord, VirtualKey
 from metering import quota_redis
-from metering.usage_stream import Charge, UsageEvent, event_encode, stream_drain
+from metering.usage_stream import Charge, UsageEvent, event_encode, group_ensure
 key = VirtualKey.objects.select_related("employee").first()
 allowance = Allowance.objects.get(employee=key.employee)
 client = quota_redis.sync_client()
+group_ensure(client)
 now = dt.datetime.now(dt.UTC)
 pipe = client.pipeline(transaction=False)
 for i in range({events}):
@@ -150,10 +157,14 @@ for i in range({events}):
         pipe.execute()
 pipe.execute()
 before = UsageRecord.objects.count()
+used_before = Allowance.objects.get(pk=allowance.pk).used
+out = io.StringIO()
 started = time.perf_counter()
-written = stream_drain(client=client, batch=5000)
+call_command("consume_usage", once=True, processes={consumers}, batch={batch}, stdout=out)
 elapsed = time.perf_counter() - started
+written = int(out.getvalue().split()[0])
 assert written == {events} and UsageRecord.objects.count() - before == {events}
+assert Allowance.objects.get(pk=allowance.pk).used - used_before == 28 * {events}
 print(written / elapsed)
 """
     out = subprocess.run(
@@ -177,6 +188,11 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--upstreams", default="slow", help="instant, slow (50 ms) or both")
     parser.add_argument("--events", type=int, default=50_000, help="events for the ingestion run")
+    parser.add_argument("--consumers", default="1,2", help="consumer processes for ingestion")
+    parser.add_argument("--batch", type=int, default=5000, help="events per ingestion batch")
+    parser.add_argument(
+        "--parts", default="proxy,ingestion", help="proxy, ingestion or both (comma-separated)"
+    )
     args = parser.parse_args()
     admin_url = os.environ.get("DATABASE_URL", "")
     if not admin_url.startswith("postgres"):
@@ -204,13 +220,14 @@ def main() -> None:
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         key = base.setup_database(env, urls["instant"], urls["slow"])
         server_env = {k: v for k, v in env.items() if k != "DJANGO_SETTINGS_MODULE"}
+        parts = set(args.parts.split(","))
         consumer = subprocess.Popen(
             [sys.executable, "manage.py", "consume_usage"], cwd=ROOT, env=env
         )
         processes.append(consumer)
 
         results: list[base.Result] = []
-        for workers in [int(w) for w in args.workers.split(",")]:
+        for workers in [int(w) for w in args.workers.split(",")] if "proxy" in parts else []:
             port = servers.free_port()
             proxy = servers.start_proxy(port, server_env, workers=workers)
             print(f"\n=== {workers} worker(s) ===")
@@ -264,8 +281,15 @@ def main() -> None:
                 servers.stop(proxy)
         consumer.terminate()
         consumer.wait(timeout=60)
-        rate = ingestion(env, args.events)
-        print(f"\ningestion: {rate:,.0f} usage records/s from the stream into PostgreSQL")
+        for consumers in (
+            [int(c) for c in args.consumers.split(",")] if "ingestion" in parts else []
+        ):
+            rate = ingestion(env, args.events, consumers, args.batch)
+            print(
+                f"ingestion: {rate:,.0f} usage records/s from the stream into PostgreSQL "
+                f"({consumers} consumer process{'es' if consumers > 1 else ''}, "
+                f"batches of {args.batch})"
+            )
     finally:
         for process in reversed(processes):
             if process.poll() is None:

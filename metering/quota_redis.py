@@ -25,7 +25,7 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -42,6 +42,7 @@ PLACES = Decimal("1e-10")
 STREAM = "tb:usage"
 GROUP = "tb-ingest"
 HOLDS = "tb:holds"
+FORMATS = "tb:usage:formats"  # usage event format tag -> its field names (see usage_stream)
 HOLD_TTL = 30 * 60  # seconds a hold lives before `sweep` gives it back (as the database's)
 TOMBSTONE_TTL = 24 * 3600  # a closed hold is remembered this long, so a repeated close is a no-op
 KEY_COUNTER_TTL = 40 * 24 * 3600  # a key's cap is not per year: idle counters re-seed later
@@ -271,6 +272,7 @@ class _AsyncState:
     loop: asyncio.AbstractEventLoop
     client: aioredis.Redis
     scripts: dict[str, Any]
+    formats: set[str] = field(default_factory=set)
 
 
 _async_state: _AsyncState | None = None
@@ -498,6 +500,16 @@ async def close(
     ]
     args = [tokens if count_tokens else 0, 120, event, TOMBSTONE_TTL, *charges]
     return bool(await scripts["close"](keys=keys, args=args, client=client))
+
+
+async def format_register(tag: str, names: str) -> None:
+    """Record the field names behind a usage event format tag (once per process), so that a
+    consumer of another version can read this process's events by name."""
+    client, _ = async_client()
+    assert _async_state is not None
+    if tag not in _async_state.formats:
+        await client.hset(FORMATS, tag, names)
+        _async_state.formats.add(tag)
 
 
 async def seed_counters(values: list[tuple[str, int, int]]) -> int:

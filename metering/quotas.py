@@ -33,7 +33,13 @@ from metering.dbpool import ledger_writes
 from metering.models import UsageRecord
 from metering.selectors import KeyInfo
 from metering.services import CallHold, call_abandon, call_release, call_reserve, call_settle
-from metering.usage_stream import Charge, UsageEvent, event_encode, usage_events_apply
+from metering.usage_stream import (
+    Charge,
+    UsageEvent,
+    event_encode,
+    format_names,
+    usage_events_apply,
+)
 
 log = logging.getLogger("tokenbudget.proxy")
 
@@ -214,6 +220,7 @@ async def _close(held: AnyHold, record: UsageRecord, *, charged: bool) -> bool:
     if isinstance(held, quota_redis.RedisHold) and redis_health.usable():
         tokens = record.input_tokens + record.output_tokens if charged else 0
         try:
+            await quota_redis.format_register(*format_names())
             return await quota_redis.close(
                 held=held,
                 tokens=tokens,

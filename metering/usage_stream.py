@@ -12,12 +12,13 @@ only here (or on the database backend's own path).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import socket
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -68,35 +69,116 @@ class UsageEvent:
         return self.values["request_id"]
 
 
+# The wire form is one line of PostgreSQL's COPY text format: a format tag, the record's
+# values in `_FIELDS` order, then the charge. The consumer hands a batch of lines to COPY as
+# they came out of Redis, so PostgreSQL parses typed columns and nothing is decoded in Python.
+# The tag names the field list (a hash of it); each producer registers its list under the tag
+# in Redis, so a consumer can still read events written by a version with other fields (during
+# a deploy) by name. Events written as JSON by earlier versions are read too.
+_CHARGE_COLUMNS = (
+    ("charge_allowance_id", "bigint"),
+    ("charge_unit", "text"),
+    ("charge_amount", "numeric"),
+    ("charge_cost", "numeric"),
+    ("charge_cost_center_ids", "bigint[]"),
+    ("charge_fiscal_year", "integer"),
+    ("charge_key_id", "bigint"),
+    ("charge_key_tokens", "bigint"),
+)
+_NAMES = ",".join(f.attname for f in _FIELDS)
+FORMAT = "u1." + hashlib.sha256(_NAMES.encode()).hexdigest()[:12]
+_PREFIX = FORMAT.encode() + b"\t"
+_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+_UNESCAPES = {"\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def format_names() -> tuple[str, str]:
+    """This version's format tag and the field names it stands for."""
+    return FORMAT, _NAMES
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    if value is True:
+        return "t"
+    if value is False:
+        return "f"
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, str):
+        return value.translate(_ESCAPES)
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":")).translate(_ESCAPES)
+    return str(value)
+
+
 def event_encode(event: UsageEvent) -> str:
-    record = {}
-    for name, value in event.values.items():
-        if isinstance(value, dt.datetime):
-            value = value.isoformat()
-        elif isinstance(value, Decimal):
-            value = str(value)
-        record[name] = value
+    values = event.values
     c = event.charge
-    return json.dumps(
-        {
-            "r": record,
-            "c": [
-                c.allowance_id,
-                c.unit,
-                str(c.amount),
-                str(c.cost),
-                list(c.cost_center_ids),
-                c.fiscal_year,
-                c.key_id,
-                c.key_tokens,
-            ],
-        },
-        separators=(",", ":"),
+    cells = [FORMAT, *(_text(values.get(f.attname)) for f in _FIELDS)]
+    cells += [
+        _text(c.allowance_id),
+        _text(c.unit),
+        _text(c.amount),
+        _text(c.cost),
+        "{" + ",".join(str(i) for i in c.cost_center_ids) + "}",
+        str(c.fiscal_year),
+        _text(c.key_id),
+        str(c.key_tokens),
+    ]
+    return "\t".join(cells)
+
+
+def _cell(text: str) -> str | None:
+    if text == "\\N":
+        return None
+    if "\\" not in text:
+        return text
+    out, chars = [], iter(text)
+    for char in chars:
+        out.append(_UNESCAPES.get(next(chars, ""), "") if char == "\\" else char)
+    return "".join(out)
+
+
+def event_decode(raw: str | bytes, names: str | None = None) -> UsageEvent:
+    """An event from its wire form. `names`: the field names of the event's format when it is
+    not this version's (see `format_names`); fields it lacks take their model default."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    if text.startswith("{"):
+        return _event_decode_json(text)
+    tag, *cells = text.split("\t")
+    if tag != FORMAT and names is None:
+        raise ValueError(f"usage event of unknown format {tag!r}")
+    fields = (names or _NAMES).split(",")
+    record, charge = cells[: len(fields)], cells[len(fields) :]
+    by_name = dict(zip(fields, record, strict=True))
+    values = {}
+    for f in _FIELDS:
+        if f.attname in by_name:
+            values[f.attname] = f.to_python(_cell(by_name[f.attname]))
+        else:
+            values[f.attname] = f.get_default()
+    a, unit, amount, cost, centers, year, key_id, key_tokens = (_cell(c) for c in charge)
+    return UsageEvent(
+        values,
+        Charge(
+            None if a is None else int(a),
+            unit or "",
+            Decimal(amount or 0),
+            Decimal(cost or 0),
+            tuple(int(i) for i in (centers or "{}").strip("{}").split(",") if i),
+            int(year or 0),
+            None if key_id is None else int(key_id),
+            int(key_tokens or 0),
+        ),
     )
 
 
-def event_decode(raw: str | bytes) -> UsageEvent:
-    data = json.loads(raw)
+def _event_decode_json(text: str) -> UsageEvent:
+    data = json.loads(text)
     values = data["r"]
     values["created_at"] = dt.datetime.fromisoformat(values["created_at"])
     values["cost"] = Decimal(values["cost"])
@@ -110,16 +192,32 @@ def event_decode(raw: str | bytes) -> UsageEvent:
 # --- applying events to the database -------------------------------------------------------
 
 
+@dataclass
+class Totals:
+    """A batch's charges summed per counter row: the ledger changes once per row, not once per
+    record (a batch of thousands of calls by a few hundred people is a few hundred updates)."""
+
+    keys: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    allowances: dict[int, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    spends: dict[tuple[int, int], Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    new: int = 0  # records inserted
+
+
 def usage_events_apply(*, events: list[UsageEvent]) -> int:
     """Insert the events' records and apply the charges of those not already recorded, in one
     transaction. Returns how many records were new. Safe to run twice on the same events."""
     if not events:
         return 0
+    if connection.vendor == "postgresql":
+        return usage_payloads_apply(payloads=[event_encode(e).encode() for e in events])
+    # The same request twice in one batch is one record and one charge.
+    unique = list({e.request_id: e for e in reversed(events)}.values())
     with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        new = _insert_records(cursor, [e.values for e in events])
-        fresh = [e.charge for e in events if e.request_id in new]
-        _apply_charges(cursor, fresh)
-    return len(new)
+        new = _insert_records(cursor, [e.values for e in unique])
+        totals = _totals([e.charge for e in unique if e.request_id in new])
+        totals.new = len(new)
+        _apply_totals(cursor, totals)
+    return totals.new
 
 
 def _insert_records(cursor: Any, rows: list[dict[str, Any]]) -> set[str]:
@@ -128,17 +226,6 @@ def _insert_records(cursor: Any, rows: list[dict[str, Any]]) -> set[str]:
     table = UsageRecord._meta.db_table
     columns = ", ".join(connection.ops.quote_name(f.column) for f in _FIELDS)
     tail = " ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
-    if connection.vendor == "postgresql":
-        # One array per column: a statement with a couple of dozen parameters whatever the
-        # batch size, instead of thousands of placeholders for the driver to parse.
-        # The driver's own cursor binds them server-side (Django's quotes them into the text).
-        arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f in _FIELDS)
-        with connection.connection.cursor() as raw:
-            raw.execute(
-                f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays})" + tail,
-                [[row.get(f.attname) for row in rows] for f in _FIELDS],
-            )
-            return {row[0] for row in raw.fetchall()}
     row_marks = "(" + ", ".join(["%s"] * len(_FIELDS)) + ")"
     new: set[str] = set()
     for start in range(0, len(rows), _INSERT_CHUNK):
@@ -154,37 +241,39 @@ def _insert_records(cursor: Any, rows: list[dict[str, Any]]) -> set[str]:
     return new
 
 
-def _apply_charges(cursor: Any, charges: list[Charge]) -> None:
-    """Add the charges to the counters, locking rows in the database backend's order (key,
-    allowance, cost centers by id), so the two paths never deadlock."""
-    keys: dict[int, int] = defaultdict(int)
-    allowances: dict[int, Decimal] = defaultdict(Decimal)
-    spends: dict[tuple[int, int], Decimal] = defaultdict(Decimal)
+def _totals(charges: list[Charge]) -> Totals:
+    totals = Totals()
     for c in charges:
         if c.key_id is not None and c.key_tokens:
-            keys[c.key_id] += c.key_tokens
+            totals.keys[c.key_id] += c.key_tokens
         if c.allowance_id is not None and c.amount:
-            allowances[c.allowance_id] += c.amount
+            totals.allowances[c.allowance_id] += c.amount
         if c.cost:
             for cost_center_id in c.cost_center_ids:
-                spends[(c.fiscal_year, cost_center_id)] += c.cost
+                totals.spends[(c.fiscal_year, cost_center_id)] += c.cost
+    return totals
+
+
+def _apply_totals(cursor: Any, totals: Totals) -> None:
+    """Add the totals to the counters (SQLite: the IMMEDIATE transaction holds the database's
+    write lock), in the database backend's order: key, allowance, cost centers by id."""
     key_table = VirtualKey._meta.db_table
-    for key_id in sorted(keys):
+    for key_id in sorted(totals.keys):
         cursor.execute(
             f"UPDATE {key_table} SET used_tokens = used_tokens + %s WHERE id = %s",
-            [keys[key_id], key_id],
+            [totals.keys[key_id], key_id],
         )
     table = Allowance._meta.db_table
-    for allowance_id in sorted(allowances):
+    for allowance_id in sorted(totals.allowances):
         row = sql.locked_row(cursor, f"SELECT used FROM {table} WHERE id = %s", [allowance_id])
         if row is None:
             continue  # deleted meanwhile: the record stays, there is nothing to charge
         cursor.execute(
             f"UPDATE {table} SET used = %s WHERE id = %s",
-            [sql.db_text(sql.dec(row[0]) + allowances[allowance_id]), allowance_id],
+            [sql.db_text(sql.dec(row[0]) + totals.allowances[allowance_id]), allowance_id],
         )
     spend_table = CostCenterSpend._meta.db_table
-    for fiscal_year, cost_center_id in sorted(spends, key=lambda k: (k[1], k[0])):
+    for fiscal_year, cost_center_id in sorted(totals.spends, key=lambda k: (k[1], k[0])):
         sql.insert_one(
             cursor,
             CostCenterSpend(cost_center_id=cost_center_id, fiscal_year=fiscal_year),
@@ -197,7 +286,142 @@ def _apply_charges(cursor: Any, charges: list[Charge]) -> None:
         )
         cursor.execute(
             f"UPDATE {spend_table} SET spent = %s WHERE id = %s",
-            [sql.db_text(sql.dec(row[1]) + spends[(fiscal_year, cost_center_id)]), row[0]],
+            [sql.db_text(sql.dec(row[1]) + totals.spends[(fiscal_year, cost_center_id)]), row[0]],
+        )
+
+
+# PostgreSQL: the events' lines go into the database as they came out of Redis. COPY fills a
+# temporary table (typed columns; not WAL-logged), one statement inserts the new records and
+# sums the charges of exactly those, and each ledger row changes once.
+_STAGE = "tb_usage_stage"
+
+
+def _stage_create_sql() -> str:
+    columns = ", ".join(
+        [
+            "format text",
+            *(f"{connection.ops.quote_name(f.column)} {f.db_type(connection)}" for f in _FIELDS),
+            *(f"{name} {kind}" for name, kind in _CHARGE_COLUMNS),
+        ]
+    )
+    return f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} ({columns}) ON COMMIT DELETE ROWS"
+
+
+def _insert_and_sum_sql() -> str:
+    table = UsageRecord._meta.db_table
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in _FIELDS)
+    # DISTINCT ON: the same request twice in one batch is one record and one charge.
+    return f"""
+WITH batch AS (
+    SELECT DISTINCT ON (request_id) * FROM {_STAGE}
+), inserted AS (
+    INSERT INTO {table} ({columns}) SELECT {columns} FROM batch
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING request_id
+), charged AS (
+    SELECT b.* FROM batch b JOIN inserted i ON i.request_id = b.request_id
+)
+SELECT 'n', 0, 0, count(*)::numeric FROM inserted
+UNION ALL
+SELECT 'k', charge_key_id, 0, sum(charge_key_tokens) FROM charged
+    WHERE charge_key_id IS NOT NULL AND charge_key_tokens <> 0 GROUP BY 2
+UNION ALL
+SELECT 'a', charge_allowance_id, 0, sum(charge_amount) FROM charged
+    WHERE charge_allowance_id IS NOT NULL AND charge_amount <> 0 GROUP BY 2
+UNION ALL
+SELECT 's', center, charge_fiscal_year, sum(charge_cost)
+    FROM charged, unnest(charge_cost_center_ids) AS center
+    WHERE charge_cost <> 0 GROUP BY 2, 3
+"""
+
+
+def usage_payloads_apply(*, payloads: list[bytes]) -> int:
+    """PostgreSQL: apply events in this version's wire form (`event_encode`) in one
+    transaction; returns how many records were new. The insert decides which charges apply."""
+    if not payloads:
+        return 0
+    totals = Totals()
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        raw = cursor.cursor  # the driver's own cursor: COPY, and server-side parameters
+        raw.execute(_stage_create_sql())
+        # The batch is sorted and kept in memory once (a few MB for thousands of events);
+        # the default work_mem would spill both to temporary files.
+        raw.execute("SET LOCAL work_mem = '64MB'")
+        with raw.copy(f"COPY {_STAGE} FROM STDIN") as copy:
+            copy.write(b"\n".join(payloads))
+        raw.execute(_insert_and_sum_sql())
+        for kind, ident, year, amount in raw.fetchall():
+            if kind == "n":
+                totals.new = int(amount)
+            elif kind == "k":
+                totals.keys[ident] = int(amount)
+            elif kind == "a":
+                totals.allowances[ident] = amount
+            else:
+                totals.spends[(year, ident)] = amount
+        # The records' deferred foreign-key checks run now rather than at commit, so the ledger
+        # rows locked below are held for as short a time as possible.
+        raw.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        _apply_totals_postgresql(raw, totals)
+    return totals.new
+
+
+def _apply_totals_postgresql(raw: Any, totals: Totals) -> None:
+    """Set-based: each table's rows are locked in id order (key, then allowance, then cost
+    centers, as the database backend locks them, so the paths never deadlock), then changed by
+    one UPDATE. Numeric arithmetic is exact.
+
+    The lock is FOR NO KEY UPDATE (what an UPDATE of these columns takes anyway), not FOR
+    UPDATE: the records' foreign-key checks have already taken FOR KEY SHARE on the key rows,
+    in this consumer and in any other, and FOR UPDATE would wait on the other consumer's share
+    while it waits on ours."""
+    if totals.keys:
+        ids = sorted(totals.keys)
+        key_table = VirtualKey._meta.db_table
+        raw.execute(
+            f"SELECT id FROM {key_table} WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE", [ids]
+        )
+        raw.execute(
+            f"UPDATE {key_table} k SET used_tokens = k.used_tokens + t.n"
+            " FROM unnest(%s::bigint[], %s::bigint[]) AS t(id, n) WHERE k.id = t.id",
+            [ids, [totals.keys[i] for i in ids]],
+        )
+    if totals.allowances:
+        ids = sorted(totals.allowances)
+        table = Allowance._meta.db_table
+        # A deleted allowance matches nothing: its records stay, there is nothing to charge.
+        raw.execute(
+            f"SELECT id FROM {table} WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE", [ids]
+        )
+        raw.execute(
+            f"UPDATE {table} a SET used = a.used + t.amount"
+            " FROM unnest(%s::bigint[], %s::numeric[]) AS t(id, amount) WHERE a.id = t.id",
+            [ids, [totals.allowances[i] for i in ids]],
+        )
+    if totals.spends:
+        pairs = sorted(totals.spends, key=lambda k: (k[1], k[0]))
+        years = [year for year, _ in pairs]
+        centers = [center for _, center in pairs]
+        amounts = [totals.spends[pair] for pair in pairs]
+        spend_table = CostCenterSpend._meta.db_table
+        raw.execute(
+            f"INSERT INTO {spend_table} (cost_center_id, fiscal_year, spent, reserved)"
+            " SELECT c, y, 0, 0 FROM unnest(%s::bigint[], %s::int[]) AS t(c, y)"
+            " ON CONFLICT (cost_center_id, fiscal_year) DO NOTHING",
+            [centers, years],
+        )
+        raw.execute(
+            f"SELECT s.id FROM {spend_table} s"
+            " JOIN unnest(%s::bigint[], %s::int[]) AS t(c, y)"
+            " ON s.cost_center_id = t.c AND s.fiscal_year = t.y"
+            " ORDER BY s.id FOR NO KEY UPDATE OF s",
+            [centers, years],
+        )
+        raw.execute(
+            f"UPDATE {spend_table} s SET spent = s.spent + t.amount"
+            " FROM unnest(%s::bigint[], %s::int[], %s::numeric[]) AS t(c, y, amount)"
+            " WHERE s.cost_center_id = t.c AND s.fiscal_year = t.y",
+            [centers, years, amounts],
         )
 
 
@@ -218,11 +442,33 @@ def group_ensure(client: redis.Redis) -> None:
             raise
 
 
+def _in_this_format(client: redis.Redis, payloads: list[bytes]) -> list[bytes]:
+    """Rewrite events of other versions (JSON, or another field list) into this one's form."""
+    if all(p.startswith(_PREFIX) for p in payloads):
+        return payloads
+    names: dict[bytes, str | None] = {}
+    out = []
+    for payload in payloads:
+        if payload.startswith(_PREFIX):
+            out.append(payload)
+            continue
+        tag = payload.split(b"\t", 1)[0]
+        if not payload.startswith(b"{") and tag not in names:
+            found = client.hget(quota_redis.FORMATS, tag)
+            names[tag] = found.decode() if found is not None else None
+        event = event_decode(payload, names.get(tag))
+        out.append(event_encode(event).encode())
+    return out
+
+
 def _apply_entries(client: redis.Redis, entries: list[tuple[bytes, dict]]) -> int:
     if not entries:
         return 0
-    events = [event_decode(fields[b"e"]) for _, fields in entries]
-    new = usage_events_apply(events=events)
+    payloads = _in_this_format(client, [fields[b"e"] for _, fields in entries])
+    if connection.vendor == "postgresql":
+        new = usage_payloads_apply(payloads=payloads)
+    else:
+        new = usage_events_apply(events=[event_decode(p) for p in payloads])
     # Acknowledged only once the transaction above has committed: a crash before this line
     # leaves the entries pending, and whoever claims them applies them again harmlessly.
     client.xack(quota_redis.STREAM, quota_redis.GROUP, *[entry_id for entry_id, _ in entries])

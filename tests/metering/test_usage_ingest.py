@@ -1,0 +1,192 @@
+"""Usage events on the wire and their ingestion: the COPY-line format, events of other versions,
+duplicates in one batch, the set-based ledger updates, and parallel consumers.
+
+Runs on SQLite and on PostgreSQL (the COPY path); needs a real Redis like test_quota_redis."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import uuid
+from decimal import Decimal
+
+import pytest
+import redis
+from django.core.management import call_command
+from django.utils import timezone
+
+from budgets.models import Allowance, CostCenterSpend
+from metering import quota_redis
+from metering.models import UsageRecord, VirtualKey
+from metering.selectors import KeyInfo
+from metering.usage_stream import (
+    FORMAT,
+    Charge,
+    UsageEvent,
+    event_decode,
+    event_encode,
+    format_names,
+    group_ensure,
+    stream_drain,
+    usage_events_apply,
+)
+from tests.metering.test_quota_redis import make_key, rds  # noqa: F401  (fixture)
+
+AWKWARD = "tab\there, new\nline, cr\r, back\\slash, \\N, \\., ünïcode ✓"
+
+
+def event_for(info: KeyInfo, **values: object) -> UsageEvent:
+    record = UsageRecord(
+        request_id="req_" + uuid.uuid4().hex,
+        created_at=timezone.now(),
+        employee_id=info.employee_id,
+        key_id=info.key_id,
+        cost_center_id=info.cost_center_id,
+        model="gpt-4o-mini",
+        endpoint="chat",
+        input_tokens=10,
+        output_tokens=20,
+        cost=Decimal("0.0000123456"),
+        status_code=200,
+        **values,
+    )
+    charge = Charge(
+        allowance_id=info.limits.allowance_id,
+        unit="tokens",
+        amount=Decimal(30),
+        cost=Decimal("0.0000123456"),
+        cost_center_ids=(info.cost_center_id,),
+        fiscal_year=info.limits.fiscal_year,
+        key_id=info.key_id,
+        key_tokens=30,
+    )
+    return UsageEvent.of(record, charge)
+
+
+def push(client: redis.Redis, payloads: list[str | bytes]) -> None:
+    group_ensure(client)
+    for payload in payloads:
+        client.xadd(quota_redis.STREAM, {"e": payload})
+
+
+def test_the_wire_form_round_trips_awkward_text_exactly() -> None:
+    record = UsageRecord(
+        request_id="req_1",
+        created_at=dt.datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=dt.UTC),
+        employee_id=1,
+        cost_center_id=2,
+        model=AWKWARD,
+        endpoint="chat",
+        error_type="\\",
+        ttft_ms=None,
+        cost=Decimal("0.0000000001"),
+        status_code=200,
+        streamed=True,
+        input_tokens=12,
+    )
+    charge = Charge(None, "usd", Decimal("1E-10"), Decimal("0"), (3, 7), 2026, None, 0)
+    event = UsageEvent.of(record, charge)
+    line = event_encode(event)
+    assert "\n" not in line and "\r" not in line and line.startswith(FORMAT + "\t")
+    decoded = event_decode(line.encode())
+    assert decoded.values == event.values
+    assert decoded.charge == Charge(
+        None, "usd", Decimal("1E-10"), Decimal(0), (3, 7), 2026, None, 0
+    )
+
+
+def test_awkward_values_reach_the_database_exactly(rds: redis.Redis) -> None:  # noqa: F811
+    info = make_key()
+    event = event_for(info, intent=AWKWARD, error_type="x\\ty", ttft_ms=None, streamed=True)
+    push(rds, [event_encode(event)])
+    assert stream_drain(client=quota_redis.sync_client()) == 1
+    record = UsageRecord.objects.get()
+    assert record.intent == AWKWARD and record.error_type == "x\\ty"
+    assert record.ttft_ms is None and record.streamed is True
+    assert record.cost == Decimal("0.0000123456")
+    assert record.created_at == event.values["created_at"]
+
+
+def test_a_batch_charges_each_new_record_once_and_sums_per_row(rds: redis.Redis) -> None:  # noqa: F811
+    info = make_key(amount=10_000)
+    allowance = Allowance.objects.get(pk=info.limits.allowance_id)
+    VirtualKey.objects.filter(pk=info.key_id).update(cap_tokens=10_000)
+    events = [event_for(info) for _ in range(5)]
+    assert usage_events_apply(events=events[:2]) == 2
+    # Already recorded (2), new (3), and one of the new ones twice in the same batch.
+    batch = [*events, events[4]]
+    push(rds, [event_encode(e) for e in batch])
+    assert stream_drain(client=quota_redis.sync_client()) == 3
+    assert UsageRecord.objects.count() == 5
+    allowance.refresh_from_db()
+    assert allowance.used == 150, "five calls of 30 tokens, each charged once"
+    assert VirtualKey.objects.get(pk=info.key_id).used_tokens == 150
+    spend = CostCenterSpend.objects.get(cost_center_id=info.cost_center_id)
+    assert spend.spent == Decimal("0.0000617280") and spend.reserved == 0
+    assert rds.xpending(quota_redis.STREAM, quota_redis.GROUP)["pending"] == 0
+
+
+def test_a_duplicate_within_one_direct_batch_is_charged_once(rds: redis.Redis) -> None:  # noqa: F811
+    info = make_key()
+    event = event_for(info)
+    assert usage_events_apply(events=[event, event]) == 1
+    assert Allowance.objects.get(pk=info.limits.allowance_id).used == 30
+
+
+def _legacy_json(event: UsageEvent) -> str:
+    """An event as versions before the COPY-line form wrote it."""
+    record = {
+        name: value.isoformat()
+        if isinstance(value, dt.datetime)
+        else str(value)
+        if isinstance(value, Decimal)
+        else value
+        for name, value in event.values.items()
+    }
+    c = event.charge
+    charge = [c.allowance_id, c.unit, str(c.amount), str(c.cost)]
+    charge += [list(c.cost_center_ids), c.fiscal_year, c.key_id, c.key_tokens]
+    return json.dumps({"r": record, "c": charge}, separators=(",", ":"))
+
+
+def test_events_of_other_versions_are_read(rds: redis.Redis) -> None:  # noqa: F811
+    info = make_key()
+    legacy, older, current = event_for(info), event_for(info), event_for(info)
+    # A version whose records had no `intent` column and an extra one this version dropped.
+    tag, names = "u1.0ldversion00", format_names()[1].replace(",intent", "") + ",gone"
+    rds.hset(quota_redis.FORMATS, tag, names)
+    cells = event_encode(older).split("\t")
+    values = dict(zip(format_names()[1].split(","), cells[1:], strict=False))
+    old_cells = [values.get(n, "dropped") for n in names.split(",")]
+    old_line = "\t".join([tag, *old_cells, *cells[1 + len(values) :]])
+    push(rds, [_legacy_json(legacy), old_line, event_encode(current)])
+    assert stream_drain(client=quota_redis.sync_client()) == 3
+    ids = set(UsageRecord.objects.values_list("request_id", flat=True))
+    assert ids == {legacy.request_id, older.request_id, current.request_id}
+    assert UsageRecord.objects.get(request_id=older.request_id).intent == "", "model default"
+    assert Allowance.objects.get(pk=info.limits.allowance_id).used == 90
+
+
+def test_an_event_of_an_unknown_format_stops_the_batch_unacknowledged(
+    rds: redis.Redis,  # noqa: F811
+) -> None:
+    info = make_key()
+    line = event_encode(event_for(info)).replace(FORMAT, "u1.unregistered0", 1)
+    push(rds, [line])
+    with pytest.raises(ValueError, match="unknown format"):
+        stream_drain(client=quota_redis.sync_client())
+    assert not UsageRecord.objects.exists()
+    assert rds.xpending(quota_redis.STREAM, quota_redis.GROUP)["pending"] == 1
+
+
+def test_parallel_consumers_record_everything_once(rds: redis.Redis) -> None:  # noqa: F811
+    info = make_key(amount=100_000)
+    events = [event_for(info) for _ in range(300)]
+    push(rds, [event_encode(e) for e in events])
+    out = io.StringIO()
+    call_command("consume_usage", once=True, processes=2, batch=40, stdout=out)
+    assert out.getvalue().startswith("300 usage records written")
+    assert UsageRecord.objects.count() == 300
+    assert Allowance.objects.get(pk=info.limits.allowance_id).used == 9000
+    assert rds.xpending(quota_redis.STREAM, quota_redis.GROUP)["pending"] == 0

@@ -66,7 +66,8 @@ def prepare(args: argparse.Namespace) -> None:
     )
     print(f"rollup and close in {time.perf_counter() - t:.1f} s", flush=True)
     users = get_user_model()
-    users.objects.create_superuser("bench-admin", "admin@example.com", "x")
+    admin = users.objects.create_superuser("bench-admin", "admin@example.com", "x")
+    catalogue(admin)
     finance = users.objects.create_user("bench-finance", "finance@example.com", "x")
     finance.groups.add(Group.objects.get_or_create(name="finance")[0])
     employee = users.objects.create_user("bench-employee", "e0@example.com", "x")
@@ -78,6 +79,38 @@ def prepare(args: argparse.Namespace) -> None:
         )
 
 
+def catalogue(admin: object) -> None:
+    """Routes and prices for the generated models, and policies through the service (so the
+    editor's audit trail has rows): every parent cost center gets one with a downgrade rule,
+    changed a few times."""
+    import datetime as dt
+    from decimal import Decimal
+
+    from budgets.models import CostCenter
+    from budgets.services import policy_set
+    from metering.models import ModelPrice, ModelRoute, Upstream
+
+    upstream = Upstream.objects.create(
+        name="bench", kind="openai", base_url="http://127.0.0.1:9/v1", credential_env="BENCH_KEY"
+    )
+    start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    for name in ("gpt-a", "gpt-b", "claude-c"):
+        ModelRoute.objects.create(public_name=name, upstream=upstream, upstream_model=name)
+        for months, source in ((0, "catalog"), (6, "catalog"), (9, "override")):
+            ModelPrice.objects.create(
+                model=name, input_per_mtok=Decimal("2.5") - months / Decimal(10),
+                output_per_mtok=Decimal(10), source=source,
+                effective_from=start + dt.timedelta(days=30 * months),
+            )  # fmt: skip
+    for center in CostCenter.objects.filter(parent__isnull=True):
+        for allowance in (500_000, 750_000, 1_000_000):
+            policy_set(
+                actor=admin, cost_center=center, source="admin",
+                data={"default_allowance": Decimal(allowance), "alert_thresholds": [50, 80],
+                      "downgrade_models": {"gpt-a": "gpt-b"}, "downgrade_at_percent": 80},
+            )  # fmt: skip
+
+
 def measure() -> list[tuple[str, str, float, float]]:
     from django.contrib.auth import get_user_model
     from django.db import reset_queries
@@ -85,11 +118,16 @@ def measure() -> list[tuple[str, str, float, float]]:
     from django.test.utils import override_settings
 
     from billing.models import ChargebackStatement
-    from budgets.models import Employee
+    from budgets.models import CostCenter, Employee
+    from metering.models import ModelRoute, Upstream
 
     users = get_user_model()
     statement = ChargebackStatement.objects.order_by("-total_units").first()
     someone = Employee.objects.order_by("-id").first()
+    parent = CostCenter.objects.filter(parent__isnull=True).order_by("id").first()
+    leaf = CostCenter.objects.filter(parent__isnull=False).order_by("-id").first()
+    route = ModelRoute.objects.order_by("id").first()
+    upstream = Upstream.objects.order_by("id").first()
     pages = {
         "bench-employee": ["/me/"],
         "bench-admin": [
@@ -100,7 +138,13 @@ def measure() -> list[tuple[str, str, float, float]]:
             "/manage/employees/?q=Employee+99",
             f"/manage/employees/{someone.pk}/",
             "/manage/policies/",
+            f"/manage/policies/{parent.pk}/",  # its own policy and its audit trail
+            f"/manage/policies/{leaf.pk}/",  # inherited from its parent
             "/manage/models/",
+            "/manage/models/routes/new/",
+            f"/manage/models/routes/{route.pk}/",
+            f"/manage/models/upstreams/{upstream.pk}/",
+            "/manage/models/prices/new/",
         ],
         "bench-finance": [
             "/finance/statements/?period=2026-01",

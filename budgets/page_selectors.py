@@ -213,6 +213,11 @@ def audit_changes(before: dict | None, after: dict | None) -> str:
     return "; ".join(parts)
 
 
+def cost_center_choices(*, user: Any) -> list[CostCenter]:
+    """Visible cost centers for a picker: code and name only, by code."""
+    return list(roles.visible_cost_centers(user).only("pk", "code", "name").order_by("code"))
+
+
 def routed_model_names() -> list[str]:
     """Public model names of every route, for the policy editor's model pickers. Routes live in
     metering, which imports budgets; asking the app registry keeps the import arrow one way."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -275,7 +276,7 @@ def policies(request: HttpRequest) -> HttpResponse:
     if is_admin and (chosen := request.GET.get("cost_center", "")).isdigit():
         return redirect("pages:policy-edit", pk=int(chosen))
     rows = selectors.policy_list(user=user).order_by("cost_center__code")
-    centers = selectors.cost_center_list(user=user).order_by("code") if is_admin else []
+    centers = page_selectors.cost_center_choices(user=user) if is_admin else []
     return render(
         request,
         "budgets/policies.html",
@@ -416,10 +417,7 @@ def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
                 if unchanged:
                     messages.info(request, "Nothing changed.")
                 else:
-                    messages.success(
-                        request,
-                        f"Policy of {center.name} saved; running proxies apply it within seconds.",
-                    )
+                    messages.success(request, f"Policy of {center.name} saved.")
                 return redirect("pages:policy-edit", pk=center.pk)
     models_ = page_selectors.routed_model_names()
     known = set(models_)
@@ -439,6 +437,7 @@ def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
         "limit_modes": Policy.LimitMode.choices,
         "over_budget_choices": Policy.OverBudget.choices,
         "events": page_selectors.policy_audit(policy=own),
+        "cache_seconds": settings.TB_KEY_CACHE_SECONDS,
     }
     return render(request, "budgets/policy_edit.html", context, status=400 if errors else 200)
 

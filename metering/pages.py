@@ -179,7 +179,7 @@ def route_new(request: HttpRequest) -> HttpResponse:
             except ValidationError as exc:
                 errors = _field_errors(exc, form)
             else:
-                messages.success(request, f"Route {made.public_name} added. {_cache_note()}")
+                messages.success(request, f"Route {made.public_name} added.")
                 return redirect("pages:routes")
     return _route_page(request, None, form, errors)
 
@@ -198,7 +198,7 @@ def route_edit(request: HttpRequest, pk: int) -> HttpResponse:
             except ValidationError as exc:
                 errors = _field_errors(exc, form)
             else:
-                messages.success(request, f"Route {saved.public_name} saved. {_cache_note()}")
+                messages.success(request, f"Route {saved.public_name} saved.")
                 return redirect("pages:routes")
     return _route_page(request, route, form, errors)
 
@@ -241,7 +241,7 @@ def upstream_edit(request: HttpRequest, pk: int) -> HttpResponse:
             except ValidationError as exc:
                 errors = _field_errors(exc, form)
             else:
-                messages.success(request, f"Upstream {saved.name} saved. {_cache_note()}")
+                messages.success(request, f"Upstream {saved.name} saved.")
                 return redirect("pages:routes")
     context = {
         "nav": "routes",
@@ -312,8 +312,7 @@ def price_new(request: HttpRequest) -> HttpResponse:
                 messages.success(
                     request,
                     f"Price override for {made.model} from "
-                    f"{timezone.localtime(made.effective_from):%Y-%m-%d %H:%M} added. "
-                    + _cache_note(),
+                    f"{timezone.localtime(made.effective_from):%Y-%m-%d %H:%M} added.",
                 )
                 return redirect("pages:routes")
     context = {

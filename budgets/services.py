@@ -33,6 +33,7 @@ from django.db.models import F
 from budgets import ledger
 from budgets.audit import audit_record, snapshot
 from budgets.fiscal import fiscal_year_bounds
+from budgets.invalidation import invalidation_publish
 from budgets.models import (
     Adjustment,
     Allowance,
@@ -197,6 +198,7 @@ def cost_center_update(
     fields = dict(data)
     managers = fields.pop("managers", None)
     with transaction.atomic():
+        invalidation_publish(cache="keys")  # proxies cache what this changes
         cost_center = CostCenter.objects.select_for_update().get(pk=cost_center.pk)
         before = _cost_center_snapshot(cost_center)
         if "parent" in fields:
@@ -290,6 +292,7 @@ def employee_update(
     if "email" in fields:
         fields["email"] = _normalize_email(fields["email"])
     with transaction.atomic():
+        invalidation_publish(cache="keys")  # proxies cache what this changes
         employee = Employee.objects.select_for_update().get(pk=employee.pk)
         to_cost_center = fields.pop("cost_center", None)
         if to_cost_center is not None and to_cost_center.pk != employee.cost_center_id:
@@ -331,6 +334,7 @@ def employee_deactivate(*, actor: Actor, employee: Employee, source: Source = "a
     """Mark the employee inactive (idempotent). The end date and allowance are left as they are:
     setting an end date would shrink a prorated grant below what may already be spent."""
     with transaction.atomic():
+        invalidation_publish(cache="keys")  # proxies cache what this changes
         employee = Employee.objects.select_for_update().get(pk=employee.pk)
         if not employee.active:
             return employee
@@ -366,6 +370,7 @@ def employee_move(
     if effective_date > today():
         raise _invalid("effective_date", "A move cannot take effect in the future.")
     with transaction.atomic():
+        invalidation_publish(cache="keys")  # proxies cache what this changes
         employee = Employee.objects.select_for_update().get(pk=employee.pk)
         if to_cost_center.pk == employee.cost_center_id:
             raise _invalid("cost_center", "The employee is already in this cost center.")
@@ -471,6 +476,7 @@ def allowance_create(
     )
     allowance.full_clean()
     with transaction.atomic():
+        invalidation_publish(cache="keys")  # proxies cache what this changes
         allowance.save()
         audit_record(
             actor=actor, action="create", obj=allowance, after=snapshot(allowance), source=source
@@ -489,6 +495,7 @@ def allowance_update(
     """Change the grant's terms. `used`, `reserved` and `adjustments_total` are never set here:
     they move only through the quota ledger and adjustments."""
     with transaction.atomic():
+        invalidation_publish(cache="keys")  # proxies cache what this changes
         allowance = _lock_allowance(allowance.pk)
         before = snapshot(allowance)
         changed = _apply(
@@ -548,6 +555,7 @@ def adjustment_create(
     """Append a signed adjustment and add it to the allowance's cached total in one
     transaction (with F(), so a concurrent ledger update is never overwritten)."""
     with transaction.atomic():
+        invalidation_publish(cache="keys")  # proxies cache what this changes
         locked = _lock_allowance(allowance.pk)
         adjustment_check(allowance=locked, kind=kind, amount=amount, reason=reason)
         adjustment = Adjustment(
@@ -597,6 +605,7 @@ def allowance_rollover(
     if allowance.rollover != Allowance.Rollover.PERCENT or not allowance.rollover_percent:
         return None
     with transaction.atomic():
+        invalidation_publish(cache="keys")  # proxies cache what this changes
         source_allowance = _lock_allowance(allowance.pk)
         employee = source_allowance.employee
         following = Allowance.objects.filter(
@@ -689,6 +698,7 @@ def policy_set(
     """Create or change the policy of `cost_center` (its subtree inherits it, see
     `policy_resolve`)."""
     with transaction.atomic():
+        invalidation_publish(cache="keys")  # proxies cache what this changes
         policy = Policy.objects.select_for_update().filter(cost_center=cost_center).first()
         created = policy is None
         if policy is None:

@@ -22,6 +22,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from budgets.audit import audit_record, snapshot
+from budgets.invalidation import invalidation_publish
 from metering import cache
 from metering.models import ModelPrice, ModelRoute, Upstream
 
@@ -85,6 +86,7 @@ def _set(instance: Any, data: dict[str, Any], allowed: tuple[str, ...]) -> list[
 
 def _routes_changed() -> None:
     transaction.on_commit(cache.routes.invalidate)
+    invalidation_publish(cache="routes")  # every other proxy process, once committed
 
 
 def _check_upstream(upstream: Upstream) -> None:

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from budgets import ledger, sql
 from budgets.audit import audit_record, snapshot
+from budgets.invalidation import invalidation_publish
 from budgets.models import Employee
 from budgets.quota import Hold, quota_release, quota_reserve, quota_settle
 from metering import cache
@@ -75,6 +76,7 @@ def key_revoke(*, key: VirtualKey, actor: Any, source: str = "api") -> VirtualKe
                 after=_key_audit(key),
                 source=source,
             )
+            invalidation_publish(cache="keys", entry=key.key_hash)
         cache.keys.invalidate(key.key_hash)
     return key
 

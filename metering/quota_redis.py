@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -60,7 +62,8 @@ RESERVE = (
 -- KEYS: 1 hold, 2 holds index, 3 key rate window, 4 employee rate window, 5.. counters
 -- ARGV: 1 hold expiry (unix s), 2 prompt tokens, 3 max output, 4 min output, 5 clamp (1/0),
 --       6 key rpm, 7 key tpm, 8 employee rpm, 9 employee tpm (0: none), 10 window ttl,
---       11 retry after, 12 counters, then per counter: limit, input rate, output rate, expire at
+--       11 retry after, 12 counters, then per counter: limit, input rate, output rate, expire at,
+--       then the owner (the process taking the hold, see `process_id`)
 local n = tonumber(ARGV[12])
 local missing = {}
 for i = 1, n do
@@ -115,7 +118,7 @@ for i = 1, n do
 end
 
 local amounts = {}
-redis.call('HSET', KEYS[1], 's', 'o', 'n', n)
+redis.call('HSET', KEYS[1], 's', 'o', 'n', n, 'p', ARGV[13 + n * 4])
 for i = 1, n do
   local base = 12 + (i - 1) * 4
   local a = cost(tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), allowed)
@@ -170,29 +173,102 @@ return 1
 """
 )
 
+_LUA_RELEASE = """
+-- Give an open hold back: its amounts leave the counters' `reserved` and it is marked expired
+-- ('x'), so a late settle still charges (without giving the hold back twice).
+local function release(h, tombstone_ttl)
+  local n = tonumber(redis.call('HGET', h, 'n') or '0')
+  for i = 1, n do
+    local k, a = redis.call('HGET', h, 'k' .. i), redis.call('HGET', h, 'a' .. i)
+    if k and a and a ~= '0' and redis.call('EXISTS', k) == 1 then
+      redis.call('HINCRBY', k, 'reserved', int(-tonumber(a)))
+    end
+  end
+  redis.call('HSET', h, 's', 'x')
+  redis.call('EXPIRE', h, tombstone_ttl)
+end
+"""
+
 SWEEP = (
     _LUA_HELPERS
+    + _LUA_RELEASE
     + """
 -- KEYS: 1 holds index; ARGV: 1 now (unix s), 2 most holds per run, 3 tombstone ttl
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, h in ipairs(due) do
-  if redis.call('HGET', h, 's') == 'o' then
-    local n = tonumber(redis.call('HGET', h, 'n') or '0')
-    for i = 1, n do
-      local k, a = redis.call('HGET', h, 'k' .. i), redis.call('HGET', h, 'a' .. i)
-      if k and a and a ~= '0' and redis.call('EXISTS', k) == 1 then
-        redis.call('HINCRBY', k, 'reserved', int(-tonumber(a)))
-      end
-    end
-    -- Expired, not closed: a late settle still charges (without giving the hold back twice).
-    redis.call('HSET', h, 's', 'x')
-    redis.call('EXPIRE', h, ARGV[3])
-  end
+  if redis.call('HGET', h, 's') == 'o' then release(h, ARGV[3]) end
   redis.call('ZREM', KEYS[1], h)
 end
 return #due
 """
 )
+
+RELEASE_DEAD = (
+    _LUA_HELPERS
+    + _LUA_RELEASE
+    + """
+-- KEYS: 1 holds index; ARGV: 1 liveness key prefix, 2 start, 3 most holds per run,
+--       4 tombstone ttl. Gives back open holds whose owner's liveness key is gone; holds
+--       without an owner (taken by an older version) are left to the sweep.
+local holds = redis.call('ZRANGE', KEYS[1], ARGV[2], tonumber(ARGV[2]) + tonumber(ARGV[3]) - 1)
+local released, removed = 0, 0
+for _, h in ipairs(holds) do
+  local state, owner = unpack(redis.call('HMGET', h, 's', 'p'))
+  if state == 'o' and owner and redis.call('EXISTS', ARGV[1] .. owner) == 0 then
+    release(h, ARGV[4])
+    redis.call('ZREM', KEYS[1], h)
+    released, removed = released + 1, removed + 1
+  elseif not state then
+    redis.call('ZREM', KEYS[1], h)  -- the hold itself is gone: nothing left to give back
+    removed = removed + 1
+  end
+end
+return {#holds, released, removed}
+"""
+)
+
+ABANDON = (
+    _LUA_HELPERS
+    + _LUA_RELEASE
+    + """
+-- KEYS: 1 hold, 2 holds index; ARGV: 1 tombstone ttl. A hold whose call never started.
+if redis.call('HGET', KEYS[1], 's') ~= 'o' then return 0 end
+release(KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], KEYS[1])
+return 1
+"""
+)
+
+RESERVED_RECOMPUTE = """
+-- KEYS: 1 holds index, 2.. counters. Sets each existing counter's `reserved` to the sum of the
+-- open holds on it (atomically: no hold opens or closes meanwhile). Returns the changes as
+-- counter, old, new triples.
+local sums = {}
+for _, h in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('HGET', h, 's') == 'o' then
+    local n = tonumber(redis.call('HGET', h, 'n') or '0')
+    for i = 1, n do
+      local k, a = redis.call('HGET', h, 'k' .. i), redis.call('HGET', h, 'a' .. i)
+      if k and a then sums[k] = (sums[k] or 0) + tonumber(a) end
+    end
+  end
+end
+local changed = {}
+for i = 2, #KEYS do
+  local current = redis.call('HGET', KEYS[i], 'reserved')
+  if current then
+    local want = string.format('%.0f', sums[KEYS[i]] or 0)
+    if current ~= want then
+      redis.call('HSET', KEYS[i], 'reserved', want)
+      changed[#changed + 1] = KEYS[i]
+      changed[#changed + 1] = current
+      changed[#changed + 1] = want
+    end
+  end
+end
+return changed
+"""
+
 
 SEED = """
 -- KEYS: counters; ARGV: per counter its used amount and its expiry (unix s)
@@ -256,6 +332,44 @@ def _window(scope: str, ident: int, now: float) -> str:
     return f"tb:rl:{scope}:{ident}:{int(now // 60)}"
 
 
+# --- this process's liveness ----------------------------------------------------------------
+
+LIVE_PREFIX = "tb:live:"
+LIVE_TTL = 30  # seconds a process counts as alive after its last heartbeat
+LIVE_INTERVAL = 5  # seconds between heartbeats
+_PROCESS = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def process_id() -> str:
+    """This process, as the owner recorded in its holds (new after a fork)."""
+    global _PROCESS
+    if _PROCESS.split(":")[1] != str(os.getpid()):
+        _PROCESS = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return _PROCESS
+
+
+async def _heartbeat(client: aioredis.Redis, owner: str) -> None:
+    """Keep `tb:live:<owner>` alive while this event loop runs. A process whose key lapsed
+    (dead, or unable to reach Redis for LIVE_TTL seconds) has its open holds given back by
+    `holds_release_dead`; should it come back, its settles still charge exactly once."""
+    while True:
+        await asyncio.sleep(LIVE_INTERVAL)
+        try:
+            await client.set(LIVE_PREFIX + owner, 1, ex=LIVE_TTL)
+        except UNAVAILABLE:
+            continue  # reserves fail meanwhile too; the next beat retries
+
+
+async def _alive(state: _AsyncState) -> str:
+    """This process's owner id, its liveness key written before its first hold."""
+    owner = process_id()
+    if state.owner != owner:
+        await state.client.set(LIVE_PREFIX + owner, 1, ex=LIVE_TTL)
+        state.owner = owner
+        state.heartbeat = asyncio.ensure_future(_heartbeat(state.client, owner))
+    return owner
+
+
 # --- clients ---------------------------------------------------------------------------------
 
 
@@ -273,6 +387,8 @@ class _AsyncState:
     client: aioredis.Redis
     scripts: dict[str, Any]
     formats: set[str] = field(default_factory=set)
+    owner: str = ""
+    heartbeat: asyncio.Future | None = None
 
 
 _async_state: _AsyncState | None = None
@@ -403,6 +519,8 @@ async def reserve(
     missing (it loads them from the database and runs the seed script), then the reserve
     runs again."""
     client, scripts = async_client()
+    assert _async_state is not None
+    owner = await _alive(_async_state)
     now = time.time()
     budgets = budgets_for(info, now)
     hold_id = uuid.uuid4()
@@ -435,6 +553,7 @@ async def reserve(
             _rate(estimate.output_price_per_token, budget.unit),
             budget.expire_at,
         ]
+    args.append(owner)
     for _ in range(3):
         result = await scripts["reserve"](keys=keys, args=args, client=client)
         status = _text(result[0])
@@ -526,6 +645,39 @@ def holds_sweep(*, now: float | None = None, limit: int = 1000) -> int:
     client = sync_client()
     script = client.register_script(SWEEP)
     return int(script(keys=[HOLDS], args=[int(now or time.time()), limit, TOMBSTONE_TTL]))
+
+
+def holds_release_dead(*, limit: int = 1000) -> int:
+    """Give back the open holds of processes that are gone (their liveness key lapsed: see
+    `_heartbeat`), however young the holds are. Safe to run any time. Returns how many."""
+    client = sync_client()
+    script = client.register_script(RELEASE_DEAD)
+    released = start = 0
+    while True:
+        seen, count, removed = script(keys=[HOLDS], args=[LIVE_PREFIX, start, limit, TOMBSTONE_TTL])
+        released += int(count)
+        if int(seen) < limit:
+            return released
+        start += int(seen) - int(removed)  # removed holds left the index
+
+
+def reserved_recompute(names: list[str]) -> list[tuple[str, int, int]]:
+    """Set the counters' `reserved` to the sum of the open holds on them (in one step);
+    returns (counter, old, new) for each one that was off."""
+    if not names:
+        return []
+    client = sync_client()
+    answer = client.register_script(RESERVED_RECOMPUTE)(keys=[HOLDS, *names])
+    return [
+        (_text(answer[i]), int(answer[i + 1]), int(answer[i + 2])) for i in range(0, len(answer), 3)
+    ]
+
+
+async def abandon(*, held: RedisHold) -> bool:
+    """Give back a hold whose call never started (its caller left during the reserve)."""
+    client, _ = async_client()
+    keys = [f"tb:h:{held.hold.reservation_id.hex}", HOLDS]
+    return bool(await client.register_script(ABANDON)(keys=keys, args=[TOMBSTONE_TTL]))
 
 
 def counter_set_if_unchanged(name: str, read: str, value: int) -> bool:

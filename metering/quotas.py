@@ -23,6 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 
@@ -98,11 +99,8 @@ async def reserve(
 ) -> AnyHold | ledger.Refusal | quota_redis.RateLimited:
     if settings.REDIS_URL and info.limits is not None and redis_health.usable():
         try:
-            return await quota_redis.reserve(
-                info=info,
-                estimate=estimate,
-                min_output_tokens=min_output_tokens,
-                seed=_seed,
+            return await _redis_reserve(
+                info=info, estimate=estimate, min_output_tokens=min_output_tokens
             )
         except quota_redis.UNAVAILABLE as exc:
             redis_health.failed(exc)
@@ -113,6 +111,34 @@ async def reserve(
         if mode == "open":
             return _unheld(info, estimate)
     return await _db_reserve(info=info, estimate=estimate, min_output_tokens=min_output_tokens)
+
+
+async def _redis_reserve(**kwargs: Any) -> Any:
+    pending = asyncio.ensure_future(quota_redis.reserve(seed=_seed, **kwargs))
+    try:
+        return await asyncio.shield(pending)
+    except asyncio.CancelledError:
+        # The client left while the hold was being taken: give it back once it exists, rather
+        # than leave it to the sweep.
+        pending.add_done_callback(_abandon_redis_hold)
+        raise
+
+
+def _abandon_redis_hold(pending: asyncio.Future) -> None:
+    if pending.cancelled() or pending.exception() is not None:
+        return
+    held = pending.result()
+    if isinstance(held, quota_redis.RedisHold):
+        task = asyncio.ensure_future(quota_redis.abandon(held=held))
+        _background.add(task)
+        task.add_done_callback(_abandoned)
+
+
+def _abandoned(task: asyncio.Task) -> None:
+    _background.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        # Redis went away meanwhile: the owner's liveness or the sweep gives it back later.
+        log.warning("abandoned hold not given back", extra={"error": repr(task.exception())})
 
 
 async def _db_reserve(**kwargs: object) -> CallHold | ledger.Refusal:

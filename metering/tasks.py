@@ -7,7 +7,7 @@ from celery import shared_task
 from django.conf import settings
 
 from metering import quota_redis
-from metering.usage_stream import quotas_reconcile, stream_drain
+from metering.usage_stream import holds_reconcile, quotas_reconcile, stream_drain
 
 _REDIS_DOWN = quota_redis.UNAVAILABLE
 
@@ -28,15 +28,19 @@ def usage_stream_drain() -> int:
 
 @shared_task(acks_late=True, ignore_result=True, autoretry_for=_REDIS_DOWN, retry_backoff=True)
 def quota_holds_sweep() -> int:
-    """Give back Redis holds of calls whose process died before settling."""
+    """Give back Redis holds of calls whose process died before settling: at once when the
+    process is gone (its liveness key lapsed), else when the hold's 30 minutes are up."""
     if not settings.REDIS_URL:
         return 0
-    return quota_redis.holds_sweep()
+    return quota_redis.holds_release_dead() + quota_redis.holds_sweep()
 
 
 @shared_task(acks_late=True, ignore_result=True, autoretry_for=_REDIS_DOWN, retry_backoff=True)
 def quota_counters_reconcile() -> int:
-    """Nightly: report and repair drift between the Redis counters and the database."""
+    """Nightly: report and repair drift between the Redis counters and the database (`used`),
+    and between the counters and their open holds (`reserved`, after giving back dead holds)."""
     if not settings.REDIS_URL:
         return 0
-    return len(quotas_reconcile(repair=True))
+    drifts = quotas_reconcile(repair=True)
+    holds = holds_reconcile()
+    return len(drifts) + len(holds.reserved)

@@ -687,3 +687,29 @@ def quotas_reconcile(*, repair: bool = True, client: redis.Redis | None = None) 
             extra={"counter": name, "redis": int(used), "database": expected, "repaired": repaired},
         )
     return drifts
+
+
+@dataclass(frozen=True)
+class HoldsRepair:
+    released: int  # open holds of processes that are gone, given back
+    reserved: list[tuple[str, int, int]]  # counters whose `reserved` was off: (name, was, now)
+
+
+def holds_reconcile(*, client: redis.Redis | None = None) -> HoldsRepair:
+    """Give back the holds no live call can close, then set every counter's `reserved` to
+    the sum of the open holds on it.
+
+    A hold is provably dead when the process that took it is gone: each proxy process keeps a
+    liveness key (`tb:live:<process>`, renewed every 5 s, lapsing after 30 s) and records
+    itself in its holds, so a hold whose owner's key lapsed cannot be closed by its owner.
+    (Should a process that lost Redis for longer come back, its late settle still charges once
+    and gives nothing back twice.) Holds of live processes are left alone however old, since
+    a stream may run long; holds without an owner (older versions) wait for the sweep. A hold
+    whose caller left during the reserve is given back by the proxy itself."""
+    client = client or quota_redis.sync_client()
+    released = quota_redis.holds_release_dead()
+    names = sorted(_decode(n) for n in client.scan_iter(match="tb:q:*", count=1000))
+    fixes = quota_redis.reserved_recompute(names)
+    for name, was, now in fixes:
+        log.warning("quota reserved drift", extra={"counter": name, "redis": was, "holds": now})
+    return HoldsRepair(released, fixes)

@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from metering.usage_stream import quotas_reconcile
+from metering.usage_stream import holds_reconcile, quotas_reconcile
 
 
 class Command(BaseCommand):
@@ -26,3 +26,12 @@ class Command(BaseCommand):
                 f"{drift.counter}: redis {drift.redis_used} database {drift.database_used} {state}"
             )
         self.stdout.write(f"{len(drifts)} counters drifted")
+        if options["dry_run"]:
+            return
+        holds = holds_reconcile()
+        for name, was, now in holds.reserved:
+            self.stdout.write(f"{name}: reserved {was} open holds {now} repaired")
+        self.stdout.write(
+            f"{holds.released} dead holds given back, "
+            f"{len(holds.reserved)} reserved counters repaired"
+        )

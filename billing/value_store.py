@@ -38,6 +38,7 @@ from billing.value import (
 from budgets import roles
 from budgets.audit import audit_record, snapshot
 from budgets.fiscal import add_months
+from budgets.invalidation import invalidation_publish
 from metering.models import Intent
 
 FIGURES = (
@@ -215,6 +216,7 @@ def intent_recommendations_apply(*, start: dt.date, end: dt.date, now: dt.dateti
             intent.recommended_model = target
             intent.recommended_at = now if target else None
             intent.save(update_fields=["recommended_model", "recommended_at", "updated_at"])
+            invalidation_publish(cache="intents", entry=intent.name)  # auto:<intent> routing
             audit_record(
                 actor=JOB,
                 action="recommend" if target else "unrecommend",

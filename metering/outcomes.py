@@ -26,6 +26,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import Max, Sum
 
 from budgets import roles
+from budgets.invalidation import invalidation_publish
 from budgets.models import CostCenter
 from metering.models import Intent, ModelRoute, Outcome, UsageRecord
 
@@ -218,6 +219,7 @@ def intent_save(
     default_model = default_model.strip()
     if default_model and not ModelRoute.objects.filter(public_name=default_model).exists():
         raise _invalid("default_model", f"No model route is named {default_model!r}.")
+    previous = instance.name if instance is not None else None
     intent = instance or Intent()
     intent.name = name.strip()
     intent.description = description
@@ -225,12 +227,15 @@ def intent_save(
     intent.expected_value = expected_value
     intent.default_model = default_model
     intent.full_clean()
-    if intent.pk is None:
-        intent.save()
-    else:
-        # Only what the admin edits: the value job writes the recommendation meanwhile, and a
-        # form opened before it ran must not put the old one back.
-        intent.save(update_fields=[*_INTENT_EDITED, "updated_at"])
+    with transaction.atomic():
+        if intent.pk is None:
+            intent.save()
+        else:
+            # Only what the admin edits: the value job writes the recommendation meanwhile, and
+            # a form opened before it ran must not put the old one back.
+            intent.save(update_fields=[*_INTENT_EDITED, "updated_at"])
+        for name in {intent.name, previous} - {None}:
+            invalidation_publish(cache="intents", entry=name)  # auto:<intent> routing
     return intent
 
 

@@ -28,7 +28,7 @@ from metering.cache import TTLCache
 AUTO_PREFIX = "auto:"
 
 # Intent name -> its alias candidates; cached like keys and routes (same lifetime bound).
-intents: TTLCache[selectors.IntentRoute] = TTLCache(selectors.intent_route_load)
+intents: TTLCache[selectors.IntentRoute] = TTLCache(selectors.intent_route_load, name="intents")
 
 
 def alias_intent(model: str) -> str | None:

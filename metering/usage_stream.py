@@ -344,6 +344,9 @@ def usage_payloads_apply(*, payloads: list[bytes]) -> int:
     with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         raw = cursor.cursor  # the driver's own cursor: COPY, and server-side parameters
         raw.execute(_stage_create_sql())
+        # Emptied at commit; emptied here too, since several applications may share one
+        # transaction (the database fallback's batching runner).
+        raw.execute(f"DELETE FROM {_STAGE}")
         # The batch is sorted and kept in memory once (a few MB for thousands of events);
         # the default work_mem would spill both to temporary files.
         raw.execute("SET LOCAL work_mem = '64MB'")

@@ -41,6 +41,7 @@ from django.utils import timezone
 
 from budgets import ledger
 from budgets.audit import audit_bulk, audit_event, snapshot
+from budgets.invalidation import invalidation_publish
 from budgets.models import Allowance, AuditEvent, CostCenter, Employee, EmployeeMove, Release, Unit
 from budgets.quota import allowance_released, current_fiscal_year, today
 from budgets.selectors import policy_resolve_many
@@ -570,6 +571,7 @@ def roster_import(
             )
             plan = _plan(roster, dry_run=False, day=day)
         _apply(plan, actor=actor, source=source, day=day)
+        invalidation_publish(cache="keys")  # proxies cache employees and allowances
     return plan.result
 
 

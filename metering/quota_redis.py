@@ -7,10 +7,12 @@ reloads on NOSCRIPT), so a reserve, a settle or a release is one atomic step and
   draws on (the key's own cap, the allowance, each capped cost center), then the hold.
 - `close` (settle and release): moves the hold to `used`, counts tokens per minute, and XADDs the
   usage event to the stream in the same step, so the charge and its event are never apart.
-- `sweep`: gives back holds of processes that died mid-call.
+- `sweep`: gives back holds past their 30 minutes; `release dead`: holds of processes whose
+  liveness key lapsed (`holds_release_dead`); `abandon`: a hold whose call never started.
 - `seed`: creates missing counters from the database (only if still missing, so a burst of
   calls that all found a counter missing seeds it once).
-- `reconcile`: sets a counter to the database's value if it did not move meanwhile.
+- `reconcile`: sets a counter to the database's value if it did not move meanwhile;
+  `reserved recompute`: sets counters' `reserved` to the sum of their open holds.
 
 Counters hold only `used` and `reserved`, as integers: tokens, or USD in units of 1e-10 (the
 database's own precision). Limits travel with each call (`KeyInfo.limits`, cached at most 4 s),
@@ -356,8 +358,8 @@ async def _heartbeat(client: aioredis.Redis, owner: str) -> None:
         await asyncio.sleep(LIVE_INTERVAL)
         try:
             await client.set(LIVE_PREFIX + owner, 1, ex=LIVE_TTL)
-        except UNAVAILABLE:
-            continue  # reserves fail meanwhile too; the next beat retries
+        except (redis.RedisError, OSError):
+            continue  # reserves fail meanwhile too (say, a failover); the next beat retries
 
 
 async def _alive(state: _AsyncState) -> str:
@@ -661,16 +663,20 @@ def holds_release_dead(*, limit: int = 1000) -> int:
         start += int(seen) - int(removed)  # removed holds left the index
 
 
-def reserved_recompute(names: list[str]) -> list[tuple[str, int, int]]:
-    """Set the counters' `reserved` to the sum of the open holds on them (in one step);
-    returns (counter, old, new) for each one that was off."""
-    if not names:
-        return []
+def reserved_recompute(names: list[str], *, chunk: int = 1000) -> list[tuple[str, int, int]]:
+    """Set the counters' `reserved` to the sum of the open holds on them; returns (counter,
+    old, new) for each one that was off. Each chunk of counters is one script run, exact on its
+    own (the sums are taken in the same step), so Redis is never blocked for long."""
     client = sync_client()
-    answer = client.register_script(RESERVED_RECOMPUTE)(keys=[HOLDS, *names])
-    return [
-        (_text(answer[i]), int(answer[i + 1]), int(answer[i + 2])) for i in range(0, len(answer), 3)
-    ]
+    script = client.register_script(RESERVED_RECOMPUTE)
+    changed: list[tuple[str, int, int]] = []
+    for start in range(0, len(names), chunk):
+        answer = script(keys=[HOLDS, *names[start : start + chunk]])
+        changed += [
+            (_text(answer[i]), int(answer[i + 1]), int(answer[i + 2]))
+            for i in range(0, len(answer), 3)
+        ]
+    return changed
 
 
 async def abandon(*, held: RedisHold) -> bool:

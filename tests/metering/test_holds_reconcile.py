@@ -69,6 +69,10 @@ def test_reserved_is_recomputed_from_the_open_holds(rds: redis.Redis) -> None:  
     assert repair.reserved == [(name, -40, 50)]
     assert counter(rds, name) == {"used": 0, "reserved": 50}
     assert holds_reconcile().reserved == [], "nothing left to repair"
+    rds.hset(name, "reserved", 7)
+    missing = quota_redis.allowance_counter(10**9)  # no such counter: left alone
+    assert quota_redis.reserved_recompute([missing, name], chunk=1) == [(name, 7, 50)]
+    assert not rds.exists(missing)
 
 
 def test_a_hold_whose_caller_left_during_the_reserve_is_given_back(

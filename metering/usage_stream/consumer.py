@@ -1,0 +1,214 @@
+"""The stream consumer: consumer-group reads, application, acknowledgement after commit, claims
+of entries a dead consumer left pending, safe trimming, and the stream's lag."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
+from django.db import connection as db_connection
+
+from metering import quota_redis
+from metering.usage_stream.apply import usage_events_apply, usage_payloads_apply
+from metering.usage_stream.events import _PREFIX, event_decode, event_encode
+
+log = logging.getLogger("tokenbudget.ingest")
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{time.time_ns()}"
+
+
+def group_ensure(client: redis.Redis) -> None:
+    """Create the consumer group reading from the stream's start (id 0): nothing appended
+    before the first consumer ran is skipped."""
+    try:
+        client.xgroup_create(quota_redis.STREAM, quota_redis.GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _in_this_format(client: redis.Redis, payloads: list[bytes]) -> list[bytes]:
+    """Rewrite events of other versions (JSON, or another field list) into this one's form."""
+    if all(p.startswith(_PREFIX) for p in payloads):
+        return payloads
+    names: dict[bytes, str | None] = {}
+    out = []
+    for payload in payloads:
+        if payload.startswith(_PREFIX):
+            out.append(payload)
+            continue
+        tag = payload.split(b"\t", 1)[0]
+        if not payload.startswith(b"{") and tag not in names:
+            found = client.hget(quota_redis.FORMATS, tag)
+            names[tag] = found.decode() if found is not None else None
+        event = event_decode(payload, names.get(tag))
+        out.append(event_encode(event).encode())
+    return out
+
+
+def _apply_entries(client: redis.Redis, entries: list[tuple[bytes, dict]]) -> int:
+    if not entries:
+        return 0
+    payloads = _in_this_format(client, [fields[b"e"] for _, fields in entries])
+    if connection.vendor == "postgresql":
+        new = usage_payloads_apply(payloads=payloads)
+    else:
+        new = usage_events_apply(events=[event_decode(p) for p in payloads])
+    # Acknowledged only once the transaction above has committed: a crash before this line
+    # leaves the entries pending, and whoever claims them applies them again harmlessly.
+    client.xack(quota_redis.STREAM, quota_redis.GROUP, *[entry_id for entry_id, _ in entries])
+    return new
+
+
+def stream_drain(
+    *,
+    client: redis.Redis | None = None,
+    consumer: str | None = None,
+    batch: int | None = None,
+    block_ms: int = 1000,
+    claim_idle_ms: int | None = None,
+    until_empty: bool = True,
+    stop: Any = None,
+) -> int:
+    """Drain the usage stream into the database; returns how many records were new.
+
+    Each round first claims entries another consumer left pending longer than `claim_idle_ms`
+    (it died mid-batch), then reads new entries. With `until_empty` it returns once a read
+    finds nothing; otherwise it runs until `stop()` is true."""
+    client = client or quota_redis.consumer_client(block_ms)
+    consumer = consumer or consumer_name()
+    batch = batch or settings.TB_USAGE_BATCH
+    claim_idle_ms = settings.TB_USAGE_CLAIM_IDLE_MS if claim_idle_ms is None else claim_idle_ms
+    total = 0
+    rounds = 0
+    grouped = False
+    while not (stop and stop()):
+        try:
+            if not grouped:  # inside the retry: a consumer may start while Redis is down
+                group_ensure(client)
+                grouped = True
+            new, read_any = _drain_round(
+                client, consumer, batch, block_ms, claim_idle_ms, until_empty
+            )
+        except quota_redis.UNAVAILABLE as exc:
+            if until_empty:
+                raise
+            # Redis restarting: the entries are still there (and pending ones stay pending).
+            log.warning("usage stream unavailable", extra={"error": type(exc).__name__})
+            time.sleep(1.0)
+            continue
+        except (OperationalError, InterfaceError) as exc:
+            if until_empty:
+                raise
+            # The database went away mid-batch: nothing was acknowledged, so nothing is lost.
+            log.warning("database unavailable", extra={"error": type(exc).__name__})
+            db_connection.close()
+            time.sleep(1.0)
+            continue
+        total += new
+        rounds += 1
+        if rounds % 20 == 0 or not read_any:
+            stream_trim(client)
+        if until_empty and not read_any:
+            break
+    return total
+
+
+def _drain_round(
+    client: redis.Redis,
+    consumer: str,
+    batch: int,
+    block_ms: int,
+    claim_idle_ms: int,
+    until_empty: bool,
+) -> tuple[int, bool]:
+    """One round: claim entries left pending by dead consumers, then read new ones."""
+    _, claimed, _ = client.xautoclaim(
+        quota_redis.STREAM,
+        quota_redis.GROUP,
+        consumer,
+        min_idle_time=claim_idle_ms,
+        start_id="0-0",
+        count=batch,
+    )
+    new = _apply_entries(client, [e for e in claimed if e[1]])
+    answer = client.xreadgroup(
+        quota_redis.GROUP,
+        consumer,
+        {quota_redis.STREAM: ">"},
+        count=batch,
+        block=None if until_empty else block_ms,
+    )
+    entries = answer[0][1] if answer else []
+    new += _apply_entries(client, entries)
+    return new, bool(entries or claimed)
+
+
+def stream_trim(client: redis.Redis) -> None:
+    """Trim what every group has acknowledged: everything older than the oldest pending entry
+    and not newer than what was delivered. Unacknowledged entries are never trimmed."""
+    safe: str | None = None
+    for group in client.xinfo_groups(quota_redis.STREAM):
+        last = group["last-delivered-id"]
+        candidate = last.decode() if isinstance(last, bytes) else str(last)
+        if group["pending"]:
+            summary = client.xpending(quota_redis.STREAM, group["name"])
+            oldest = summary["min"]
+            candidate = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
+        if safe is None or _id_key(candidate) < _id_key(safe):
+            safe = candidate
+    if safe and safe != "0-0":
+        client.xtrim(quota_redis.STREAM, minid=safe, approximate=False)
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(frozen=True)
+class StreamLag:
+    pending: int  # delivered, not yet acknowledged
+    undelivered: int  # not yet read by the group
+    oldest_seconds: float  # age of the oldest entry not yet applied (0 when none)
+
+
+def stream_lag(client: redis.Redis | None = None) -> StreamLag:
+    client = client or quota_redis.sync_client()
+    try:
+        groups = client.xinfo_groups(quota_redis.STREAM)
+    except redis.ResponseError:
+        return StreamLag(0, 0, 0.0)  # no stream yet
+    if not groups:
+        length = client.xlen(quota_redis.STREAM)
+        return StreamLag(0, length, 0.0)
+    group = groups[0]
+    lag = group.get("lag") or 0
+    oldest = 0.0
+    if group["pending"]:
+        first = client.xpending(quota_redis.STREAM, group["name"])["min"]
+        oldest = _age(first)
+    elif lag:
+        first = client.xrange(
+            quota_redis.STREAM, min=f"({_decode(group['last-delivered-id'])}", count=1
+        )
+        if first:
+            oldest = _age(first[0][0])
+    return StreamLag(int(group["pending"]), int(lag), oldest)
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _age(entry_id: Any) -> float:
+    ms = _id_key(_decode(entry_id))[0]
+    return max(0.0, time.time() - ms / 1000)

@@ -352,33 +352,44 @@ def test_kill_9_of_a_proxy_worker_mid_stream(
     world = _world(production, mock_upstream_url)
     assert asyncio.run(_load(world, calls=8, concurrency=8)) == [200] * 8  # both workers warm
 
-    async def run() -> list[int | str]:
+    async def run() -> tuple[int, list[int | str]]:
         load = asyncio.ensure_future(_streams(world, 40))
         await asyncio.sleep(0.8)
         victim = await asyncio.to_thread(_busiest_worker, production.port)
         assert victim is not None and victim != production.proxy.pid
         os.kill(victim, signal.SIGKILL)
-        return await load
+        return victim, await load
 
-    results = asyncio.run(run())
+    victim, results = asyncio.run(run())
     assert results.count("connection") > 0, "some streams were on the killed worker"
     assert results.count(200) + results.count("connection") == 40
     assert_recorded_exactly_once(world)
-    # The dead worker's holds are given back by the sweep (run here as if their time was up).
+    # The dead worker's liveness key lapses 30 s after its last beat (deleted here instead of
+    # waiting): its open holds are then provably dead and given back at once, not after the
+    # 30 minutes the sweep waits for holds whose owner is unknown.
+    client = redis_server.client()
+    beats = list(client.scan_iter(match=f"{quota_redis.LIVE_PREFIX}*:{victim}:*"))
+    assert len(beats) == 1, beats
+    client.delete(*beats)
+    assert int(client.hget(quota_redis.allowance_counter(world.allowance.pk), "reserved")) > 0
     env = {**os.environ, **production.env}
-    subprocess.run(
+    answer = subprocess.run(
         [
             sys.executable,
             "-c",
             "import django; django.setup(); from metering import quota_redis; "
-            "quota_redis.holds_sweep(now=10**10)",
+            "print(quota_redis.holds_release_dead(), quota_redis.holds_sweep(now=10**10))",
         ],
         cwd=servers.ROOT,
         env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"},
         check=True,
         timeout=30,
+        capture_output=True,
+        text=True,
     )
-    counter = redis_server.client().hgetall(quota_redis.allowance_counter(world.allowance.pk))
+    released, swept = (int(n) for n in answer.stdout.split())
+    assert released > 0 and swept == 0, "given back as dead holds, none left for the sweep"
+    counter = client.hgetall(quota_redis.allowance_counter(world.allowance.pk))
     assert int(counter[b"reserved"]) == 0
     assert Decimal(int(counter[b"used"])) == Allowance.objects.get(pk=world.allowance.pk).used
 

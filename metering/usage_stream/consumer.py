@@ -3,9 +3,11 @@ of entries a dead consumer left pending, safe trimming, and the stream's lag."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,57 +82,71 @@ def stream_drain(
 ) -> int:
     """Drain the usage stream into the database; returns how many records were new.
 
-    Each round first claims entries another consumer left pending longer than `claim_idle_ms`
+    Each read first claims entries another consumer left pending longer than `claim_idle_ms`
     (it died mid-batch), then reads new entries. With `until_empty` it returns once a read
-    finds nothing; otherwise it runs until `stop()` is true."""
+    finds nothing; otherwise it runs until `stop()` is true.
+
+    While a batch is written, the next one is read (and parsed) on a reader thread: the thread
+    waits on Redis and this one on PostgreSQL, so the two overlap. A batch read ahead is
+    pending in the group like any other until its own commit is acknowledged."""
     client = client or quota_redis.consumer_client(block_ms)
-    consumer = consumer or consumer_name()
-    batch = batch or settings.TB_USAGE_BATCH
-    claim_idle_ms = settings.TB_USAGE_CLAIM_IDLE_MS if claim_idle_ms is None else claim_idle_ms
+    read = functools.partial(
+        _read,
+        client,
+        consumer or consumer_name(),
+        batch or settings.TB_USAGE_BATCH,
+        block_ms,
+        settings.TB_USAGE_CLAIM_IDLE_MS if claim_idle_ms is None else claim_idle_ms,
+        until_empty,
+    )
     total = 0
     rounds = 0
     grouped = False
-    while not (stop and stop()):
-        try:
-            if not grouped:  # inside the retry: a consumer may start while Redis is down
-                group_ensure(client)
-                grouped = True
-            new, read_any = _drain_round(
-                client, consumer, batch, block_ms, claim_idle_ms, until_empty
-            )
-        except quota_redis.UNAVAILABLE as exc:
-            if until_empty:
-                raise
-            # Redis restarting: the entries are still there (and pending ones stay pending).
-            log.warning("usage stream unavailable", extra={"error": type(exc).__name__})
-            time.sleep(1.0)
-            continue
-        except (OperationalError, InterfaceError) as exc:
-            if until_empty:
-                raise
-            # The database went away mid-batch: nothing was acknowledged, so nothing is lost.
-            log.warning("database unavailable", extra={"error": type(exc).__name__})
-            db_connection.close()
-            time.sleep(1.0)
-            continue
-        total += new
-        rounds += 1
-        if rounds % 20 == 0 or not read_any:
-            stream_trim(client)
-        if until_empty and not read_any:
-            break
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-read") as reader:
+        ahead: Future | None = None
+        while ahead is not None or not (stop and stop()):
+            try:
+                if not grouped:  # inside the retry: a consumer may start while Redis is down
+                    group_ensure(client)
+                    grouped = True
+                pending, ahead = ahead, None
+                entries = pending.result() if pending is not None else read()
+                if entries and not (stop and stop()):
+                    ahead = reader.submit(read)
+                total += _apply_entries(client, entries)
+            except quota_redis.UNAVAILABLE as exc:
+                if until_empty:
+                    raise
+                # Redis restarting: the entries are still there (and pending ones stay pending).
+                log.warning("usage stream unavailable", extra={"error": type(exc).__name__})
+                time.sleep(1.0)
+                continue
+            except (OperationalError, InterfaceError) as exc:
+                if until_empty:
+                    raise
+                # The database went away mid-batch: nothing was acknowledged, so nothing is
+                # lost (the batch is claimed again once idle).
+                log.warning("database unavailable", extra={"error": type(exc).__name__})
+                db_connection.close()
+                time.sleep(1.0)
+                continue
+            rounds += 1
+            if rounds % 20 == 0 or not entries:
+                stream_trim(client)
+            if until_empty and not entries and ahead is None:
+                break
     return total
 
 
-def _drain_round(
+def _read(
     client: redis.Redis,
     consumer: str,
     batch: int,
     block_ms: int,
     claim_idle_ms: int,
     until_empty: bool,
-) -> tuple[int, bool]:
-    """One round: claim entries left pending by dead consumers, then read new ones."""
+) -> list[tuple[bytes, dict]]:
+    """Entries left pending by dead consumers, then new ones (delivered to `consumer`)."""
     _, claimed, _ = client.xautoclaim(
         quota_redis.STREAM,
         quota_redis.GROUP,
@@ -139,17 +155,15 @@ def _drain_round(
         start_id="0-0",
         count=batch,
     )
-    new = _apply_entries(client, [e for e in claimed if e[1]])
+    entries = [e for e in claimed if e[1]]
     answer = client.xreadgroup(
         quota_redis.GROUP,
         consumer,
         {quota_redis.STREAM: ">"},
         count=batch,
-        block=None if until_empty else block_ms,
+        block=None if until_empty or entries else block_ms,
     )
-    entries = answer[0][1] if answer else []
-    new += _apply_entries(client, entries)
-    return new, bool(entries or claimed)
+    return entries + (answer[0][1] if answer else [])
 
 
 def stream_trim(client: redis.Redis) -> None:

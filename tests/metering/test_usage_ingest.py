@@ -190,3 +190,20 @@ def test_parallel_consumers_record_everything_once(rds: redis.Redis) -> None:  #
     assert UsageRecord.objects.count() == 300
     assert Allowance.objects.get(pk=info.limits.allowance_id).used == 9000
     assert rds.xpending(quota_redis.STREAM, quota_redis.GROUP)["pending"] == 0
+
+
+def test_a_consumer_told_to_stop_writes_the_batch_it_read_ahead(rds: redis.Redis) -> None:  # noqa: F811
+    info = make_key(amount=100_000)
+    push(rds, [event_encode(event_for(info)) for _ in range(100)])
+    written = stream_drain(
+        client=quota_redis.consumer_client(200),
+        batch=10,
+        block_ms=200,
+        until_empty=False,
+        stop=lambda: UsageRecord.objects.exists(),
+    )
+    # The first batch, and the one read while it was written; nothing left delivered and
+    # unacknowledged.
+    assert written == 20 == UsageRecord.objects.count()
+    assert rds.xpending(quota_redis.STREAM, quota_redis.GROUP)["pending"] == 0
+    assert Allowance.objects.get(pk=info.limits.allowance_id).used == 600

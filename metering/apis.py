@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from budgets import roles
+from budgets.invalidation import invalidation_publish
 from budgets.models import Employee
 from metering import cache, services
 from metering.models import ModelPrice, ModelRoute, Upstream, UsageRecord, VirtualKey
@@ -105,10 +106,12 @@ class UpstreamViewSet(viewsets.ModelViewSet):
     def perform_create(self, serializer) -> None:
         serializer.save()
         cache.routes.invalidate()
+        invalidation_publish(cache="routes")
 
     def perform_update(self, serializer) -> None:
         serializer.save()
         cache.routes.invalidate()
+        invalidation_publish(cache="routes")
 
 
 class ModelRouteViewSet(viewsets.ModelViewSet):
@@ -121,10 +124,12 @@ class ModelRouteViewSet(viewsets.ModelViewSet):
     def perform_create(self, serializer) -> None:
         serializer.save()
         cache.routes.invalidate()
+        invalidation_publish(cache="routes")
 
     def perform_update(self, serializer) -> None:
         serializer.save()
         cache.routes.invalidate()
+        invalidation_publish(cache="routes")
 
 
 class ModelPriceViewSet(viewsets.ModelViewSet):
@@ -139,10 +144,12 @@ class ModelPriceViewSet(viewsets.ModelViewSet):
     def perform_create(self, serializer) -> None:
         serializer.save(source=ModelPrice.Source.OVERRIDE)
         cache.routes.invalidate()
+        invalidation_publish(cache="routes")
 
     def perform_update(self, serializer) -> None:
         serializer.save()
         cache.routes.invalidate()
+        invalidation_publish(cache="routes")
 
 
 class UsageFilter(django_filters.FilterSet):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
 from budgets.models import CostCenter, Employee
@@ -277,6 +278,12 @@ class ValueReportPeriod(models.Model):
         help_text="When the last computation started (the figures are as of then)."
     )
     changed_at = models.DateTimeField(help_text="When the stored rows last changed.")
+    comparison = models.JSONField(
+        default=list,
+        blank=True,
+        encoder=DjangoJSONEncoder,
+        help_text="The period's model comparison (default rule), as the API returns it.",
+    )
 
     class Meta:
         ordering = ["-since"]

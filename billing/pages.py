@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
@@ -21,7 +22,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from billing import exports, page_selectors, personal, selectors, stripe_api, value
+from billing import exports, page_selectors, personal, selectors, stripe_api, value_store
 from billing.models import ChargebackStatement, StatementLine
 from billing.statements import (
     StatementStateError,
@@ -355,11 +356,16 @@ def value_page(request: HttpRequest) -> HttpResponse:
     if dimension not in VALUE_DIMENSIONS:
         dimension = "cost_center"
     end = (period + dt.timedelta(days=32)).replace(day=1)
-    rows = value.value_report(dimension=dimension, start=period, end=end, user=request.user)
-    valued = [r for r in rows if Decimal(r["value"]) > 0]
+    report = value_store.value_report_page(
+        dimension=dimension,
+        start=period,
+        end=end,
+        user=request.user,
+        number=request.GET.get("page"),
+    )
     chart = None
-    if valued:
-        bars = sorted(valued, key=lambda r: -Decimal(r["value"]))[:12]
+    if report.chart_rows:
+        bars = report.chart_rows
         chart = bar_chart(
             [
                 Bar(r["key"] or "(none)", Decimal(r["value"]), note=f"cost {money(r['cost'])}")
@@ -374,8 +380,11 @@ def value_page(request: HttpRequest) -> HttpResponse:
         "dimension": dimension,
         "dimensions": VALUE_DIMENSIONS,
         "dimension_label": VALUE_DIMENSIONS[dimension],
-        "rows": rows,
+        "rows": report.rows,
+        "page": report.page,
+        "query": urlencode({"period": f"{period:%Y-%m}", "dimension": dimension}),
+        "served": report,
         "chart": chart,
-        "comparison": value.model_comparison(start=period, end=end, user=request.user),
+        "comparison": value_store.comparison_served(start=period, end=end, user=request.user),
     }
     return render(request, "billing/value.html", context)

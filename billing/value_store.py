@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.paginator import Page, Paginator
 from django.db import transaction
 from django.utils import timezone
 
@@ -135,6 +136,7 @@ def value_report_store(*, period: dt.date, now: dt.datetime) -> ValueReportPerio
         raise ValueError(f"{period} is not the first day of a month")
     since, until = period, add_months(period, 1)
     computed = _compute(since, until)
+    comparison = model_comparison(start=since, end=until, user=_everyone())
     complete = until <= timezone.localtime(now, local_tz()).date()
     with transaction.atomic():
         header, created = ValueReportPeriod.objects.select_for_update().get_or_create(
@@ -157,6 +159,7 @@ def value_report_store(*, period: dt.date, now: dt.datetime) -> ValueReportPerio
         if created or stale or fresh:
             header.changed_at = now
         header.until, header.complete, header.computed_at = until, complete, now
+        header.comparison = comparison
         header.save()
     if since == last_complete_month(now):
         intent_recommendations_apply(start=since, end=until, now=now)
@@ -277,3 +280,62 @@ def value_report_served(
         computed_at=now,
         complete=end <= timezone.localtime(now, local_tz()).date(),
     )
+
+
+def comparison_served(*, start: dt.date, end: dt.date, user: Any) -> list[dict[str, Any]]:
+    """The stored model comparison of [start, end) for those who see everything, else the
+    comparison computed now within what `user` may see."""
+    if roles.sees_all(user):
+        header = ValueReportPeriod.objects.filter(since=start, until=end).first()
+        if header is not None:
+            return header.comparison
+    return model_comparison(start=start, end=end, user=user)
+
+
+@dataclass(frozen=True)
+class ReportPage:
+    """One page of a report for the Value page: its rows, the rows worth charting (the most
+    valuable, whatever page), and where the figures come from."""
+
+    page: Page
+    rows: list[dict[str, Any]]
+    chart_rows: list[dict[str, Any]]
+    stored: bool
+    computed_at: dt.datetime
+    complete: bool
+
+
+def value_report_page(
+    *, dimension: str, start: dt.date, end: dt.date, user: Any, number: Any, per_page: int = 50
+) -> ReportPage:
+    """Like `value_report_served`, one page at a time: a stored report is paged in the
+    database (a month by employee has one row per employee), a computed one in memory."""
+    header = None
+    if roles.sees_all(user):
+        header = ValueReportPeriod.objects.filter(since=start, until=end).first()
+    if header is not None:
+        stored = header.rows.filter(dimension=dimension)
+        page = Paginator(stored.order_by("-cost_units", "key"), per_page).get_page(number)
+        valued = stored.filter(value_units__gt=0).order_by("-value_units", "key")[:CHART_ROWS]
+        return ReportPage(
+            page=page,
+            rows=[row_group(r).as_dict() for r in page.object_list],
+            chart_rows=[row_group(r).as_dict() for r in valued],
+            stored=True,
+            computed_at=header.computed_at,
+            complete=header.complete,
+        )
+    served = value_report_served(dimension=dimension, start=start, end=end, user=user, fresh=True)
+    page = Paginator(served.rows, per_page).get_page(number)
+    valued = [r for r in served.rows if Decimal(r["value"]) > 0]
+    return ReportPage(
+        page=page,
+        rows=list(page.object_list),
+        chart_rows=sorted(valued, key=lambda r: -Decimal(r["value"]))[:CHART_ROWS],
+        stored=False,
+        computed_at=served.computed_at,
+        complete=served.complete,
+    )
+
+
+CHART_ROWS = 12

@@ -253,3 +253,64 @@ def test_recommended_model_rule() -> None:
     assert recommended_model(entry, "c") == ""
     assert recommended_model(entry, "") == "c"  # from b: busiest with a, and dearer
     assert recommended_model(None, "a") == ""
+
+
+@pytest.mark.parametrize("dimension", list(DIMENSIONS))
+def test_pages_of_a_stored_report_read_like_the_computed_report(cast, march, dimension) -> None:
+    from billing.value_store import value_report_page, value_report_served
+
+    admin = cast.users["admin"]
+    args = {"dimension": dimension, "start": MARCH, "end": dt.date(2026, 4, 1), "user": admin}
+    computed = value_report_served(**args).rows
+
+    def paged() -> tuple[list[dict], list[bool], list[dict]]:
+        first = value_report_page(**args, number=1, per_page=1)
+        pages = [
+            value_report_page(**args, number=n, per_page=1) for n in first.page.paginator.page_range
+        ]
+        return [r for p in pages for r in p.rows], [p.stored for p in pages], first.chart_rows
+
+    rows, stored, chart = paged()
+    assert rows == computed and not any(stored)
+    value_report_store(period=MARCH, now=APRIL_2ND)
+    stored_rows_, stored, stored_chart = paged()
+    assert stored_rows_ == computed and all(stored)
+    assert stored_chart == chart  # the most valuable rows, whichever page they are on
+    assert [r["key"] for r in chart] == [
+        r["key"]
+        for r in sorted(computed, key=lambda r: -Decimal(r["value"]))
+        if Decimal(r["value"]) > 0
+    ][:12]
+
+
+def test_the_stored_comparison_reads_like_the_computed_one(cast) -> None:
+    import json
+
+    from django.core.serializers.json import DjangoJSONEncoder
+
+    from billing.value import model_comparison
+    from billing.value_store import comparison_served
+
+    _compare_fixture(cast, big=(80, 20), small=(95, 5))
+    end = dt.date(2026, 4, 1)
+    admin = cast.users["admin"]
+    computed = model_comparison(start=MARCH, end=end, user=admin)
+    assert computed[0]["recommendations"], "the fixture recommends a switch"
+    value_report_store(period=MARCH, now=APRIL_2ND)
+    assert comparison_served(start=MARCH, end=end, user=admin) == json.loads(
+        json.dumps(computed, cls=DjangoJSONEncoder)
+    )
+    # A manager's view is always computed within their subtree.
+    manager = cast.users["manager"]
+    assert comparison_served(start=MARCH, end=end, user=manager) == model_comparison(
+        start=MARCH, end=end, user=manager
+    )
+
+
+def test_the_value_page_shows_the_stored_month_and_its_recommendation(cast, client) -> None:
+    _compare_fixture(cast, big=(80, 20), small=(95, 5))
+    value_report_store(period=MARCH, now=APRIL_2ND)
+    client.force_login(cast.users["admin"])
+    page = client.get("/value/", {"period": "2026-03", "dimension": "model"}).content.decode()
+    assert "Stored by the hourly value job at 2026-04-02" in page
+    assert "Switch <strong>big</strong> to <strong>small</strong>" in page

@@ -339,14 +339,20 @@ def _window(scope: str, ident: int, now: float) -> str:
 LIVE_PREFIX = "tb:live:"
 LIVE_TTL = 30  # seconds a process counts as alive after its last heartbeat
 LIVE_INTERVAL = 5  # seconds between heartbeats
-_PROCESS = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _new_process_id() -> None:
+    global _PROCESS
+    _PROCESS = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+_PROCESS = ""
+_new_process_id()
+os.register_at_fork(after_in_child=_new_process_id)  # a forked worker is a new owner
 
 
 def process_id() -> str:
     """This process, as the owner recorded in its holds (new after a fork)."""
-    global _PROCESS
-    if _PROCESS.split(":")[1] != str(os.getpid()):
-        _PROCESS = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     return _PROCESS
 
 

@@ -13,7 +13,8 @@ database created next to the one DATABASE_URL names (dropped at the end). Prints
 - ingestion: usage events per second from the stream into PostgreSQL (`--events`), drained
   by `consume_usage --once` with 1 and 2 consumer processes (`--consumers 1,2`).
 
-`--parts ingestion` measures only the ingestion.
+`--parts ingestion` measures only the ingestion. `--litellm` adds the same load against the
+LiteLLM proxy with as many workers (no database: its lightest set-up), for the ratio.
 """
 
 from __future__ import annotations
@@ -193,6 +194,11 @@ def main() -> None:
     parser.add_argument(
         "--parts", default="proxy,ingestion", help="proxy, ingestion or both (comma-separated)"
     )
+    parser.add_argument(
+        "--litellm",
+        action="store_true",
+        help="also run the LiteLLM proxy with as many workers (installed into bench/.litellm-venv)",
+    )
     args = parser.parse_args()
     admin_url = os.environ.get("DATABASE_URL", "")
     if not admin_url.startswith("postgres"):
@@ -230,15 +236,27 @@ def main() -> None:
         for workers in [int(w) for w in args.workers.split(",")] if "proxy" in parts else []:
             port = servers.free_port()
             proxy = servers.start_proxy(port, server_env, workers=workers)
+            targets = ["direct", "tokenbudget"]
+            litellm = None
+            if args.litellm:
+                litellm_port = servers.free_port()
+                litellm = base.start_litellm(
+                    litellm_port, urls["instant"], urls["slow"], workers=workers
+                )
+                targets.append("litellm")
             print(f"\n=== {workers} worker(s) ===")
             try:
                 for upstream in upstreams:
                     for stream in (False, True):
                         for concurrency in levels:
-                            for target in ("direct", "tokenbudget"):
+                            for target in targets:
                                 if target == "direct":
                                     url, headers = f"{urls[upstream]}/v1/chat/completions", {}
                                     model = "gpt-4o-mini"
+                                elif target == "litellm":
+                                    url = f"http://127.0.0.1:{litellm_port}/v1/chat/completions"
+                                    headers = {"authorization": "Bearer sk-bench-master"}
+                                    model = f"bench-{upstream}"
                                 else:
                                     url = f"http://127.0.0.1:{port}/v1/chat/completions"
                                     headers = {"authorization": f"Bearer {key}"}
@@ -279,6 +297,8 @@ def main() -> None:
                     processes.append(consumer)
             finally:
                 servers.stop(proxy)
+                if litellm is not None:
+                    servers.stop(litellm)
         consumer.terminate()
         consumer.wait(timeout=60)
         for consumers in (

@@ -159,7 +159,15 @@ def start_litellm(port: int, instant: str, slow: str, workers: int = 1) -> subpr
         ],
         port,
         # No database: LiteLLM's lightest set-up. It refuses to start keyless.
-        {"LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": "sk-bench-master"},
+        {
+            "LITELLM_LOG": "ERROR",
+            "LITELLM_MASTER_KEY": "sk-bench-master",
+            # Its bundled price list: no network here, and no fetch on the measured path.
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            # Not the benchmark's own database and Redis (LiteLLM reads these names too).
+            "DATABASE_URL": None,
+            "REDIS_URL": None,
+        },
     )
 
 

@@ -37,6 +37,11 @@ def group_ensure(client: redis.Redis) -> None:
             raise
 
 
+def _group_gone(exc: redis.ResponseError) -> bool:
+    message = str(exc)
+    return message.startswith("NOGROUP") or "no longer exists" in message
+
+
 def _in_this_format(client: redis.Redis, payloads: list[bytes]) -> list[bytes]:
     """Rewrite events of other versions (JSON, or another field list) into this one's form."""
     if all(p.startswith(_PREFIX) for p in payloads):
@@ -120,6 +125,15 @@ def stream_drain(
                 # Redis restarting: the entries are still there (and pending ones stay pending).
                 log.warning("usage stream unavailable", extra={"error": type(exc).__name__})
                 time.sleep(1.0)
+                continue
+            except redis.ResponseError as exc:
+                if not _group_gone(exc):
+                    raise
+                # The stream or its group was deleted (a flush, or a Redis restarted without
+                # its data): whatever was in it is gone from Redis either way; recreate the
+                # group and go on with what is appended from now on.
+                log.error("usage stream group missing; recreating it", extra={"error": str(exc)})
+                grouped = False
                 continue
             except (OperationalError, InterfaceError) as exc:
                 if until_empty:

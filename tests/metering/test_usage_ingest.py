@@ -207,3 +207,25 @@ def test_a_consumer_told_to_stop_writes_the_batch_it_read_ahead(rds: redis.Redis
     assert written == 20 == UsageRecord.objects.count()
     assert rds.xpending(quota_redis.STREAM, quota_redis.GROUP)["pending"] == 0
     assert Allowance.objects.get(pk=info.limits.allowance_id).used == 600
+
+
+def test_a_consumer_recreates_a_deleted_stream_group_and_goes_on(rds: redis.Redis) -> None:  # noqa: F811
+    info = make_key(amount=100_000)
+    push(rds, [event_encode(event_for(info))])
+    rounds = {"n": 0}
+
+    def stop() -> bool:
+        rounds["n"] += 1
+        if rounds["n"] == 3:  # once the first event is in: the stream and its group vanish
+            rds.delete(quota_redis.STREAM)
+            rds.xadd(quota_redis.STREAM, {"e": event_encode(event_for(info))})
+        return UsageRecord.objects.count() >= 2 or rounds["n"] > 50
+
+    written = stream_drain(
+        client=quota_redis.consumer_client(100),
+        batch=10,
+        block_ms=100,
+        until_empty=False,
+        stop=stop,
+    )
+    assert written == 2 == UsageRecord.objects.count()

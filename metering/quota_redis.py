@@ -595,7 +595,9 @@ async def reserve(
         clamped=output_tokens < estimate.max_output_tokens,
         cost_center_ids=tuple(c for c, _, _ in info.limits.cost_center_caps),
         fiscal_year=info.limits.fiscal_year,
-        remaining=from_units(result[2], unit),
+        # Counted from the grant, like the database ledger (the script counts from the limit,
+        # which includes a soft overage).
+        remaining=from_units(result[2], unit) - (info.limits.limit - info.limits.granted),
     )
     return RedisHold(
         hold=hold,

@@ -38,19 +38,17 @@ def alias_intent(model: str) -> str | None:
     return None
 
 
-def consumed_share_reached(info: selectors.KeyInfo, hold: Hold, *, in_redis: bool) -> bool:
+def consumed_share_reached(info: selectors.KeyInfo, hold: Hold) -> bool:
     """True when, as this hold was taken, the allowance's consumption (used plus other calls'
     holds) had reached the policy's downgrade share of the allowance (its grant, without a soft
-    overage). The Redis hold's `remaining` counts from the limit with the overage, the
-    database's from the grant."""
+    overage; a hold's `remaining` counts from the grant on both quota backends)."""
     percent = info.downgrade_at_percent
     limits = info.limits
     if percent is None or limits is None or limits.granted <= 0:
         return False
     if hold.allowance_id != limits.allowance_id:
         return False
-    before = hold.remaining + hold.amount
-    consumed = (limits.limit if in_redis else limits.granted) - before
+    consumed = limits.granted - (hold.remaining + hold.amount)
     return consumed * 100 >= limits.granted * Decimal(percent)
 
 

@@ -525,9 +525,7 @@ async def _maybe_downgrade(
     refused = isinstance(result, ledger.Refusal)
     if not refused and (
         isinstance(result, quotas.UnheldCall)
-        or not routing.consumed_share_reached(
-            call.info, result.hold, in_redis=isinstance(result, quota_redis.RedisHold)
-        )
+        or not routing.consumed_share_reached(call.info, result.hold)
     ):
         return result
     try:

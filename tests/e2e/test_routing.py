@@ -188,3 +188,22 @@ def test_downgrade_on_the_redis_path(
         "gpt-4o-mini",
         "o4-mini",
     ]
+
+
+SOFT = {"limit_mode": "soft", "soft_overage_percent": 50}
+
+
+@pytest.mark.parametrize("backend", ["database", "redis"])
+def test_remaining_counts_from_the_grant_on_both_quota_backends(
+    transactional_db: None, request: pytest.FixtureRequest, mock_upstream_url: str, backend: str
+) -> None:
+    url = (
+        request.getfixturevalue("proxy_url")
+        if backend == "database"
+        else request.getfixturevalue("production").url
+    )
+    world = make_world(url, mock_upstream_url, amount=10_000, policy=SOFT)
+    response = _call(world, "gpt-4o-mini")
+    used = response.parse().usage.total_tokens
+    # The soft overage lets calls go past the grant; what remains is still told from the grant.
+    assert response.headers["x-tokenbudget-remaining"] == str(10_000 - used)

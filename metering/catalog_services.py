@@ -15,11 +15,12 @@ commits; other processes pick it up when their entries expire.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypedDict
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import models, transaction
 
 from budgets.audit import audit_record, snapshot
 from budgets.invalidation import invalidation_publish
@@ -102,17 +103,32 @@ def upstream_update(
     *, actor: Any, upstream: Upstream, data: UpstreamData, source: str = "api"
 ) -> Upstream:
     """Change an upstream's URL, timeouts or state (never its credential variable)."""
+    return _update(
+        upstream, dict(data), UPSTREAM_FIELDS, _check_upstream, "upstream.update", actor, source
+    )
+
+
+def _update[M: models.Model](
+    instance: M,
+    data: dict[str, Any],
+    fields: Any,
+    check: Callable[[M], None],
+    action: str,
+    actor: Any,
+    source: str,
+) -> M:
+    """Lock the row, apply `data`, validate, save and audit; a no-op change writes nothing."""
     with transaction.atomic():
-        locked = Upstream.objects.select_for_update().get(pk=upstream.pk)
+        locked = type(instance).objects.select_for_update().get(pk=instance.pk)
         before = snapshot(locked)
-        if not _set(locked, dict(data), UPSTREAM_FIELDS):
+        if not _set(locked, data, fields):
             return locked
-        _check_upstream(locked)
+        check(locked)
         locked.full_clean()
         locked.save()
         audit_record(
             actor=actor,
-            action="upstream.update",
+            action=action,
             obj=locked,
             before=before,
             after=snapshot(locked),
@@ -150,24 +166,7 @@ def route_create(*, actor: Any, data: RouteData, source: str = "api") -> ModelRo
 def route_update(
     *, actor: Any, route: ModelRoute, data: RouteData, source: str = "api"
 ) -> ModelRoute:
-    with transaction.atomic():
-        locked = ModelRoute.objects.select_for_update().get(pk=route.pk)
-        before = snapshot(locked)
-        if not _set(locked, dict(data), ROUTE_FIELDS):
-            return locked
-        _check_route(locked)
-        locked.full_clean()
-        locked.save()
-        audit_record(
-            actor=actor,
-            action="route.update",
-            obj=locked,
-            before=before,
-            after=snapshot(locked),
-            source=source,
-        )
-        _routes_changed()
-    return locked
+    return _update(route, dict(data), ROUTE_FIELDS, _check_route, "route.update", actor, source)
 
 
 def _check_price(price: ModelPrice) -> None:

@@ -43,12 +43,14 @@ def _require_reader(user: Any) -> None:
         raise PermissionDenied
 
 
-def _require_admin(user: Any) -> None:
+def require_admin(user: Any) -> None:
+    """Editors of every app: admins only (403 for everyone else)."""
     if not roles.is_admin(user):
         raise PermissionDenied
 
 
-def _decimal(raw: str) -> Decimal | None:
+def form_decimal(raw: str) -> Decimal | None:
+    """A finite Decimal from a form field (money is never a float), or None."""
     try:
         value = Decimal(raw.replace(",", "").replace("_", "").strip())
     except InvalidOperation:
@@ -118,7 +120,7 @@ def employees_assign(request: HttpRequest) -> HttpResponse:
     if (target := request.POST.get("next", "")).startswith("/manage/employees/"):
         back = target  # the single-employee form on an employee's page returns there
     ids = [int(v) for v in request.POST.getlist("employee") if v.isdigit()]
-    amount = _decimal(request.POST.get("amount", ""))
+    amount = form_decimal(request.POST.get("amount", ""))
     unit = request.POST.get("unit", Unit.TOKENS)
     if not ids:
         messages.error(request, "Tick at least one employee.")
@@ -156,7 +158,7 @@ def employee_detail(request: HttpRequest, pk: int) -> HttpResponse:
         if not roles.can_manage_employee(user, employee):
             raise PermissionDenied
         form = {k: request.POST.get(k, "").strip() for k in form}
-        amount = _decimal(form["amount"])
+        amount = form_decimal(form["amount"])
         if history["allowance"] is None:
             errors["amount"] = "Assign an allowance for this year first."
         elif amount is None:
@@ -226,7 +228,7 @@ def _diff(result: Any) -> list[tuple[str, str, list[tuple[int, str, str]]]]:
 @login_required
 def roster(request: HttpRequest) -> HttpResponse:
     """Upload a roster CSV: a dry run shows the diff; "Apply" imports the same file."""
-    _require_admin(request.user)
+    require_admin(request.user)
     context: dict[str, Any] = {"nav": "roster", "result": None, "errors": None}
     if request.method == "POST" and request.POST.get("action") == "apply":
         content = request.session.get(ROSTER_SESSION)
@@ -359,7 +361,7 @@ def _policy_data(post: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, s
             errors[name] = "Choose one of the options."
         data[name] = form[name]
     if form["default_allowance"]:
-        amount = _decimal(form["default_allowance"])
+        amount = form_decimal(form["default_allowance"])
         if amount is None:
             errors["default_allowance"] = "A number, e.g. 1000000, or empty for none."
         data["default_allowance"] = amount
@@ -397,7 +399,7 @@ def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
     """Create or change one cost center's policy. Every save goes through `policy_set`, which
     validates and audits it; on any error nothing is saved and the form shows why."""
     user = request.user
-    _require_admin(user)
+    require_admin(user)
     center = get_object_or_404(selectors.cost_center_list(user=user), pk=pk)
     own = Policy.objects.filter(cost_center=center).first()
     inherited = None if own else selectors.policy_resolve(center)
@@ -453,7 +455,7 @@ def _service_message(exc: ValidationError) -> str:
 @require_POST
 def budget_request_new(request: HttpRequest) -> HttpResponse:
     """The "Request more allowance" form on My tokens."""
-    amount = _decimal(request.POST.get("amount", ""))
+    amount = form_decimal(request.POST.get("amount", ""))
     if amount is None:
         messages.error(request, "Give the amount as a number.")
         return redirect("pages:my-tokens")
@@ -489,7 +491,7 @@ def approval_decide(request: HttpRequest, pk: int) -> HttpResponse:
     target = get_object_or_404(budget_requests_visible(request.user), pk=pk)
     approve = request.POST.get("decision") == "approve"
     raw = request.POST.get("amount", "").strip()
-    amount = _decimal(raw) if raw else None
+    amount = form_decimal(raw) if raw else None
     if raw and amount is None:
         messages.error(request, "Give the approved amount as a number, or leave it empty.")
         return redirect("pages:approvals")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
@@ -19,6 +18,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from budgets import roles
+from budgets.pages import form_decimal, require_admin
 from metering import page_selectors
 from metering.catalog_services import (
     PriceData,
@@ -70,20 +70,6 @@ def key_remove(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect(target or "pages:my-tokens")
 
 
-def _require_admin(user: Any) -> None:
-    if not roles.is_admin(user):
-        raise PermissionDenied
-
-
-def _decimal(raw: str) -> Decimal | None:
-    """A finite Decimal from a form field (money is never a float), or None."""
-    try:
-        value = Decimal(raw.replace(",", "").replace("_", "").strip())
-    except InvalidOperation:
-        return None
-    return value if value.is_finite() else None
-
-
 def _field_errors(exc: ValidationError, fields: Any) -> dict[str, str]:
     """A service's field -> messages dict as one message per form field; the rest (uniqueness
     across fields) under `form`, shown above the form."""
@@ -106,7 +92,7 @@ def _cache_note() -> str:
 @login_required
 def routes(request: HttpRequest) -> HttpResponse:
     """The model catalogue: upstreams, routes with the price each is charged at now, prices."""
-    _require_admin(request.user)
+    require_admin(request.user)
     view = page_selectors.catalogue_view(now=timezone.now())
     context = {"nav": "routes", "catalogue": view, "cache_note": _cache_note()}
     return render(request, "metering/routes.html", context)
@@ -168,7 +154,7 @@ def _route_page(
 
 @login_required
 def route_new(request: HttpRequest) -> HttpResponse:
-    _require_admin(request.user)
+    require_admin(request.user)
     form = _route_form(ModelRoute())
     errors: dict[str, str] = {}
     if request.method == "POST":
@@ -186,7 +172,7 @@ def route_new(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def route_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    _require_admin(request.user)
+    require_admin(request.user)
     route = get_object_or_404(ModelRoute.objects.select_related("upstream"), pk=pk)
     form = _route_form(route)
     errors: dict[str, str] = {}
@@ -211,7 +197,7 @@ def upstream_edit(request: HttpRequest, pk: int) -> HttpResponse:
     """URL, timeouts and state of an upstream. Its credential is an environment variable set in
     configuration: the page shows the variable's name and whether it is set, never a value,
     and has no field that would accept one."""
-    _require_admin(request.user)
+    require_admin(request.user)
     upstream = get_object_or_404(Upstream, pk=pk)
     form: dict[str, Any] = {
         "base_url": upstream.base_url,
@@ -228,7 +214,7 @@ def upstream_edit(request: HttpRequest, pk: int) -> HttpResponse:
         form["active"] = request.POST.get("active") == "on"
         data: UpstreamData = {"base_url": form["base_url"], "active": form["active"]}
         for name in ("connect_timeout", "read_timeout"):
-            seconds = _decimal(form[name])
+            seconds = form_decimal(form[name])
             if seconds is None:
                 errors[name] = "A number of seconds, e.g. 10."
             else:
@@ -276,7 +262,7 @@ def _price_data(post: Any) -> tuple[PriceData, dict[str, Any], dict[str, str]]:
         if not form[name] and name not in PRICE_REQUIRED:
             data[name] = None  # type: ignore[literal-required]
             continue
-        value = _decimal(form[name])
+        value = form_decimal(form[name])
         if value is None:
             errors[name] = (
                 "A number, e.g. 2.50." if name in PRICE_REQUIRED else "A number, or empty."
@@ -296,7 +282,7 @@ def _price_data(post: Any) -> tuple[PriceData, dict[str, Any], dict[str, str]]:
 def price_new(request: HttpRequest) -> HttpResponse:
     """Add a price override (a negotiated price). Rows are appended, never edited, so calls
     already recorded keep the price they were charged at."""
-    _require_admin(request.user)
+    require_admin(request.user)
     now = timezone.localtime().replace(second=0, microsecond=0)
     form: dict[str, Any] = {"model": request.GET.get("model", "")[:200]}
     form["effective_from"] = now.strftime(LOCAL_MINUTE)

@@ -443,9 +443,8 @@ async def _proxy(request: HttpRequest, endpoint: str, request_id: str) -> HttpRe
         at = timezone.now()
         quote = _quote(route, info, at)
         estimate = _estimate(parsed, route, info, quote)
-        intent = (request.headers.get("x-intent") or parsed.intent or alias or info.default_intent)[
-            :100
-        ]
+        tagged = request.headers.get("x-intent") or parsed.intent
+        intent = (tagged or alias or info.default_intent)[:100]
         call = Call(
             request_id,
             time.perf_counter(),
@@ -545,10 +544,6 @@ async def _maybe_downgrade(
         result = await _reserve(call)
         if isinstance(result, ledger.Refusal):
             return result
-    call.requested_model = call.requested_model or call.parsed.model
-    call.parsed.model = stand_in
-    call.downgraded = True
-    return result
     call.requested_model = call.requested_model or call.parsed.model
     call.parsed.model = stand_in
     call.downgraded = True

@@ -9,7 +9,8 @@ Two rules, both decided in the proxy with warm caches (no database round trip):
   share of the allowance (`downgrade_at_percent`). Once the employee's consumption reaches that
   share, or when the requested model no longer fits the budget at all, the call is served by
   the stand-in instead of being refused. Consumption is measured where the call's own hold is
-  taken: `(limit - remaining before this hold) / limit`, so calls in flight count.
+  taken, as a share of the grant (released plus adjustments, without a soft overage):
+  `(grant - remaining before this hold) / grant`, so calls in flight count.
 
 A downgrade keeps the hold already taken for the requested model when the stand-in's worst case
 fits inside it (same prompt, same output limit, lower rates), so a downgraded call costs no

@@ -155,36 +155,34 @@ def _route_page(
 @login_required
 def route_new(request: HttpRequest) -> HttpResponse:
     require_admin(request.user)
-    form = _route_form(ModelRoute())
-    errors: dict[str, str] = {}
-    if request.method == "POST":
-        data, form, errors = _route_data(request.POST)
-        if not errors:
-            try:
-                made = route_create(actor=request.user, data=data, source="admin")
-            except ValidationError as exc:
-                errors = _field_errors(exc, form)
-            else:
-                messages.success(request, f"Route {made.public_name} added.")
-                return redirect("pages:routes")
-    return _route_page(request, None, form, errors)
+    return _route_save(request, None)
 
 
 @login_required
 def route_edit(request: HttpRequest, pk: int) -> HttpResponse:
     require_admin(request.user)
     route = get_object_or_404(ModelRoute.objects.select_related("upstream"), pk=pk)
-    form = _route_form(route)
+    return _route_save(request, route)
+
+
+def _route_save(request: HttpRequest, route: ModelRoute | None) -> HttpResponse:
+    """The route form: shown on GET; on POST saved through the catalogue service (a new route
+    when `route` is None), or shown again with the errors beside their fields."""
+    form = _route_form(route or ModelRoute())
     errors: dict[str, str] = {}
     if request.method == "POST":
         data, form, errors = _route_data(request.POST)
         if not errors:
             try:
-                saved = route_update(actor=request.user, route=route, data=data, source="admin")
+                if route is None:
+                    saved = route_create(actor=request.user, data=data, source="admin")
+                else:
+                    saved = route_update(actor=request.user, route=route, data=data, source="admin")
             except ValidationError as exc:
                 errors = _field_errors(exc, form)
             else:
-                messages.success(request, f"Route {saved.public_name} saved.")
+                done = "added" if route is None else "saved"
+                messages.success(request, f"Route {saved.public_name} {done}.")
                 return redirect("pages:routes")
     return _route_page(request, route, form, errors)
 

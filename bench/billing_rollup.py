@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def scratch_url(base: str) -> tuple[str, str]:
-    parts = urlparse(base)
-    name = f"tb_bench_billing_{os.getpid()}"
-    return name, urlunparse(parts._replace(path=f"/{name}"))
+def scratch_url(base: str, name: str | None = None, prefix: str = "billing") -> tuple[str, str]:
+    """A database name on the server of `base` (`name`, else a new one per process) and its URL."""
+    name = name or f"tb_bench_{prefix}_{os.getpid()}"
+    return name, urlunparse(urlparse(base)._replace(path=f"/{name}"))
 
 
 def admin_exec(base: str, sql: str) -> None:
@@ -139,10 +139,8 @@ def main() -> None:
     parser.add_argument("--reuse", help="a database kept by --keep: skip generating data")
     args = parser.parse_args()
 
-    name, url = scratch_url(args.database_url)
+    name, url = scratch_url(args.database_url, args.reuse)
     if args.reuse:
-        name = args.reuse
-        url = urlunparse(urlparse(args.database_url)._replace(path=f"/{name}"))
         args.keep = True
     else:
         admin_exec(args.database_url, f'CREATE DATABASE "{name}"')

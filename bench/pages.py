@@ -18,12 +18,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.billing_rollup import admin_exec, generate  # noqa: E402
+from bench.billing_rollup import admin_exec, generate, scratch_url  # noqa: E402
 
 RUNS = 7
 TARGET_MS = 300
@@ -201,8 +200,7 @@ def main() -> None:
     parser.add_argument("--reuse", help="a database kept by --keep: skip generating data")
     args = parser.parse_args()
 
-    name = args.reuse or f"tb_bench_pages_{os.getpid()}"
-    url = urlunparse(urlparse(args.database_url)._replace(path=f"/{name}"))
+    name, url = scratch_url(args.database_url, args.reuse, prefix="pages")
     if not args.reuse:
         admin_exec(args.database_url, f'CREATE DATABASE "{name}"')
     os.environ["DATABASE_URL"] = url

@@ -24,12 +24,11 @@ import sys
 import time
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.billing_rollup import admin_exec, generate  # noqa: E402
+from bench.billing_rollup import admin_exec, generate, scratch_url  # noqa: E402
 
 
 def outcomes_generate(count: int) -> None:
@@ -65,8 +64,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     args = parser.parse_args()
 
-    name = f"tb_bench_value_{os.getpid()}"
-    url = urlunparse(urlparse(args.database_url)._replace(path=f"/{name}"))
+    name, url = scratch_url(args.database_url, prefix="value")
     admin_exec(args.database_url, f'CREATE DATABASE "{name}"')
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")

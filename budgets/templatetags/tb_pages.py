@@ -9,6 +9,7 @@ from django import template
 
 from budgets import roles
 from budgets.charts import compact
+from budgets.formatting import usd_text
 
 register = template.Library()
 
@@ -48,9 +49,7 @@ def money(value: Any) -> str:
     """Two decimals for display (exact figures stay in the exports), or four below one cent."""
     if value is None or value == "":
         return "\u2013"
-    number = Decimal(value)
-    places = Decimal("0.0001") if 0 < abs(number) < Decimal("0.01") else Decimal("0.01")
-    return f"${number.quantize(places):,}"
+    return usd_text(value)
 
 
 @register.filter

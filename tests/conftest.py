@@ -54,6 +54,7 @@ def _test_clock_travel() -> Iterator[None]:
 DATE_SENSITIVE = (
     "tests/billing/test_alerts.py",
     "tests/billing/test_apis.py",
+    "tests/billing/test_personal.py",
     "tests/billing/test_rollup.py",
     "tests/billing/test_statements.py",
     "tests/budgets/",

@@ -225,3 +225,58 @@ def test_lost_answer_then_retry_creates_exactly_one_invoice(
     [invoice] = stripe_invoices(localstripe_url, customer)
     assert billed_lines(invoice) == [50, 123]
     assert pending_items(localstripe_url, customer) == []  # no duplicate left for next month
+
+
+def test_page_retry_runs_the_sync_again_and_is_audited(january, stripe_settings) -> None:
+    ml = _statement(january, "ml")
+    january["ml"].stripe_customer_id = "cus_unknown_to_stripe"
+    january["ml"].save()
+    with time_machine.travel(NOW, tick=False):
+        statement_finalize(statement_id=ml.pk)
+        join_syncs()
+    page = Client()
+    page.force_login(january["finance"])
+    later = NOW + dt.timedelta(hours=1)
+    with time_machine.travel(later, tick=False):
+        response = page.post(reverse("pages:stripe-retry", args=[ml.pk]))
+        join_syncs()
+    assert response.status_code == 302
+    assert response["Location"] == reverse("pages:statement", args=[ml.pk])
+    ml.refresh_from_db()  # retried at once; still unknown, so blocked again, counted afresh
+    assert (ml.stripe_sync_state, ml.stripe_sync_attempts, ml.stripe_sync_failed_at) == (
+        "blocked",
+        1,
+        later,
+    )
+    [event] = AuditEvent.objects.filter(action="stripe_retry")
+    assert (event.source, event.actor, event.before["stripe_sync_blocked"]) == (
+        "web",
+        january["finance"],
+        True,
+    )
+    manager = Client()
+    manager.force_login(january["manager"])
+    assert manager.post(reverse("pages:stripe-retry", args=[ml.pk])).status_code == 403
+    assert AuditEvent.objects.filter(action="stripe_retry").count() == 1
+
+
+def test_finalize_api_with_stripe_down_answers_200_at_once(january, stripe_settings) -> None:
+    link_customer(january["sales"])
+    sales = _statement(january, "sales")
+    stripe_settings.TB_STRIPE_API_BASE = f"http://127.0.0.1:{free_port()}"
+    with time_machine.travel(NOW, tick=False):
+        started = time.monotonic()
+        response = client_for(january["finance"]).post(f"/api/v1/statements/{sales.pk}/finalize/")
+        elapsed = time.monotonic() - started
+        join_syncs()
+    assert response.status_code == 200 and elapsed < 0.5, f"{elapsed:.2f} s"
+    assert (response.json()["status"], response.json()["stripe_sync_state"]) == ("final", "pending")
+    body = client_for(january["finance"]).get(f"/api/v1/statements/{sales.pk}/").json()
+    assert (body["status"], body["stripe_sync_state"], body["stripe_sync_attempts"]) == (
+        "final",
+        "retrying",
+        1,
+    )
+    assert body["stripe_sync_next_retry_at"] == "2026-02-03T10:05:00Z"
+    again = client_for(january["finance"]).post(f"/api/v1/statements/{sales.pk}/finalize/")
+    assert again.status_code == 409  # final already: the first answer was the truth

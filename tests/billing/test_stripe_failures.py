@@ -7,6 +7,7 @@ default), on its own database connection, so the test's data must be committed."
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import time
 
 import pytest
@@ -152,6 +153,7 @@ def test_finalize_with_stripe_down_answers_at_once_and_backs_off(
     stripe_settings.TB_STRIPE_API_BASE = f"http://127.0.0.1:{free_port()}"  # nothing listens
     page = Client()
     page.force_login(january["finance"])
+    page.get(reverse("pages:statement", args=[eng.pk]))  # the first request loads the URLs
     with time_machine.travel(NOW, tick=False):
         started = time.monotonic()
         response = page.post(reverse("pages:finalize", args=[eng.pk]))
@@ -264,6 +266,7 @@ def test_finalize_api_with_stripe_down_answers_200_at_once(january, stripe_setti
     link_customer(january["sales"])
     sales = _statement(january, "sales")
     stripe_settings.TB_STRIPE_API_BASE = f"http://127.0.0.1:{free_port()}"
+    client_for(january["finance"]).get(f"/api/v1/statements/{sales.pk}/")  # loads the URLs
     with time_machine.travel(NOW, tick=False):
         started = time.monotonic()
         response = client_for(january["finance"]).post(f"/api/v1/statements/{sales.pk}/finalize/")
@@ -280,3 +283,25 @@ def test_finalize_api_with_stripe_down_answers_200_at_once(january, stripe_setti
     assert body["stripe_sync_next_retry_at"] == "2026-02-03T10:05:00Z"
     again = client_for(january["finance"]).post(f"/api/v1/statements/{sales.pk}/finalize/")
     assert again.status_code == 409  # final already: the first answer was the truth
+
+
+def test_finalize_answers_at_once_while_stripe_hangs(january, stripe_settings) -> None:
+    link_customer(january["eng"])
+    eng = _statement(january, "eng")
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        stripe_settings.TB_STRIPE_API_BASE = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        stripe_settings.TB_STRIPE_TIMEOUT = 1
+        finance = client_for(january["finance"])
+        finance.get(f"/api/v1/statements/{eng.pk}/")  # the first request loads the URLs
+        with time_machine.travel(NOW, tick=False):
+            started = time.monotonic()
+            response = finance.post(f"/api/v1/statements/{eng.pk}/finalize/")
+            elapsed = time.monotonic() - started
+            assert response.status_code == 200 and elapsed < 0.5, f"{elapsed:.2f} s"
+            join_syncs()
+    eng.refresh_from_db()
+    assert (eng.status, eng.stripe_sync_state, eng.stripe_sync_attempts) == ("final", "retrying", 1)
+    assert "timed out" in eng.stripe_sync_error.lower()
+    assert eng.stripe_sync_next_at == NOW + 5 * MINUTES

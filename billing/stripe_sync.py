@@ -186,17 +186,19 @@ def _record_failure(statement_id: int, exc: Exception, *, now: dt.datetime) -> N
         statement.stripe_sync_next_at = (
             None if permanent else now + retry_delay(statement.stripe_sync_attempts)
         )
-        statement.stripe_sync_claimed_until = None
         statement.save(
             update_fields=[
                 "stripe_sync_attempts", "stripe_sync_error", "stripe_sync_failed_at",
-                "stripe_sync_blocked", "stripe_sync_next_at", "stripe_sync_claimed_until",
+                "stripe_sync_blocked", "stripe_sync_next_at",
             ]
         )  # fmt: skip
 
 
-def _release_claim(statement_id: int) -> None:
-    ChargebackStatement.objects.filter(pk=statement_id).update(stripe_sync_claimed_until=None)
+def _release_claim(statement: ChargebackStatement) -> None:
+    # Only our own: a claim that lapsed may have been taken by another sync meanwhile.
+    ChargebackStatement.objects.filter(
+        pk=statement.pk, stripe_sync_claimed_until=statement.stripe_sync_claimed_until
+    ).update(stripe_sync_claimed_until=None)
 
 
 def statement_stripe_sync(
@@ -224,7 +226,7 @@ def statement_stripe_sync(
         _record_failure(statement_id, exc, now=now)
         raise
     finally:
-        _release_claim(statement_id)
+        _release_claim(statement)
     return ChargebackStatement.objects.select_related("cost_center").get(pk=statement_id)
 
 

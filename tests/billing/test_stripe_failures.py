@@ -2,7 +2,9 @@
 others, finalize never waits on Stripe, retries back off and create exactly one invoice.
 
 Transactional: the sync after a finalize runs in a thread of this process (the in-process
-default), on its own database connection, so the test's data must be committed."""
+default), on its own database connection, so the test's data must be committed. Timing bounds
+are 1 s so a loaded machine does not fail them; a finalize takes well under 0.1 s here, while a
+sync against the silent server takes at least 3 s."""
 
 from __future__ import annotations
 
@@ -161,7 +163,7 @@ def test_finalize_with_stripe_down_answers_at_once_and_backs_off(
         join_syncs()
     assert response.status_code == 302
     assert response["Location"] == reverse("pages:statement", args=[eng.pk])
-    assert elapsed < 0.5, f"finalize took {elapsed:.2f} s"
+    assert elapsed < 1.0, f"finalize took {elapsed:.2f} s"
     eng.refresh_from_db()
     assert (eng.status, eng.stripe_sync_state, eng.stripe_sync_attempts) == ("final", "retrying", 1)
     assert "connect" in eng.stripe_sync_error.lower()
@@ -272,7 +274,7 @@ def test_finalize_api_with_stripe_down_answers_200_at_once(january, stripe_setti
         response = client_for(january["finance"]).post(f"/api/v1/statements/{sales.pk}/finalize/")
         elapsed = time.monotonic() - started
         join_syncs()
-    assert response.status_code == 200 and elapsed < 0.5, f"{elapsed:.2f} s"
+    assert response.status_code == 200 and elapsed < 1.0, f"{elapsed:.2f} s"
     assert (response.json()["status"], response.json()["stripe_sync_state"]) == ("final", "pending")
     body = client_for(january["finance"]).get(f"/api/v1/statements/{sales.pk}/").json()
     assert (body["status"], body["stripe_sync_state"], body["stripe_sync_attempts"]) == (
@@ -299,7 +301,7 @@ def test_finalize_answers_at_once_while_stripe_hangs(january, stripe_settings) -
             started = time.monotonic()
             response = finance.post(f"/api/v1/statements/{eng.pk}/finalize/")
             elapsed = time.monotonic() - started
-            assert response.status_code == 200 and elapsed < 0.5, f"{elapsed:.2f} s"
+            assert response.status_code == 200 and elapsed < 1.0, f"{elapsed:.2f} s"
             join_syncs()
     eng.refresh_from_db()
     assert (eng.status, eng.stripe_sync_state, eng.stripe_sync_attempts) == ("final", "retrying", 1)

@@ -253,3 +253,38 @@ def test_finalize_api_starts_sync_after_answering(january, stripe_settings) -> N
     eng.refresh_from_db()
     assert eng.stripe_invoice_id.startswith("in_") and eng.stripe_sync_state == "invoiced"
     assert len(_stripe_invoices(stripe_settings.TB_STRIPE_API_BASE, customer)) == 1
+
+
+NO_SUCH_CUSTOMER = {  # Stripe's answer for an unknown customer id (docs.stripe.com/error-codes)
+    "error": {
+        "code": "resource_missing",
+        "doc_url": "https://stripe.com/docs/error-codes/resource-missing",
+        "message": "No such customer: 'cus_gone'",
+        "param": "customer",
+        "type": "invalid_request_error",
+    }
+}
+BAD_KEY = {
+    "error": {"message": "Invalid API Key provided: sk_test_****", "type": "invalid_request_error"}
+}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "kind", "code", "text"),
+    [
+        (NO_SUCH_CUSTOMER, 400, stripe_api.StripeFinalError, "resource_missing",
+         "No such customer: 'cus_gone' (400, resource_missing)"),
+        (BAD_KEY, 401, stripe_api.StripeRetryableError, "",
+         "Invalid API Key provided: sk_test_**** (401)"),
+    ],
+)  # fmt: skip
+def test_errors_are_classified_with_status_and_code(
+    settings, body, status, kind, code, text
+) -> None:  # type: ignore[no-untyped-def]
+    settings.TB_STRIPE_SECRET_KEY = "sk_test_recorded"
+    http = RecordedHTTPClient(body, status)
+    with pytest.raises(stripe_api.StripeError) as caught:
+        list(stripe_api.pending_invoice_items(customer="cus_gone", http_client=http))
+    assert type(caught.value) is kind
+    assert (caught.value.http_status, caught.value.code, str(caught.value)) == (status, code, text)
+    assert len(http.requests) == 1  # neither is retried by the client

@@ -15,6 +15,7 @@ code when there is one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -93,6 +94,10 @@ TRANSIENT = (
 
 def _message(exc: stripe.StripeError) -> str:
     text = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
+    if isinstance(exc, stripe.APIConnectionError):
+        # The SDK wraps the network error in a paragraph of advice; keep what went wrong.
+        network = re.search(r"\(Network error: (.*)\)\s*$", text, re.DOTALL)
+        text = f"Could not reach Stripe: {network.group(1) if network else text}".strip()
     status = getattr(exc, "http_status", None)
     code = getattr(exc, "code", None)
     detail = ", ".join(str(part) for part in (status, code) if part)

@@ -64,11 +64,12 @@ def join_syncs(timeout: float = 30.0) -> None:
 class LossyProxy:
     """An HTTP proxy to localstripe. `lose("POST", "/v1/invoices")` makes the next such request
     reach Stripe but its answer never come back (the connection closes), and every repeat of it
-    fail the same way without reaching Stripe, until `heal()`."""
+    fail the same way without reaching Stripe, until `heal()`; `down()` fails every request."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.rule: tuple[str, str] | None = None
+        self.is_down = False
         self.forwarded_under_rule = 0
         self.seen: list[tuple[str, str]] = []
         proxy = self
@@ -81,6 +82,9 @@ class LossyProxy:
                 body = self.rfile.read(length) if length else b""
                 path = self.path.split("?", 1)[0]
                 proxy.seen.append((self.command, path))
+                if proxy.is_down:
+                    self.close_connection = True  # Stripe unreachable: no answer at all
+                    return
                 lost = proxy.rule == (self.command, path)
                 if lost and proxy.forwarded_under_rule:
                     self.close_connection = True  # a repeat: never reaches Stripe
@@ -113,7 +117,11 @@ class LossyProxy:
         self.rule, self.forwarded_under_rule = (method, path), 0
 
     def heal(self) -> None:
-        self.rule = None
+        self.rule, self.is_down = None, False
+
+    def down(self) -> None:
+        """Every request fails without reaching Stripe, until `heal()`."""
+        self.is_down = True
 
 
 @contextmanager

@@ -166,7 +166,7 @@ def test_finalize_with_stripe_down_answers_at_once_and_backs_off(
     assert elapsed < 1.0, f"finalize took {elapsed:.2f} s"
     eng.refresh_from_db()
     assert (eng.status, eng.stripe_sync_state, eng.stripe_sync_attempts) == ("final", "retrying", 1)
-    assert "connect" in eng.stripe_sync_error.lower()
+    assert eng.stripe_sync_error.startswith("Could not reach Stripe: ConnectionError: ")
     assert (eng.stripe_sync_failed_at, eng.stripe_sync_next_at) == (NOW, NOW + 5 * MINUTES)
     detail = page.get(reverse("pages:statement", args=[eng.pk])).content.decode()
     assert "the sync failed" in detail
@@ -305,5 +305,6 @@ def test_finalize_answers_at_once_while_stripe_hangs(january, stripe_settings) -
             join_syncs()
     eng.refresh_from_db()
     assert (eng.status, eng.stripe_sync_state, eng.stripe_sync_attempts) == ("final", "retrying", 1)
-    assert "timed out" in eng.stripe_sync_error.lower()
+    assert eng.stripe_sync_error.startswith("Could not reach Stripe: ReadTimeout: ")
+    assert eng.stripe_sync_error.endswith("Read timed out. (read timeout=1)")
     assert eng.stripe_sync_next_at == NOW + 5 * MINUTES

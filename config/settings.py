@@ -135,6 +135,12 @@ TB_STRIPE_WEBHOOK_SECRET = env_str("TB_STRIPE_WEBHOOK_SECRET")
 TB_STRIPE_TIMEOUT = env_int("TB_STRIPE_TIMEOUT", 20, minimum=1, maximum=300)
 TB_STRIPE_LOCALSTRIPE = env_bool("TB_STRIPE_LOCALSTRIPE", False)
 TB_STRIPE_FINALIZE_INVOICES = env_bool("TB_STRIPE_FINALIZE_INVOICES", False)
+# A failed sync waits this long before its first automatic retry, then twice as long each time,
+# up to the cap (billing.stripe_sync.retry_delay).
+TB_STRIPE_RETRY_SECONDS = env_int("TB_STRIPE_RETRY_SECONDS", 300, minimum=1, maximum=86400)
+TB_STRIPE_RETRY_MAX_SECONDS = env_int(
+    "TB_STRIPE_RETRY_MAX_SECONDS", 21600, minimum=1, maximum=604800
+)
 TB_JOURNAL_CREDIT_ACCOUNT = env_str("TB_JOURNAL_CREDIT_ACCOUNT", "AI-EXPENSE-CENTRAL")
 TB_FOCUS_BILLING_ACCOUNT_ID = env_str("TB_FOCUS_BILLING_ACCOUNT_ID", "tokenbudget")
 TB_FOCUS_BILLING_ACCOUNT_NAME = env_str("TB_FOCUS_BILLING_ACCOUNT_NAME", "Tokenbudget LLM platform")

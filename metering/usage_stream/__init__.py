@@ -1,5 +1,7 @@
 """Usage events: their wire form (`events`), their idempotent application to the database
-(`apply`), the stream consumer (`consumer`), and the reconciliation of the Redis counters
+(`apply`), the stream consumer (`consumer`), poison-proof intake (`poison`: what cannot be
+written as it came; `intake`: per-entry preparation, bisection of a refused batch, dead
+letters; `dead_letters`: counts and replay), and the reconciliation of the Redis counters
 (`reconcile`).
 
 An event is one closed call: its usage record plus the charges the Redis backend made for it.
@@ -13,12 +15,14 @@ only here (or on the database backend's own path).
 from metering.usage_stream.apply import Totals, usage_events_apply, usage_payloads_apply
 from metering.usage_stream.consumer import (
     StreamLag,
+    apply_entries,
     consumer_name,
     group_ensure,
     stream_drain,
     stream_lag,
     stream_trim,
 )
+from metering.usage_stream.dead_letters import Replay, dead_letter_counts, dead_letters_replay
 from metering.usage_stream.events import (
     FORMAT,
     Charge,
@@ -40,11 +44,15 @@ __all__ = [
     "Charge",
     "Drift",
     "HoldsRepair",
+    "Replay",
     "StreamLag",
     "Totals",
     "UsageEvent",
+    "apply_entries",
     "consumer_name",
     "counter_database_value",
+    "dead_letter_counts",
+    "dead_letters_replay",
     "event_decode",
     "event_encode",
     "format_names",

@@ -233,3 +233,48 @@ def test_an_event_for_a_row_that_is_gone_waits_unapplied_and_the_rest_is_written
     assert "IntegrityError" in letter.error or "ForeignKeyViolation" in letter.error
     assert pending(rds) == 0
     assert dead_letter_counts() == {"written": 0, "unapplied": 1, "replayed": 0}
+
+
+def test_admins_see_dead_letters_and_replay_them_from_the_admin(rds: redis.Redis) -> None:  # noqa: F811
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+    from django.urls import reverse
+
+    info = make_key(amount=10_000)
+    foreign = event_encode(event_for(info)).replace(FORMAT, "u1.unregistered0", 1)
+    _, poison = nul_line(info)
+    push(rds, [foreign, poison])
+    assert drain() == 1
+    admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw")
+    browser = Client()
+    browser.force_login(admin)
+    page = browser.get(reverse("admin:metering_usagedeadletter_changelist"))
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "unknown format" in text and "intent: NUL escaped" in text
+    letter = UsageDeadLetter.objects.get(state=UsageDeadLetter.State.WRITTEN)
+    detail = browser.get(reverse("admin:metering_usagedeadletter_change", args=[letter.pk]))
+    assert detail.status_code == 200 and "summarise\\x00 me" in detail.content.decode()
+
+    rds.hset(quota_redis.FORMATS, "u1.unregistered0", ",".join(_names()))
+    unapplied = UsageDeadLetter.objects.get(state=UsageDeadLetter.State.UNAPPLIED)
+    answer = browser.post(
+        reverse("admin:metering_usagedeadletter_changelist"),
+        {"action": "replay", "_selected_action": [unapplied.pk]},
+        follow=True,
+    )
+    assert "1 replayed, 0 still failing, 1 usage records written." in answer.content.decode()
+    assert UsageRecord.objects.count() == 2
+    assert Allowance.objects.get(pk=info.limits.allowance_id).used == 60
+
+
+def test_readiness_and_metrics_show_dead_letters_without_failing(rds: redis.Redis) -> None:  # noqa: F811
+    from metering import metrics, ops
+
+    info = make_key()
+    push(rds, [b"not an event", nul_line(info)[1]])
+    assert drain() == 1
+    assert ops._dead_letters() == {"written": 1, "unapplied": 1, "replayed": 0}
+    body = metrics.render()[0].decode()
+    assert 'tokenbudget_usage_dead_letters{state="unapplied"} 1.0' in body
+    assert 'tokenbudget_usage_dead_letters{state="written"} 1.0' in body

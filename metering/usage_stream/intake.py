@@ -154,7 +154,10 @@ def _log_letters(entries: list[Entry]) -> None:
     for e in entries:
         if e.state:
             log.error(
-                "usage event dead-lettered",
+                "usage event dead-lettered (%s): entry %s: %s",
+                e.state,
+                e.entry_id,
+                e.error,
                 extra={"entry": e.entry_id, "state": e.state, "error": e.error},
             )
 

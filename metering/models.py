@@ -298,7 +298,7 @@ class UsageDeadLetter(models.Model):
         REPLAYED = "replayed", "Applied by a replay"
 
     # The stream entry: one dead letter per entry, however often the entry is delivered.
-    entry_id = models.CharField(max_length=40, unique=True)
+    entry_id = models.CharField(max_length=48, unique=True)
     request_id = models.CharField(max_length=64, blank=True, db_index=True)
     state = models.CharField(max_length=16, choices=State.choices, db_index=True)
     error = models.TextField()

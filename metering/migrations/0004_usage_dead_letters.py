@@ -14,7 +14,7 @@ class Migration(migrations.Migration):
             name='UsageDeadLetter',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('entry_id', models.CharField(max_length=40, unique=True)),
+                ('entry_id', models.CharField(max_length=48, unique=True)),
                 ('request_id', models.CharField(blank=True, db_index=True, max_length=64)),
                 ('state', models.CharField(choices=[('written', 'Written with escaped text'), ('unapplied', 'Not applied: waits for a replay'), ('replayed', 'Applied by a replay')], db_index=True, max_length=16)),
                 ('error', models.TextField()),

@@ -92,7 +92,9 @@ def _decode(entry: Entry, format_names: FormatNames) -> None:
             names = format_names(tag.encode())
         event = event_decode(text, names)
         repaired, problems = event_repair(event)
-        line = event_encode(repaired).encode()
+        # SQLite writes the decoded event; only COPY needs the line encoded again.
+        postgres = connection.vendor == "postgresql"
+        line = event_encode(repaired).encode() if postgres or problems else entry.payload
     except _UNREADABLE as exc:
         entry.unapplied(f"cannot be read: {exc}")
         return
@@ -166,7 +168,13 @@ def _salvage(entry: Entry, exc: BaseException) -> int:
     """The one entry the database refused: repaired if repair changes it, else unapplied."""
     refused = f"the database refused it: {type(exc).__name__}: {exc}".strip()
     if not entry.state and entry.line is not None:
+        original = entry.line
         _decode(entry, lambda _tag: None)  # the fast path skipped the checks: run them now
+        if not entry.state and entry.line not in (None, original):
+            # Readable, but not quite this version's wire form (a stray escape): the line
+            # encoded again is what the database can parse.
+            entry.state = UsageDeadLetter.State.WRITTEN
+            entry.problems.append("encoded again in this version's wire form")
         if entry.state == UsageDeadLetter.State.WRITTEN:
             entry.problems.append(refused)
             try:

@@ -21,9 +21,10 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def payload_clean(payload: bytes) -> bool:
-    """True when the bytes can go to COPY as they are: valid UTF-8 without a NUL (the cheap
-    screen; anything else the database refuses is found by the batch's bisection)."""
-    if b"\x00" in payload:
+    """True when the bytes can go to COPY as they are: valid UTF-8 without a NUL, and one line
+    (the encoder escapes line breaks). The cheap screen: anything else the database refuses is
+    found by the batch's bisection."""
+    if b"\x00" in payload or b"\n" in payload or b"\r" in payload:
         return False
     try:
         payload.decode()

@@ -278,3 +278,15 @@ def test_readiness_and_metrics_show_dead_letters_without_failing(rds: redis.Redi
     body = metrics.render()[0].decode()
     assert 'tokenbudget_usage_dead_letters{state="unapplied"} 1.0' in body
     assert 'tokenbudget_usage_dead_letters{state="written"} 1.0' in body
+
+
+def test_a_raw_line_break_from_a_careless_producer_is_read_not_split(rds: redis.Redis) -> None:  # noqa: F811
+    info = make_key()
+    event = event_for(info, intent="two\nlines")
+    line = event_encode(event).replace("two\\nlines", "two\nlines", 1)
+    assert "\n" in line
+    push(rds, [line, event_encode(event_for(info))])
+    assert drain() == 2
+    assert UsageRecord.objects.get(request_id=event.request_id).intent == "two\nlines"
+    assert Allowance.objects.get(pk=info.limits.allowance_id).used == 60
+    assert not UsageDeadLetter.objects.exists(), "nothing was wrong with its content"

@@ -17,7 +17,7 @@ from django.db import InterfaceError, OperationalError
 from django.db import connection as db_connection
 
 from metering import quota_redis
-from metering.usage_stream.intake import entries_apply, entries_prepare
+from metering.usage_stream.intake import batch_apply
 
 try:
     import psycopg
@@ -69,7 +69,7 @@ def apply_entries(client: redis.Redis, raw: list[tuple[bytes, dict]]) -> int:
     came have their dead letters in the database by then (see `intake`)."""
     if not raw:
         return 0
-    new = entries_apply(entries_prepare(raw, format_names=format_names_of(client)))
+    new = batch_apply(raw, format_names=format_names_of(client))
     # Acknowledged only once the transactions above have committed: a crash before this line
     # leaves the entries pending, and whoever claims them applies them again harmlessly.
     client.xack(quota_redis.STREAM, quota_redis.GROUP, *[entry_id for entry_id, _ in raw])

@@ -15,10 +15,10 @@ only here (or on the database backend's own path).
 from metering.usage_stream.apply import Totals, usage_events_apply, usage_payloads_apply
 from metering.usage_stream.consumer import (
     StreamLag,
-    apply_entries,
     consumer_name,
     group_ensure,
     stream_drain,
+    stream_entries_apply,
     stream_lag,
     stream_trim,
 )
@@ -48,7 +48,6 @@ __all__ = [
     "StreamLag",
     "Totals",
     "UsageEvent",
-    "apply_entries",
     "consumer_name",
     "counter_database_value",
     "dead_letter_counts",
@@ -60,6 +59,7 @@ __all__ = [
     "holds_reconcile",
     "quotas_reconcile",
     "stream_drain",
+    "stream_entries_apply",
     "stream_lag",
     "stream_trim",
     "usage_events_apply",

@@ -17,7 +17,7 @@ from django.db import InterfaceError, OperationalError
 from django.db import connection as db_connection
 
 from metering import quota_redis
-from metering.usage_stream.intake import batch_apply
+from metering.usage_stream.intake import FormatNames, batch_apply
 
 try:
     import psycopg
@@ -52,7 +52,7 @@ def _group_gone(exc: redis.ResponseError) -> bool:
     return message.startswith("NOGROUP") or "no longer exists" in message
 
 
-def format_names_of(client: redis.Redis) -> Any:
+def format_names_of(client: redis.Redis) -> FormatNames:
     """A lookup of the field names each producer registered for its format tag (cached for
     the batch: a deploy has a handful of formats in flight)."""
 
@@ -64,7 +64,7 @@ def format_names_of(client: redis.Redis) -> Any:
     return names
 
 
-def apply_entries(client: redis.Redis, raw: list[tuple[bytes, dict]]) -> int:
+def stream_entries_apply(client: redis.Redis, raw: list[tuple[bytes | str, dict]]) -> int:
     """Apply a batch, then acknowledge all of it: entries that could not be written as they
     came have their dead letters in the database by then (see `intake`)."""
     if not raw:
@@ -119,7 +119,7 @@ def stream_drain(
                 entries = pending.result() if pending is not None else read()
                 if entries and not (stop and stop()):
                     ahead = reader.submit(read)
-                total += apply_entries(client, entries)
+                total += stream_entries_apply(client, entries)
             except quota_redis.UNAVAILABLE as exc:
                 if until_empty:
                     raise

@@ -11,7 +11,10 @@ from django.utils import timezone
 
 from metering import quota_redis
 from metering.models import UsageDeadLetter
-from metering.usage_stream.intake import entries_apply, entries_prepare
+from metering.usage_stream.apply import _totals
+from metering.usage_stream.events import charge_decode
+from metering.usage_stream.intake import _UNREADABLE, entries_apply, entries_prepare
+from metering.usage_stream.poison import payload_text
 
 
 def dead_letter_counts() -> dict[str, int]:
@@ -21,6 +24,32 @@ def dead_letter_counts() -> dict[str, int]:
     for state, n in rows:
         counts[state] = n
     return counts
+
+
+def dead_letters_waiting_units() -> dict[str, int]:
+    """What the unapplied dead letters charged each Redis counter (counter name -> Redis
+    units), for those whose charge can be read. The Redis counters have these charges and the
+    database does not yet: the reconciliation counts them, so it does not hand that budget back
+    while the letters wait for a replay."""
+    charges = []
+    letters = UsageDeadLetter.objects.filter(state=UsageDeadLetter.State.UNAPPLIED)
+    for payload in letters.values_list("payload", flat=True):
+        try:
+            charges.append(charge_decode(payload_text(bytes(payload))))
+        except _UNREADABLE:
+            continue  # not an event at all: nothing was charged that can be known
+    totals = _totals(charges)
+    units = {quota_redis.key_counter(k): n for k, n in totals.keys.items()}
+    for charge in charges:  # an allowance's unit is its charges' unit
+        if charge.allowance_id in totals.allowances:
+            name = quota_redis.allowance_counter(charge.allowance_id)
+            amount = totals.allowances[charge.allowance_id]
+            units[name] = quota_redis.to_units(amount, charge.unit, up=True)
+    for (year, center), cost in totals.spends.items():
+        units[quota_redis.cost_center_counter(center, year)] = quota_redis.to_units(
+            cost, "usd", up=True
+        )
+    return units
 
 
 @dataclass(frozen=True)

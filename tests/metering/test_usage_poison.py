@@ -179,9 +179,9 @@ def test_a_redelivered_poison_entry_leaves_one_dead_letter(rds: redis.Redis) -> 
     # The same entry again (a consumer that died after its commit, before XACK): nothing new.
     entry_id = UsageDeadLetter.objects.get().entry_id
     rds.xadd(quota_redis.STREAM, {"e": poison}, id="*")
-    from metering.usage_stream.consumer import apply_entries
+    from metering.usage_stream.consumer import stream_entries_apply
 
-    apply_entries(quota_redis.sync_client(), [(entry_id.encode(), {b"e": poison})])
+    stream_entries_apply(quota_redis.sync_client(), [(entry_id.encode(), {b"e": poison})])
     assert UsageDeadLetter.objects.count() == 1
     assert Allowance.objects.get(pk=info.limits.allowance_id).used == 30
 
@@ -290,3 +290,30 @@ def test_a_raw_line_break_from_a_careless_producer_is_read_not_split(rds: redis.
     assert UsageRecord.objects.get(request_id=event.request_id).intent == "two\nlines"
     assert Allowance.objects.get(pk=info.limits.allowance_id).used == 60
     assert not UsageDeadLetter.objects.exists(), "nothing was wrong with its content"
+
+
+def test_reconciliation_keeps_the_charges_of_unapplied_dead_letters_in_the_counters(
+    rds: redis.Redis,  # noqa: F811
+) -> None:
+    from metering.usage_stream import quotas_reconcile
+
+    info = make_key(amount=10_000)
+    foreign = event_encode(event_for(info)).replace(FORMAT, "u1.unregistered0", 1)
+    push(rds, [foreign, b"not an event"])
+    assert drain() == 0
+    # The close script charged the counter when it appended the event.
+    counter = quota_redis.allowance_counter(info.limits.allowance_id)
+    rds.hset(counter, mapping={"used": 30, "reserved": 0})
+    assert quotas_reconcile(repair=True) == [], "30 waits in a dead letter: no drift"
+    assert rds.hget(counter, "used") == b"30"
+
+    rds.hset(quota_redis.FORMATS, "u1.unregistered0", ",".join(_names()))
+    call_command("replay_dead_letters", stdout=io.StringIO())
+    assert Allowance.objects.get(pk=info.limits.allowance_id).used == 30
+    assert quotas_reconcile(repair=True) == [], "now in the database: still no drift"
+    assert rds.hget(counter, "used") == b"30"
+
+    # Without the letter the same counter is drift, repaired to the database's value.
+    rds.hset(counter, "used", 45)
+    [drift] = quotas_reconcile(repair=True)
+    assert (drift.counter, drift.redis_used, drift.database_used) == (counter, 45, 30)

@@ -61,7 +61,10 @@ def text_storable(text: str) -> str:
 
 
 def _what(text: str) -> str:
-    found = {"NUL" if c == "\x00" else "lone surrogate" for c in _UNSTORABLE.findall(text)}
+    found = {
+        "NUL" if c == "\x00" else "invalid UTF-8 (a lone surrogate or a bad byte)"
+        for c in _UNSTORABLE.findall(text)
+    }
     return " and ".join(sorted(found))
 
 

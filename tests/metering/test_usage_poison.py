@@ -19,7 +19,14 @@ from django.core.management import call_command
 from budgets.models import Allowance, CostCenterSpend
 from metering import quota_redis
 from metering.models import UsageDeadLetter, UsageRecord, VirtualKey
-from metering.usage_stream import FORMAT, dead_letter_counts, event_encode, stream_drain
+from metering.usage_stream import (
+    FORMAT,
+    Charge,
+    UsageEvent,
+    dead_letter_counts,
+    event_encode,
+    stream_drain,
+)
 from tests.metering.test_quota_redis import make_key, rds  # noqa: F401  (fixture)
 from tests.metering.test_usage_ingest import _legacy_json, event_for, push
 
@@ -317,3 +324,34 @@ def test_reconciliation_keeps_the_charges_of_unapplied_dead_letters_in_the_count
     rds.hset(counter, "used", 45)
     [drift] = quotas_reconcile(repair=True)
     assert (drift.counter, drift.redis_used, drift.database_used) == (counter, 45, 30)
+
+
+def test_bytes_that_are_not_utf8_are_escaped_byte_by_byte(rds: redis.Redis) -> None:  # noqa: F811
+    info = make_key()
+    event = event_for(info, intent="aXb")
+    line = event_encode(event).encode().replace(b"aXb", b"a\xff\xfeb", 1)
+    push(rds, [line])
+    assert drain() == 1
+    assert UsageRecord.objects.get().intent == "a\\xff\\xfeb"
+    letter = UsageDeadLetter.objects.get()
+    assert bytes(letter.payload) == line and "lone surrogate" in letter.error
+
+
+def test_the_repair_changes_only_what_cannot_be_stored() -> None:
+    from metering.usage_stream.poison import event_repair, payload_clean, text_storable
+    from tests.metering.test_usage_ingest import AWKWARD
+
+    assert text_storable(AWKWARD) == AWKWARD, "tabs, line breaks, backslashes are storable"
+    assert text_storable("a\x00b\ud800c\udfffd") == "a\\x00b\\ud800c\\udfffd"
+    assert payload_clean("ünïcode ✓\tx".encode()) is True
+    assert payload_clean(b"a\x00") is payload_clean(b"a\n") is payload_clean(b"\xff") is False
+    assert payload_clean(b"one\ntwo", lines=2) is True
+    event = UsageEvent.of(
+        UsageRecord(request_id="r", model="m" * 201, intent="ok", endpoint="chat"),
+        Charge(1, "tokens", Decimal(3), Decimal(0), (), 2026, None, 0),
+    )
+    repaired, problems = event_repair(event)
+    assert problems == ["model: cut from 201 to 200 characters"]
+    assert repaired.values["model"] == "m" * 200 and repaired.values["intent"] == "ok"
+    assert repaired.charge == event.charge
+    assert event_repair(repaired) == (repaired, [])

@@ -119,9 +119,12 @@ def test_poison_events_between_good_ones_stop_nothing(
     client = redis_server.client()
     group_ensure(client)
     consumer.start(batch=50)
-    goods = [event_for(info) for _ in range(200)]
+    warm = event_for(info)  # the consumer is up and reading before the clock starts
+    push(client, [event_encode(warm).encode()])
+    wait_for(lambda: UsageRecord.objects.exists(), timeout=60)
+    goods = [warm, *(event_for(info) for _ in range(200))]
     bad, escaped = poisons(info)
-    lines = [event_encode(e).encode() for e in goods]
+    lines = [event_encode(e).encode() for e in goods[1:]]
     for index, line in enumerate(bad):  # spread over the batches, between good events
         lines.insert(20 + index * 37, line)
     push(client, lines)

@@ -192,7 +192,7 @@ def _log_letters(entries: list[Entry]) -> None:
 def _salvage(entry: Entry, exc: BaseException) -> int:
     """The one entry the database refused: repaired if repair changes it, else unapplied."""
     refused = f"the database refused it: {type(exc).__name__}: {exc}".strip()
-    if not entry.state and entry.line is not None:
+    if not entry.state and entry.line is not None and entry.event is None:
         original = entry.line
         _decode(entry, lambda _tag: None)  # the fast path skipped the checks: run them now
         if not entry.state and entry.line not in (None, original):

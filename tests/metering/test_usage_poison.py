@@ -355,3 +355,18 @@ def test_the_repair_changes_only_what_cannot_be_stored() -> None:
     assert repaired.values["model"] == "m" * 200 and repaired.values["intent"] == "ok"
     assert repaired.charge == event.charge
     assert event_repair(repaired) == (repaired, [])
+
+
+def test_an_event_of_another_version_refused_by_the_database_says_why(
+    rds: redis.Redis,  # noqa: F811
+) -> None:
+    info = make_key()
+    orphan = event_for(info)
+    orphan.values["employee_id"] = 999_999
+    rds.hset(quota_redis.FORMATS, "u1.othertag0000", ",".join(_names()))
+    other = event_encode(orphan).replace(FORMAT, "u1.othertag0000", 1)
+    push(rds, [_legacy_json(event_for(info)), other, event_encode(event_for(info))])
+    assert drain() == 2
+    letter = UsageDeadLetter.objects.get()
+    assert letter.state == UsageDeadLetter.State.UNAPPLIED
+    assert "the database refused it" in letter.error and "unknown format" not in letter.error

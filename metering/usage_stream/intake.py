@@ -31,11 +31,21 @@ log = logging.getLogger("tokenbudget.ingest")
 
 # What a database raises for data it will not take: the entry's fault, not the database's.
 # (A database that is down or a deadlock raises OperationalError: the batch is retried whole.)
-REFUSED: tuple[type[BaseException], ...] = (DataError, IntegrityError, ValueError)
+# ValueError and TypeError: a value the driver cannot even send (a JSON event's number that is
+# not one).
+REFUSED: tuple[type[BaseException], ...] = (DataError, IntegrityError, ValueError, TypeError)
 if psycopg is not None:
     REFUSED += (psycopg.DataError, psycopg.IntegrityError)
 # What makes an entry unreadable: bad cells, a bad number, an unknown format, not an event.
-_UNREADABLE = (ValueError, TypeError, KeyError, IndexError, ArithmeticError, ValidationError)
+_UNREADABLE = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    ArithmeticError,
+    ValidationError,
+)
 _ERROR_CHARS = 2000
 
 FormatNames = Callable[[bytes], str | None]  # a format tag -> its field names, if registered

@@ -370,3 +370,23 @@ def test_an_event_of_another_version_refused_by_the_database_says_why(
     letter = UsageDeadLetter.objects.get()
     assert letter.state == UsageDeadLetter.State.UNAPPLIED
     assert "the database refused it" in letter.error and "unknown format" not in letter.error
+
+
+@pytest.mark.parametrize(
+    "tokens", [{"x": 1}, "many", -5], ids=["an object", "a word", "a negative number"]
+)
+def test_a_json_event_with_a_number_that_is_not_one_waits_unapplied(
+    rds: redis.Redis,  # noqa: F811
+    tokens: object,
+) -> None:
+    info = make_key()
+    bad, good = event_for(info), event_for(info)
+    data = json.loads(_legacy_json(bad))
+    data["r"]["input_tokens"] = tokens
+    push(rds, [json.dumps(data), event_encode(good)])
+    assert drain() == 1
+    assert UsageRecord.objects.get().request_id == good.request_id
+    assert Allowance.objects.get(pk=info.limits.allowance_id).used == 30
+    letter = UsageDeadLetter.objects.get()
+    assert letter.state == UsageDeadLetter.State.UNAPPLIED
+    assert pending(rds) == 0

@@ -83,8 +83,19 @@ def mode(request: pytest.FixtureRequest, transactional_db: None, mock_upstream_u
         return Mode("database", request.getfixturevalue("proxy_url"))
     system: RedisProxy = request.getfixturevalue("redis_proxy")
     client = system.server.client()
-    client.flushdb()
+    _reset(client)
     return Mode("redis", system.url, client)
+
+
+def _reset(client: redis.Redis) -> None:
+    """Forget the last test's counters and holds (ids repeat across tests), keeping what the
+    running proxy and consumer set up: the stream's consumer group, formats, liveness keys."""
+    kept = (b"tb:usage", b"tb:usage:formats")
+    for name in client.keys("*"):
+        if name not in kept and not name.startswith(b"tb:live:"):
+            client.delete(name)
+    if client.exists("tb:usage"):
+        client.xtrim("tb:usage", maxlen=0)
 
 
 def mode_world(mode: Mode, mock: str, **kwargs: object) -> World:

@@ -571,7 +571,10 @@ async def _proxy(request: HttpRequest, endpoint: str, request_id: str) -> HttpRe
         return error_response(endpoint, error, request_id)
     owner = HoldOwner(call)
     try:
+        kind = call.route.target.kind
         await _take_hold(call, owner)
+        if call.route.target.kind != kind:
+            encoded = _encode(call)  # a downgrade to another kind of upstream: its limit field
         return await _forward(owner, request, encoded)
     except ProxyError as error:
         if owner.held:

@@ -75,16 +75,35 @@ def redis_proxy(django_db_setup, django_db_blocker, mock_upstream_url: str) -> I
 
 
 @pytest.fixture(params=["database", "redis"])
-def mode(request: pytest.FixtureRequest, transactional_db: None, mock_upstream_url: str) -> Mode:
+def mode(
+    request: pytest.FixtureRequest, transactional_db: None, mock_upstream_url: str
+) -> Iterator[Mode]:
     """Each test runs on the embedded default and on Redis quotas."""
     httpx.delete(f"{mock_upstream_url}/_mock/ledger", timeout=5)
     httpx.delete(f"{mock_upstream_url}/_mock/requests", timeout=5)
     if request.param == "database":
-        return Mode("database", request.getfixturevalue("proxy_url"))
+        yield Mode("database", request.getfixturevalue("proxy_url"))
+        return
     system: RedisProxy = request.getfixturevalue("redis_proxy")
     client = system.server.client()
     _reset(client)
-    return Mode("redis", system.url, client)
+    yield Mode("redis", system.url, client)
+    # The test database is emptied next: let the consumer finish writing first (its
+    # transaction and the emptying would otherwise wait on each other).
+    _wait_until_consumed(client)
+
+
+def _wait_until_consumed(client: redis.Redis, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not client.exists("tb:usage"):
+            return
+        last = client.xinfo_stream("tb:usage")["last-generated-id"]
+        groups = client.xinfo_groups("tb:usage")
+        if all(g["last-delivered-id"] == last and g["pending"] == 0 for g in groups):
+            time.sleep(0.2)  # the last batch's commit comes just before its acknowledgement
+            return
+        time.sleep(0.05)
 
 
 def _reset(client: redis.Redis) -> None:

@@ -569,6 +569,9 @@ async def _proxy(request: HttpRequest, endpoint: str, request_id: str) -> HttpRe
         call, encoded = await _prepare(request, endpoint, request_id)
     except ProxyError as error:
         return error_response(endpoint, error, request_id)
+    except Exception:
+        log.exception("proxy call failed before its hold", extra={"request_id": request_id})
+        return _internal_error(endpoint, request_id)
     owner = HoldOwner(call)
     try:
         kind = call.route.target.kind
@@ -584,15 +587,16 @@ async def _proxy(request: HttpRequest, endpoint: str, request_id: str) -> HttpRe
         log.exception("proxy call failed", extra={"request_id": request_id})
         if owner.held:
             await asyncio.shield(owner.release(status=500, error="internal_error"))
-        return error_response(
-            endpoint,
-            ProxyError(500, "upstream", "Internal error in the proxy.", "internal_error"),
-            request_id,
-        )
+        return _internal_error(endpoint, request_id)
     except asyncio.CancelledError:
         if owner.held:
             owner.release(status=499, error="client_closed")
         raise
+
+
+def _internal_error(endpoint: str, request_id: str) -> HttpResponse:
+    error = ProxyError(500, "upstream", "Internal error in the proxy.", "internal_error")
+    return error_response(endpoint, error, request_id)
 
 
 async def _prepare(
@@ -827,8 +831,8 @@ async def _respond_whole(owner: HoldOwner, response: upstream.UpstreamResponse) 
     if status < 400:
         try:
             usage = _protocol(call.endpoint).usage_from_body(call.endpoint, json.loads(content))
-        except (ValueError, TypeError, RecursionError):
-            usage = None
+        except (ValueError, TypeError, AttributeError, RecursionError):
+            usage = None  # not a JSON object with a usage in it
     if status >= 400:
         metrics.UPSTREAM_ERRORS.labels(f"http_{status}").inc()
     if usage is None:

@@ -106,6 +106,9 @@ TB_MAX_BODY_BYTES = env_int("TB_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024)
 # Django refuses larger bodies itself; the proxy checks TB_MAX_BODY_BYTES to answer in the
 # provider's error shape, so Django's own limit must not be the lower one.
 DATA_UPLOAD_MAX_MEMORY_SIZE = TB_MAX_BODY_BYTES + 1024
+# Parallel answers per call (chat `n`): each may use the whole output limit, so the hold covers
+# prompt + n x limit; a call asking for more is refused with a 400.
+TB_MAX_CHOICES = env_int("TB_MAX_CHOICES", 16, minimum=1, maximum=128)
 # How long a call may wait for other calls' open holds to settle before it is refused.
 TB_HOLD_WAIT_SECONDS = env_int("TB_HOLD_WAIT_SECONDS", 30, minimum=0, maximum=600)
 # At most 4 s: a revoked key must stop working everywhere within 5 s.

@@ -21,12 +21,14 @@ from decimal import Decimal
 from types import ModuleType
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from budgets import ledger
 from metering import cache, metrics, pricing, quota_redis, quotas, routing, tokens, upstream
+from metering.body import prompt_estimate, request_parse, sized_work
 from metering.dbpool import in_db_thread
 from metering.logs import REQUEST_ID
 from metering.models import UsageRecord
@@ -162,6 +164,10 @@ async def _authenticate(request: HttpRequest) -> KeyInfo:
     return info
 
 
+# metering.asgi authenticates from the headers before it reads the body.
+authenticate = _authenticate
+
+
 def _read_body(request: HttpRequest) -> bytes:
     declared = request.headers.get("content-length")
     limit = settings.TB_MAX_BODY_BYTES
@@ -169,8 +175,11 @@ def _read_body(request: HttpRequest) -> bytes:
         raise ProxyError(
             413, "too_large", f"Request body exceeds {limit} bytes.", "request_too_large"
         )
-    body = request.body
-    if len(body) > limit:
+    try:
+        body = request.body  # under ASGI already read, and bounded, by metering.asgi
+    except RequestDataTooBig:  # Django's own limit (WSGI, the test client)
+        body = None
+    if body is None or len(body) > limit:
         raise ProxyError(
             413, "too_large", f"Request body exceeds {limit} bytes.", "request_too_large"
         )
@@ -432,7 +441,7 @@ async def _proxy(request: HttpRequest, endpoint: str, request_id: str) -> HttpRe
         info = await _authenticate(request)
         protocol = _protocol(endpoint)
         try:
-            parsed = protocol.parse_request(endpoint, body)
+            parsed = await request_parse(protocol, endpoint, body)
         except RequestError as exc:
             raise ProxyError(400, "invalid", exc.message, "invalid_request", exc.param) from exc
         requested = parsed.model
@@ -442,7 +451,7 @@ async def _proxy(request: HttpRequest, endpoint: str, request_id: str) -> HttpRe
         route = await _route(info, parsed)
         at = timezone.now()
         quote = _quote(route, info, at)
-        estimate = _estimate(parsed, route, info, quote)
+        estimate = _estimate(parsed, route, info, quote, await prompt_estimate(parsed))
         tagged = request.headers.get("x-intent") or parsed.intent
         intent = (tagged or alias or info.default_intent)[:100]
         call = Call(
@@ -554,19 +563,24 @@ async def _forward(call: Call, request: HttpRequest) -> HttpResponse:
     assert call.held is not None
     protocol = _protocol(call.endpoint)
     force_usage = call.endpoint == "chat" and call.parsed.stream
-    body = protocol.build_upstream_body(
-        call.parsed,
-        upstream_model=call.route.upstream_model,
-        max_output_tokens=call.held.hold.output_tokens if call.endpoint != "embeddings" else None,
-        force_include_usage=force_usage,
-        **(
-            {"default_limit_field": "max_tokens"}
-            if call.route.target.kind == "openai_compatible"
-            else {}
-        ),
-    )
     headers = upstream.upstream_headers(call.route.target, request.headers, call.request_id)
     try:
+        # Off the loop for a large body; inside the try, so a cancellation there releases.
+        body = await sized_work(
+            len(request.body),
+            protocol.build_upstream_body,
+            call.parsed,
+            upstream_model=call.route.upstream_model,
+            max_output_tokens=call.held.hold.output_tokens
+            if call.endpoint != "embeddings"
+            else None,
+            force_include_usage=force_usage,
+            **(
+                {"default_limit_field": "max_tokens"}
+                if call.route.target.kind == "openai_compatible"
+                else {}
+            ),
+        )
         response = await upstream.send(
             call.route.target,
             endpoint=call.endpoint,

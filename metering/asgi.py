@@ -30,6 +30,7 @@ from django.http import HttpRequest, HttpResponse
 from metering import metrics, tokens, views
 from metering.body import BadContentLength, BodyTooLarge, body_read, declared_length
 from metering.providers import ENDPOINT_PATHS, protocol_for
+from metering.selectors import KeyInfo
 
 log = logging.getLogger("tokenbudget.proxy")
 
@@ -70,7 +71,7 @@ class ProxyApplication:
             return
         endpoint = ENDPOINT_PATHS.get(head.path)
         try:
-            await self._admit(head, endpoint)
+            key_info = await self._admit(head, endpoint)
             body = await body_read(receive, limit=settings.TB_MAX_BODY_BYTES)
         except _Refused as refused:
             await self._refuse(refused.response, endpoint, send)
@@ -82,6 +83,7 @@ class ProxyApplication:
             return
         # A BytesIO over the whole body hands the same bytes to request.body: no copy.
         request = self.handler.create_request(scope, io.BytesIO(body))[0]
+        request.key_info = key_info  # the view does not look the key up again
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._disconnect(receive))
@@ -91,8 +93,9 @@ class ProxyApplication:
         except* (_Processed, RequestAborted):
             pass
 
-    async def _admit(self, request: HttpRequest, endpoint: str | None) -> None:
-        """The checks the headers alone decide, made before any of the body is read."""
+    async def _admit(self, request: HttpRequest, endpoint: str | None) -> KeyInfo | None:
+        """The checks the headers alone decide, made before any of the body is read; the
+        metered endpoints' key (None for the other paths, whose views check their own)."""
         try:
             declared = declared_length(request.scope.get("headers", []))
         except BadContentLength:
@@ -107,11 +110,12 @@ class ProxyApplication:
             ) from None
         if declared is not None and declared > settings.TB_MAX_BODY_BYTES:
             raise _Refused(self._too_large(endpoint))
-        if endpoint is not None and request.method == "POST":
-            try:
-                await views.authenticate(request)
-            except views.ProxyError as error:
-                raise _Refused(views.error_response(endpoint, error, _request_id())) from None
+        if endpoint is None or request.method != "POST":
+            return None
+        try:
+            return await views.authenticate(request)
+        except views.ProxyError as error:
+            raise _Refused(views.error_response(endpoint, error, _request_id())) from None
 
     def _too_large(self, endpoint: str | None) -> HttpResponse:
         limit = settings.TB_MAX_BODY_BYTES

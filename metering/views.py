@@ -143,6 +143,9 @@ def _raw_key(request: HttpRequest) -> str | None:
 
 
 async def _authenticate(request: HttpRequest) -> KeyInfo:
+    checked = getattr(request, "key_info", None)  # metering.asgi checked it before the body
+    if checked is not None:
+        return checked
     raw = _raw_key(request)
     if not raw:
         raise ProxyError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from metering.jsonwire import dumps_bytes
 from metering.providers.base import (
     ParsedRequest,
     PassThroughMeter,
@@ -89,7 +90,7 @@ def build_upstream_body(
     if max_output_tokens is not None:
         body["max_tokens"] = max_output_tokens
     strip_intent(body)
-    return _DUMP(body).encode()
+    return dumps_bytes(body)
 
 
 # --- usage ---------------------------------------------------------------------------------

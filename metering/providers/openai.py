@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from metering.jsonwire import dumps_bytes
 from metering.providers.base import (
     ParsedRequest,
     PassThroughMeter,
@@ -299,7 +300,7 @@ def build_upstream_body(
         options = body.get("stream_options")
         body["stream_options"] = {**(options or {}), "include_usage": True}
     strip_intent(body)
-    return _DUMP(body).encode()
+    return dumps_bytes(body)
 
 
 def strip_intent(body: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ import pytest
 from django.conf import settings
 
 from budgets.models import Reservation
+from metering import tokens
 from metering.models import ModelRoute, Upstream, UsageRecord
 from tests import servers
 from tests.e2e.conftest import World
@@ -385,12 +386,9 @@ def stall_proxy(world: World) -> Iterator[str]:
     servers.stop(mock)
 
 
-def _large_prompt(megabytes: int) -> bytes:
+def _large_prompt(megabytes: int) -> str:
     words = "budget token ledger allowance quarter invoice model prompt answer cost "
-    prompt = (words * (megabytes * 1_000_000 // len(words) + 1))[: megabytes * 1_000_000]
-    return json.dumps(
-        {"model": "gpt-big", "max_tokens": 5, "messages": [{"role": "user", "content": prompt}]}
-    ).encode()
+    return (words * (megabytes * 1_000_000 // len(words) + 1))[: megabytes * 1_000_000]
 
 
 SMALL = {"model": "gpt-4o-mini", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
@@ -425,19 +423,34 @@ def _large_call(proxy: str, key: str, body: bytes, done: threading.Event, out: d
         done.set()
 
 
+def _p90(samples: list[float]) -> float:
+    return sorted(samples)[int(0.9 * (len(samples) - 1))]
+
+
+def _quiet(proxy: str, key: str, seconds: float) -> tuple[list[float], list[float]]:
+    done = threading.Event()
+    threading.Timer(seconds, done.set).start()
+    return _probe_until(proxy, key, done)
+
+
 def test_a_large_prompt_does_not_stall_other_calls(world: World, stall_proxy: str) -> None:
-    """While a 7 MB prompt is read, parsed, counted and forwarded, /healthz and a small call on
-    the same process answer within 50 ms. The box is shared, so a stray slow answer can come
-    from elsewhere: of five rounds one must be clean. A blocked event loop fails them all:
-    counting the prompt alone takes several times 50 ms."""
+    """While a 7 MB prompt is read, parsed, counted and forwarded, /healthz answers within
+    50 ms, and a small call on the same process is not queued behind it: it answers within
+    50 ms, or, where the small call alone is slower on this box (its reserve and settle commit
+    to the database and compete for the shared CPU), within twice its 90th percentile on the
+    quiet process just before. A blocked event loop fails this by far: the small call then
+    waits for the whole parse and count, ten times its quiet time and more. The box is shared,
+    so a stray slow answer can come from elsewhere: of five rounds one must be clean."""
     world.allowance.amount = Decimal(10**9)
     world.allowance.save()
-    body = _large_prompt(7)
-    quiet = threading.Event()
-    threading.Timer(1.0, quiet.set).start()
-    quiet_health, quiet_small = _probe_until(stall_proxy, world.key, quiet)
+    prompt = _large_prompt(7)
+    body = json.dumps(
+        {"model": "gpt-big", "max_tokens": 5, "messages": [{"role": "user", "content": prompt}]}
+    ).encode()
+    _quiet(stall_proxy, world.key, 0.5)  # warm: the key and route cached, connections open
     rounds = []
     for _ in range(5):
+        quiet_health, quiet_small = _quiet(stall_proxy, world.key, 0.5)
         done, out = threading.Event(), {}
         thread = threading.Thread(
             target=_large_call, args=(stall_proxy, world.key, body, done, out)
@@ -449,20 +462,23 @@ def test_a_large_prompt_does_not_stall_other_calls(world: World, stall_proxy: st
         assert out["response"].status_code == 200, out["response"].text[:300]
         assert len(small) >= 3, "the probes overlapped the large call"
         rounds.append(
-            (
-                round(max(health) * 1000, 1),
-                round(max(small) * 1000, 1),
-                len(small),
-                round(time.perf_counter() - started, 2),
-            )
+            {
+                "healthz_ms": round(max(health) * 1000, 1),
+                "small_ms": round(max(small) * 1000, 1),
+                "small_allowed_ms": round(max(50.0, 2 * _p90(quiet_small) * 1000), 1),
+                "quiet_healthz_ms": round(max(quiet_health) * 1000, 1),
+                "probes": len(small),
+                "large_s": round(time.perf_counter() - started, 2),
+            }
         )
-        if rounds[-1][0] < 50 and rounds[-1][1] < 50:
+        last = rounds[-1]
+        if last["healthz_ms"] < 50 and last["small_ms"] < last["small_allowed_ms"]:
             break
-    assert any(health < 50 and small < 50 for health, small, _, _ in rounds), (
-        "per round: slowest /healthz (ms), slowest small call (ms), probes, large call (s): "
-        f"{rounds}; with no large call: {max(quiet_health) * 1000:.1f} and "
-        f"{max(quiet_small) * 1000:.1f} ms"
+    assert any(r["healthz_ms"] < 50 and r["small_ms"] < r["small_allowed_ms"] for r in rounds), (
+        rounds
     )
     large = UsageRecord.objects.filter(model="gpt-big")
     assert large.count() == len(rounds)
-    assert all(record.status_code == 200 and record.input_tokens > 1_000_000 for record in large)
+    # The mock's count: the prompt's o200k tokens and 3 for the message.
+    expected = tokens.count_text_tokens(prompt) + 3
+    assert {(r.status_code, r.input_tokens, r.output_tokens) for r in large} == {(200, expected, 5)}

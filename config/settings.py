@@ -109,6 +109,15 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = TB_MAX_BODY_BYTES + 1024
 # Parallel answers per call (chat `n`): each may use the whole output limit, so the hold covers
 # prompt + n x limit; a call asking for more is refused with a 400.
 TB_MAX_CHOICES = env_int("TB_MAX_CHOICES", 16, minimum=1, maximum=128)
+# Arrays and objects nested deeper than this in a request body are refused (400): parsing, token
+# counting and re-encoding a deeper body would recurse past the interpreter's limit.
+TB_MAX_JSON_DEPTH = env_int("TB_MAX_JSON_DEPTH", 64, minimum=8, maximum=512)
+# Threads per process that parse bodies over 64 KiB and count long prompts, off the event loop.
+TB_PARSE_THREADS = env_int("TB_PARSE_THREADS", 2, minimum=1, maximum=64)
+# Bounds of each per-process cache (keys, routes, intents): entries, and bytes (names plus a
+# fixed allowance per value); the least recently used entry goes first.
+TB_CACHE_MAX_ENTRIES = env_int("TB_CACHE_MAX_ENTRIES", 50_000, minimum=100)
+TB_CACHE_MAX_BYTES = env_int("TB_CACHE_MAX_BYTES", 64 * 1024 * 1024, minimum=64 * 1024)
 # How long a call may wait for other calls' open holds to settle before it is refused.
 TB_HOLD_WAIT_SECONDS = env_int("TB_HOLD_WAIT_SECONDS", 30, minimum=0, maximum=600)
 # At most 4 s: a revoked key must stop working everywhere within 5 s.

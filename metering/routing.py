@@ -24,12 +24,16 @@ from decimal import Decimal
 from budgets import ledger
 from budgets.quota import Hold
 from metering import selectors
-from metering.cache import TTLCache
+from metering.cache import INTENT_NAME_MAX_LENGTH, TTLCache, name_valid
 
 AUTO_PREFIX = "auto:"
 
 # Intent name -> its alias candidates; cached like keys and routes (same lifetime bound).
-intents: TTLCache[selectors.IntentRoute] = TTLCache(selectors.intent_route_load, name="intents")
+intents: TTLCache[selectors.IntentRoute] = TTLCache(
+    selectors.intent_route_load,
+    name="intents",
+    valid=lambda name: name_valid(name, max_length=INTENT_NAME_MAX_LENGTH),
+)
 
 
 def alias_intent(model: str) -> str | None:

@@ -10,6 +10,16 @@ the Messages endpoint.
 Speed (measured on the shared 2-core box, one thread; tests/metering/test_tokens.py prints it):
 loading takes about 0.5 s once per process; counting takes about 2 µs for a one-line prompt and
 about 15 ns per further character (0.2 ms for 12.6k characters).
+
+Long text is counted in pieces of at most PIECE_CHARS characters, cut before a word where one is
+near: the tokenizer holds the interpreter lock while it works (a quarter of a second for 7 MB),
+so pieces, with the lock given up between them, let other threads (the event loop) run. A cut before a space
+that follows a word is where o200k's pre-tokenizer would cut too, so the count stays exact; a
+piece with no such place near its end (a run of whitespace, a script without spaces) is cut
+where it reaches the size, which can move the count by a token or two per cut. The tokenizer
+panics on some inputs (a run of about a million whitespace characters overflows its regex
+engine's stack, a `BaseException`); such a piece counts its UTF-8 length, an upper bound,
+since every token covers at least one byte.
 """
 
 from __future__ import annotations
@@ -18,7 +28,10 @@ import base64
 import gzip
 import hashlib
 import importlib.resources
+import logging
 import threading
+import time
+from collections.abc import Iterator
 
 import tiktoken
 
@@ -48,6 +61,15 @@ PER_REQUEST_TOKENS = 8
 MARGIN_PERCENT = 10
 # Claude's tokenizer is not public; a wider margin keeps its reservations on the high side.
 ANTHROPIC_MARGIN_PERCENT = 25
+
+# A prompt longer than this is counted off the event loop (metering.body).
+INLINE_CHARS = 32 * 1024
+# The most text one tokenizer call is given, and how far back from a piece's end a cut before
+# a word is looked for.
+PIECE_CHARS = 4 * 1024
+_CUT_WINDOW = 512
+
+log = logging.getLogger("tokenbudget.proxy")
 
 _lock = threading.Lock()
 _encoding: tiktoken.Encoding | None = None
@@ -82,14 +104,66 @@ def encoding() -> tiktoken.Encoding:
     return _encoding
 
 
+def loaded() -> bool:
+    """Whether this process has loaded the vocabulary (the first count takes 0.5 s)."""
+    return _encoding is not None
+
+
+def is_tokenizer_panic(exc: BaseException) -> bool:
+    """Whether `exc` is a panic of a Rust extension (pyo3's PanicException, which derives from
+    BaseException and has no importable class until the first panic)."""
+    kind = type(exc)
+    return kind.__name__ == "PanicException" and kind.__module__ == "pyo3_runtime"
+
+
+def token_upper_bound(text: str) -> int:
+    """At least the o200k count of `text`: its UTF-8 length (lone surrogates count 3 bytes,
+    like the replacement character the tokenizer puts in their place)."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _count_piece(piece: str) -> int:
+    try:
+        return len(encoding().encode_ordinary(piece))
+    except BaseException as exc:
+        if not is_tokenizer_panic(exc):
+            raise
+        log.warning("tokenizer panicked; counting %d characters by their bytes", len(piece))
+        return token_upper_bound(piece)
+
+
+def _pieces(text: str) -> Iterator[str]:
+    start = 0
+    while len(text) - start > PIECE_CHARS:
+        end = start + PIECE_CHARS
+        cut = text.rfind(" ", end - _CUT_WINDOW, end)
+        while cut > end - _CUT_WINDOW and text[cut - 1].isspace():
+            cut = text.rfind(" ", end - _CUT_WINDOW, cut)
+        if cut <= end - _CUT_WINDOW:
+            cut = end
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
 def count_text_tokens(text: str) -> int:
-    """The o200k token count of `text`, exactly, with no margin (for streamed output).
+    """The o200k token count of `text`, with no margin (for streamed output): exact, except
+    for long text cut where no word boundary is near, or a piece the tokenizer panics on
+    (see the module's docstring); never raises for any string.
 
     Special-token strings such as "<|endoftext|>" are counted as ordinary text, never refused:
     this is counting what a client sent or a model wrote, not encoding a prompt."""
     if not text:
         return 0
-    return len(encoding().encode_ordinary(text))
+    if len(text) <= PIECE_CHARS:
+        return _count_piece(text)
+    total = 0
+    for piece in _pieces(text):
+        total += _count_piece(piece)
+        # The tokenizer keeps the interpreter lock while it works; give it up between pieces
+        # so a waiting thread (the event loop) takes it now, not a switch interval later.
+        time.sleep(0)
+    return total
 
 
 def estimate_prompt_tokens(

@@ -21,6 +21,7 @@ from decimal import ROUND_FLOOR, Decimal
 from types import ModuleType
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -38,6 +39,7 @@ from metering import (
     upstream,
     validation,
 )
+from metering.body import prompt_estimate, request_parse, sized_work
 from metering.dbpool import in_db_thread
 from metering.logs import REQUEST_ID
 from metering.models import UsageRecord
@@ -137,6 +139,9 @@ def _raw_key(request: HttpRequest) -> str | None:
 
 
 async def _authenticate(request: HttpRequest) -> KeyInfo:
+    checked = getattr(request, "key_info", None)  # metering.asgi checked it before the body
+    if checked is not None:
+        return checked
     raw = _raw_key(request)
     if not raw:
         raise ProxyError(
@@ -158,6 +163,10 @@ async def _authenticate(request: HttpRequest) -> KeyInfo:
     return info
 
 
+# metering.asgi authenticates from the headers before it reads the body.
+authenticate = _authenticate
+
+
 def _read_body(request: HttpRequest) -> bytes:
     declared = request.headers.get("content-length")
     limit = settings.TB_MAX_BODY_BYTES
@@ -165,8 +174,11 @@ def _read_body(request: HttpRequest) -> bytes:
         raise ProxyError(
             413, "too_large", f"Request body exceeds {limit} bytes.", "request_too_large"
         )
-    body = request.body
-    if len(body) > limit:
+    try:
+        body = request.body  # under ASGI already read, and bounded, by metering.asgi
+    except RequestDataTooBig:  # Django's own limit (WSGI, the test client)
+        body = None
+    if body is None or len(body) > limit:
         raise ProxyError(
             413, "too_large", f"Request body exceeds {limit} bytes.", "request_too_large"
         )
@@ -610,7 +622,7 @@ async def _prepare(
     info = await _authenticate(request)
     protocol = _protocol(endpoint)
     try:
-        parsed = protocol.parse_request(endpoint, body)
+        parsed = await request_parse(protocol, endpoint, body)
         header = request.headers.get("x-intent")
         tagged = validation.header_text(header, name="x-intent") if header else parsed.intent
     except RequestError as exc:
@@ -623,7 +635,7 @@ async def _prepare(
     route = await _route(info, parsed)
     at = timezone.now()
     quote = _quote(route, info, at)
-    estimate = _estimate(parsed, route, info, quote)
+    estimate = _estimate(parsed, route, info, quote, await prompt_estimate(parsed))
     intent = (tagged or alias or info.default_intent)[:100]
     call = Call(
         request_id,
@@ -638,7 +650,8 @@ async def _prepare(
         intent,
         requested_model=requested if alias is not None else "",
     )
-    return call, _encode(call)
+    # Encoding a large body runs off the event loop, like its parse.
+    return call, await sized_work(len(body), _encode, call)
 
 
 def _encode(call: Call) -> EncodedBody:

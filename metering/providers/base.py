@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from metering.jsonwire import dumps_bytes
 from metering.sse import SSESplitter
 
 
@@ -81,7 +82,7 @@ class EncodedBody:
         rest = {k: v for k, v in body.items() if k != "model" and k not in limit_fields}
         kept = tuple((f, body[f]) for f in limit_fields if f in body)
         try:
-            return cls(_DUMP(rest).encode(), limit_fields, kept)
+            return cls(dumps_bytes(rest), limit_fields, kept)
         except (UnicodeEncodeError, RecursionError, ValueError) as exc:
             raise BodyEncodingError(str(exc)) from None
 

@@ -104,3 +104,62 @@ def test_messages_endpoint_gets_the_wider_margin() -> None:
         b'{"model":"c","max_tokens":5,"messages":[{"role":"user","content":"hello world"}]}',
     )
     assert tokens.estimate_request_tokens(parsed) == -(-(2 + 4 + 8) * 125 // 100)
+
+
+def test_long_text_is_counted_in_pieces_exactly_where_words_allow() -> None:
+    text = "The quarterly report shows revenue growth across all regions, 2026. " * 20_000
+    assert len(text) > 10 * tokens.PIECE_CHARS
+    assert tokens.count_text_tokens(text) == len(tokens.encoding().encode_ordinary(text))
+
+
+def test_pieces_cut_only_before_a_space_that_follows_a_word() -> None:
+    text = ("word " * 20_000) + ("   \n\t " * 20_000) + ("x" * 200_000)
+    pieces = list(tokens._pieces(text))
+    assert "".join(pieces) == text
+    assert all(len(piece) <= tokens.PIECE_CHARS for piece in pieces)
+    for piece in pieces[1:]:
+        # Either a cut before a space after a word, or (no such place near) at the size.
+        assert piece[0] == " " or len(piece) == tokens.PIECE_CHARS or piece is pieces[-1]
+
+
+def test_text_without_word_boundaries_is_counted_within_a_token_per_cut() -> None:
+    text = "東京の予算会議" * 100_000  # no spaces at all: cut at the piece size
+    cuts = len(text) // tokens.PIECE_CHARS
+    exact = len(tokens.encoding().encode_ordinary(text))
+    assert abs(tokens.count_text_tokens(text) - exact) <= 2 * cuts
+
+
+def test_a_tokenizer_panic_is_caught_and_counted_as_an_upper_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    whitespace = " " * 1_100_000
+    # The panic itself: a BaseException, not an Exception, from the Rust core.
+    with pytest.raises(BaseException) as caught:
+        tokens.encoding().encode_ordinary(whitespace)
+    assert tokens.is_tokenizer_panic(caught.value)
+    assert not isinstance(caught.value, Exception)
+    # Counted in pieces (the default), the run never reaches the tokenizer whole.
+    assert 0 < tokens.count_text_tokens(whitespace) < len(whitespace) // 100
+    # One piece that panics counts its UTF-8 length.
+    monkeypatch.setattr(tokens, "PIECE_CHARS", 10_000_000)
+    assert tokens.count_text_tokens(whitespace) == 1_100_000
+    assert tokens.count_text_tokens("é" + whitespace) == 1_100_002
+
+
+def test_other_base_exceptions_are_not_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Stop(BaseException):
+        pass
+
+    class Broken:
+        def encode_ordinary(self, text: str) -> list[int]:
+            raise Stop
+
+    monkeypatch.setattr(tokens, "_encoding", Broken())
+    with pytest.raises(Stop):
+        tokens.count_text_tokens("hello")
+
+
+def test_lone_surrogates_are_counted_not_raised() -> None:
+    assert tokens.count_text_tokens("a\ud800b") >= 2
+    assert tokens.token_upper_bound("a\ud800b") == 5
+    assert tokens.count_text_tokens("a\ud800b") <= tokens.token_upper_bound("a\ud800b")

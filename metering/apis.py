@@ -56,10 +56,7 @@ class EmployeeKeysViewSet(
         return employee
 
     def _check_manage(self, employee: Employee) -> None:
-        me = roles.employee_of(self.request.user)
-        if not (
-            roles.can_manage_employee(self.request.user, employee) or (me and me.pk == employee.pk)
-        ):
+        if not roles.can_manage_keys(self.request.user, employee):
             raise PermissionDenied("You may not manage this employee's keys.")
 
     def get_queryset(self):

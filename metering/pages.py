@@ -57,10 +57,7 @@ def key_new(request: HttpRequest) -> HttpResponse:
 @require_POST
 def key_remove(request: HttpRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(VirtualKey.objects.select_related("employee"), pk=pk)
-    own = roles.employee_of(request.user)
-    if not (own is not None and key.employee_id == own.pk) and not roles.can_manage_employee(
-        request.user, key.employee
-    ):
+    if not roles.can_manage_keys(request.user, key.employee):
         raise PermissionDenied
     key_revoke(key=key, actor=request.user, source="admin")
     messages.success(request, f"Key “{key.name}” revoked; it stops working within seconds.")

@@ -62,15 +62,37 @@ class StatementSerializer(serializers.ModelSerializer):
     cost_center_name = serializers.CharField(source="cost_center.name")
     gl_code = serializers.CharField(source="cost_center.gl_code")
     total = serializers.DecimalField(max_digits=24, decimal_places=10)
+    scope = serializers.SerializerMethodField(
+        help_text="`statement`: the figures are the cost center's; `own`: the caller is an "
+        "employee reading their own lines, and requests, tokens and totals are theirs only."
+    )
 
     class Meta:
         model = ChargebackStatement
         fields = [
             "id", "period", "cost_center", "cost_center_name", "gl_code", "status", "currency",
             "requests", "total_tokens", "total", "finalized_at", "sent_at", "paid_at",
-            "stripe_invoice_id",
+            "stripe_invoice_id", "scope",
         ]  # fmt: skip
         read_only_fields = fields
+
+    def _whole(self, obj: ChargebackStatement) -> bool:
+        return selectors.statement_shows_whole(statement=obj, user=self.context["request"].user)
+
+    def get_scope(self, obj: ChargebackStatement) -> str:
+        return "statement" if self._whole(obj) else "own"
+
+    def to_representation(self, instance: ChargebackStatement) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if data["scope"] == "own":
+            # The department's figures are not the employee's to read.
+            own = selectors.statement_own_totals(
+                statement=instance, user=self.context["request"].user
+            )
+            data["requests"] = own.requests
+            data["total_tokens"] = own.total_tokens
+            data["total"] = self.fields["total"].to_representation(own.total)
+        return data
 
 
 class StatementDetailSerializer(StatementSerializer):
@@ -90,6 +112,9 @@ class StatementDetailSerializer(StatementSerializer):
         return cache[obj.pk]
 
     def get_subtree_total(self, obj: ChargebackStatement) -> str:
+        if not self._whole(obj):
+            own = selectors.statement_own_totals(statement=obj, user=self.context["request"].user)
+            return str(own.total)
         return str(selectors.statement_subtree_total(statement=obj))
 
     def get_subtotals(self, obj: ChargebackStatement) -> list[dict[str, Any]]:
@@ -165,7 +190,7 @@ class StatementViewSet(viewsets.ReadOnlyModelViewSet):
             statement = statement_finalize(statement_id=statement.pk, actor=request.user)
         except StatementStateError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        return Response(StatementSerializer(statement).data)
+        return Response(StatementSerializer(statement, context={"request": request}).data)
 
     def _export_lines(self, statements: Any) -> Any:
         user = self.request.user

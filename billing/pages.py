@@ -61,9 +61,8 @@ def _burn_down(employee: Any, quota: Any, day: dt.date, per_day: Decimal) -> dic
     projection: list[tuple[dt.date, Decimal]] = []
     run_out = None
     if per_day > 0 and live > 0:
-        days_left = int(live / per_day)
-        run_out = day + dt.timedelta(days=days_left)
-        stop = min(run_out, end - dt.timedelta(days=1))
+        run_out = personal.run_out_date(day=day, remaining=live, per_day=per_day)
+        stop = min(run_out or end, end - dt.timedelta(days=1))
         projection = [(day, live), (stop, max(live - per_day * (stop - day).days, Decimal(0)))]
     series = [Series("Remaining", points, color="#0072B2")]
     if projection:

@@ -36,7 +36,7 @@ from budgets.fiscal import fiscal_year_bounds
 from budgets.quota import quota_get, today
 from budgets.templatetags.tb_pages import money
 from metering import page_selectors as metering_selectors
-from metering.pages import NEW_KEY_SESSION
+from metering.pages import new_key_forget, new_key_take
 
 
 def _fraction(part: Decimal, whole: Decimal) -> int:
@@ -136,7 +136,7 @@ def my_tokens(request: HttpRequest) -> HttpResponse:
             desc="; ".join(f"{r.label}: {r.tokens} tokens, ${r.cost}" for r in rows),
         )
 
-    new_key = request.session.pop(NEW_KEY_SESSION, None)
+    new_key = new_key_take(request)
     base_url = settings.TB_PUBLIC_BASE_URL.rstrip("/")
     context = {
         "nav": "me",
@@ -159,7 +159,11 @@ def my_tokens(request: HttpRequest) -> HttpResponse:
             for p in personal.recent_periods(employee=employee, months=6)
         ],
     }
-    return render(request, "billing/my_tokens.html", context)
+    response = render(request, "billing/my_tokens.html", context)
+    new_key_forget(request, response)
+    if new_key is not None:
+        response["Cache-Control"] = "no-store"  # the page holds a secret: keep it out of caches
+    return response
 
 
 # --- finance ---------------------------------------------------------------------------------

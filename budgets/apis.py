@@ -37,7 +37,7 @@ from rest_framework.views import APIView
 
 from budgets import roles, selectors, services
 from budgets.models import Adjustment, Allowance, AuditEvent, CostCenter, Employee, Policy
-from budgets.roster import RosterInvalid, roster_import
+from budgets.roster import RosterInvalid, RowError, roster_import
 from budgets.serializers import (
     AdjustmentSerializer,
     AllowanceSerializer,
@@ -441,7 +441,14 @@ class RosterImportView(APIView):
     )
     def post(self, request: Request) -> Response:
         upload = RosterImportSerializer(data=request.data)
-        upload.is_valid(raise_exception=True)
+        if not upload.is_valid():
+            # The documented 400 shape, for a missing or unreadable file as for a bad row.
+            errors = [
+                RowError(None, field, str(message))
+                for field, messages in upload.errors.items()
+                for message in messages
+            ]
+            return Response(RosterInvalid(errors).as_dict(), status=status.HTTP_400_BAD_REQUEST)
         dry_run = request.query_params.get("dry_run", "").lower() in ("1", "true", "yes")
         try:
             result = roster_import(

@@ -256,3 +256,47 @@ def test_role_table(world: World, action: str, persona: str, allowed: bool, surf
     else:
         assert response.status_code in REFUSED, response.content[:500]
     assert _counts() == before
+
+
+def _roster(own_amount: int) -> str:
+    rows = [
+        ("A-1", "acme", own_amount),
+        ("F-1", "acme", 1000),
+        ("M-1", "eng", 1000),
+        ("E-100", "eng-ml", 1000),
+        ("E-101", "eng-ml", 3000),
+        ("S-200", "sales", 1000),
+    ]
+    lines = [f"{e},{e.lower()}@example.com,Person {e},{c},{a}" for e, c, a in rows]
+    return "employee_id,email,name,cost_center,allowance\n" + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("dry_run", ["?dry_run=1", ""])
+def test_an_admin_cannot_raise_their_own_allowance_by_roster(world: World, dry_run: str) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    def upload(content: str) -> Any:
+        with time_machine.travel(NOW, tick=False):
+            return _api(world.users["admin"]).post(
+                f"/api/v1/roster-imports/{dry_run}",
+                {"file": SimpleUploadedFile("roster.csv", content.encode(), "text/csv")},
+                format="multipart",
+            )
+
+    before = _counts()
+    refused = upload(_roster(own_amount=5000))
+    assert refused.status_code == 400
+    assert refused.json() == {
+        "errors": [
+            {"row": 2, "column": "allowance", "message": "You may not set your own allowance."}
+        ],
+        "error_count": 1,
+    }
+    assert _counts() == before
+    # The same file with the admin's own row unchanged goes through (E-101 gets 3000).
+    accepted = upload(_roster(own_amount=1000))
+    assert accepted.status_code == 200, accepted.content
+    assert [r["employee_id"] for r in accepted.json()["updated"]] == ["E-101"]
+    expected = Decimal(1000) if dry_run else Decimal(3000)
+    assert _allowance("E-101").amount == expected
+    assert _allowance("A-1").amount == Decimal(1000)

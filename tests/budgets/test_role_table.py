@@ -300,3 +300,23 @@ def test_an_admin_cannot_raise_their_own_allowance_by_roster(world: World, dry_r
     expected = Decimal(1000) if dry_run else Decimal(3000)
     assert _allowance("E-101").amount == expected
     assert _allowance("A-1").amount == Decimal(1000)
+
+
+def test_an_admin_cannot_top_up_their_own_allowance_in_the_django_admin(world: World) -> None:
+    from django.urls import reverse
+
+    admin = world.users["admin"]
+    admin.is_superuser = True  # every Django admin permission: only the rule can refuse
+    admin.save()
+    client = _page(admin)
+    before = _counts()
+    data = {"allowance": _allowance("A-1").pk, "kind": "top_up", "amount": "250", "reason": "Me"}
+    with time_machine.travel(NOW, tick=False):
+        refused = client.post(reverse("admin:budgets_adjustment_add"), data)
+    assert refused.status_code == 403
+    assert _counts() == before
+    data["allowance"] = _allowance(OTHER).pk
+    with time_machine.travel(NOW, tick=False):
+        made = client.post(reverse("admin:budgets_adjustment_add"), data)
+    assert made.status_code == 302
+    assert Adjustment.objects.get(allowance=_allowance(OTHER)).amount == Decimal(250)

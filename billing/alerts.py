@@ -27,6 +27,7 @@ from billing.personal import pacing_get, personal_statement_get
 from billing.rollup import local_tz
 from billing.statements import last_complete_month
 from budgets.fiscal import add_months
+from budgets.formatting import Number, amount_text, tokens_text, usd_text
 from budgets.models import Allowance, CostCenter, CostCenterSpend, Employee, Policy
 from budgets.quota import current_fiscal_year, quota_get
 from budgets.roles import FINANCE_GROUP
@@ -61,6 +62,13 @@ def _manager_emails() -> dict[int, list[str]]:
 def _finance_emails() -> list[str]:
     users = get_user_model().objects.filter(groups__name=FINANCE_GROUP, is_active=True)
     return sorted({u.email for u in users if u.email})
+
+
+def _of(used: Number, allowance: Number, unit: str) -> str:
+    """'110 of 200 tokens' or '$110.00 of $200.00': never the ledger's ten decimal places."""
+    if unit == "usd":
+        return f"{usd_text(used)} of {usd_text(allowance)}"
+    return f"{tokens_text(used)} of {tokens_text(allowance)} tokens"
 
 
 def _create(**fields: object) -> AlertEvent | None:
@@ -120,7 +128,7 @@ def _employee_alerts(
             continue
         message = (
             f"{employee.name or employee.employee_id} has used {threshold}% or more of the "
-            f"{period} LLM allowance ({quota.used} of {quota.allowance} {quota.unit})."
+            f"{period} LLM allowance ({_of(quota.used, quota.allowance, quota.unit)})."
         )
         alert = _create(kind=AlertEvent.Kind.THRESHOLD, employee=employee,
                         cost_center_id=employee.cost_center_id, period=period,
@@ -132,7 +140,7 @@ def _employee_alerts(
         pacing = pacing_get(employee=employee, day=day, remaining=quota.remaining, unit=quota.unit)
         if pacing.run_out is not None and pacing.run_out < quota.period_end:
             message = (
-                f"At the pace of the last 30 days ({pacing.per_day:.2f} {quota.unit}/day), "
+                f"At the pace of the last 30 days ({amount_text(pacing.per_day, quota.unit)} a day), "
                 f"{employee.name or employee.employee_id}'s allowance runs out around "
                 f"{pacing.run_out}, before the period ends on {quota.period_end}."
             )
@@ -159,8 +167,8 @@ def _cap_alerts(
         if spend.spent < cc.annual_cap or (AlertEvent.Kind.COST_CENTER_CAP, subject, 100) in done:
             continue
         message = (
-            f"Cost center {cc.code} ({cc.name}) has spent {spend.spent:.2f} of its "
-            f"{cc.annual_cap} {period} cap."
+            f"Cost center {cc.code} ({cc.name}) has spent {usd_text(spend.spent)} of its "
+            f"{usd_text(cc.annual_cap)} {period} cap."
         )
         alert = _create(kind=AlertEvent.Kind.COST_CENTER_CAP, cost_center=cc, period=period,
                         threshold=100, subject_key=subject, message=message,
@@ -214,11 +222,14 @@ def personal_statements_send_as_needed(*, now: dt.datetime) -> int:
             except IntegrityError:
                 continue
             st = personal_statement_get(employee=employee, period=period)
-            models = ", ".join(f"{m['model']} ({m['cost']})" for m in st.top_models) or "none"
+            models = (
+                ", ".join(f"{m['model']} ({usd_text(m['cost'])})" for m in st.top_models) or "none"
+            )
             body = (
-                f"Your LLM usage in {st.period}: {st.requests} requests, {st.total_tokens} "
-                f"tokens, cost {st.cost}.\nTop models: {models}.\nRemaining allowance: "
-                f"{st.remaining} {st.allowance_unit}."
+                f"Your LLM usage in {st.period}: {st.requests:,} requests, "
+                f"{tokens_text(st.total_tokens)} tokens, cost {usd_text(st.cost)}.\n"
+                f"Top models: {models}.\n"
+                f"Remaining allowance: {amount_text(st.remaining, st.allowance_unit)}."
                 + (f"\nProjected run-out: {st.projected_run_out}." if st.projected_run_out else "")
             )
             send_mail(f"[Tokenbudget] Your usage in {st.period}", body, None, [employee.email])

@@ -25,9 +25,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import exports, personal, selectors
+from billing import exports, personal, selectors, stripe_api
 from billing.models import ChargebackStatement, StatementLine, units_to_cost
 from billing.statements import StatementStateError, statement_finalize
+from billing.stripe_sync import statement_stripe_retry
 from budgets import roles
 
 
@@ -69,6 +70,8 @@ class StatementSerializer(serializers.ModelSerializer):
     cost_center_name = serializers.CharField(source="cost_center.name")
     gl_code = serializers.CharField(source="cost_center.gl_code")
     total = serializers.DecimalField(max_digits=24, decimal_places=10)
+    stripe_sync_state = serializers.CharField(read_only=True)
+    stripe_sync_next_retry_at = serializers.DateTimeField(source="stripe_sync_next_at")
     scope = serializers.SerializerMethodField(
         help_text="`statement`: the figures are the cost center's; `own`: the caller is an "
         "employee reading their own lines, and requests, tokens and totals are theirs only."
@@ -79,7 +82,9 @@ class StatementSerializer(serializers.ModelSerializer):
         fields = [
             "id", "period", "cost_center", "cost_center_name", "gl_code", "status", "currency",
             "requests", "total_tokens", "total", "finalized_at", "sent_at", "paid_at",
-            "stripe_invoice_id", "scope",
+            "stripe_invoice_id", "stripe_invoice_status", "stripe_sync_state",
+            "stripe_sync_error", "stripe_sync_attempts", "stripe_sync_failed_at",
+            "stripe_sync_next_retry_at", "scope",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -180,7 +185,10 @@ EXPORT_RESPONSES = {
 class StatementViewSet(viewsets.ReadOnlyModelViewSet):
     """Chargeback statements. Filters: `period=YYYY-MM`, `status`, `cost_center` (code).
 
-    `POST {id}/finalize/` (finance, admins); `GET {id}/export/?format=csv|focus|xlsx|journal`;
+    `POST {id}/finalize/` (finance, admins) answers at once; the Stripe sync runs after the
+    commit and its outcome is in `stripe_sync_*`. `POST {id}/stripe-retry/` (finance, admins)
+    makes a failed or blocked sync due now and runs it, audited.
+    `GET {id}/export/?format=csv|focus|xlsx|journal`;
     `GET export/?period=YYYY-MM&format=...` exports every visible statement of a month.
     """
 
@@ -210,6 +218,22 @@ class StatementViewSet(viewsets.ReadOnlyModelViewSet):
         except StatementStateError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return Response(StatementSerializer(statement, context={"request": request}).data)
+
+    @action(detail=True, methods=["post"], url_path="stripe-retry")
+    def stripe_retry(self, request: Request, pk: str | None = None) -> Response:
+        if not (roles.is_finance(request.user) or roles.is_admin(request.user)):
+            raise PermissionDenied("only finance and admins retry Stripe syncs")
+        statement = self.get_object()
+        if not stripe_api.is_configured():
+            return Response({"detail": "Stripe is not configured"}, status=status.HTTP_409_CONFLICT)
+        try:
+            statement = statement_stripe_retry(statement_id=statement.pk, actor=request.user)
+        except StatementStateError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(
+            StatementSerializer(statement, context={"request": request}).data,
+            status=status.HTTP_202_ACCEPTED,
+        )
 
     def _export_lines(self, statements: Any) -> Any:
         user = self.request.user

@@ -138,6 +138,23 @@ class ChargebackStatement(models.Model):
     paid_at = models.DateTimeField(null=True, blank=True)
     stripe_invoice_id = models.CharField(max_length=64, blank=True, db_index=True)
     stripe_invoice_status = models.CharField(max_length=32, blank=True)
+    # The Stripe sync's own record (billing.stripe_sync): each statement fails and retries on
+    # its own, so one bad statement never holds back the others.
+    stripe_sync_attempts = models.PositiveIntegerField(
+        default=0, help_text="Failed Stripe sync attempts since the last manual retry."
+    )
+    stripe_sync_error = models.TextField(blank=True, help_text="The last sync failure.")
+    stripe_sync_failed_at = models.DateTimeField(null=True, blank=True)
+    stripe_sync_next_at = models.DateTimeField(
+        null=True, blank=True, help_text="Earliest automatic retry (empty: due now)."
+    )
+    stripe_sync_blocked = models.BooleanField(
+        default=False,
+        help_text="Stripe refused the request: no automatic retry until someone retries it.",
+    )
+    stripe_sync_claimed_until = models.DateTimeField(
+        null=True, blank=True, help_text="A sync of this statement is running until then."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -158,6 +175,19 @@ class ChargebackStatement(models.Model):
     @property
     def is_open(self) -> bool:
         return self.status == self.Status.DRAFT
+
+    @property
+    def stripe_sync_state(self) -> str:
+        """invoiced, blocked (needs a fix and a retry), retrying, pending, or '' (no sync)."""
+        if self.stripe_invoice_id:
+            return "invoiced"
+        if self.stripe_sync_blocked:
+            return "blocked"
+        if self.stripe_sync_error:
+            return "retrying"
+        if self.status == self.Status.FINAL and self.cost_center.stripe_customer_id:
+            return "pending"
+        return ""
 
 
 class StatementLine(TokenCounts):

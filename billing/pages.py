@@ -30,6 +30,7 @@ from billing.statements import (
     statement_finalize,
     statements_close_month,
 )
+from billing.stripe_sync import statement_stripe_retry
 from budgets import roles
 from budgets.charts import PALETTE, Bar, Series, bar_chart, line_chart
 from budgets.fiscal import fiscal_year_bounds
@@ -276,10 +277,35 @@ def statement_finalize_page(request: HttpRequest, pk: int) -> HttpResponse:
     except StatementStateError as exc:
         messages.error(request, f"Not finalized: {exc}.")
     else:
+        invoiced = (
+            " Its Stripe invoice is being created; see below."
+            if (stripe_api.is_configured() and statement.cost_center.stripe_customer_id)
+            else ""
+        )
         messages.success(
             request,
             f"{statement.cost_center.name} {statement.period:%B %Y} is final; it no longer "
-            "changes (late usage goes to next month as an adjustment line).",
+            f"changes (late usage goes to next month as an adjustment line).{invoiced}",
+        )
+    return redirect("pages:statement", pk=statement.pk)
+
+
+@login_required
+@require_POST
+def statement_stripe_retry_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """Retry a failed or blocked Stripe sync now (after fixing its cause), audited."""
+    _require_finance(request.user)
+    statement = get_object_or_404(_statements_for(request.user), pk=pk)
+    if not stripe_api.is_configured():
+        messages.error(request, "Stripe is not configured.")
+        return redirect("pages:statement", pk=statement.pk)
+    try:
+        statement_stripe_retry(statement_id=statement.pk, actor=request.user, source="web")
+    except StatementStateError as exc:
+        messages.error(request, f"Not retried: {exc}.")
+    else:
+        messages.success(
+            request, "Stripe sync started again; this page shows its outcome once it is known."
         )
     return redirect("pages:statement", pk=statement.pk)
 

@@ -11,6 +11,7 @@ from django.db.models import Sum
 
 from billing.models import DailyUsage, units_to_cost
 from budgets.fiscal import add_months
+from budgets.formatting import plain
 from budgets.models import Employee
 from budgets.quota import quota_get
 
@@ -120,7 +121,7 @@ def personal_statement_get(*, employee: Employee, period: dt.date) -> PersonalSt
         top_models=_top(qs, "model"),
         top_intents=_top(qs.exclude(intent=""), "intent"),
         allowance_unit=quota.unit,
-        remaining=str(quota.remaining),
+        remaining=plain(quota.remaining),
         projected_run_out=pacing.run_out.isoformat() if pacing.run_out else None,
     )
 

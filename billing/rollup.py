@@ -114,15 +114,20 @@ def _postgres_horizon() -> tuple[int, list[int]]:
     table = UsageRecord._meta.db_table
     with connection.cursor() as cursor:
         # Transactions of other databases on the same server cannot write our table, so they
-        # are left out when pg_stat_activity shows them; an xid we cannot place is kept, which
-        # only delays the fold.
+        # are left out when we can place them: by the lock every transaction and every
+        # subtransaction (a savepoint, whose xid pg_stat_activity's backend_xid does not show)
+        # holds on its own xid. An xid we cannot place is kept, which only delays the fold.
+        # Activity statistics are a snapshot taken once per transaction: clear it, or a backend
+        # that connected since this transaction first looked would be invisible.
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
         cursor.execute(
             f"SELECT (SELECT COALESCE(MAX(id), 0) FROM {table}), "
             "ARRAY(SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x "
             "WHERE x IS DISTINCT FROM pg_current_xact_id_if_assigned() "
-            "AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a "
-            "WHERE a.datname IS DISTINCT FROM current_database() AND a.backend_xid IS NOT NULL "
-            "AND a.backend_xid::text::bigint = x::text::bigint % 4294967296))"
+            "AND NOT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'transactionid' AND l.granted AND l.mode = 'ExclusiveLock' "
+            "AND a.datname IS DISTINCT FROM current_database() "
+            "AND l.transactionid::text::bigint = x::text::bigint % 4294967296))"
         )
         max_id, xids = cursor.fetchone()
     return int(max_id), [int(x) for x in xids]

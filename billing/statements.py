@@ -236,7 +236,7 @@ def _first_usage_month(target: dt.date) -> dt.date | None:
 def statement_finalize(
     *, statement_id: int, actor: Any = None, now: dt.datetime | None = None
 ) -> ChargebackStatement:
-    """Freeze a draft whose month has ended; enqueue its Stripe sync after the commit.
+    """Freeze a draft whose month has ended; start its Stripe sync after the commit.
 
     Raises StatementStateError for a statement that is not a draft or whose month is not over.
     """
@@ -256,9 +256,11 @@ def statement_finalize(
         statement.finalized_by = actor if getattr(actor, "pk", None) else None
         statement.save(update_fields=["status", "finalized_at", "finalized_by"])
         if statement.cost_center.stripe_customer_id:
-            from billing.tasks import statement_stripe_sync
+            from billing.tasks import statement_stripe_sync_soon
 
-            transaction.on_commit(lambda: statement_stripe_sync.delay(statement.pk))
+            # After the commit, and never waited for: the statement is final whatever Stripe
+            # answers, and the sync's outcome is recorded on it.
+            transaction.on_commit(lambda: statement_stripe_sync_soon(statement.pk))
     return statement
 
 

@@ -5,13 +5,17 @@ Settings (read when called, never at import): TB_STRIPE_SECRET_KEY, TB_STRIPE_AP
 TB_STRIPE_TIMEOUT (seconds, default 20), TB_STRIPE_LOCALSTRIPE (send only the parameters
 localstripe accepts).
 
-Every create carries a caller-chosen deterministic idempotency key, so a retried Celery task
-replays Stripe's first answer instead of creating a second object. Errors come out as
-StripeRetryableError (network, rate limit, Stripe 5xx: retry later) or StripeFinalError.
+Every create carries a caller-chosen deterministic idempotency key, so a retried sync replays
+Stripe's first answer instead of creating a second object. Errors come out as
+StripeRetryableError (network, timeout, rate limit, Stripe 5xx, a rejected or revoked key: retry
+later) or StripeFinalError (Stripe refused this request, e.g. an unknown customer: retrying the
+same request cannot help until someone fixes the data). Both carry Stripe's HTTP status and error
+code when there is one.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,11 +28,20 @@ class StripeNotConfigured(Exception):
     """No TB_STRIPE_SECRET_KEY: Stripe sync is switched off."""
 
 
-class StripeRetryableError(Exception):
-    """A transient failure (network, rate limit, Stripe-side error): retry later."""
+class StripeError(Exception):
+    """A failed Stripe call; `http_status` and `code` are Stripe's when it answered."""
+
+    def __init__(self, message: str, *, http_status: int | None = None, code: str = "") -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.code = code
 
 
-class StripeFinalError(Exception):
+class StripeRetryableError(StripeError):
+    """A transient failure (network, rate limit, Stripe-side error, bad key): retry later."""
+
+
+class StripeFinalError(StripeError):
     """Stripe refused the request (bad parameters, missing object): retrying will not help."""
 
 
@@ -68,18 +81,39 @@ def client(http_client: Any = None) -> stripe.StripeClient:
     )
 
 
+# Worth retrying later. A rejected key (authentication, permission) is fixed once, in the
+# settings, for every statement, so those statements retry on their own rather than block.
+TRANSIENT = (
+    stripe.APIConnectionError,
+    stripe.RateLimitError,
+    stripe.APIError,
+    stripe.AuthenticationError,
+    stripe.PermissionError,
+)
+
+
+def _message(exc: stripe.StripeError) -> str:
+    text = getattr(exc, "user_message", None) or str(exc) or type(exc).__name__
+    if isinstance(exc, stripe.APIConnectionError):
+        # The SDK wraps the network error in a paragraph of advice; keep what went wrong.
+        network = re.search(r"\(Network error: (.*)\)\s*$", text, re.DOTALL)
+        text = f"Could not reach Stripe: {network.group(1) if network else text}".strip()
+    status = getattr(exc, "http_status", None)
+    code = getattr(exc, "code", None)
+    detail = ", ".join(str(part) for part in (status, code) if part)
+    return f"{text} ({detail})" if detail else text
+
+
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
-    except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
-        raise StripeRetryableError(str(exc)) from exc
-    except stripe.APIError as exc:
-        raise StripeRetryableError(str(exc)) from exc
     except stripe.StripeError as exc:
-        status = getattr(exc, "http_status", None) or 0
-        if status >= 500 or status == 409:  # 409: an idempotent request still in flight
-            raise StripeRetryableError(str(exc)) from exc
-        raise StripeFinalError(str(exc)) from exc
+        status = getattr(exc, "http_status", None)
+        found = {"http_status": status, "code": str(getattr(exc, "code", None) or "")}
+        # 409: an idempotent request still in flight.
+        retryable = isinstance(exc, TRANSIENT) or (status or 0) >= 500 or status == 409
+        kind = StripeRetryableError if retryable else StripeFinalError
+        raise kind(_message(exc), **found) from exc
 
 
 def _plain(obj: Any) -> dict[str, Any]:

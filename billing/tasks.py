@@ -7,13 +7,18 @@ harmless. Retries are for transient failures only.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import threading
 
 import httpx
 from celery import shared_task
+from django import db
 from django.db import OperationalError
 from django.utils import timezone
 
 from billing import alerts, rollup, statements, stripe_api, stripe_sync, value, value_store
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(acks_late=True, ignore_result=True)
@@ -28,30 +33,54 @@ def statements_close_as_needed() -> int:
     return len(statements.statements_close_as_needed(now=timezone.now()))
 
 
-@shared_task(
-    acks_late=True,
-    ignore_result=True,
-    autoretry_for=(stripe_api.StripeRetryableError,),
-    retry_backoff=30,
-    retry_backoff_max=1800,
-    max_retries=8,
-)
+@shared_task(acks_late=True, ignore_result=True)
 def statement_stripe_sync(statement_id: int) -> str:
-    """Invoice a finalized statement in Stripe (safe to run twice); returns the invoice id."""
+    """Invoice a finalized statement in Stripe if it is due (safe to run twice).
+
+    No Celery retries: a failure is recorded on the statement with its next retry time, and
+    `statements_stripe_sync_pending` runs it again then (the same way with or without a broker).
+    Returns the outcome: invoiced, failed, busy or skipped.
+    """
     if not stripe_api.is_configured():
-        return ""
-    return stripe_sync.statement_stripe_sync(statement_id=statement_id).stripe_invoice_id
+        return "skipped"
+    return stripe_sync.statement_stripe_sync_attempt(statement_id=statement_id)
 
 
 @shared_task(acks_late=True, ignore_result=True)
 def statements_stripe_sync_pending() -> int:
-    """Re-enqueue syncs of finalized statements that have no Stripe invoice yet."""
+    """Sync every statement that is due, each on its own (one failing never stops the others);
+    returns how many were due."""
     if not stripe_api.is_configured():
         return 0
-    ids = stripe_sync.statements_pending_stripe()
+    ids = stripe_sync.statements_stripe_due(now=timezone.now())
     for statement_id in ids:
         statement_stripe_sync.delay(statement_id)
     return len(ids)
+
+
+def statement_stripe_sync_soon(statement_id: int) -> None:
+    """Start a statement's sync now without making the caller wait for Stripe (call it after
+    the commit): queued with a broker; without one, in a thread of this process, since the
+    in-process (eager) task would run inside the web request."""
+    if not stripe_api.is_configured():
+        return
+    if not statement_stripe_sync.app.conf.task_always_eager:
+        statement_stripe_sync.delay(statement_id)
+        return
+    thread = threading.Thread(
+        target=_sync_in_thread, args=(statement_id,), name=f"stripe-sync-{statement_id}",
+        daemon=True,  # a sync cut short by shutdown is still due; the job runs it again
+    )  # fmt: skip
+    thread.start()
+
+
+def _sync_in_thread(statement_id: int) -> None:
+    try:
+        stripe_sync.statement_stripe_sync_attempt(statement_id=statement_id)
+    except Exception:
+        logger.exception("Stripe sync of statement %s failed", statement_id)
+    finally:
+        db.connection.close()  # this thread's own connection
 
 
 @shared_task(acks_late=True, ignore_result=True)

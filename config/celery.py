@@ -74,10 +74,11 @@ app.conf.beat_schedule = {
         "schedule": 3600.0,
         "options": {"expires": 3000},
     },
-    # Retry Stripe syncs of finalized statements that did not complete.
+    # Stripe syncs that are due: never run, or failed and past their back-off (each statement
+    # keeps its own next retry time, so this runs often and usually finds nothing).
     "billing-stripe-sync-pending": {
         "task": "billing.tasks.statements_stripe_sync_pending",
-        "schedule": 1800.0,
-        "options": {"expires": 1500},
+        "schedule": 300.0,
+        "options": {"expires": 250},
     },
 }

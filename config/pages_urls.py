@@ -47,4 +47,9 @@ urlpatterns = [
         billing_pages.statement_finalize_page,
         name="finalize",
     ),
+    path(
+        "finance/statements/<int:pk>/stripe-retry/",
+        billing_pages.statement_stripe_retry_page,
+        name="stripe-retry",
+    ),
 ]

@@ -147,6 +147,9 @@ TB_MAX_BODY_BYTES = env_int("TB_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024)
 # Django refuses larger bodies itself; the proxy checks TB_MAX_BODY_BYTES to answer in the
 # provider's error shape, so Django's own limit must not be the lower one.
 DATA_UPLOAD_MAX_MEMORY_SIZE = TB_MAX_BODY_BYTES + 1024
+# Parallel answers per call (chat `n`): each may use the whole output limit, so the hold covers
+# prompt + n x limit; a call asking for more is refused with a 400.
+TB_MAX_CHOICES = env_int("TB_MAX_CHOICES", 16, minimum=1, maximum=128)
 # How long a call may wait for other calls' open holds to settle before it is refused.
 TB_HOLD_WAIT_SECONDS = env_int("TB_HOLD_WAIT_SECONDS", 30, minimum=0, maximum=600)
 # At most 4 s: a revoked key must stop working everywhere within 5 s.
@@ -183,6 +186,12 @@ TB_STRIPE_WEBHOOK_SECRET = env_str("TB_STRIPE_WEBHOOK_SECRET")
 TB_STRIPE_TIMEOUT = env_int("TB_STRIPE_TIMEOUT", 20, minimum=1, maximum=300)
 TB_STRIPE_LOCALSTRIPE = env_bool("TB_STRIPE_LOCALSTRIPE", False)
 TB_STRIPE_FINALIZE_INVOICES = env_bool("TB_STRIPE_FINALIZE_INVOICES", False)
+# A failed sync waits this long before its first automatic retry, then twice as long each time,
+# up to the cap (billing.stripe_sync.retry_delay).
+TB_STRIPE_RETRY_SECONDS = env_int("TB_STRIPE_RETRY_SECONDS", 300, minimum=1, maximum=86400)
+TB_STRIPE_RETRY_MAX_SECONDS = env_int(
+    "TB_STRIPE_RETRY_MAX_SECONDS", 21600, minimum=1, maximum=604800
+)
 TB_JOURNAL_CREDIT_ACCOUNT = env_str("TB_JOURNAL_CREDIT_ACCOUNT", "AI-EXPENSE-CENTRAL")
 TB_FOCUS_BILLING_ACCOUNT_ID = env_str("TB_FOCUS_BILLING_ACCOUNT_ID", "tokenbudget")
 TB_FOCUS_BILLING_ACCOUNT_NAME = env_str("TB_FOCUS_BILLING_ACCOUNT_NAME", "Tokenbudget LLM platform")

@@ -1,8 +1,9 @@
-"""Admin for the intent catalogue and outcomes.
+"""Admin for the intent catalogue, outcomes and usage dead letters.
 
 Intents are saved through `metering.outcomes.intent_save` (the same validation as the API: a
 default model must be a model route); the recommended model is the value report job's to
-write, so it is read-only here. Outcomes are evidence recorded by callers: read-only.
+write, so it is read-only here. Outcomes are evidence recorded by callers: read-only. Usage
+dead letters are the consumer's to write: read-only, with a replay action for the unapplied.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.utils.html import format_html
 
 from metering import outcomes
-from metering.models import Intent, Outcome
+from metering.models import Intent, Outcome, UsageDeadLetter
+from metering.usage_stream import dead_letters_replay
+from metering.usage_stream.poison import payload_text, text_storable
 
 
 @admin.register(Intent)
@@ -80,3 +84,44 @@ class OutcomeAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(UsageDeadLetter)
+class UsageDeadLetterAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "state", "request_id", "short_error", "attempts", "resolved_at",
+                    "entry_id"]  # fmt: skip
+    list_filter = ["state"]
+    search_fields = ["request_id", "entry_id", "error"]
+    fields = ["entry_id", "request_id", "state", "error", "event", "attempts", "created_at",
+              "resolved_at"]  # fmt: skip
+    readonly_fields = fields
+    actions = ["replay"]
+
+    @admin.display(description="error")
+    def short_error(self, obj: UsageDeadLetter) -> str:
+        return obj.error if len(obj.error) <= 120 else obj.error[:119] + "…"
+
+    @admin.display(description="event as on the stream (NUL and invalid bytes escaped)")
+    def event(self, obj: UsageDeadLetter) -> str:
+        text = text_storable(payload_text(bytes(obj.payload)))
+        return format_html("<pre style='white-space: pre-wrap'>{}</pre>", text)
+
+    @admin.action(description="Replay the selected unapplied dead letters")
+    def replay(self, request: HttpRequest, queryset: QuerySet[UsageDeadLetter]) -> None:
+        result = dead_letters_replay(ids=list(queryset.values_list("pk", flat=True)))
+        level = messages.WARNING if result.failing else messages.SUCCESS
+        self.message_user(
+            request,
+            f"{result.replayed} replayed, {result.failing} still failing, "
+            f"{result.new} usage records written.",
+            level,
+        )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # the trace of what was changed or waits to be applied

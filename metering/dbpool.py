@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -73,8 +73,9 @@ class Batcher:
     transaction takes the whole database, that is most of the proxy's throughput. Each caller
     still gets its answer only after the transaction holding its write has committed.
 
-    If a batch fails (say, a PostgreSQL deadlock between two batches), it is rolled back whole
-    and its calls are retried one by one, so one call's failure is never another's.
+    If a batch fails (say, a PostgreSQL deadlock between two batches, or one record the driver
+    cannot encode), it is rolled back whole and its calls are retried one by one, so one call's
+    failure is never another's.
     """
 
     def __init__(self, max_batch: int = 256) -> None:
@@ -119,7 +120,7 @@ def _run_batch(batch: list[tuple[Callable[..., Any], dict[str, Any]]]) -> list[t
         try:
             with transaction.atomic():
                 return [(True, fn(**kwargs)) for fn, kwargs in batch]
-        except (InterfaceError, OperationalError, DatabaseError):
+        except Exception:  # a driver's own ValueError too (PostgreSQL refuses NUL in text)
             pass  # rolled back whole: retry each call on its own below
     outcomes: list[tuple[bool, Any]] = []
     for fn, kwargs in batch:

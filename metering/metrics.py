@@ -50,6 +50,13 @@ STREAM_AGE = Gauge(
     "Age of the oldest usage event not yet in the database",
     multiprocess_mode="max",
 )
+DEAD_LETTERS = Gauge(
+    "tokenbudget_usage_dead_letters",
+    "Usage events the consumer could not write as they came, by state (written: escaped text, "
+    "charge applied; unapplied: waiting for replay_dead_letters; replayed)",
+    ["state"],
+    multiprocess_mode="max",
+)
 REDIS_DEGRADED = Gauge(
     "tokenbudget_redis_degraded",
     "1 while this process finds Redis unreachable (TB_REDIS_DOWN_MODE applies)",

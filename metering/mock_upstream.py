@@ -17,7 +17,9 @@ bare prefix all work):
   GET  /_mock/requests        the last 200 of them, oldest first; DELETE clears the list
   GET  /_mock/ledger          every answer served in full, by the x-request-id it came with:
                               count and token totals (what a metering proxy must have recorded);
-                              DELETE clears it
+                              and under "cut" every stream that stopped early after producing
+                              output (the client left, or a stream error), with the tokens
+                              produced until then and why; DELETE clears both
 
 Usage is deterministic. Input tokens = o200k count of the prompt text (metering.tokens) +
 fixed image/file allowances + 3 per message. The reply is N tokens of fixed words, exactly one
@@ -28,12 +30,14 @@ Test hooks, by upstream model name (so they work through a proxy route) or per r
   model contains "timeout"      accept the request and never answer (until the client leaves)
   model contains "slow-stream"  100 tokens, 100 ms between stream chunks
   model contains "stream-error" an error event after half the output (HTTP 200 stream)
+  chat `n`                      n choices, each of the reply's length; usage counts them all
   model contains "no-usage"     chat streams never send the usage chunk (old compatible servers)
   model contains "cached"       half the input is cache reads (Anthropic: plus a quarter cache
                                 writes)
   model contains "reasoning"    half the output is reasoning / thinking tokens
   header x-mock-<name> or body metadata.mock_<name> (string or int), <name> one of:
-    output-tokens, cached-tokens, cache-write-tokens, reasoning-tokens, chunk-delay-ms, error
+    output-tokens, cached-tokens, cache-write-tokens, reasoning-tokens, chunk-delay-ms, error,
+    stream-error-at (an error event once that many output tokens were streamed; 0: before any)
     (header spelling with dashes, metadata with underscores)
 
 With `expected_key` set, `Authorization: Bearer <key>`, `x-api-key` or `api-key` must carry it,
@@ -100,7 +104,7 @@ class Plan:
 
     model: str
     prompt_tokens: int
-    output_tokens: int  # all output, reasoning included
+    output_tokens: int  # all output of one choice, reasoning included
     reasoning_tokens: int
     cached_tokens: int
     cache_write_tokens: int
@@ -108,8 +112,18 @@ class Plan:
     chunk_delay: float
     error_status: int | None = None
     hang: bool = False
-    stream_error: bool = False
+    stream_error_at: int | None = None  # streamed output tokens before an error event
     no_usage: bool = False
+    choices: int = 1
+    produced: int = 0  # output tokens streamed so far, all choices
+
+    @property
+    def stream_error(self) -> bool:
+        return self.stream_error_at is not None and self.stream_error_at < self.visible_tokens
+
+    @property
+    def total_output(self) -> int:
+        return self.output_tokens * self.choices
 
     @property
     def visible_tokens(self) -> int:
@@ -194,7 +208,8 @@ class Connection:
         """Write one chunk of a chunked body; with a delay, flush and wait first."""
         if delay:
             await asyncio.sleep(delay)
-        if self.writer.is_closing():
+        # A client that closed its end is gone: nothing more is produced for it.
+        if self.writer.is_closing() or self.reader.at_eof():
             raise ClientGone
         self.writer.write(b"%x\r\n%s\r\n" % (len(data), data))
         if delay:
@@ -228,6 +243,8 @@ class MockUpstream:
         self.records: deque[Record] = deque(maxlen=200)
         # request id -> (input, output) tokens of every answer served in full
         self.ledger: dict[str, tuple[int, int]] = {}
+        # request id -> (input, output produced, why) of every stream cut after some output
+        self.cut: dict[str, tuple[int, int, str]] = {}
         self.last: Record | None = None
         self.writers: set[asyncio.StreamWriter] = set()  # open connections, closed on shutdown
 
@@ -325,17 +342,26 @@ class MockUpstream:
             fail(plan.error_status, "The mock upstream failed as asked.", "server_error")
             return
         record.status = 200
-        served = (plan.prompt_tokens, plan.output_tokens)
+        request_id = headers.get("x-request-id", str(id(record)))
+        served = (plan.prompt_tokens, plan.total_output)
         if not parsed.stream:
             conn.send(200, _BODIES[endpoint](parsed, plan))
-            self.ledger[headers.get("x-request-id", str(id(record)))] = served
+            self.ledger[request_id] = served
             return
         plan.chunk_delay = max(plan.chunk_delay, self.settings.chunk_latency_ms / 1000)
         conn.start_stream()
-        await _STREAMS[endpoint](conn, parsed, plan)
-        await conn.end_stream()
-        if not plan.stream_error:
-            self.ledger[headers.get("x-request-id", str(id(record)))] = served
+        try:
+            await _STREAMS[endpoint](conn, parsed, plan)
+            await conn.end_stream()
+        except ClientGone:
+            if plan.produced:
+                self.cut[request_id] = (plan.prompt_tokens, plan.produced, "client_gone")
+            raise
+        if plan.stream_error:
+            if plan.produced:
+                self.cut[request_id] = (plan.prompt_tokens, plan.produced, "stream_error")
+        else:
+            self.ledger[request_id] = served
 
     def _authorised(self, headers: dict[str, str]) -> bool:
         expected = self.settings.expected_key
@@ -356,6 +382,7 @@ class MockUpstream:
             conn.send(200, _DUMP([r.as_dict() for r in self.records]).encode())
         elif path == "/_mock/ledger" and method == "DELETE":
             self.ledger.clear()
+            self.cut.clear()
             conn.send(200, b"{}")
         elif path == "/_mock/ledger":
             body = {
@@ -363,6 +390,7 @@ class MockUpstream:
                 "input_tokens": sum(i for i, _ in self.ledger.values()),
                 "output_tokens": sum(o for _, o in self.ledger.values()),
                 "requests": {rid: list(used) for rid, used in self.ledger.items()},
+                "cut": {rid: list(used) for rid, used in self.cut.items()},
             }
             conn.send(200, _DUMP(body).encode())
         else:
@@ -459,6 +487,9 @@ def _plan(parsed: ParsedRequest, headers: dict[str, str]) -> Plan:
     status = _hook(parsed, headers, "error")
     if status is None and (match := _ERROR_STATUS.search(model)):
         status = int(match.group(1))
+    error_at = _hook(parsed, headers, "stream-error-at")
+    if error_at is None and "stream-error" in model:
+        error_at = (output - min(reasoning, output)) // 2
     return Plan(
         model=model,
         prompt_tokens=prompt,
@@ -470,8 +501,9 @@ def _plan(parsed: ParsedRequest, headers: dict[str, str]) -> Plan:
         chunk_delay=delay_ms / 1000,
         error_status=status if status and 400 <= status <= 599 else None,
         hang="timeout" in model,
-        stream_error="stream-error" in model,
+        stream_error_at=error_at,
         no_usage="no-usage" in model,
+        choices=parsed.choices if parsed.endpoint == "chat" else 1,
     )
 
 
@@ -493,11 +525,11 @@ def _models_body() -> bytes:
 def _chat_usage(plan: Plan) -> dict[str, Any]:
     return {
         "prompt_tokens": plan.prompt_tokens,
-        "completion_tokens": plan.output_tokens,
-        "total_tokens": plan.prompt_tokens + plan.output_tokens,
+        "completion_tokens": plan.total_output,
+        "total_tokens": plan.prompt_tokens + plan.total_output,
         "prompt_tokens_details": {"cached_tokens": plan.cached_tokens, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": plan.reasoning_tokens,
+            "reasoning_tokens": plan.reasoning_tokens * plan.choices,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -514,11 +546,12 @@ def _chat_body(parsed: ParsedRequest, plan: Plan) -> bytes:
             "model": plan.model,
             "choices": [
                 {
-                    "index": 0,
+                    "index": index,
                     "message": {"role": "assistant", "content": plan.text(), "refusal": None},
                     "logprobs": None,
                     "finish_reason": "length" if plan.truncated else "stop",
                 }
+                for index in range(plan.choices)
             ],
             "usage": _chat_usage(plan),
             "service_tier": "default",
@@ -542,20 +575,25 @@ async def _chat_stream(conn: Connection, parsed: ParsedRequest, plan: Plan) -> N
         # OpenAI: with include_usage every chunk carries "usage": null except the last one.
         base["usage"] = None
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def chunk(delta: dict[str, Any], finish: str | None = None, index: int = 0) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
         return _sse({**base, "choices": [choice]})
 
     delay = plan.chunk_delay
-    await conn.chunk(chunk({"role": "assistant", "content": "", "refusal": None}), 0)
+    for index in range(plan.choices):
+        role = {"role": "assistant", "content": "", "refusal": None}
+        await conn.chunk(chunk(role, index=index), 0)
     visible = plan.visible_tokens
     for i in range(visible):
-        if plan.stream_error and i == visible // 2:
+        if plan.stream_error and i == plan.stream_error_at:
             error = {"message": "The mock upstream failed mid-stream.", "type": "server_error"}
             await conn.chunk(_sse({"error": {**error, "param": None, "code": None}}), delay)
             return
-        await conn.chunk(chunk({"content": WORDS[i % len(WORDS)]}), delay)
-    await conn.chunk(chunk({}, "length" if plan.truncated else "stop"), delay)
+        for index in range(plan.choices):
+            await conn.chunk(chunk({"content": WORDS[i % len(WORDS)]}, index=index), delay)
+            plan.produced += 1
+    for index in range(plan.choices):
+        await conn.chunk(chunk({}, "length" if plan.truncated else "stop", index), delay)
     if include_usage:
         await conn.chunk(_sse({**base, "choices": [], "usage": _chat_usage(plan)}), 0)
     await conn.chunk(b"data: [DONE]\n\n", 0)
@@ -634,11 +672,12 @@ async def _responses_stream(conn: Connection, parsed: ParsedRequest, plan: Plan)
     await emit("response.content_part.added", **where, part=part)
     visible = plan.visible_tokens
     for i in range(visible):
-        if plan.stream_error and i == visible // 2:
+        if plan.stream_error and i == plan.stream_error_at:
             message = "The mock upstream failed mid-stream."
             await emit("error", delay, code="server_error", message=message, param=None)
             return
         await emit("response.output_text.delta", delay, **where, delta=WORDS[i % len(WORDS)])
+        plan.produced += 1
     text = plan.text()
     await emit("response.output_text.done", **where, text=text)
     await emit("response.content_part.done", **where, part={**part, "text": text})
@@ -727,12 +766,13 @@ async def _messages_stream(conn: Connection, parsed: ParsedRequest, plan: Plan) 
     await emit("ping")
     visible = plan.visible_tokens
     for i in range(visible):
-        if plan.stream_error and i == visible // 2:
+        if plan.stream_error and i == plan.stream_error_at:
             error = {"type": "overloaded_error", "message": "The mock upstream is overloaded."}
             await emit("error", delay, error=error)
             return
         delta = {"type": "text_delta", "text": WORDS[i % len(WORDS)]}
         await emit("content_block_delta", delay, index=0, delta=delta)
+        plan.produced += 1
     await emit("content_block_stop", index=0)
     stop = "max_tokens" if plan.truncated else "end_turn"
     usage = _anthropic_usage(plan, plan.output_tokens)

@@ -280,3 +280,35 @@ class Outcome(models.Model):
     @property
     def value(self) -> Decimal | None:
         return None if self.value_units is None else Decimal(self.value_units).scaleb(-10)
+
+
+class UsageDeadLetter(models.Model):
+    """A usage event the stream consumer could not write as it came (a NUL or a lone
+    surrogate in its text, text too long for its column, an unknown format, a row it refers
+    to gone), kept with its original bytes and the error so that nothing is lost.
+
+    `written`: the record was written with its text escaped or cut, and its charge applied; the
+    original is kept here for reference. `unapplied`: nothing could be written, neither the
+    record nor its charge; `replay_dead_letters` applies it once the cause is fixed (the
+    request id decides, so a replay never charges twice), and it becomes `replayed`."""
+
+    class State(models.TextChoices):
+        WRITTEN = "written", "Written with escaped text"
+        UNAPPLIED = "unapplied", "Not applied: waits for a replay"
+        REPLAYED = "replayed", "Applied by a replay"
+
+    # The stream entry: one dead letter per entry, however often the entry is delivered.
+    entry_id = models.CharField(max_length=48, unique=True)
+    request_id = models.CharField(max_length=64, blank=True, db_index=True)
+    state = models.CharField(max_length=16, choices=State.choices, db_index=True)
+    error = models.TextField()
+    payload = models.BinaryField(help_text="The event exactly as it was on the stream.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.entry_id} {self.state} {self.request_id}"

@@ -1,5 +1,5 @@
-"""Operations endpoints: /healthz (liveness), /readyz (database, Redis, usage-stream lag) and
-/metrics (Prometheus). Served like the proxy, without Django middleware."""
+"""Operations endpoints: /healthz (liveness), /readyz (database, Redis, usage-stream lag, dead
+letters) and /metrics (Prometheus). Served like the proxy, without Django middleware."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponse
 from metering import metrics, quota_redis
 from metering.dbpool import in_db_thread
 from metering.quotas import redis_health
-from metering.usage_stream import stream_lag
+from metering.usage_stream import dead_letter_counts, stream_lag
 
 
 def _json(data: dict, status: int = 200) -> HttpResponse:
@@ -37,6 +37,18 @@ def _database_ok() -> bool:
     except DatabaseError:
         connection.close()
         return False
+
+
+def _dead_letters() -> dict[str, int] | None:
+    """Dead letters by state (None when the database cannot say); refreshes the gauge."""
+    try:
+        counts = dead_letter_counts()
+    except DatabaseError:
+        connection.close()
+        return None
+    for state, n in counts.items():
+        metrics.DEAD_LETTERS.labels(state).set(n)
+    return counts
 
 
 def _redis_state() -> dict:
@@ -63,14 +75,24 @@ def _redis_state() -> dict:
 
 _check_database = in_db_thread(_database_ok)
 _check_redis = in_db_thread(_redis_state)
+_check_dead_letters = in_db_thread(_dead_letters)
 
 
 async def readyz(request: HttpRequest) -> HttpResponse:
     """Ready when the database answers, and Redis too unless the down mode lets calls through
     without it (then the answer says `degraded`). A stream lag past TB_READY_MAX_LAG_SECONDS
-    makes the process not ready: usage is piling up faster than it is recorded."""
+    makes the process not ready: usage is piling up faster than it is recorded.
+
+    Dead letters are shown (by state) but never make the process not ready: the consumer has
+    gone past them and usage flows; they are an operator's task (alert on the
+    `tokenbudget_usage_dead_letters` gauge), and one bad event must not take every proxy out of
+    the load balancer until someone replays it."""
     state: dict = {"database": "ok" if await _check_database() else "down"}
     ready = state["database"] == "ok"
+    if ready:
+        letters = await _check_dead_letters()
+        if letters is not None:
+            state["dead_letters"] = letters
     if settings.REDIS_URL:
         state.update(await _check_redis())
         redis_ok = state["redis"] == "ok"
@@ -91,6 +113,7 @@ async def readyz(request: HttpRequest) -> HttpResponse:
 async def metrics_view(request: HttpRequest) -> HttpResponse:
     if settings.REDIS_URL:
         await _check_redis()  # refreshes the stream gauges
+    await _check_dead_letters()  # and the dead-letter gauge
     body, content_type = metrics.render()
     response = HttpResponse(body, content_type=content_type)
     response["Content-Length"] = str(len(body))

@@ -22,7 +22,7 @@ from django.views.decorators.http import require_POST
 
 from budgets import roles
 from budgets.pages import form_decimal, require_admin
-from metering import page_selectors
+from metering import page_selectors, validation
 from metering.catalog_services import (
     PriceData,
     RouteData,
@@ -100,6 +100,10 @@ def key_new(request: HttpRequest) -> HttpResponse:
     name = request.POST.get("name", "").strip()[:100]
     if not name:
         messages.error(request, "Give the key a name, e.g. the tool or laptop that will use it.")
+        return redirect("pages:my-tokens")
+    problem = validation.label_problem(name)
+    if problem is not None:
+        messages.error(request, f"The key name contains {problem}; use plain text.")
         return redirect("pages:my-tokens")
     key, raw = key_create(employee=employee, name=name, actor=request.user, source="admin")
     # The key crosses one redirect (so a reload cannot mint another) and the landing page takes

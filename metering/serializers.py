@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
+from metering import validation
 from metering.models import ModelPrice, ModelRoute, Upstream, UsageRecord, VirtualKey
 
 
@@ -42,7 +43,24 @@ class VirtualKeySerializer(serializers.ModelSerializer):
     def validate_allowed_models(self, value: list) -> list:
         if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
             raise serializers.ValidationError("A list of model names.")
+        for item in value:
+            _label(item)
         return value
+
+    def validate_name(self, value: str) -> str:
+        return _label(value)
+
+    def validate_default_intent(self, value: str) -> str:
+        return _label(value)
+
+
+def _label(value: str) -> str:
+    """Labels are stored and shown on pages and exports: no NUL, surrogate or control
+    character (see metering.validation)."""
+    problem = validation.label_problem(value)
+    if problem is not None:
+        raise serializers.ValidationError(f"The text contains {problem}.")
+    return value
 
 
 class CreatedKeySerializer(VirtualKeySerializer):

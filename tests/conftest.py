@@ -1,10 +1,82 @@
-"""Shared fixtures: the cast of personas and a per-run test database name."""
+"""Shared fixtures: the cast of personas, a per-run test database name, and the test clock.
+
+`TB_TEST_CLOCK` (an ISO date-time, read in `TB_TIME_ZONE` when it names no offset) starts every
+test at that instant, with the clock running from there: `scripts/test.sh` runs the
+date-sensitive tests (marker `clock`) at the first and last minute of a month, on 1 January,
+on 29 February and on the last day of a fiscal year, so no test passes only on the day it was
+written. Subprocesses (the servers of the end-to-end tests) keep the real clock.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import zoneinfo
+from collections.abc import Iterator
 
 import pytest
+import time_machine
+
+
+def _test_clock() -> dt.datetime | None:
+    raw = os.environ.get("TB_TEST_CLOCK", "").strip()
+    if not raw:
+        return None
+    instant = dt.datetime.fromisoformat(raw)
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=zoneinfo.ZoneInfo(os.environ.get("TB_TIME_ZONE", "UTC")))
+    return instant
+
+
+TEST_CLOCK = _test_clock()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # From collection on, so module-level values such as `FY = current_fiscal_year()` are taken
+    # at the test clock's instant too; each test then starts again at that instant.
+    if TEST_CLOCK is not None:
+        time_machine.travel(TEST_CLOCK, tick=True).start()
+
+
+@pytest.fixture(autouse=True)
+def _test_clock_travel() -> Iterator[None]:
+    """Every test starts at `TB_TEST_CLOCK` when it is set (the clock then runs on)."""
+    if TEST_CLOCK is None:
+        yield
+        return
+    with time_machine.travel(TEST_CLOCK, tick=True):
+        yield
+
+
+# The tests whose outcome depends on the date: month close, rollups, proration, monthly
+# release, fiscal years, pacing alerts, the burn-down, personal statements, value reports and the
+# demo history. They run in-process, so the test clock reaches every line they exercise.
+DATE_SENSITIVE = (
+    "tests/billing/test_alerts.py",
+    "tests/billing/test_apis.py",
+    "tests/billing/test_personal.py",
+    "tests/billing/test_rollup.py",
+    "tests/billing/test_statements.py",
+    "tests/budgets/",
+    "tests/metering/test_apis.py",
+    "tests/pages/test_editors.py",
+    "tests/pages/test_seed_demo_history.py",
+    "tests/value/",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = config.rootpath
+    for item in items:
+        path = item.path.relative_to(root).as_posix()
+        if path.startswith(DATE_SENSITIVE):
+            item.add_marker(pytest.mark.clock)
+
+
+def pytest_report_header() -> str | None:
+    if TEST_CLOCK is None:
+        return None
+    return f"test clock: every test starts at {TEST_CLOCK.isoformat()}"
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from metering.providers.base import (
+    EncodedBody,
     ParsedRequest,
     PassThroughMeter,
     RequestError,
@@ -70,6 +71,21 @@ def parse_request(endpoint: str, body: bytes) -> ParsedRequest:
     )
 
 
+def encode_upstream_body(
+    parsed: ParsedRequest, *, force_include_usage: bool = False, **_: object
+) -> EncodedBody:
+    """The body to send upstream, encoded now; `finish` it with the upstream model and
+    `max_tokens` (the clamp) once the hold is taken. `parsed.body` is not modified.
+
+    Removes the proxy's own `metadata.intent` tag, which Anthropic would reject as an unknown
+    metadata field. `force_include_usage` is accepted for a uniform call and ignored: Anthropic
+    streams always carry usage. Raises BodyEncodingError for a body that cannot be encoded."""
+    del force_include_usage
+    body = dict(parsed.body)
+    strip_intent(body)
+    return EncodedBody.of(body, ("max_tokens",))
+
+
 def build_upstream_body(
     parsed: ParsedRequest,
     *,
@@ -77,19 +93,9 @@ def build_upstream_body(
     max_output_tokens: int | None,
     force_include_usage: bool = False,
 ) -> bytes:
-    """The JSON body to send upstream; `parsed.body` is not modified.
-
-    Sets the upstream model name and, when given, `max_tokens` (the clamp); removes the proxy's
-    own `metadata.intent` tag, which Anthropic would reject as an unknown metadata field.
-    `force_include_usage` is accepted for a uniform call and ignored: Anthropic streams always
-    carry usage."""
-    del force_include_usage
-    body = dict(parsed.body)
-    body["model"] = upstream_model
-    if max_output_tokens is not None:
-        body["max_tokens"] = max_output_tokens
-    strip_intent(body)
-    return _DUMP(body).encode()
+    """The JSON body to send upstream in one step (see `encode_upstream_body`)."""
+    encoded = encode_upstream_body(parsed, force_include_usage=force_include_usage)
+    return encoded.finish(upstream_model=upstream_model, max_output_tokens=max_output_tokens)
 
 
 # --- usage ---------------------------------------------------------------------------------
@@ -159,9 +165,12 @@ class MessagesStreamMeter(PassThroughMeter):
     """Meters a Messages stream (named events: message_start, content_block_*, message_delta,
     message_stop, ping, error). Relays the bytes unchanged.
 
-    Usage starts from `message_start.message.usage`; each `message_delta.usage` holds cumulative
-    counts that replace the earlier ones field by field. An `error` event sets `state.error` and
-    keeps the usage seen so far.
+    `message_start.message.usage` has the exact input counts but a placeholder output count
+    (`output_tokens: 1`): it goes to `state.partial_usage` only. The usage is final once a
+    `message_delta.usage` arrives (cumulative counts that replace the earlier ones field by
+    field); a stream cut before that has no `state.usage`, and its output is counted from the
+    text relayed. An `error` event sets `state.error` (the error's type) and keeps what was
+    seen so far.
     """
 
     def __init__(self, *, strip_usage_chunk: bool = False) -> None:
@@ -185,8 +194,9 @@ class MessagesStreamMeter(PassThroughMeter):
         elif kind == "message_start":
             message = obj.get("message")
             if isinstance(message, dict) and isinstance(message.get("usage"), dict):
-                self._counts.update(message["usage"])
-                self.state.usage = self._counts.usage()
+                start = {k: v for k, v in message["usage"].items() if k != "output_tokens"}
+                self._counts.update(start)
+                self.state.partial_usage = self._counts.usage()
         elif kind == "message_delta":
             if isinstance(obj.get("usage"), dict):
                 self._counts.update(obj["usage"])
@@ -195,9 +205,10 @@ class MessagesStreamMeter(PassThroughMeter):
             self.state.finished = True
         elif kind == "error":
             error = obj.get("error")
-            message = error.get("message") if isinstance(error, dict) else None
-            kind_name = error.get("type") if isinstance(error, dict) else None
-            self.state.error = message or kind_name or "An error occurred during streaming."
+            error = error if isinstance(error, dict) else {}
+            # The type is what the record keeps ("overloaded_error"); the message may be long.
+            named = [v for v in (error.get("type"), error.get("message")) if isinstance(v, str)]
+            self.state.error = next((v for v in named if v), "stream_error")
 
     def _on_delta(self, delta: Any) -> None:
         if not isinstance(delta, dict):

@@ -49,16 +49,62 @@ class ParsedRequest:
     max_output_tokens: int | None = None  # as the client asked; None when absent
     include_usage_requested: bool = False  # OpenAI chat: client set stream_options.include_usage
     intent: str = ""  # from metadata.intent
+    # Parallel answers to one prompt (chat `n`): each may use the whole output limit, so the
+    # worst case is prompt + choices x limit.
+    choices: int = 1
     prompt_text: str = ""  # text used to estimate prompt tokens locally
     message_count: int = 0  # messages / input items, for the per-message token overhead
     extra_prompt_tokens: int = 0  # images, files and pre-tokenised input not in prompt_text
+
+
+_DUMP = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class BodyEncodingError(ValueError):
+    """The body cannot be encoded for the upstream (a lone surrogate, or nesting too deep)."""
+
+
+@dataclass(frozen=True)
+class EncodedBody:
+    """An upstream body encoded before the hold is taken, without the fields only the hold and
+    the routing decide (the upstream model, the output limit); `finish` puts them in front.
+
+    Encoding first means a body that cannot be encoded is refused before anything is held, and
+    what is left after the hold cannot fail: two small fields of known types."""
+
+    rest: bytes  # a JSON object without `model` and the limit fields
+    limit_fields: tuple[str, ...]  # where an output limit goes
+    kept: tuple[tuple[str, Any], ...] = ()  # the client's own limits, sent when none is given
+
+    @classmethod
+    def of(cls, body: dict[str, Any], limit_fields: tuple[str, ...]) -> EncodedBody:
+        rest = {k: v for k, v in body.items() if k != "model" and k not in limit_fields}
+        kept = tuple((f, body[f]) for f in limit_fields if f in body)
+        try:
+            return cls(_DUMP(rest).encode(), limit_fields, kept)
+        except (UnicodeEncodeError, RecursionError, ValueError) as exc:
+            raise BodyEncodingError(str(exc)) from None
+
+    def finish(self, *, upstream_model: str, max_output_tokens: int | None) -> bytes:
+        head: dict[str, Any] = {"model": upstream_model}
+        if max_output_tokens is None:
+            head.update(self.kept)
+        else:
+            head.update(dict.fromkeys(self.limit_fields, max_output_tokens))
+        start = _DUMP(head).encode()[:-1]
+        if self.rest == b"{}":
+            return start + b"}"
+        return start + b"," + self.rest[1:]
 
 
 @dataclass
 class StreamState:
     """What a stream meter has seen so far."""
 
-    usage: Usage | None = None
+    usage: Usage | None = None  # the provider's final usage, once it has said it
+    # The provider's counts known before its final usage (Anthropic's message_start: input
+    # exact, output a placeholder), for the charge of a stream cut before the final usage.
+    partial_usage: Usage | None = None
     output_text: list[str] = field(default_factory=list)  # for an estimate when no usage came
     saw_output: bool = False
     error: str | None = None  # an error event mid-stream

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from metering import validation
 from metering.providers.base import (
+    EncodedBody,
     ParsedRequest,
     PassThroughMeter,
     RequestError,
@@ -77,6 +79,10 @@ def decode_body(body: bytes) -> dict[str, Any]:
     model = data.get("model")
     if not isinstance(model, str) or not model.strip():
         raise RequestError("You must provide a model parameter.", param="model")
+    # Refused here, before anything is held: these strings are stored or looked up.
+    validation.label_check(model, param="model")
+    validation.metadata_check(data)
+    validation.body_check(data, body)
     return data
 
 
@@ -190,6 +196,10 @@ def _parse_chat(data: dict[str, Any]) -> ParsedRequest:
         include_usage = optional_bool(
             options, "include_usage", param="stream_options.include_usage"
         )
+    # `n` answers, each up to the limit; an OpenAI-compatible server's `best_of` generates that
+    # many and returns `n`, so the larger of the two bounds the output.
+    n = optional_int(data, "n", minimum=1) or 1
+    best_of = optional_int(data, "best_of", minimum=1) or 1
     text = TextCollector()
     text.add(messages)
     text.add_json(data.get("tools"))
@@ -204,6 +214,7 @@ def _parse_chat(data: dict[str, Any]) -> ParsedRequest:
         max_output_tokens=max_completion if max_completion is not None else max_tokens,
         include_usage_requested=include_usage,
         intent=intent_of(data),
+        choices=max(n, best_of),
         prompt_text=text.text(),
         message_count=len(messages),
         extra_prompt_tokens=text.extra_tokens,
@@ -268,6 +279,38 @@ def _parse_embeddings(data: dict[str, Any]) -> ParsedRequest:
     )
 
 
+def encode_upstream_body(
+    parsed: ParsedRequest,
+    *,
+    force_include_usage: bool,
+    default_limit_field: str = "max_completion_tokens",
+) -> EncodedBody:
+    """The body to send upstream, encoded now; `finish` it with the upstream model and the
+    output limit once the hold is taken. `parsed.body` is not modified.
+
+    The limit goes into the output limit field the client used (chat: `max_completion_tokens`
+    and/or `max_tokens`; responses: `max_output_tokens`), or, when the client set none, into
+    `default_limit_field` (pass "max_tokens" for OpenAI-compatible servers that predate
+    `max_completion_tokens`). For a chat stream with `force_include_usage`, sets
+    `stream_options.include_usage = true`. Removes the proxy's own `metadata.intent` tag.
+    Raises BodyEncodingError for a body that cannot be encoded.
+    """
+    body = dict(parsed.body)
+    endpoint = parsed.endpoint
+    if endpoint == "embeddings":
+        fields: tuple[str, ...] = ()
+    elif endpoint == "responses":
+        fields = ("max_output_tokens",)
+    else:
+        used = tuple(f for f in ("max_completion_tokens", "max_tokens") if body.get(f) is not None)
+        fields = used or (default_limit_field,)
+    if force_include_usage and endpoint == "chat" and parsed.stream:
+        options = body.get("stream_options")
+        body["stream_options"] = {**(options or {}), "include_usage": True}
+    strip_intent(body)
+    return EncodedBody.of(body, fields)
+
+
 def build_upstream_body(
     parsed: ParsedRequest,
     *,
@@ -276,30 +319,12 @@ def build_upstream_body(
     force_include_usage: bool,
     default_limit_field: str = "max_completion_tokens",
 ) -> bytes:
-    """The JSON body to send upstream; `parsed.body` is not modified.
-
-    Sets the upstream model name; when `max_output_tokens` is given, writes it into the output
-    limit field the client used (chat: `max_completion_tokens` and/or `max_tokens`; responses:
-    `max_output_tokens`), or, when the client set none, into `default_limit_field` (pass
-    "max_tokens" for OpenAI-compatible servers that predate `max_completion_tokens`). For a chat
-    stream with `force_include_usage`, sets `stream_options.include_usage = true`. Removes the
-    proxy's own `metadata.intent` tag.
-    """
-    body = dict(parsed.body)
-    body["model"] = upstream_model
-    endpoint = parsed.endpoint
-    if max_output_tokens is not None and endpoint != "embeddings":
-        if endpoint == "responses":
-            body["max_output_tokens"] = max_output_tokens
-        else:
-            used = [f for f in ("max_completion_tokens", "max_tokens") if body.get(f) is not None]
-            for field in used or [default_limit_field]:
-                body[field] = max_output_tokens
-    if force_include_usage and endpoint == "chat" and parsed.stream:
-        options = body.get("stream_options")
-        body["stream_options"] = {**(options or {}), "include_usage": True}
-    strip_intent(body)
-    return _DUMP(body).encode()
+    """The JSON body to send upstream in one step (see `encode_upstream_body`); without
+    `max_output_tokens` the client's own limits are kept."""
+    encoded = encode_upstream_body(
+        parsed, force_include_usage=force_include_usage, default_limit_field=default_limit_field
+    )
+    return encoded.finish(upstream_model=upstream_model, max_output_tokens=max_output_tokens)
 
 
 def strip_intent(body: dict[str, Any]) -> None:

@@ -1,5 +1,7 @@
 """Usage events: their wire form (`events`), their idempotent application to the database
-(`apply`), the stream consumer (`consumer`), and the reconciliation of the Redis counters
+(`apply`), the stream consumer (`consumer`), poison-proof intake (`poison`: what cannot be
+written as it came; `intake`: per-entry preparation, bisection of a refused batch, dead
+letters; `dead_letters`: counts and replay), and the reconciliation of the Redis counters
 (`reconcile`).
 
 An event is one closed call: its usage record plus the charges the Redis backend made for it.
@@ -16,9 +18,11 @@ from metering.usage_stream.consumer import (
     consumer_name,
     group_ensure,
     stream_drain,
+    stream_entries_apply,
     stream_lag,
     stream_trim,
 )
+from metering.usage_stream.dead_letters import Replay, dead_letter_counts, dead_letters_replay
 from metering.usage_stream.events import (
     FORMAT,
     Charge,
@@ -40,11 +44,14 @@ __all__ = [
     "Charge",
     "Drift",
     "HoldsRepair",
+    "Replay",
     "StreamLag",
     "Totals",
     "UsageEvent",
     "consumer_name",
     "counter_database_value",
+    "dead_letter_counts",
+    "dead_letters_replay",
     "event_decode",
     "event_encode",
     "format_names",
@@ -52,6 +59,7 @@ __all__ = [
     "holds_reconcile",
     "quotas_reconcile",
     "stream_drain",
+    "stream_entries_apply",
     "stream_lag",
     "stream_trim",
     "usage_events_apply",

@@ -13,14 +13,24 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError
 from django.db import connection as db_connection
 
 from metering import quota_redis
-from metering.usage_stream.apply import usage_events_apply, usage_payloads_apply
-from metering.usage_stream.events import _PREFIX, event_decode, event_encode
+from metering.usage_stream.intake import FormatNames, batch_apply
+
+try:
+    import psycopg
+except ImportError:  # pragma: no cover - SQLite-only installs
+    psycopg = None
 
 log = logging.getLogger("tokenbudget.ingest")
+
+# The database is down or went away: the batch is retried whole. (The COPY path runs on the
+# driver's own cursor, whose errors Django does not translate.)
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
+if psycopg is not None:
+    DATABASE_UNAVAILABLE += (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 def consumer_name() -> str:
@@ -42,36 +52,27 @@ def _group_gone(exc: redis.ResponseError) -> bool:
     return message.startswith("NOGROUP") or "no longer exists" in message
 
 
-def _in_this_format(client: redis.Redis, payloads: list[bytes]) -> list[bytes]:
-    """Rewrite events of other versions (JSON, or another field list) into this one's form."""
-    if all(p.startswith(_PREFIX) for p in payloads):
-        return payloads
-    names: dict[bytes, str | None] = {}
-    out = []
-    for payload in payloads:
-        if payload.startswith(_PREFIX):
-            out.append(payload)
-            continue
-        tag = payload.split(b"\t", 1)[0]
-        if not payload.startswith(b"{") and tag not in names:
-            found = client.hget(quota_redis.FORMATS, tag)
-            names[tag] = found.decode() if found is not None else None
-        event = event_decode(payload, names.get(tag))
-        out.append(event_encode(event).encode())
-    return out
+def format_names_of(client: redis.Redis) -> FormatNames:
+    """A lookup of the field names each producer registered for its format tag (cached for
+    the batch: a deploy has a handful of formats in flight)."""
+
+    @functools.cache
+    def names(tag: bytes) -> str | None:
+        found = client.hget(quota_redis.FORMATS, tag)
+        return found.decode() if found is not None else None
+
+    return names
 
 
-def _apply_entries(client: redis.Redis, entries: list[tuple[bytes, dict]]) -> int:
-    if not entries:
+def stream_entries_apply(client: redis.Redis, raw: list[tuple[bytes | str, dict]]) -> int:
+    """Apply a batch, then acknowledge all of it: entries that could not be written as they
+    came have their dead letters in the database by then (see `intake`)."""
+    if not raw:
         return 0
-    payloads = _in_this_format(client, [fields[b"e"] for _, fields in entries])
-    if connection.vendor == "postgresql":
-        new = usage_payloads_apply(payloads=payloads)
-    else:
-        new = usage_events_apply(events=[event_decode(p) for p in payloads])
-    # Acknowledged only once the transaction above has committed: a crash before this line
+    new = batch_apply(raw, format_names=format_names_of(client))
+    # Acknowledged only once the transactions above have committed: a crash before this line
     # leaves the entries pending, and whoever claims them applies them again harmlessly.
-    client.xack(quota_redis.STREAM, quota_redis.GROUP, *[entry_id for entry_id, _ in entries])
+    client.xack(quota_redis.STREAM, quota_redis.GROUP, *[entry_id for entry_id, _ in raw])
     return new
 
 
@@ -118,7 +119,7 @@ def stream_drain(
                 entries = pending.result() if pending is not None else read()
                 if entries and not (stop and stop()):
                     ahead = reader.submit(read)
-                total += _apply_entries(client, entries)
+                total += stream_entries_apply(client, entries)
             except quota_redis.UNAVAILABLE as exc:
                 if until_empty:
                     raise
@@ -135,7 +136,7 @@ def stream_drain(
                 log.error("usage stream group missing; recreating it", extra={"error": str(exc)})
                 grouped = False
                 continue
-            except (OperationalError, InterfaceError) as exc:
+            except DATABASE_UNAVAILABLE as exc:
                 if until_empty:
                     raise
                 # The database went away mid-batch: nothing was acknowledged, so nothing is

@@ -138,20 +138,32 @@ def event_decode(raw: str | bytes, names: str | None = None) -> UsageEvent:
             values[f.attname] = f.to_python(_cell(by_name[f.attname]))
         else:
             values[f.attname] = f.get_default()
-    a, unit, amount, cost, centers, year, key_id, key_tokens = (_cell(c) for c in charge)
-    return UsageEvent(
-        values,
-        Charge(
-            None if a is None else int(a),
-            unit or "",
-            Decimal(amount or 0),
-            Decimal(cost or 0),
-            tuple(int(i) for i in (centers or "{}").strip("{}").split(",") if i),
-            int(year or 0),
-            None if key_id is None else int(key_id),
-            int(key_tokens or 0),
-        ),
+    return UsageEvent(values, _charge(charge))
+
+
+def _charge(cells: list[str]) -> Charge:
+    a, unit, amount, cost, centers, year, key_id, key_tokens = (_cell(c) for c in cells)
+    return Charge(
+        None if a is None else int(a),
+        unit or "",
+        Decimal(amount or 0),
+        Decimal(cost or 0),
+        tuple(int(i) for i in (centers or "{}").strip("{}").split(",") if i),
+        int(year or 0),
+        None if key_id is None else int(key_id),
+        int(key_tokens or 0),
     )
+
+
+def charge_decode(text: str) -> Charge:
+    """Only the charge of an event, whatever its record's format: the charge is the last eight
+    cells of every version's line (or the `c` of a JSON event)."""
+    if text.startswith("{"):
+        return _event_decode_json(text).charge
+    cells = text.split("\t")
+    if len(cells) < 9:
+        raise ValueError("not a usage event")
+    return _charge(cells[-8:])
 
 
 def _event_decode_json(text: str) -> UsageEvent:

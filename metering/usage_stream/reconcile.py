@@ -12,6 +12,7 @@ from budgets.models import Allowance, CostCenterSpend
 from metering import quota_redis
 from metering.models import VirtualKey
 from metering.usage_stream.consumer import _decode, stream_drain
+from metering.usage_stream.dead_letters import dead_letters_waiting_units
 
 log = logging.getLogger("tokenbudget.ingest")
 
@@ -50,7 +51,8 @@ def counter_database_value(name: str) -> int | None:
 
 def quotas_reconcile(*, repair: bool = True, client: redis.Redis | None = None) -> list[Drift]:
     """Compare every Redis counter with the database and (with `repair`) set drifted ones to
-    the database's value.
+    the database's value, counting the charges of dead letters not yet applied (which the
+    counters have and the database gets on replay).
 
     The counters and the stream's newest id are read in one MULTI, then the stream is drained
     up to at least that id, so the database has applied every charge the counters had seen; a
@@ -65,11 +67,15 @@ def quotas_reconcile(*, repair: bool = True, client: redis.Redis | None = None) 
     pipe.xrevrange(quota_redis.STREAM, count=1)
     answers = pipe.execute()
     stream_drain(client=client, claim_idle_ms=0)
+    # Charges of dead letters not yet applied: in the counters, not yet in the database.
+    waiting = dead_letters_waiting_units()
     drifts: list[Drift] = []
     for name, used in zip(names, answers[:-1], strict=True):
         if used is None:
             continue
         expected = counter_database_value(name)
+        if expected is not None:
+            expected += waiting.get(name, 0)
         if expected is None or int(used) == expected:
             continue
         repaired = repair and quota_redis.counter_set_if_unchanged(name, _decode(used), expected)

@@ -18,6 +18,7 @@ from rest_framework.test import APIClient
 
 from billing.statements import statements_close_as_needed
 from tests.billing.factories import CostCenterFactory, EmployeeFactory, UserFactory, usage
+from tests.clock import local
 
 UTC = dt.UTC
 
@@ -96,12 +97,12 @@ def cast(db):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def january(cast):  # type: ignore[no-untyped-def]
     """January 2026 usage for the cast, closed into draft statements."""
-    at = dt.datetime(2026, 1, 10, 12, tzinfo=UTC)
+    at = local(2026, 1, 10, 12)
     usage(cast["alice"], at=at, cost="1.2345678901", model="gpt-a", intent="code")
     usage(cast["alice"], at=at, cost="0.5", model="gpt-b")
     usage(cast["bob"], at=at, cost="2", model="gpt-a", intent="chat")
     usage(cast["carol"], at=at, cost="3.3333333333", model="gpt-a")
-    statements_close_as_needed(now=dt.datetime(2026, 2, 1, 6, tzinfo=UTC))
+    statements_close_as_needed(now=local(2026, 2, 1, 6))
     return cast
 
 

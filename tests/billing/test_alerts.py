@@ -13,10 +13,11 @@ from billing.models import AlertEvent
 from billing.rollup import daily_usage_rollup
 from budgets.models import Allowance, CostCenterSpend, Policy
 from tests.billing.factories import usage
+from tests.clock import local
 
 pytestmark = pytest.mark.django_db
 UTC = dt.UTC
-NOW = dt.datetime(2026, 6, 15, 12, tzinfo=UTC)
+NOW = local(2026, 6, 15, 12)
 
 
 @pytest.fixture
@@ -99,7 +100,7 @@ def test_chat_webhook_is_posted(cast, allowance, settings, monkeypatch) -> None:
 
 
 def test_personal_statements_are_emailed_once(cast, allowance) -> None:
-    usage(cast["alice"], at=dt.datetime(2026, 5, 3, tzinfo=UTC), cost="1.5", model="gpt-a")
+    usage(cast["alice"], at=local(2026, 5, 3), cost="1.5", model="gpt-a")
     daily_usage_rollup()
     assert personal_statements_send_as_needed(now=NOW) == 1
     assert personal_statements_send_as_needed(now=NOW) == 0

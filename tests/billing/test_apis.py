@@ -14,6 +14,7 @@ from billing.models import ChargebackStatement
 from billing.statements import statements_close_as_needed
 from tests.billing.conftest import client_for
 from tests.billing.factories import usage
+from tests.clock import local
 
 pytestmark = pytest.mark.django_db
 
@@ -55,8 +56,8 @@ def test_detail_has_lines_subtotals_and_subtree_total(january) -> None:
 def test_employee_sees_only_own_lines(january) -> None:
     january["bob"].cost_center = january["eng"]
     january["bob"].save()
-    usage(january["bob"], at=dt.datetime(2026, 1, 11, tzinfo=dt.UTC))
-    statements_close_as_needed(now=dt.datetime(2026, 2, 2, tzinfo=dt.UTC))
+    usage(january["bob"], at=local(2026, 1, 11))
+    statements_close_as_needed(now=local(2026, 2, 2))
     eng = ChargebackStatement.objects.get(cost_center=january["eng"])
     data = client_for(january["employee"]).get(f"/api/v1/statements/{eng.id}/").json()
     assert {line["employee_id"] for line in data["lines"]} == {"E1"}
@@ -153,8 +154,11 @@ def test_focus_export_columns_and_values(january) -> None:
     )
     rows = list(csv.DictReader(io.StringIO(body(response).decode())))
     first = rows[0]
-    assert first["BillingPeriodStart"] == "2026-01-01T00:00:00Z"
-    assert first["BillingPeriodEnd"] == "2026-02-01T00:00:00Z"
+    # The billing month is a month of the billing time zone, written in UTC as FOCUS asks.
+    assert (
+        first["BillingPeriodStart"] == f"{local(2026, 1, 1).astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}"
+    )
+    assert first["BillingPeriodEnd"] == f"{local(2026, 2, 1).astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}"
     assert (first["BilledCost"], first["EffectiveCost"]) == ("1.2345678901", "1.2345678901")
     assert (first["ChargeCategory"], first["ChargeClass"]) == ("Usage", "")
     assert first["ServiceCategory"] == "AI and Machine Learning"

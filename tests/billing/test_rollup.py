@@ -15,6 +15,7 @@ from billing.models import DailyUsage, units_to_cost
 from billing.rollup import daily_usage_rebuild, daily_usage_rollup
 from metering.models import UsageRecord
 from tests.billing.factories import CostCenterFactory, EmployeeFactory, usage
+from tests.clock import local
 
 pytestmark = pytest.mark.django_db
 UTC = dt.UTC
@@ -60,7 +61,7 @@ def _snapshot() -> list[tuple]:
 def test_rollup_groups_by_day_employee_cost_center_model_intent() -> None:
     alice = EmployeeFactory()
     other_cc = CostCenterFactory()
-    day = dt.datetime(2026, 3, 5, 10, tzinfo=UTC)
+    day = local(2026, 3, 5, 10)
     usage(alice, at=day, cost="0.0000000001", intent="code")
     usage(alice, at=day + dt.timedelta(hours=1), cost="1.2500000000", intent="code")
     usage(alice, at=day, intent="chat")
@@ -79,7 +80,7 @@ def test_rollup_groups_by_day_employee_cost_center_model_intent() -> None:
 
 def test_rollup_is_incremental_and_idempotent() -> None:
     alice = EmployeeFactory()
-    at = dt.datetime(2026, 3, 5, 10, tzinfo=UTC)
+    at = local(2026, 3, 5, 10)
     usage(alice, at=at, cost="0.5")
     daily_usage_rollup()
     before = _snapshot()
@@ -95,9 +96,9 @@ def test_rollup_is_incremental_and_idempotent() -> None:
 
 def test_late_record_with_old_created_at_is_counted() -> None:
     alice = EmployeeFactory()
-    usage(alice, at=dt.datetime(2026, 3, 5, tzinfo=UTC))
+    usage(alice, at=local(2026, 3, 5))
     daily_usage_rollup()
-    usage(alice, at=dt.datetime(2026, 1, 2, tzinfo=UTC), cost="2")  # arrives late
+    usage(alice, at=local(2026, 1, 2), cost="2")  # arrives late
     daily_usage_rollup()
     assert DailyUsage.objects.get(day=dt.date(2026, 1, 2)).cost == Decimal(2)
 
@@ -113,7 +114,7 @@ def test_days_follow_the_billing_time_zone() -> None:
 def test_rebuild_gives_the_same_numbers() -> None:
     alice, bob = EmployeeFactory(), EmployeeFactory()
     for day in range(1, 8):
-        at = dt.datetime(2026, 3, day, 12, tzinfo=UTC)
+        at = local(2026, 3, day, 12)
         usage(alice, at=at, cost=f"0.{day}")
         usage(bob, at=at, model="m2", cost="0.0000000003")
         daily_usage_rollup()
@@ -128,7 +129,7 @@ def test_rebuild_gives_the_same_numbers() -> None:
 
 def test_rebuild_leaves_unfolded_records_to_the_next_run() -> None:
     alice = EmployeeFactory()
-    at = dt.datetime(2026, 3, 5, tzinfo=UTC)
+    at = local(2026, 3, 5)
     usage(alice, at=at, cost="1")
     daily_usage_rollup()
     usage(alice, at=at, cost="2")
@@ -161,7 +162,7 @@ def test_rollup_totals_equal_raw_totals_exactly(records: list[dict]) -> None:
     UsageRecord.objects.all().delete()
     centers = list(CostCenterFactory.create_batch(2))
     people = [EmployeeFactory(cost_center=centers[0]) for _ in range(3)]
-    start = dt.datetime(2026, 1, 20, tzinfo=UTC)
+    start = local(2026, 1, 20)
     for rec in records:
         inp, out, cached, write, reasoning = rec["tokens"]
         usage(
@@ -204,7 +205,7 @@ def test_uncommitted_smaller_id_holds_the_watermark_back() -> None:
     import psycopg
 
     alice = EmployeeFactory()
-    at = dt.datetime(2026, 3, 5, tzinfo=UTC)
+    at = local(2026, 3, 5)
     params = connection.get_connection_params()
     params.pop("cursor_factory", None)
     params.pop("context", None)

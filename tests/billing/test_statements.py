@@ -20,6 +20,7 @@ from billing.statements import (
 )
 from metering.models import UsageRecord
 from tests.billing.factories import CostCenterFactory, EmployeeFactory, usage
+from tests.clock import local_at
 
 pytestmark = pytest.mark.django_db
 UTC = dt.UTC
@@ -27,7 +28,7 @@ JAN, FEB, MAR = dt.date(2026, 1, 1), dt.date(2026, 2, 1), dt.date(2026, 3, 1)
 
 
 def at(day: dt.date, hour: int = 12) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time(hour), tzinfo=UTC)
+    return local_at(day, hour)
 
 
 def lines_of(statement: ChargebackStatement) -> list[tuple]:
@@ -173,7 +174,7 @@ def test_commands_close_and_export(tmp_path) -> None:  # type: ignore[no-untyped
     alice = EmployeeFactory()
     usage(alice, at=at(dt.date(2026, 1, 10)), cost="1.25")
     out = io.StringIO()
-    call_command("billing_close", now="2026-02-01T06:00:00+00:00", stdout=out)
+    call_command("billing_close", now=local_at(dt.date(2026, 2, 1), 6).isoformat(), stdout=out)
     assert "2026-01: 1 created" in out.getvalue() and "balanced" in out.getvalue()
     target = tmp_path / "focus.csv"
     call_command("billing_export", period="2026-01", format="focus", output=str(target))

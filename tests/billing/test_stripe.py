@@ -12,46 +12,18 @@ from unittest import mock
 import httpx
 import pytest
 import stripe
-from django.conf import settings
 
 from billing import stripe_api, stripe_sync
 from billing.models import ChargebackStatement, StripeEvent, StripeInvoiceItem
 from billing.statements import statement_finalize
 from billing.stripe_sync import _allocate_cents
 from tests.billing.conftest import client_for
+from tests.billing.stripe_helpers import AUTH, join_syncs
+from tests.billing.stripe_helpers import billed_lines as _billed_lines
+from tests.billing.stripe_helpers import link_customer as _link_customer
+from tests.billing.stripe_helpers import stripe_invoices as _stripe_invoices
 
 pytestmark = pytest.mark.django_db
-
-
-def _link_customer(cost_center) -> str:  # type: ignore[no-untyped-def]
-    ref = stripe_api.customer_create(
-        name=cost_center.name, metadata={"tb_cost_center": cost_center.code},
-        idempotency_key=f"test-customer-{cost_center.code}",
-    )  # fmt: skip
-    cost_center.stripe_customer_id = ref.id
-    cost_center.save(update_fields=["stripe_customer_id"])
-    # localstripe gap: it only creates an invoice for a customer with a subscription, so the
-    # test customer gets a $0 one (real Stripe invoices pending items without any).
-    base = settings.TB_STRIPE_API_BASE
-    plan = {"id": "tb-zero", "amount": 0, "currency": "usd", "interval": "month",
-            "product[name]": "zero"}  # fmt: skip
-    httpx.post(f"{base}/v1/plans", data=plan, headers=AUTH)
-    sub = {"customer": ref.id, "items[0][plan]": "tb-zero"}
-    httpx.post(f"{base}/v1/subscriptions", data=sub, headers=AUTH).raise_for_status()
-    return ref.id
-
-
-AUTH = {"Authorization": "Bearer sk_test_tokenbudget"}
-
-
-def _stripe_invoices(base: str, customer: str) -> list[dict[str, Any]]:
-    """The customer's invoices made by Tokenbudget (not the $0 subscription's own)."""
-    response = httpx.get(f"{base}/v1/invoices", params={"customer": customer}, headers=AUTH)
-    return [i for i in response.json()["data"] if "[tb-stmt-" in (i["description"] or "")]
-
-
-def _billed_lines(invoice: dict[str, Any]) -> list[int]:
-    return sorted(line["amount"] for line in invoice["lines"]["data"] if line["amount"])
 
 
 def test_allocation_adds_up_to_the_rounded_total() -> None:
@@ -62,14 +34,13 @@ def test_allocation_adds_up_to_the_rounded_total() -> None:
     assert sum(_allocate_cents([Decimal("0.004")] * 3)) == 1
 
 
-def test_finalize_syncs_invoice_once_even_when_retried(
-    january, stripe_settings, django_capture_on_commit_callbacks
-) -> None:
+@pytest.mark.django_db(transaction=True)
+def test_finalize_syncs_invoice_once_even_when_retried(january, stripe_settings) -> None:
     customer = _link_customer(january["eng"])
     eng = ChargebackStatement.objects.get(cost_center=january["eng"])
 
-    with django_capture_on_commit_callbacks(execute=True):  # eager Celery runs the sync
-        statement_finalize(statement_id=eng.id)
+    statement_finalize(statement_id=eng.id)  # the sync runs after the commit, in a thread
+    join_syncs()
 
     eng.refresh_from_db()
     assert eng.status == "sent" and eng.stripe_invoice_id.startswith("in_")
@@ -251,14 +222,13 @@ def test_forged_webhook_gets_400_and_changes_nothing(january, settings, client, 
     assert not StripeEvent.objects.exists()
 
 
-def test_webhook_from_localstripe_pay(
-    january, stripe_settings, django_capture_on_commit_callbacks
-) -> None:
+@pytest.mark.django_db(transaction=True)
+def test_webhook_from_localstripe_pay(january, stripe_settings) -> None:
     """localstripe's own pay route finalizes and pays; its event shape is accepted too."""
     customer = _link_customer(january["eng"])
     eng = ChargebackStatement.objects.get(cost_center=january["eng"])
-    with django_capture_on_commit_callbacks(execute=True):
-        statement_finalize(statement_id=eng.id)
+    statement_finalize(statement_id=eng.id)
+    join_syncs()
     eng.refresh_from_db()
     base = stripe_settings.TB_STRIPE_API_BASE
     invoice = httpx.get(f"{base}/v1/invoices/{eng.stripe_invoice_id}", headers=AUTH).json()
@@ -272,14 +242,49 @@ def test_webhook_from_localstripe_pay(
     assert eng.status == "paid"
 
 
-def test_finalize_api_enqueues_sync(
-    january, stripe_settings, django_capture_on_commit_callbacks
-) -> None:
-    _link_customer(january["eng"])
+@pytest.mark.django_db(transaction=True)
+def test_finalize_api_starts_sync_after_answering(january, stripe_settings) -> None:
+    customer = _link_customer(january["eng"])
     eng = ChargebackStatement.objects.get(cost_center=january["eng"])
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        response = client_for(january["finance"]).post(f"/api/v1/statements/{eng.id}/finalize/")
-    assert len(callbacks) == 1
+    response = client_for(january["finance"]).post(f"/api/v1/statements/{eng.id}/finalize/")
     assert response.status_code == 200
+    assert (response.json()["status"], response.json()["stripe_invoice_id"]) == ("final", "")
+    join_syncs()
     eng.refresh_from_db()
-    assert eng.stripe_invoice_id.startswith("in_")
+    assert eng.stripe_invoice_id.startswith("in_") and eng.stripe_sync_state == "invoiced"
+    assert len(_stripe_invoices(stripe_settings.TB_STRIPE_API_BASE, customer)) == 1
+
+
+NO_SUCH_CUSTOMER = {  # Stripe's answer for an unknown customer id (docs.stripe.com/error-codes)
+    "error": {
+        "code": "resource_missing",
+        "doc_url": "https://stripe.com/docs/error-codes/resource-missing",
+        "message": "No such customer: 'cus_gone'",
+        "param": "customer",
+        "type": "invalid_request_error",
+    }
+}
+BAD_KEY = {
+    "error": {"message": "Invalid API Key provided: sk_test_****", "type": "invalid_request_error"}
+}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "kind", "code", "text"),
+    [
+        (NO_SUCH_CUSTOMER, 400, stripe_api.StripeFinalError, "resource_missing",
+         "No such customer: 'cus_gone' (400, resource_missing)"),
+        (BAD_KEY, 401, stripe_api.StripeRetryableError, "",
+         "Invalid API Key provided: sk_test_**** (401)"),
+    ],
+)  # fmt: skip
+def test_errors_are_classified_with_status_and_code(
+    settings, body, status, kind, code, text
+) -> None:  # type: ignore[no-untyped-def]
+    settings.TB_STRIPE_SECRET_KEY = "sk_test_recorded"
+    http = RecordedHTTPClient(body, status)
+    with pytest.raises(stripe_api.StripeError) as caught:
+        list(stripe_api.pending_invoice_items(customer="cus_gone", http_client=http))
+    assert type(caught.value) is kind
+    assert (caught.value.http_status, caught.value.code, str(caught.value)) == (status, code, text)
+    assert len(http.requests) == 1  # neither is retried by the client

@@ -346,15 +346,27 @@ async def _streams(world: World, calls: int) -> list[int | str]:
         await client.close()
 
 
+def wait_for_upstream_calls(mock: str, count: int, timeout: float = 60) -> None:
+    """Until the mock upstream has seen `count` API calls since its list was cleared."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(httpx.get(f"{mock}/_mock/requests", timeout=10).json()) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the upstream saw fewer than {count} calls in {timeout} s")
+
+
 def test_kill_9_of_a_proxy_worker_mid_stream(
     production: Production, redis_server: RedisServer, mock_upstream_url: str
 ) -> None:
     world = _world(production, mock_upstream_url)
     assert asyncio.run(_load(world, calls=8, concurrency=8)) == [200] * 8  # both workers warm
+    httpx.delete(f"{world.mock}/_mock/requests", timeout=5)
 
     async def run() -> tuple[int, list[int | str]]:
         load = asyncio.ensure_future(_streams(world, 40))
-        await asyncio.sleep(0.8)
+        # Not a fixed sleep: on a loaded machine the streams take longer to start.
+        await asyncio.to_thread(wait_for_upstream_calls, world.mock, 40)
         victim = await asyncio.to_thread(_busiest_worker, production.port)
         assert victim is not None and victim != production.proxy.pid
         os.kill(victim, signal.SIGKILL)
@@ -369,8 +381,9 @@ def test_kill_9_of_a_proxy_worker_mid_stream(
     # 30 minutes the sweep waits for holds whose owner is unknown.
     client = redis_server.client()
     beats = list(client.scan_iter(match=f"{quota_redis.LIVE_PREFIX}*:{victim}:*"))
-    assert len(beats) == 1, beats
-    client.delete(*beats)
+    assert len(beats) <= 1, beats  # none: it lapsed already (a slow machine took 30 s so far)
+    if beats:
+        client.delete(*beats)
     assert int(client.hget(quota_redis.allowance_counter(world.allowance.pk), "reserved")) > 0
     env = {**os.environ, **production.env}
     answer = subprocess.run(

@@ -74,6 +74,10 @@ def test_revoke_takes_effect_and_is_audited(cast: Cast, api) -> None:
         {"name": "k", "cap_tokens": -5},
         {"name": "k", "allowed_models": "gpt-4o"},
         {"name": "k", "expires_at": "2001-01-01T00:00:00Z"},
+        {"name": "k\x00"},
+        {"name": "laptop\x1b[31m"},
+        {"name": "k", "default_intent": "re\nview"},
+        {"name": "k", "allowed_models": ["gpt\x07"]},
     ],
 )
 def test_bad_key_requests_are_400_and_create_nothing(cast: Cast, api, payload: dict) -> None:

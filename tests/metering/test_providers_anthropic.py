@@ -244,11 +244,14 @@ def test_stream_any_split(data: st.DataObject, eol: bytes) -> None:
     assert meter.state.usage == FINAL
 
 
-def test_stream_usage_after_message_start_only() -> None:
+def test_message_start_usage_is_not_final() -> None:
+    # message_start's output count is a placeholder: a stream cut here has no final usage, only
+    # the provider's exact input counts.
     stream = _stream()
     meter = an.stream_meter("messages")
     meter.feed(stream[: stream.index(b"event: content_block_start")])
-    assert meter.state.usage == Usage(2572, 2, 2000, 100)
+    assert meter.state.usage is None
+    assert meter.state.partial_usage == Usage(2572, 0, 2000, 100)
     assert not meter.state.saw_output
 
 
@@ -256,8 +259,9 @@ def test_stream_error_event_keeps_usage_so_far() -> None:
     meter = an.stream_meter("messages")
     meter.feed(_stream(error=True))
     meter.close()
-    assert meter.state.error == "Overloaded"
-    assert meter.state.usage == Usage(2572, 2, 2000, 100)
+    assert meter.state.error == "overloaded_error", "the record keeps the error's type"
+    assert meter.state.usage is None, "no message_delta: no final usage"
+    assert meter.state.partial_usage == Usage(2572, 0, 2000, 100)
     assert meter.state.output_text == ["Hello", " wörld"]
     assert not meter.state.finished
 

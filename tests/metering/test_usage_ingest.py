@@ -11,14 +11,13 @@ import json
 import uuid
 from decimal import Decimal
 
-import pytest
 import redis
 from django.core.management import call_command
 from django.utils import timezone
 
 from budgets.models import Allowance, CostCenterSpend
 from metering import quota_redis
-from metering.models import UsageRecord, VirtualKey
+from metering.models import UsageDeadLetter, UsageRecord, VirtualKey
 from metering.selectors import KeyInfo
 from metering.usage_stream import (
     FORMAT,
@@ -168,16 +167,21 @@ def test_events_of_other_versions_are_read(rds: redis.Redis) -> None:  # noqa: F
     assert Allowance.objects.get(pk=info.limits.allowance_id).used == 90
 
 
-def test_an_event_of_an_unknown_format_stops_the_batch_unacknowledged(
+def test_an_event_of_an_unknown_format_waits_as_a_dead_letter_not_as_a_stop(
     rds: redis.Redis,  # noqa: F811
 ) -> None:
+    # It used to stop the batch unacknowledged, and so every consumer for ever after; it now
+    # waits, unapplied, for its format to be known (see test_usage_poison for the replay).
     info = make_key()
     line = event_encode(event_for(info)).replace(FORMAT, "u1.unregistered0", 1)
     push(rds, [line])
-    with pytest.raises(ValueError, match="unknown format"):
-        stream_drain(client=quota_redis.sync_client())
+    assert stream_drain(client=quota_redis.sync_client()) == 0
     assert not UsageRecord.objects.exists()
-    assert rds.xpending(quota_redis.STREAM, quota_redis.GROUP)["pending"] == 1
+    assert Allowance.objects.get(pk=info.limits.allowance_id).used == 0, "nothing charged yet"
+    letter = UsageDeadLetter.objects.get()
+    assert letter.state == UsageDeadLetter.State.UNAPPLIED and "unknown format" in letter.error
+    assert bytes(letter.payload) == line.encode()
+    assert rds.xpending(quota_redis.STREAM, quota_redis.GROUP)["pending"] == 0
 
 
 def test_parallel_consumers_record_everything_once(rds: redis.Redis) -> None:  # noqa: F811

@@ -166,3 +166,16 @@ def test_a_dollar_allowance_reads_in_dollars(people: dict[str, Any]) -> None:
     content = client_for(people["employee"]).get("/me/").content.decode()
     assert 'data-testid="remaining-value">$23.50 ' in content
     assert "no calls yet" in content.lower()  # the empty states read as instructions
+
+
+@pytest.mark.parametrize("name", ["laptop\x00", "laptop\x1b[31m", "lap\x85top"])
+def test_a_key_name_with_control_characters_creates_no_key(
+    people: dict[str, Any], name: str
+) -> None:
+    client = client_for(people["employee"])
+    response = client.post("/me/keys/", {"name": name}, follow=True)
+    assert response.status_code == 200
+    assert not VirtualKey.objects.exists()
+    assert "use plain text" in response.content.decode()
+    client.post("/me/keys/", {"name": "laptop"})
+    assert VirtualKey.objects.get().name == "laptop", "the control case is created"

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 from io import StringIO
 
 import pytest
+import time_machine
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.test import Client
 from django.utils import timezone
 
 from billing.models import ChargebackStatement, DailyUsage
+from billing.rollup import local_tz
 from billing.statements import last_complete_month
 from billing.value import value_report
 from budgets.fiscal import add_months
@@ -79,3 +83,44 @@ def test_seed_demo_history_makes_the_value_page_meaningful() -> None:
     assert "support-reply" in page and "No usage or outcomes" not in page
     assert 'role="img"' in page  # the value chart is drawn
     assert "No intent was served by more than one model" not in page
+
+
+@pytest.mark.parametrize(
+    ("instant", "expected_months", "current_month_has_usage"),
+    [
+        # The first minute of a month: the current month adds nothing yet.
+        (dt.datetime(2027, 3, 1, 0, 0, 30), ["2026-12", "2027-01", "2027-02"], False),
+        # Mid-month: the same three complete months, then this month up to yesterday.
+        (dt.datetime(2027, 3, 17, 9, 0), ["2026-12", "2027-01", "2027-02", "2027-03"], True),
+    ],
+)
+@pytest.mark.django_db(transaction=True)
+def test_seed_history_holds_the_complete_months_its_help_promises(
+    instant: dt.datetime, expected_months: list[str], current_month_has_usage: bool
+) -> None:
+    tz = local_tz()
+    now = instant.replace(tzinfo=tz)
+    with time_machine.travel(now, tick=False):
+        call_command(
+            "seed_demo_history", "--months", "3", "--extra-employees", "2", stdout=StringIO()
+        )
+        days = {
+            at.astimezone(tz).date()
+            for at in UsageRecord.objects.values_list("created_at", flat=True)
+        }
+    months = sorted({f"{d:%Y-%m}" for d in days})
+    assert months == expected_months
+    # Every complete month has usage on most of its working days, not a stray day or two.
+    for label in expected_months[:3]:
+        assert len({d for d in days if f"{d:%Y-%m}" == label}) >= 15
+    assert max(days) < now.date()  # nothing in the future, nothing today
+    assert (f"{now:%Y-%m}" in months) is current_month_has_usage
+    periods = sorted(
+        {f"{p:%Y-%m}" for p in ChargebackStatement.objects.values_list("period", flat=True)}
+    )
+    assert periods == expected_months[:3]  # a statement for each complete month, none for today's
+
+
+def test_seed_history_needs_at_least_one_month() -> None:
+    with pytest.raises(CommandError):
+        call_command("seed_demo_history", "--months", "0", stdout=StringIO())

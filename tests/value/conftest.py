@@ -6,7 +6,6 @@ other    (S-200, sales):  1 call of intent `code` on `big`
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import pytest
@@ -16,10 +15,11 @@ from metering.models import Intent, Outcome, UsageRecord
 from tests.billing.factories import usage
 from tests.budgets.conftest import Cast, api, cast, client_for
 from tests.budgets.factories import UserFactory
+from tests.clock import local
 
 __all__ = ["Cast", "api", "cast", "client_for"]
 
-AT = dt.datetime(2026, 3, 10, 12, tzinfo=dt.UTC)
+AT = local(2026, 3, 10, 12)
 
 
 LATENCY_MS = {"e1": 2000, "e2": 1000, "e3": 500, "o1": 1500}

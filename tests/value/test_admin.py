@@ -17,6 +17,7 @@ from billing.value_store import value_report_store
 from budgets.models import Adjustment, AuditEvent, BudgetRequest
 from budgets.requests import budget_request_create
 from metering.models import Intent, ModelRoute, Outcome, Upstream
+from tests.clock import local
 from tests.value.test_value_reports import recorded  # noqa: F401  (fixture)
 
 MODELS = [
@@ -40,9 +41,7 @@ def browser(cast: Any) -> Client:
 
 @pytest.fixture
 def stored(recorded: Any) -> ValueReportPeriod:  # noqa: F811
-    return value_report_store(
-        period=dt.date(2026, 3, 1), now=dt.datetime(2026, 4, 2, tzinfo=dt.UTC)
-    )
+    return value_report_store(period=dt.date(2026, 3, 1), now=local(2026, 4, 2))
 
 
 @pytest.fixture

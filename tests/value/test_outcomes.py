@@ -9,6 +9,7 @@ import pytest
 
 from billing.rollup import daily_usage_rollup
 from metering.models import Intent, Outcome
+from tests.clock import local
 from tests.value.conftest import client_for, value_rows
 
 OUTCOMES = "/api/v1/outcomes/"
@@ -100,15 +101,16 @@ def test_bad_input_is_400_and_writes_nothing(api, calls, body, field) -> None:
 def test_intent_window_outcome_needs_own_calls_in_the_window(api, cast, calls) -> None:
     body = {
         "client_id": "w-1", "kind": "ticket resolved", "intent": "code", "quantity": 3,
-        "window_start": "2026-03-10T00:00:00Z", "window_end": "2026-03-11T00:00:00Z",
+        "window_start": local(2026, 3, 10).isoformat(),
+        "window_end": local(2026, 3, 11).isoformat(),
     }  # fmt: skip
     assert api("employee").post(OUTCOMES, body, format="json").status_code == 201
     row = Outcome.objects.get()
     assert (row.employee_id, row.cost_center_id, row.model, row.kind, row.quantity) == (
         cast.employee.pk, cast.eng_ml.pk, "", "ticket resolved", 3,
     )  # fmt: skip
-    empty = {**body, "client_id": "w-2", "window_start": "2026-04-01T00:00:00Z",
-             "window_end": "2026-04-02T00:00:00Z"}  # fmt: skip
+    empty = {**body, "client_id": "w-2", "window_start": local(2026, 4, 1).isoformat(),
+             "window_end": local(2026, 4, 2).isoformat()}  # fmt: skip
     assert api("employee").post(OUTCOMES, empty, format="json").status_code == 400
     assert Outcome.objects.count() == 1
 

@@ -25,6 +25,7 @@ from billing.rollup import daily_usage_rollup
 from billing.value import wilson_interval
 from metering.models import Intent, ModelPrice, Outcome
 from tests.billing.factories import usage
+from tests.clock import local
 from tests.value.conftest import AT, client_for
 
 REPORT = "/api/v1/value-reports/"
@@ -190,7 +191,7 @@ def test_monthly_value_mail_is_sent_once(cast, recorded, settings) -> None:
 
     from billing.value import value_reports_send_as_needed
 
-    now = dt.datetime(2026, 4, 2, 6, tzinfo=dt.UTC)
+    now = local(2026, 4, 2, 6)
     assert value_reports_send_as_needed(now=now) == dt.date(2026, 3, 1)
     assert value_reports_send_as_needed(now=now) is None
     (message,) = mail.outbox

@@ -24,12 +24,13 @@ from billing.value_store import (
 )
 from budgets.models import AuditEvent
 from metering.models import Intent, Outcome
+from tests.clock import local
 from tests.value.conftest import AT
 from tests.value.test_value_reports import _compare_fixture, recorded  # noqa: F401  (fixture)
 
 REPORT = "/api/v1/value-reports/"
 MARCH = dt.date(2026, 3, 1)
-APRIL_2ND = dt.datetime(2026, 4, 2, 6, tzinfo=dt.UTC)
+APRIL_2ND = local(2026, 4, 2, 6)
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ def test_stored_report_equals_the_computed_one_exactly(api, march, dimension) ->
     value_report_store(period=MARCH, now=APRIL_2ND)
     stored = report(api("admin"), dimension)
     assert (stored["stored"], stored["complete"]) == (True, True)
-    assert stored["computed_at"] == "2026-04-02T06:00:00Z"
+    assert dt.datetime.fromisoformat(stored["computed_at"]) == APRIL_2ND
     assert stored["rows"] == computed["rows"]
     assert report(api("admin"), dimension, fresh="true")["stored"] is False
 
@@ -125,7 +126,7 @@ def test_an_older_run_never_overwrites_a_newer_one(cast, march) -> None:
 
 
 def test_the_job_stores_last_month_and_this_month_to_date(api, march) -> None:
-    months = value_reports_store_as_needed(now=dt.datetime(2026, 3, 20, tzinfo=dt.UTC))
+    months = value_reports_store_as_needed(now=local(2026, 3, 20))
     assert months == [dt.date(2026, 2, 1), MARCH]
     stored = ValueReportPeriod.objects.get(since=MARCH)
     assert (stored.until, stored.complete) == (dt.date(2026, 4, 1), False)
@@ -225,9 +226,9 @@ def test_only_the_last_complete_month_moves_recommendations(cast) -> None:
     intent = _intent()
     _compare_fixture(cast, big=(80, 20), small=(95, 5))
     # March to date, stored on the 20th: the comparison of a running month does not count
-    value_report_store(period=MARCH, now=dt.datetime(2026, 3, 20, tzinfo=dt.UTC))
+    value_report_store(period=MARCH, now=local(2026, 3, 20))
     # March as an old month, stored in June
-    value_report_store(period=MARCH, now=dt.datetime(2026, 6, 2, tzinfo=dt.UTC))
+    value_report_store(period=MARCH, now=local(2026, 6, 2))
     intent.refresh_from_db()
     assert intent.recommended_model == ""
 

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from billing.selectors import usage_reconcile
 from billing.statements import statements_close_as_needed
+from budgets.formatting import plain
 
 
 class Command(BaseCommand):
@@ -29,7 +30,7 @@ class Command(BaseCommand):
             )
         rec = usage_reconcile()
         self.stdout.write(
-            f"usage {rec.usage_total} = statements {rec.statements_total} + open "
-            f"{rec.open_total} + not rolled up {rec.unrolled_total}: "
+            f"usage {plain(rec.usage_total)} = statements {plain(rec.statements_total)} + open "
+            f"{plain(rec.open_total)} + not rolled up {plain(rec.unrolled_total)}: "
             f"{'balanced' if rec.balanced else 'NOT BALANCED'}"
         )

@@ -27,7 +27,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -110,13 +110,21 @@ def _cost(model: str, input_tokens: int, output_tokens: int) -> Decimal:
 
 
 class Command(BaseCommand):
-    help = "Add months of demo usage, rollups and closed months on top of seed_demo."
+    help = (
+        "Add demo usage on top of seed_demo: --months complete months before the current one "
+        "plus the current month up to yesterday, rolled up, with a statement for each "
+        "complete month (the last one a draft, older ones final)."
+    )
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--months", type=int, default=5)
+        parser.add_argument(
+            "--months", type=int, default=5, help="complete months of history (at least 1)"
+        )
         parser.add_argument("--extra-employees", type=int, default=36)
 
     def handle(self, *args: Any, months: int = 5, extra_employees: int = 36, **opts: Any) -> None:
+        if months < 1:
+            raise CommandError("--months must be at least 1.")
         call_command("seed_demo", stdout=self.stdout)
         rng = random.Random(7)
         employees = self._employees(rng, extra_employees)
@@ -250,7 +258,9 @@ class Command(BaseCommand):
     def _usage(self, rng: random.Random, employees: list[Employee], months: int) -> int:
         tz = local_tz()
         today = timezone.localdate()
-        start = add_months(today.replace(day=1), -(months - 1))
+        # `months` complete months before the current one, then the current month up to
+        # yesterday: on the 1st the history still has every month its help promises.
+        start = add_months(today.replace(day=1), -months)
         year = current_fiscal_year()
         records: list[UsageRecord] = []
         workdays = sum(

@@ -90,7 +90,10 @@ def catalogue(admin: object) -> None:
     from metering.models import ModelPrice, ModelRoute, Upstream
 
     upstream = Upstream.objects.create(
-        name="bench", kind="openai", base_url="http://127.0.0.1:9/v1", credential_env="BENCH_KEY"
+        name="bench",
+        kind="openai",
+        base_url="http://127.0.0.1:9/v1",
+        credential_env="TB_UPSTREAM_KEY_BENCH",
     )
     start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     for name in ("gpt-a", "gpt-b", "claude-c"):

@@ -10,6 +10,13 @@ import datetime as dt
 from typing import Any
 
 from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
@@ -65,6 +72,10 @@ class StatementSerializer(serializers.ModelSerializer):
     total = serializers.DecimalField(max_digits=24, decimal_places=10)
     stripe_sync_state = serializers.CharField(read_only=True)
     stripe_sync_next_retry_at = serializers.DateTimeField(source="stripe_sync_next_at")
+    scope = serializers.SerializerMethodField(
+        help_text="`statement`: the figures are the cost center's; `own`: the caller is an "
+        "employee reading their own lines, and requests, tokens and totals are theirs only."
+    )
 
     class Meta:
         model = ChargebackStatement
@@ -73,9 +84,27 @@ class StatementSerializer(serializers.ModelSerializer):
             "requests", "total_tokens", "total", "finalized_at", "sent_at", "paid_at",
             "stripe_invoice_id", "stripe_invoice_status", "stripe_sync_state",
             "stripe_sync_error", "stripe_sync_attempts", "stripe_sync_failed_at",
-            "stripe_sync_next_retry_at",
+            "stripe_sync_next_retry_at", "scope",
         ]  # fmt: skip
         read_only_fields = fields
+
+    def _whole(self, obj: ChargebackStatement) -> bool:
+        return selectors.statement_shows_whole(statement=obj, user=self.context["request"].user)
+
+    def get_scope(self, obj: ChargebackStatement) -> str:
+        return "statement" if self._whole(obj) else "own"
+
+    def to_representation(self, instance: ChargebackStatement) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if data["scope"] == "own":
+            # The department's figures are not the employee's to read.
+            own = selectors.statement_own_totals(
+                statement=instance, user=self.context["request"].user
+            )
+            data["requests"] = own.requests
+            data["total_tokens"] = own.total_tokens
+            data["total"] = self.fields["total"].to_representation(own.total)
+        return data
 
 
 class StatementDetailSerializer(StatementSerializer):
@@ -95,6 +124,9 @@ class StatementDetailSerializer(StatementSerializer):
         return cache[obj.pk]
 
     def get_subtree_total(self, obj: ChargebackStatement) -> str:
+        if not self._whole(obj):
+            own = selectors.statement_own_totals(statement=obj, user=self.context["request"].user)
+            return str(own.total)
         return str(selectors.statement_subtree_total(statement=obj))
 
     def get_subtotals(self, obj: ChargebackStatement) -> list[dict[str, Any]]:
@@ -138,6 +170,18 @@ def _export_response(fmt: str, filename: str, statements: Any, lines: Any) -> An
     return response
 
 
+EXPORT_FORMAT = OpenApiParameter(
+    "format", OpenApiTypes.STR, enum=list(exports.FORMATS), description="Default csv."
+)
+EXPORT_RESPONSES = {
+    (200, "text/csv"): OpenApiResponse(OpenApiTypes.BINARY, description="csv, focus, journal"),
+    (200, exports.FORMATS["xlsx"][0]): OpenApiResponse(OpenApiTypes.BINARY, description="xlsx"),
+    (400, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT, description="Bad format"),
+    (403, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT),
+    (404, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT),
+}
+
+
 class StatementViewSet(viewsets.ReadOnlyModelViewSet):
     """Chargeback statements. Filters: `period=YYYY-MM`, `status`, `cost_center` (code).
 
@@ -173,7 +217,7 @@ class StatementViewSet(viewsets.ReadOnlyModelViewSet):
             statement = statement_finalize(statement_id=statement.pk, actor=request.user)
         except StatementStateError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        return Response(StatementSerializer(statement).data)
+        return Response(StatementSerializer(statement, context={"request": request}).data)
 
     @action(detail=True, methods=["post"], url_path="stripe-retry")
     def stripe_retry(self, request: Request, pk: str | None = None) -> Response:
@@ -186,7 +230,10 @@ class StatementViewSet(viewsets.ReadOnlyModelViewSet):
             statement = statement_stripe_retry(statement_id=statement.pk, actor=request.user)
         except StatementStateError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        return Response(StatementSerializer(statement).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            StatementSerializer(statement, context={"request": request}).data,
+            status=status.HTTP_202_ACCEPTED,
+        )
 
     def _export_lines(self, statements: Any) -> Any:
         user = self.request.user
@@ -199,6 +246,7 @@ class StatementViewSet(viewsets.ReadOnlyModelViewSet):
             statement__in=statements.filter(cost_center_id__in=managed)
         )
 
+    @extend_schema(parameters=[EXPORT_FORMAT], responses=EXPORT_RESPONSES)
     @action(detail=True, methods=["get"], content_negotiation_class=ExportNegotiation)
     def export(self, request: Request, pk: str | None = None) -> Any:
         statement = self.get_object()
@@ -207,6 +255,14 @@ class StatementViewSet(viewsets.ReadOnlyModelViewSet):
         name = f"chargeback-{statement.period:%Y-%m}-{statement.cost_center.code}"
         return _export_response(request.query_params.get("format", "csv"), name, statements, lines)
 
+    @extend_schema(
+        operation_id="v1_statements_export_month",
+        parameters=[
+            OpenApiParameter("period", OpenApiTypes.STR, required=True, description="YYYY-MM"),
+            EXPORT_FORMAT,
+        ],
+        responses=EXPORT_RESPONSES,
+    )
     @action(
         detail=False,
         methods=["get"],
@@ -237,6 +293,28 @@ class DailyUsageView(APIView):
     month (default day). Costs are decimal strings.
     """
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("from", OpenApiTypes.DATE),
+            OpenApiParameter("to", OpenApiTypes.DATE),
+            OpenApiParameter("cost_center", OpenApiTypes.STR),
+            OpenApiParameter("employee", OpenApiTypes.STR),
+            OpenApiParameter("model", OpenApiTypes.STR),
+            OpenApiParameter("intent", OpenApiTypes.STR),
+            OpenApiParameter("group_by", OpenApiTypes.STR, description="Comma list."),
+            OpenApiParameter("limit", OpenApiTypes.INT, description="1 to 10000, default 1000."),
+        ],
+        responses={
+            200: inline_serializer(
+                "DailyUsageSums",
+                {
+                    "group_by": serializers.ListField(child=serializers.CharField()),
+                    "results": serializers.ListField(child=serializers.DictField()),
+                },
+            ),
+            400: OpenApiResponse(OpenApiTypes.OBJECT),
+        },
+    )
     def get(self, request: Request) -> Response:
         params = request.query_params
         qs = selectors.daily_usage_scoped(user=request.user)
@@ -273,10 +351,47 @@ class DailyUsageView(APIView):
         return Response({"group_by": group_by, "results": results})
 
 
+class _TopSerializer(serializers.Serializer):
+    model = serializers.CharField(required=False)
+    intent = serializers.CharField(required=False)
+    tokens = serializers.IntegerField()
+    cost = serializers.CharField()
+
+
+class PersonalStatementSerializer(serializers.Serializer):
+    """The schema of `billing.personal.PersonalStatement.as_dict()`."""
+
+    period = serializers.CharField(help_text="YYYY-MM")
+    employee_id = serializers.CharField()
+    requests = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    cost = serializers.CharField(help_text="Exact decimal.")
+    top_models = _TopSerializer(many=True)
+    top_intents = _TopSerializer(many=True)
+    allowance_unit = serializers.CharField()
+    remaining = serializers.CharField(help_text="Exact decimal, in the allowance's unit.")
+    projected_run_out = serializers.DateField(
+        allow_null=True,
+        help_text="At the last 30 days' pace; null for no spend or beyond 100 years.",
+    )
+
+
 class MyStatementsView(APIView):
     """`GET /api/v1/me/statements/`: the caller's monthly summaries (`?period=YYYY-MM` for one;
     default the last 12 months with usage)."""
 
+    @extend_schema(
+        parameters=[OpenApiParameter("period", OpenApiTypes.STR, description="YYYY-MM")],
+        responses={
+            200: inline_serializer(
+                "PersonalStatementList", {"results": PersonalStatementSerializer(many=True)}
+            ),
+            400: OpenApiResponse(OpenApiTypes.OBJECT),
+            403: OpenApiResponse(OpenApiTypes.OBJECT),
+        },
+    )
     def get(self, request: Request) -> Response:
         employee = roles.employee_of(request.user)
         if employee is None:

@@ -3,6 +3,12 @@
 Each CSV export reads statement lines with `iterator(chunk_size=...)` and yields encoded chunks
 of rows; the XLSX export streams rows into xlsxwriter's constant-memory mode on a temporary file.
 Money is written as exact decimal strings, never through float.
+
+Names, codes and GL codes come from users and HR files, so no cell may start a formula when a
+spreadsheet opens the file (OWASP "CSV injection"): a CSV text cell starting with `=`, `+`,
+`-`, `@`, tab or carriage return gets a leading `'`, which spreadsheets show as text; numbers
+(negative amounts included) are left as they are. XLSX cells are typed: text is written as
+text (never parsed as a formula), numbers as numbers.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import csv
 import datetime as dt
 import io
 import json
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -85,12 +92,24 @@ def line_rows(lines: QuerySet[StatementLine], *, by_center: bool = False) -> Ite
         yield LineRow(*values)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
+
+def spreadsheet_text(value: Any) -> Any:
+    """A CSV cell that no spreadsheet reads as a formula: text starting with a formula
+    character gets a leading `'`; numbers, and decimal strings such as "-1.50", pass as is."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def _csv_stream(header: list[str], rows: Iterable[list[Any]]) -> Iterator[bytes]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for count, row in enumerate(rows, 1):
-        writer.writerow(row)
+        writer.writerow([spreadsheet_text(cell) for cell in row])
         if count % 500 == 0:  # batch rows per chunk: fewer, larger writes to the socket
             yield buffer.getvalue().encode()
             buffer.seek(0)
@@ -281,13 +300,23 @@ def xlsx_file(
 
     # The caller streams and then closes the file (file_chunks), so no context manager here.
     out = tempfile.TemporaryFile()  # noqa: SIM115
-    book = xlsxwriter.Workbook(out, {"constant_memory": True, "in_memory": False})
+    book = xlsxwriter.Workbook(
+        out,
+        # Typed writes below; these keep any untyped write from turning text into a formula.
+        {
+            "constant_memory": True,
+            "in_memory": False,
+            "strings_to_formulas": False,
+            "strings_to_numbers": False,
+            "strings_to_urls": False,
+        },
+    )
     money = book.add_format({"num_format": "#,##0.0000"})
     bold = book.add_format({"bold": True})
     summary = book.add_worksheet("Summary")
     head = ["Period", "Cost center", "Name", "GL code", "Status", "Requests", "Tokens",
             "Cost", "Currency", "Cost (exact)"]  # fmt: skip
-    summary.write_row(0, 0, head, bold)
+    _typed_row(summary, 0, head, bold)
     row = 0
     for row, s in enumerate(
         statements.select_related("cost_center")
@@ -295,9 +324,9 @@ def xlsx_file(
         .iterator(chunk_size=CHUNK),
         1,
     ):
-        summary.write_row(row, 0, [f"{s.period:%Y-%m}", s.cost_center.code, s.cost_center.name,
-                                   s.cost_center.gl_code, s.status, s.requests,
-                                   s.total_tokens])  # fmt: skip
+        _typed_row(summary, row, [f"{s.period:%Y-%m}", s.cost_center.code, s.cost_center.name,
+                                  s.cost_center.gl_code, s.status, s.requests,
+                                  s.total_tokens])  # fmt: skip
         # Excel holds numbers as doubles, so the number column is for arithmetic in the sheet
         # and the exact amount is written beside it as text.
         summary.write_number(row, 7, float(s.total), money)
@@ -315,18 +344,28 @@ def xlsx_file(
             current = line.cost_center_code
             name = _sheet_name(current, names)
             sheet = book.add_worksheet(name)
-            sheet.write_row(0, 0, line_head, bold)
+            _typed_row(sheet, 0, line_head, bold)
             r = 0
         r += 1
-        sheet.write_row(r, 0, [f"{line.period:%Y-%m}", line.kind, f"{line.usage_month:%Y-%m}",
-                               line.employee_id, line.employee_name, line.model, line.requests,
-                               line.input_tokens, line.output_tokens, line.cached_input_tokens,
-                               line.cache_write_tokens, line.reasoning_tokens])  # fmt: skip
+        _typed_row(sheet, r, [f"{line.period:%Y-%m}", line.kind, f"{line.usage_month:%Y-%m}",
+                              line.employee_id, line.employee_name, line.model, line.requests,
+                              line.input_tokens, line.output_tokens, line.cached_input_tokens,
+                              line.cache_write_tokens, line.reasoning_tokens])  # fmt: skip
         sheet.write_number(r, 12, float(line.cost), money)
         sheet.write_string(r, 13, _money(line.cost))
     book.close()
     out.seek(0)
     return out
+
+
+def _typed_row(sheet: Any, row: int, values: list[Any], style: Any = None) -> None:
+    """Write text as text cells and whole numbers as number cells (never `write`, which would
+    read a text starting with `=` as a formula)."""
+    for column, value in enumerate(values):
+        if isinstance(value, int) and not isinstance(value, bool):
+            sheet.write_number(row, column, value, style)
+        else:
+            sheet.write_string(row, column, str(value), style)
 
 
 def _sheet_name(code: str, taken: set[str]) -> str:

@@ -37,7 +37,7 @@ from budgets.fiscal import fiscal_year_bounds
 from budgets.quota import quota_get, today
 from budgets.templatetags.tb_pages import money
 from metering import page_selectors as metering_selectors
-from metering.pages import NEW_KEY_SESSION
+from metering.pages import new_key_forget, new_key_take
 
 
 def _fraction(part: Decimal, whole: Decimal) -> int:
@@ -62,9 +62,8 @@ def _burn_down(employee: Any, quota: Any, day: dt.date, per_day: Decimal) -> dic
     projection: list[tuple[dt.date, Decimal]] = []
     run_out = None
     if per_day > 0 and live > 0:
-        days_left = int(live / per_day)
-        run_out = day + dt.timedelta(days=days_left)
-        stop = min(run_out, end - dt.timedelta(days=1))
+        run_out = personal.run_out_date(day=day, remaining=live, per_day=per_day)
+        stop = min(run_out or end, end - dt.timedelta(days=1))
         projection = [(day, live), (stop, max(live - per_day * (stop - day).days, Decimal(0)))]
     series = [Series("Remaining", points, color="#0072B2")]
     if projection:
@@ -138,7 +137,7 @@ def my_tokens(request: HttpRequest) -> HttpResponse:
             desc="; ".join(f"{r.label}: {r.tokens} tokens, ${r.cost}" for r in rows),
         )
 
-    new_key = request.session.pop(NEW_KEY_SESSION, None)
+    new_key = new_key_take(request)
     base_url = settings.TB_PUBLIC_BASE_URL.rstrip("/")
     context = {
         "nav": "me",
@@ -161,7 +160,11 @@ def my_tokens(request: HttpRequest) -> HttpResponse:
             for p in personal.recent_periods(employee=employee, months=6)
         ],
     }
-    return render(request, "billing/my_tokens.html", context)
+    response = render(request, "billing/my_tokens.html", context)
+    new_key_forget(request, response)
+    if new_key is not None:
+        response["Cache-Control"] = "no-store"  # the page holds a secret: keep it out of caches
+    return response
 
 
 # --- finance ---------------------------------------------------------------------------------

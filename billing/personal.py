@@ -23,7 +23,7 @@ class Pacing:
     """Spend per day over the last PACING_DAYS, in the allowance's unit, and the projection."""
 
     per_day: Decimal
-    run_out: dt.date | None  # None: no spend, never runs out at this pace
+    run_out: dt.date | None  # None: no spend, or not within MAX_RUN_OUT_DAYS at this pace
 
 
 def usage_in_unit(employee: Employee, start: dt.date, end: dt.date, unit: str) -> Decimal:
@@ -36,16 +36,33 @@ def usage_in_unit(employee: Employee, start: dt.date, end: dt.date, unit: str) -
     return Decimal((agg["i"] or 0) + (agg["o"] or 0))
 
 
+# Beyond this the projection says "not at this pace" rather than a date (a large allowance
+# used slowly would otherwise run out after year 9999, past what a date can hold).
+MAX_RUN_OUT_DAYS = 100 * 366
+
+
+def run_out_date(*, day: dt.date, remaining: Decimal, per_day: Decimal) -> dt.date | None:
+    """The day `remaining` is used up at `per_day` from `day`; None for no spend, or a date
+    further than MAX_RUN_OUT_DAYS away."""
+    if per_day <= 0:
+        return None
+    if remaining <= 0:
+        return day
+    days = remaining / per_day
+    if days > MAX_RUN_OUT_DAYS:
+        return None
+    return day + dt.timedelta(days=int(days))
+
+
 def pacing_get(*, employee: Employee, day: dt.date, remaining: Decimal, unit: str) -> Pacing:
     """Project when `remaining` runs out at the average pace of the PACING_DAYS before `day`."""
     spent = usage_in_unit(employee, day - dt.timedelta(days=PACING_DAYS), day, unit)
     per_day = spent / PACING_DAYS
     if per_day <= 0:
         return Pacing(per_day=Decimal(0), run_out=None)
-    if remaining <= 0:
-        return Pacing(per_day=per_day, run_out=day)
-    days = int(remaining / per_day)
-    return Pacing(per_day=per_day, run_out=day + dt.timedelta(days=days))
+    return Pacing(
+        per_day=per_day, run_out=run_out_date(day=day, remaining=remaining, per_day=per_day)
+    )
 
 
 @dataclass

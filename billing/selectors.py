@@ -92,10 +92,42 @@ def statement_lines(*, statement: ChargebackStatement, user: Any) -> QuerySet[St
     qs = statement.lines.select_related("employee").order_by(
         "usage_month", "employee__employee_id", "model"
     )
-    if roles.sees_all(user) or statement.cost_center_id in roles.managed_cost_center_ids(user):
+    if statement_shows_whole(statement=statement, user=user):
         return qs
     employee = roles.employee_of(user)
     return qs.filter(employee=employee) if employee else qs.none()
+
+
+def statement_shows_whole(*, statement: ChargebackStatement, user: Any) -> bool:
+    """Whether the user may read the statement's department figures (finance, admins, its
+    managers); an employee reading it through a line of theirs sees only their own."""
+    return roles.sees_all(user) or statement.cost_center_id in roles.managed_cost_center_ids(user)
+
+
+@dataclass(frozen=True)
+class OwnTotals:
+    requests: int
+    total_tokens: int
+    total: Decimal
+
+
+def statement_own_totals(*, statement: ChargebackStatement, user: Any) -> OwnTotals:
+    """The statement's figures over the user's own lines only."""
+    employee = roles.employee_of(user)
+    lines = StatementLine.objects.filter(statement=statement, employee=employee)
+    if employee is None:
+        lines = lines.none()
+    sums = lines.aggregate(
+        r=Sum("requests"),
+        i=Sum("input_tokens"),
+        o=Sum("output_tokens"),
+        u=Sum("cost_units"),
+    )
+    return OwnTotals(
+        requests=sums["r"] or 0,
+        total_tokens=(sums["i"] or 0) + (sums["o"] or 0),
+        total=units_to_cost(sums["u"]),
+    )
 
 
 def statement_subtree_total(*, statement: ChargebackStatement) -> Decimal:

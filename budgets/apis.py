@@ -8,6 +8,8 @@ Who may do what (roles from budgets.roles):
   of their subtree, and may add adjustments (top-ups, corrections, approved requests) to the
   allowances of employees in it. Granting or changing the allowance itself stays with admins,
   so the base grant matches HR's roster while managers steer the year with adjustments.
+- nobody grants, changes or adjusts their own allowance (a manager's comes from the manager
+  above or an admin). Each rule is one `budgets.roles.can_*` function, shared with the pages.
 - employee: reads only their own record, allowances, adjustments, cost center and its policy.
 Objects outside a user's view answer 404; writes the user may not make answer 403.
 """
@@ -35,7 +37,7 @@ from rest_framework.views import APIView
 
 from budgets import roles, selectors, services
 from budgets.models import Adjustment, Allowance, AuditEvent, CostCenter, Employee, Policy
-from budgets.roster import RosterInvalid, roster_import
+from budgets.roster import RosterInvalid, RowError, roster_import
 from budgets.serializers import (
     AdjustmentSerializer,
     AllowanceSerializer,
@@ -304,12 +306,16 @@ class AllowanceViewSet(BudgetViewSet):
         return selectors.allowance_list(user=self.request.user)
 
     def perform_create(self, serializer: Any) -> None:
+        if not roles.can_set_allowance(self.request.user, serializer.validated_data["employee"]):
+            raise PermissionDenied("Only admins grant allowances, and never their own.")
         with service_errors():
             serializer.instance = services.allowance_create(
                 actor=_actor(self.request), source="api", **serializer.validated_data
             )
 
     def perform_update(self, serializer: Any) -> None:
+        if not roles.can_set_allowance(self.request.user, serializer.instance.employee):
+            raise PermissionDenied("Only admins change allowances, and never their own.")
         with service_errors():
             serializer.instance = services.allowance_update(
                 actor=_actor(self.request),
@@ -362,8 +368,10 @@ class AdjustmentViewSet(
     def perform_create(self, serializer: Any) -> None:
         data = dict(serializer.validated_data)
         allowance = data.pop("allowance")
-        if not roles.can_manage_employee(self.request.user, allowance.employee):
-            raise PermissionDenied("You do not manage this employee's cost center.")
+        if not roles.can_adjust_allowance(self.request.user, allowance.employee):
+            raise PermissionDenied(
+                "You may adjust only the allowances of employees you manage, never your own."
+            )
         with service_errors():
             serializer.instance = services.adjustment_create(
                 actor=_actor(self.request), allowance=allowance, source="api", **data
@@ -433,7 +441,14 @@ class RosterImportView(APIView):
     )
     def post(self, request: Request) -> Response:
         upload = RosterImportSerializer(data=request.data)
-        upload.is_valid(raise_exception=True)
+        if not upload.is_valid():
+            # The documented 400 shape, for a missing or unreadable file as for a bad row.
+            errors = [
+                RowError(None, field, str(message))
+                for field, messages in upload.errors.items()
+                for message in messages
+            ]
+            return Response(RosterInvalid(errors).as_dict(), status=status.HTTP_400_BAD_REQUEST)
         dry_run = request.query_params.get("dry_run", "").lower() in ("1", "true", "yes")
         try:
             result = roster_import(

@@ -39,7 +39,7 @@ MAX_ROSTER_BYTES = 5 * 1024 * 1024
 
 def _require_reader(user: Any) -> None:
     """Admins, finance and managers read budgets; employees only their own (on My tokens)."""
-    if not (roles.sees_all(user) or roles.managed_cost_center_ids(user)):
+    if not roles.can_read_budgets(user):
         raise PermissionDenied
 
 
@@ -105,7 +105,8 @@ def employees(request: HttpRequest) -> HttpResponse:
         "q": params.get("q", ""),
         "query": keep.urlencode(),
         "sort_links": sort_links,
-        "can_assign": roles.is_admin(user) or bool(roles.managed_cost_center_ids(user)),
+        # The bulk form is for admins: managers steer the year with top-ups, not the grant.
+        "can_assign": roles.is_admin(user),
         "units": Unit.choices,
     }
     return render(request, "budgets/employees.html", context)
@@ -129,7 +130,7 @@ def employees_assign(request: HttpRequest) -> HttpResponse:
         messages.error(request, "Give the amount as a number of tokens or dollars, 0 or more.")
         return redirect(back)
     chosen = list(roles.visible_employees(user).filter(pk__in=ids).select_related("cost_center"))
-    if len(chosen) != len(set(ids)) or not all(roles.can_manage_employee(user, e) for e in chosen):
+    if len(chosen) != len(set(ids)) or not all(roles.can_set_allowance(user, e) for e in chosen):
         raise PermissionDenied
     result = allowances_assign(
         actor=user, employees=chosen, amount=amount, unit=unit, fiscal_year=current_fiscal_year()
@@ -155,7 +156,7 @@ def employee_detail(request: HttpRequest, pk: int) -> HttpResponse:
     form = {"amount": "", "reason": "", "kind": Adjustment.Kind.TOP_UP}
     history = page_selectors.employee_history(employee=employee, fiscal_year=year)
     if request.method == "POST":
-        if not roles.can_manage_employee(user, employee):
+        if not roles.can_adjust_allowance(user, employee):
             raise PermissionDenied
         form = {k: request.POST.get(k, "").strip() for k in form}
         amount = form_decimal(form["amount"])
@@ -188,11 +189,18 @@ def employee_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "quota": quota_get(employee),
         "history": history,
         "year": year,
-        "can_manage": roles.can_manage_employee(user, employee),
+        "can_set": roles.can_set_allowance(user, employee),
+        "can_adjust": roles.can_adjust_allowance(user, employee),
+        "can_see_keys": roles.can_see_keys(user, employee),
+        "can_manage_keys": roles.can_manage_keys(user, employee),
         "form": form,
         "errors": errors,
         "kinds": [(Adjustment.Kind.TOP_UP, "Top-up"), (Adjustment.Kind.CORRECTION, "Correction")],
-        "keys": employee.keys.order_by("revoked_at", "-created_at"),
+        "keys": (
+            employee.keys.order_by("revoked_at", "-created_at")
+            if roles.can_see_keys(user, employee)
+            else None
+        ),
         "units": Unit.choices,
     }
     return render(request, "budgets/employee.html", context, status=400 if errors else 200)

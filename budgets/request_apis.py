@@ -33,7 +33,9 @@ class BudgetRequestSerializer(serializers.ModelSerializer):
     approved_amount = AmountField(
         source="adjustment.amount", read_only=True, allow_null=True, default=None
     )
-    decided_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    decided_by = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True, help_text="Null while pending."
+    )
 
     class Meta:
         model = BudgetRequest

@@ -62,7 +62,7 @@ def budget_requests_visible(user: Any) -> QuerySet[BudgetRequest]:
 def can_decide(user: Any, request: BudgetRequest) -> bool:
     if request.requested_by_id is not None and request.requested_by_id == user.pk:
         return False
-    return roles.can_manage_employee(user, request.employee)
+    return roles.can_adjust_allowance(user, request.employee)
 
 
 def _notify(subject: str, body: str, recipients: list[str]) -> None:

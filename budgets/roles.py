@@ -1,7 +1,8 @@
 """Who may see what. Roles: admin (staff or group `budget-admins`), finance (group `finance`,
 read-only on budgets), cost-center manager (their subtree), employee (only themselves).
 
-Every API and page scopes its querysets through these helpers.
+Every API and page scopes its querysets through these helpers, and asks the `can_*` rules
+below (one function per action) before it changes anything.
 """
 
 from __future__ import annotations
@@ -92,6 +93,49 @@ def visible_employees(user: Any) -> QuerySet[Employee]:
     return qs.filter(condition)
 
 
-def can_manage_employee(user: Any, employee: Employee) -> bool:
-    """Change budgets or keys of `employee`: admins, and managers of their cost center's tree."""
+def is_self(user: Any, employee: Employee) -> bool:
+    """Whether `employee` is the signed-in user's own record."""
+    # Services also get labels ("command:…") and None as actors: those are nobody's self.
+    if not getattr(user, "is_authenticated", False):
+        return False
+    return employee.user_id is not None and employee.user_id == user.pk
+
+
+def manages(user: Any, employee: Employee) -> bool:
+    """Admins, and managers of the employee's cost center or one above it (themselves included:
+    a manager reads their own record like their team's)."""
     return is_admin(user) or employee.cost_center_id in managed_cost_center_ids(user)
+
+
+# --- one rule per action: pages, API and services ask these, never the roles directly --------
+#
+# Segregation of duties: nobody changes their own budget, by any route. A manager's allowance
+# is steered by the manager above them (or an admin); an admin's by another admin.
+
+
+def can_read_budgets(user: Any) -> bool:
+    """The budget pages (/manage/): admins, finance and managers; employees use My tokens."""
+    return sees_all(user) or bool(managed_cost_center_ids(user))
+
+
+def can_set_allowance(user: Any, employee: Employee) -> bool:
+    """Grant or change the base allowance (roster, API, bulk assign): admins only, so the base
+    grant matches HR's roster; never one's own."""
+    return is_admin(user) and not is_self(user, employee)
+
+
+def can_adjust_allowance(user: Any, employee: Employee) -> bool:
+    """Add a top-up, correction or approved request: admins and the employee's managers, never
+    on one's own allowance."""
+    return manages(user, employee) and not is_self(user, employee)
+
+
+def can_see_keys(user: Any, employee: Employee) -> bool:
+    """Names, prefixes and use of the employee's API keys: the employee, their managers and
+    admins. Finance reads budgets, not credentials."""
+    return is_self(user, employee) or manages(user, employee)
+
+
+def can_manage_keys(user: Any, employee: Employee) -> bool:
+    """Create or revoke the employee's keys: whoever may see them."""
+    return can_see_keys(user, employee)

@@ -295,7 +295,7 @@ class _Plan:
     changed_allowances: list[tuple[Allowance, dict[str, Any]]] = field(default_factory=list)
 
 
-def _plan(roster: RosterFile, *, dry_run: bool, day: dt.date) -> _Plan:
+def _plan(roster: RosterFile, *, dry_run: bool, day: dt.date, actor_id: int | None = None) -> _Plan:
     fiscal_year = current_fiscal_year(day)
     plan = _Plan(result=RosterResult(dry_run=dry_run, fiscal_year=fiscal_year))
     errors: list[RowError] = []
@@ -333,12 +333,20 @@ def _plan(roster: RosterFile, *, dry_run: bool, day: dt.date) -> _Plan:
         target["active"] = target["end_date"] is None or target["end_date"] >= day
         employee = existing.get(row.employee_id)
         policy = policies.get(center_id)
+        grants = len(plan.new_allowances) + len(plan.changed_allowances)
         if employee is None:
             _plan_new(plan, row, target, policy, users, fiscal_year, codes, errors)
-            continue
-        allowance = allowances.get(employee.pk)
-        if _row_ok(row, target, allowance, day, errors):
-            _plan_existing(plan, row, employee, target, allowance, policy, codes)
+            user = users.get(row.email)
+            owner_id = user.pk if user is not None else None
+        else:
+            allowance = allowances.get(employee.pk)
+            if _row_ok(row, target, allowance, day, errors):
+                _plan_existing(plan, row, employee, target, allowance, policy, codes)
+            owner_id = employee.user_id
+        granted = len(plan.new_allowances) + len(plan.changed_allowances) > grants
+        if granted and actor_id is not None and owner_id == actor_id:
+            # Segregation of duties holds for the roster too: another admin imports this row.
+            errors.append(RowError(row.row, "allowance", "You may not set your own allowance."))
     listed = {row.employee_id for row in roster.rows}
     for employee_id in sorted(existing):
         employee = existing[employee_id]
@@ -554,10 +562,11 @@ def roster_import(
     """
     day = day or today()
     roster = roster_parse(content)
+    actor_id = actor.pk if getattr(actor, "is_authenticated", False) else None
     if dry_run:
-        return _plan(roster, dry_run=True, day=day).result
+        return _plan(roster, dry_run=True, day=day, actor_id=actor_id).result
     with transaction.atomic():
-        plan = _plan(roster, dry_run=False, day=day)
+        plan = _plan(roster, dry_run=False, day=day, actor_id=actor_id)
         changing = sorted(allowance.pk for allowance, _ in plan.changed_allowances)
         if changing:
             # Lock only the allowances whose terms change (the ledger's lock), so the proxy
@@ -569,7 +578,7 @@ def roster_import(
                 .order_by("pk")
                 .values_list("pk", flat=True)
             )
-            plan = _plan(roster, dry_run=False, day=day)
+            plan = _plan(roster, dry_run=False, day=day, actor_id=actor_id)
         _apply(plan, actor=actor, source=source, day=day)
         invalidation_publish(cache="keys")  # proxies cache employees and allowances
     return plan.result

@@ -131,7 +131,7 @@ class EmployeeMoveInputSerializer(serializers.Serializer):
 class EmployeeMoveSerializer(serializers.ModelSerializer):
     from_cost_center = serializers.SlugRelatedField(slug_field="code", read_only=True)
     to_cost_center = serializers.SlugRelatedField(slug_field="code", read_only=True)
-    actor = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    actor = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
 
     class Meta:
         model = EmployeeMove
@@ -196,7 +196,7 @@ class AdjustmentSerializer(serializers.ModelSerializer):
     employee = serializers.CharField(source="allowance.employee.employee_id", read_only=True)
     fiscal_year = serializers.IntegerField(source="allowance.fiscal_year", read_only=True)
     amount = AmountField(help_text="Signed; only a correction may be negative.")
-    actor = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    actor = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
 
     class Meta:
         model = Adjustment
@@ -298,7 +298,12 @@ class QuotaSerializer(serializers.Serializer):
 
 
 class AuditEventSerializer(serializers.ModelSerializer):
-    actor = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    actor = serializers.SlugRelatedField(
+        slug_field="username",
+        read_only=True,
+        allow_null=True,
+        help_text="Null for jobs and commands.",
+    )
 
     class Meta:
         model = AuditEvent

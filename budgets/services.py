@@ -26,11 +26,11 @@ from decimal import ROUND_DOWN, Decimal
 from typing import Any, Literal, TypedDict
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models, transaction
 from django.db.models import F
 
-from budgets import ledger
+from budgets import ledger, roles
 from budgets.audit import audit_record, snapshot
 from budgets.fiscal import fiscal_year_bounds
 from budgets.invalidation import invalidation_publish
@@ -130,6 +130,13 @@ def _apply(instance: models.Model, data: Mapping[str, Any], allowed: Iterable[st
             setattr(instance, field, value)
             changed.append(field)
     return changed
+
+
+def own_budget_refuse(actor: Actor, employee: Employee) -> None:
+    """Nobody changes their own budget, whatever the route (API, pages, admin, bulk, requests):
+    the last line behind the role checks of each caller."""
+    if roles.is_self(actor, employee):
+        raise PermissionDenied("Nobody may change their own allowance.")
 
 
 def amount_check(amount: Decimal, unit: str, *, field: str = "amount") -> None:
@@ -442,6 +449,7 @@ def allowance_create(
 ) -> Allowance:
     """Grant `employee` an allowance for `fiscal_year` (default: the current one). Amount, unit
     and release schedule default to the policy in force for the employee's cost center."""
+    own_budget_refuse(actor, employee)
     fiscal_year = fiscal_year or current_fiscal_year()
     policy = policy_resolve(employee.cost_center)
     if amount is None:
@@ -494,6 +502,7 @@ def allowance_update(
 ) -> Allowance:
     """Change the grant's terms. `used`, `reserved` and `adjustments_total` are never set here:
     they move only through the quota ledger and adjustments."""
+    own_budget_refuse(actor, allowance.employee)
     with transaction.atomic():
         invalidation_publish(cache="keys")  # proxies cache what this changes
         allowance = _lock_allowance(allowance.pk)
@@ -554,6 +563,7 @@ def adjustment_create(
 ) -> Adjustment:
     """Append a signed adjustment and add it to the allowance's cached total in one
     transaction (with F(), so a concurrent ledger update is never overwritten)."""
+    own_budget_refuse(actor, allowance.employee)
     with transaction.atomic():
         invalidation_publish(cache="keys")  # proxies cache what this changes
         locked = _lock_allowance(allowance.pk)

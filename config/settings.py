@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from config.env import env_bool, env_choice, env_decimal, env_int, env_list, env_str
 
@@ -27,6 +30,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "budgets",
     "metering",
     "billing",
@@ -40,7 +44,44 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out sign-in into its lockout response.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# --- Sign-in, cookies, TLS --------------------------------------------------------------------
+# django-axes counts failed sign-ins (the pages' login and /admin/) per username and client
+# address; at the limit that pair is locked out for the cool-off, even with the right password.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("TB_LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=1000)
+AXES_COOLOFF_TIME = dt.timedelta(
+    minutes=env_int("TB_LOGIN_COOLOFF_MINUTES", 15, minimum=1, maximum=7 * 24 * 60)
+)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False
+# Behind TLS: cookies only over HTTPS, the proxy's header says a request came in over HTTPS,
+# plain HTTP is redirected and browsers are told to stay on HTTPS (HSTS).
+TB_SECURE_COOKIES = env_bool("TB_SECURE_COOKIES", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = TB_SECURE_COOKIES
+SESSION_COOKIE_HTTPONLY = True
+TB_PROXY_SSL_HEADER = env_str("TB_PROXY_SSL_HEADER").strip()
+if TB_PROXY_SSL_HEADER and not re.fullmatch(r"[A-Za-z0-9-]+", TB_PROXY_SSL_HEADER):
+    raise ImproperlyConfigured(
+        f"TB_PROXY_SSL_HEADER must be a header name such as X-Forwarded-Proto, got "
+        f"{TB_PROXY_SSL_HEADER!r}"
+    )
+if TB_PROXY_SSL_HEADER:
+    # Only when the proxy sets this header itself (and strips a client's): else any client
+    # could claim HTTPS.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + TB_PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
+SECURE_SSL_REDIRECT = env_bool("TB_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("TB_HSTS_SECONDS", 0, minimum=0, maximum=2 * 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("TB_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("TB_HSTS_PRELOAD", False)
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -124,6 +165,13 @@ TB_HOLD_WAIT_SECONDS = env_int("TB_HOLD_WAIT_SECONDS", 30, minimum=0, maximum=60
 TB_KEY_CACHE_SECONDS = env_int("TB_KEY_CACHE_SECONDS", 2, minimum=0, maximum=4)
 TB_UPSTREAM_CONNECT_TIMEOUT = env_decimal("TB_UPSTREAM_CONNECT_TIMEOUT", "10")
 TB_UPSTREAM_READ_TIMEOUT = env_decimal("TB_UPSTREAM_READ_TIMEOUT", "600")
+# The environment variables an upstream may read its provider key from (credential_env): any
+# name with this prefix, and these names. Nothing else, so no upstream can be pointed at
+# TB_SECRET_KEY or DATABASE_URL.
+TB_UPSTREAM_CREDENTIAL_PREFIX = env_str("TB_UPSTREAM_CREDENTIAL_PREFIX", "TB_UPSTREAM_KEY_")
+TB_UPSTREAM_CREDENTIAL_NAMES = env_list(
+    "TB_UPSTREAM_CREDENTIAL_NAMES", "OPENAI_API_KEY,ANTHROPIC_API_KEY,AZURE_OPENAI_API_KEY"
+)
 TB_MOCK_UPSTREAM_URL = env_str("TB_MOCK_UPSTREAM_URL", "http://127.0.0.1:8001")
 TB_REDIS_DOWN_MODE = env_choice("TB_REDIS_DOWN_MODE", "database", ("database", "closed", "open"))
 # How long one Redis command may take before Redis counts as down for the quota path (then
@@ -184,8 +232,12 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "budgets.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
+    "DEFAULT_THROTTLE_RATES": {
+        # Minting API keys (POST …/keys/): per user, per process.
+        "key-create": env_str("TB_KEY_CREATE_RATE", "30/hour"),
+    },
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
         "rest_framework.filters.OrderingFilter",
@@ -205,8 +257,13 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "UnitEnum": "budgets.models.Unit",
         "ReleaseEnum": "budgets.models.Release",
+        "BudgetRequestStatusEnum": "budgets.models.BudgetRequest.Status",
+        "StatementStatusEnum": "billing.models.ChargebackStatement.Status",
     },
 }
+
+# The largest page a list endpoint returns (`limit` above it is cut to it).
+TB_API_MAX_LIMIT = env_int("TB_API_MAX_LIMIT", 500, minimum=1, maximum=10_000)
 
 # --- i18n, static -------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import django_filters
+from django.db.models import ProtectedError
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
-from rest_framework import mixins, permissions, status, viewsets
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle, ScopedRateThrottle
 
 from budgets import roles
 from budgets.invalidation import invalidation_publish
@@ -47,6 +50,12 @@ class EmployeeKeysViewSet(
 
     serializer_class = VirtualKeySerializer
     filterset_fields = ["revoked_at"]
+    throttle_scope = "key-create"
+
+    def get_throttles(self) -> list[BaseThrottle]:
+        # Minting keys is rate limited (settings TB_KEY_CREATE_RATE); reading them is not.
+        return [ScopedRateThrottle()] if self.action == "create" else []
+
     ordering_fields = ["created_at", "name", "last_used_at"]
 
     def get_employee(self) -> Employee:
@@ -56,13 +65,14 @@ class EmployeeKeysViewSet(
         return employee
 
     def _check_manage(self, employee: Employee) -> None:
-        me = roles.employee_of(self.request.user)
-        if not (
-            roles.can_manage_employee(self.request.user, employee) or (me and me.pk == employee.pk)
-        ):
+        if not roles.can_manage_keys(self.request.user, employee):
             raise PermissionDenied("You may not manage this employee's keys.")
 
+    queryset = VirtualKey.objects.none()  # the schema generator reads the model from here
+
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return VirtualKey.objects.none()
         employee = self.get_employee()
         self._check_manage(employee)
         return VirtualKey.objects.filter(employee=employee).select_related("employee")
@@ -102,6 +112,43 @@ class UpstreamViewSet(viewsets.ModelViewSet):
     serializer_class = UpstreamSerializer
     permission_classes = [IsBudgetAdmin]
     lookup_field = "name"
+
+    @extend_schema(
+        responses={
+            204: None,
+            409: inline_serializer(
+                "UpstreamInUse",
+                {
+                    "detail": serializers.CharField(),
+                    "routes": serializers.ListField(child=serializers.CharField()),
+                },
+            ),
+        }
+    )
+    def destroy(self, request: Request, *args: object, **kwargs: object) -> Response:
+        """Delete an upstream no route uses; one still in use answers 409 naming its routes."""
+        upstream = self.get_object()
+        routes = list(upstream.routes.order_by("public_name").values_list("public_name", flat=True))
+        if not routes:
+            try:
+                upstream.delete()
+            except ProtectedError:
+                pass  # a route was added meanwhile: answer as below
+            else:
+                cache.routes.invalidate()
+                invalidation_publish(cache="routes")
+                return Response(status=status.HTTP_204_NO_CONTENT)
+            routes = list(
+                upstream.routes.order_by("public_name").values_list("public_name", flat=True)
+            )
+        return Response(
+            {
+                "detail": f"Upstream {upstream.name} is used by {len(routes)} route(s): "
+                "point them at another upstream or delete them first.",
+                "routes": routes,
+            },
+            status=status.HTTP_409_CONFLICT,
+        )
 
     def perform_create(self, serializer) -> None:
         serializer.save()

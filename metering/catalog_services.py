@@ -5,7 +5,9 @@ Each function validates, saves and writes an audit event in one transaction, and
 got wrong, so a page can show the message beside its field and nothing is saved.
 
 Credentials never pass through here: an upstream's `credential_env` is the *name* of an
-environment variable, set in configuration; these functions neither read nor change it.
+environment variable, set in configuration; these functions neither read nor change it. The
+name itself must be on the allow-list (`credential_env_check`): a configured prefix or one of
+the configured names, never any other server variable.
 
 The proxy holds routes and their prices in per-process caches (`metering.cache.routes`, at most
 `TB_KEY_CACHE_SECONDS`). A change made here drops this process's entries once the transaction
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypedDict
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
 
@@ -26,6 +29,7 @@ from budgets.audit import audit_record, snapshot
 from budgets.invalidation import invalidation_publish
 from metering import cache
 from metering.models import ModelPrice, ModelRoute, Upstream
+from metering.upstream import credential_env_allowed
 
 MAX_CONNECT_TIMEOUT = Decimal(120)  # seconds; beyond this a dead upstream holds workers too long
 MAX_READ_TIMEOUT = Decimal(3600)
@@ -88,6 +92,18 @@ def _set(instance: Any, data: dict[str, Any], allowed: tuple[str, ...]) -> list[
 def _routes_changed() -> None:
     transaction.on_commit(cache.routes.invalidate)
     invalidation_publish(cache="routes")  # every other proxy process, once committed
+
+
+def credential_env_check(name: str) -> None:
+    """Refuse a credential variable outside the allow-list (empty: the upstream needs no key)."""
+    if name and not credential_env_allowed(name):
+        allowed = ", ".join(settings.TB_UPSTREAM_CREDENTIAL_NAMES)
+        raise _invalid(
+            "credential_env",
+            f"Name a variable starting with {settings.TB_UPSTREAM_CREDENTIAL_PREFIX} "
+            f"(TB_UPSTREAM_CREDENTIAL_PREFIX) or one of: {allowed} "
+            "(TB_UPSTREAM_CREDENTIAL_NAMES).",
+        )
 
 
 def _check_upstream(upstream: Upstream) -> None:

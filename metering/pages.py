@@ -3,8 +3,11 @@ admins only). The proxy is metering.views."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import os
+import secrets
 from typing import Any
 
 from django.conf import settings
@@ -33,6 +36,58 @@ from metering.models import ModelRoute, Upstream, VirtualKey
 from metering.services import key_create, key_revoke
 
 NEW_KEY_SESSION = "tb_new_key"
+NEW_KEY_COOKIE = "tb_new_key_pad"
+NEW_KEY_COOKIE_PATH = "/me/"
+NEW_KEY_SECONDS = 300
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode()
+
+
+def _xor(data: bytes, pad: bytes) -> bytes:
+    return bytes(a ^ b for a, b in zip(data, pad, strict=True))
+
+
+def new_key_hand_over(request: HttpRequest, response: HttpResponse, *, key: Any, raw: str) -> None:
+    """Carry a new raw key across one redirect without storing it anywhere readable: the session
+    (a database row) holds it encrypted with a one-time pad, and the pad travels only in a
+    short-lived cookie of the browser that asked. Neither half alone reveals the key."""
+    data = raw.encode()
+    pad = secrets.token_bytes(len(data))
+    request.session[NEW_KEY_SESSION] = {
+        "id": key.pk,
+        "name": key.name,
+        "sealed": _b64(_xor(data, pad)),
+    }
+    response.set_cookie(
+        NEW_KEY_COOKIE,
+        _b64(pad),
+        max_age=NEW_KEY_SECONDS,
+        path=NEW_KEY_COOKIE_PATH,
+        secure=settings.SESSION_COOKIE_SECURE,
+        httponly=True,
+        samesite="Strict",
+    )
+
+
+def new_key_take(request: HttpRequest) -> dict[str, Any] | None:
+    """The new key for the landing page, once: the session half is removed as it is read (call
+    `new_key_forget` on the response to drop the cookie half)."""
+    held = request.session.pop(NEW_KEY_SESSION, None)
+    pad = request.COOKIES.get(NEW_KEY_COOKIE, "")
+    if not isinstance(held, dict) or not pad:
+        return None
+    try:
+        raw = _xor(base64.urlsafe_b64decode(held["sealed"]), base64.urlsafe_b64decode(pad))
+        return {"id": held["id"], "name": held["name"], "raw": raw.decode()}
+    except (KeyError, ValueError, binascii.Error, UnicodeDecodeError):
+        return None  # a stale or tampered half: nothing to show
+
+
+def new_key_forget(request: HttpRequest, response: HttpResponse) -> None:
+    if NEW_KEY_COOKIE in request.COOKIES:
+        response.delete_cookie(NEW_KEY_COOKIE, path=NEW_KEY_COOKIE_PATH, samesite="Strict")
 
 
 @login_required
@@ -51,20 +106,18 @@ def key_new(request: HttpRequest) -> HttpResponse:
         messages.error(request, f"The key name contains {problem}; use plain text.")
         return redirect("pages:my-tokens")
     key, raw = key_create(employee=employee, name=name, actor=request.user, source="admin")
-    # The session carries the raw key across one redirect (so a reload cannot mint another);
-    # the landing page pops it, so it is rendered exactly once.
-    request.session[NEW_KEY_SESSION] = {"id": key.pk, "name": key.name, "raw": raw}
-    return redirect("pages:my-tokens")
+    # The key crosses one redirect (so a reload cannot mint another) and the landing page takes
+    # it, so it is rendered exactly once.
+    response = redirect("pages:my-tokens")
+    new_key_hand_over(request, response, key=key, raw=raw)
+    return response
 
 
 @login_required
 @require_POST
 def key_remove(request: HttpRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(VirtualKey.objects.select_related("employee"), pk=pk)
-    own = roles.employee_of(request.user)
-    if not (own is not None and key.employee_id == own.pk) and not roles.can_manage_employee(
-        request.user, key.employee
-    ):
+    if not roles.can_manage_keys(request.user, key.employee):
         raise PermissionDenied
     key_revoke(key=key, actor=request.user, source="admin")
     messages.success(request, f"Key “{key.name}” revoked; it stops working within seconds.")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from metering import validation
@@ -91,6 +92,15 @@ class UpstreamSerializer(serializers.ModelSerializer):
         import os
 
         return bool(upstream.credential_env and os.environ.get(upstream.credential_env))
+
+    def validate_credential_env(self, value: str) -> str:
+        from metering.catalog_services import credential_env_check
+
+        try:
+            credential_env_check(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict["credential_env"]) from exc
+        return value
 
     def validate_base_url(self, value: str) -> str:
         if not value.startswith(("http://", "https://")):

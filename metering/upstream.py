@@ -109,6 +109,18 @@ def upstream_url(target: UpstreamTarget, endpoint: str, upstream_model: str) -> 
     return f"{base}/{path}"
 
 
+def credential_env_allowed(name: str) -> bool:
+    """Whether an upstream may read its key from the environment variable `name`: only names
+    under TB_UPSTREAM_CREDENTIAL_PREFIX or listed in TB_UPSTREAM_CREDENTIAL_NAMES, so no
+    upstream can send the server's own secrets (TB_SECRET_KEY, DATABASE_URL, …) to its URL."""
+    from django.conf import settings
+
+    prefix = settings.TB_UPSTREAM_CREDENTIAL_PREFIX
+    if prefix and name.startswith(prefix) and len(name) > len(prefix):
+        return True
+    return name in settings.TB_UPSTREAM_CREDENTIAL_NAMES
+
+
 def upstream_headers(
     target: UpstreamTarget, client_headers: Mapping[str, str], request_id: str
 ) -> dict[str, str]:
@@ -117,7 +129,10 @@ def upstream_headers(
         value = client_headers.get(name)
         if value:
             headers[name] = value
-    secret = os.environ.get(target.credential_env, "") if target.credential_env else ""
+    # Checked here too, not only when the upstream is saved: a row written another way (or
+    # before the allow-list) must not send any other variable.
+    env = target.credential_env
+    secret = os.environ.get(env, "") if env and credential_env_allowed(env) else ""
     if target.kind == "anthropic":
         headers.setdefault("anthropic-version", ANTHROPIC_DEFAULT_VERSION)
         if secret:

@@ -64,7 +64,7 @@ def proxy_url(django_db_setup, django_db_blocker, mock_upstream_url: str) -> Ite
         "TB_MOCK_UPSTREAM_URL": mock_upstream_url,
         "TB_SERVE_STATIC": "0",
         # The provider key the proxy must send upstream (never the client's own key).
-        "TB_TEST_PROVIDER_KEY": PROVIDER_KEY,
+        "TB_UPSTREAM_KEY_TEST": PROVIDER_KEY,
     }
     process = servers.start_proxy(port, env)
     yield f"http://127.0.0.1:{port}"
@@ -106,14 +106,14 @@ def make_world(
         kind="openai",
         base_url=mock,
         read_timeout=Decimal(3),
-        credential_env="TB_TEST_PROVIDER_KEY",
+        credential_env="TB_UPSTREAM_KEY_TEST",
     )
     anthropic_up = Upstream.objects.create(
         name="mock-anthropic",
         kind="anthropic",
         base_url=mock,
         read_timeout=Decimal(3),
-        credential_env="TB_TEST_PROVIDER_KEY",
+        credential_env="TB_UPSTREAM_KEY_TEST",
     )
     for public, upstream_model in ROUTES.items():
         ModelRoute.objects.create(

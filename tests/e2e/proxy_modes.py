@@ -44,7 +44,7 @@ class RedisProxy:
             "TB_KEY_CACHE_SECONDS": "0",
             "TB_MOCK_UPSTREAM_URL": mock,
             "TB_SERVE_STATIC": "0",
-            "TB_TEST_PROVIDER_KEY": PROVIDER_KEY,
+            "TB_UPSTREAM_KEY_TEST": PROVIDER_KEY,
             "TB_DB_THREADS": "2",
             "TB_USAGE_CLAIM_IDLE_MS": "1000",
         }

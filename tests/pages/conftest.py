@@ -79,7 +79,7 @@ def live_url(django_db_setup: None, django_db_blocker: Any, mock_url: str) -> It
         "TB_MOCK_UPSTREAM_URL": mock_url,
         "TB_SERVE_STATIC": "1",
         "TB_PUBLIC_BASE_URL": url,
-        "TB_TEST_PROVIDER_KEY": PROVIDER_KEY,
+        "TB_UPSTREAM_KEY_TEST": PROVIDER_KEY,
     }
     process = servers.start_proxy(port, env)
     yield url
@@ -173,7 +173,7 @@ def cast(transactional_db: None, mock_url: str) -> Cast:
     )
     upstream = Upstream.objects.create(
         name="mock-openai", kind="openai", base_url=mock_url, read_timeout=Decimal(5),
-        credential_env="TB_TEST_PROVIDER_KEY",
+        credential_env="TB_UPSTREAM_KEY_TEST",
     )  # fmt: skip
     ModelRoute.objects.create(
         public_name="gpt-4o-mini", upstream=upstream, upstream_model="gpt-4o-mini",

@@ -74,7 +74,7 @@ def test_admin_edits_a_route_and_adds_a_price_the_proxy_charges(
     admin.goto("/manage/models/")
     expect(admin.page.get_by_test_id("cache-note")).to_contain_text("Running proxies pick up")
     upstreams = admin.page.get_by_test_id("upstreams")
-    expect(upstreams).to_contain_text("TB_TEST_PROVIDER_KEY")
+    expect(upstreams).to_contain_text("TB_UPSTREAM_KEY_TEST")
     expect(upstreams).not_to_contain_text("sk-provider")  # the key's value is never shown
     admin.shot("admin-models")
 

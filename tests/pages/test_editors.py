@@ -36,10 +36,10 @@ def catalogue(db: None, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         user=made["employee"],
     )  # fmt: skip
     Policy.objects.create(cost_center=acme, default_allowance=Decimal(500_000))
-    monkeypatch.setenv("TB_PAGES_TEST_KEY", SECRET)
+    monkeypatch.setenv("TB_UPSTREAM_KEY_PAGES_TEST", SECRET)
     upstream = Upstream.objects.create(
         name="openai", kind="openai", base_url="https://api.openai.com/v1",
-        credential_env="TB_PAGES_TEST_KEY",
+        credential_env="TB_UPSTREAM_KEY_PAGES_TEST",
     )  # fmt: skip
     for name in ("gpt-4o", "gpt-4o-mini"):
         ModelRoute.objects.create(public_name=name, upstream=upstream, upstream_model=name)
@@ -186,7 +186,7 @@ def test_models_page_names_the_credential_variable_but_never_its_value(
     upstream = catalogue["upstream"]
     for path in ("/manage/models/", f"/manage/models/upstreams/{upstream.pk}/"):
         page = client.get(path).content.decode()
-        assert "TB_PAGES_TEST_KEY" in page and SECRET not in page
+        assert "TB_UPSTREAM_KEY_PAGES_TEST" in page and SECRET not in page
         assert "within" in page  # the cache delay is stated
     response = client.post(
         f"/manage/models/upstreams/{upstream.pk}/",
@@ -203,7 +203,7 @@ def test_models_page_names_the_credential_variable_but_never_its_value(
     assert upstream.base_url == "https://llm.example.com/v1"
     assert (upstream.connect_timeout, upstream.read_timeout) == (Decimal(5), Decimal("120.5"))
     assert upstream.active is False  # the unticked box turns it off
-    assert upstream.credential_env == "TB_PAGES_TEST_KEY"
+    assert upstream.credential_env == "TB_UPSTREAM_KEY_PAGES_TEST"
     event = AuditEvent.objects.get(action="upstream.update")
     assert SECRET not in str(event.after) and event.source == "admin"
 

@@ -365,7 +365,7 @@ def stall_proxy(world: World) -> Iterator[str]:
         kind="openai",
         base_url=f"http://127.0.0.1:{mock_port}",
         read_timeout=Decimal(30),
-        credential_env="TB_TEST_PROVIDER_KEY",
+        credential_env="TB_UPSTREAM_KEY_TEST",
     )
     ModelRoute.objects.create(
         public_name="gpt-big",
@@ -378,7 +378,7 @@ def stall_proxy(world: World) -> Iterator[str]:
         {
             "DATABASE_URL": servers.database_url_of(connection.settings_dict),
             "TB_SERVE_STATIC": "0",
-            "TB_TEST_PROVIDER_KEY": "sk-provider-test-0123456789",
+            "TB_UPSTREAM_KEY_TEST": "sk-provider-test-0123456789",
         },
     )
     yield f"http://127.0.0.1:{proxy_port}"

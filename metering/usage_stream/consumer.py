@@ -191,7 +191,9 @@ def stream_trim(client: redis.Redis) -> None:
         if group["pending"]:
             summary = client.xpending(quota_redis.STREAM, group["name"])
             oldest = summary["min"]
-            candidate = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
+            # None when another consumer acknowledged the last pending entries since XINFO.
+            if oldest is not None:
+                candidate = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
         if safe is None or _id_key(candidate) < _id_key(safe):
             safe = candidate
     if safe and safe != "0-0":

@@ -156,10 +156,10 @@ def _spent(world: World, budget: str) -> tuple[Decimal, int]:
     return spend.spent, quota_redis.to_units(spend.spent, "usd")
 
 
-def _counters_agree(redis_server: RedisServer, name: str, world: World, budget: str) -> bool:
+def _counters_agree(server: RedisServer, name: str, world: World, budget: str) -> bool:
     """Within seconds, with no reconciliation run: the counter holds exactly the database's
     use and no holds."""
-    client = redis_server.client()
+    client = server.client()
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         values = client.hgetall(name)
@@ -171,24 +171,36 @@ def _counters_agree(redis_server: RedisServer, name: str, world: World, budget: 
     return False
 
 
-def _restart(redis_server: RedisServer, kill: bool) -> Any:
+def _restart(server: RedisServer, kill: bool, down: float = 0.4) -> Any:
     def fault() -> None:
         if kill:
-            redis_server.process.send_signal(signal.SIGKILL)  # appendfsync always: no loss
-            redis_server.process.wait(timeout=10)
-            redis_server.process = None
+            server.process.send_signal(signal.SIGKILL)  # appendfsync always: nothing lost
+            server.process.wait(timeout=10)
+            server.process = None
         else:
-            redis_server.stop()
-        time.sleep(0.4)
-        redis_server.start()
+            server.stop()
+        time.sleep(down)
+        server.start()
 
     return fault
 
 
 @pytest.mark.parametrize(
-    ("budget", "kill"),
-    [("allowance", False), ("key_cap", False), ("cost_center_cap", False), ("allowance", True)],
-    ids=["allowance-restart", "key-cap-restart", "cost-center-cap-restart", "allowance-kill-9"],
+    ("budget", "kill", "down"),
+    [
+        ("allowance", False, 0.4),
+        ("key_cap", False, 0.4),
+        ("cost_center_cap", False, 0.4),
+        ("allowance", True, 0.4),
+        ("allowance", False, 2.0),
+    ],
+    ids=[
+        "allowance-restart",
+        "key-cap-restart",
+        "cost-center-cap-restart",
+        "allowance-kill-9",
+        "allowance-down-2s",
+    ],
 )
 def test_two_hundred_calls_across_a_redis_restart(
     production: Production,  # noqa: F811
@@ -196,17 +208,16 @@ def test_two_hundred_calls_across_a_redis_restart(
     mock_upstream_url: str,
     budget: str,
     kill: bool,
+    down: float,
 ) -> None:
     world = _world(production, mock_upstream_url)
     if budget == "cost_center_cap":
-        CostCenter.objects.filter(pk=world.employee.cost_center_id).update(
-            annual_cap=Decimal(1000)
-        )
+        CostCenter.objects.filter(pk=world.employee.cost_center_id).update(annual_cap=Decimal(1000))
     probe = _probe(world)
     name, limit = _tighten(world, budget, probe, redis_server.client())
     before, _ = _spent(world, budget)
 
-    results = asyncio.run(_before_during_after(world, _restart(redis_server, kill)))
+    results = asyncio.run(_before_during_after(world, _restart(redis_server, kill, down)))
 
     served = ledger(world.mock)
     wait_for_records(served["count"])
@@ -214,7 +225,7 @@ def test_two_hundred_calls_across_a_redis_restart(
     spent, _ = _spent(world, budget)
     overspend = max(Decimal(0), spent - limit)
     print(
-        f"\n{budget}{' kill -9' if kill else ''}: calls {CALLS}, served {served['count'] - 1}, "
+        f"\n{budget}{' kill -9' if kill else ''} down {down} s: calls {CALLS}, served {served['count'] - 1}, "
         f"recorded {recorded - 1}, lost {served['count'] - recorded}, refused "
         f"{results.count(429)}, budget {limit - before} used {spent - before}, "
         f"overspend {overspend}"

@@ -44,8 +44,9 @@ def test_a_redis_restart_is_not_an_outage(private_redis: RedisServer) -> None:
         await asyncio.to_thread(private_redis.start)
         return await asyncio.gather(*(reserve_async(info) for _ in range(20)))
 
+    failures = quotas.redis_health.failures
     held = asyncio.run(run())
     assert all(isinstance(h, quota_redis.RedisHold) for h in held), held
-    assert quotas.redis_health.failures == 0, "no call saw Redis as down"
+    assert quotas.redis_health.failures == failures, "no call saw Redis as down"
     assert not Reservation.objects.exists(), "nothing went to the database ledger"
     assert counter(private_redis.client(), name) == {"used": 0, "reserved": 21 * 50}

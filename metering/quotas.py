@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import redis
 from django.conf import settings
 
 from budgets import ledger
@@ -359,22 +360,25 @@ class _Handover:
             return
         async with self._loop_lock():
             for key in list(quota_redis.uncertain_holds):
-                await quota_redis.give_back(key)
+                await _owed(quota_redis.give_back(key), key)
+                quota_redis.uncertain_holds.discard(key)
             for entry in list(self.database_holds.values()):
                 if not entry.adopted:
-                    await quota_redis.adopt(held=entry.shadow, budgets=entry.budgets, seed=_seed)
+                    adopt = quota_redis.adopt(held=entry.shadow, budgets=entry.budgets, seed=_seed)
+                    await _owed(adopt, entry.shadow.key)
                     entry.adopted = True
             if self.closes:
                 await quota_redis.format_register(*format_names())
             while self.closes:
                 close = self.closes[0]
-                await quota_redis.close(
+                run = quota_redis.close(
                     held=close.held,
                     tokens=close.tokens,
                     cost=close.cost,
                     event=close.event,
                     count_tokens=close.count_tokens,
                 )
+                await _owed(run, close.held.key)
                 self.closes.pop(0)
             self.outstanding.clear()
 
@@ -383,6 +387,18 @@ class _Handover:
         if self._lock is None or self._lock[0] is not loop:
             self._lock = (loop, asyncio.Lock())
         return self._lock[1]
+
+
+async def _owed(step: Any, hold: str) -> None:
+    """Run one hand-over step. Redis going away stops the hand-over (it resumes later); any
+    other error is logged and the step dropped, so that one bad entry never blocks every call
+    (the nightly reconciliation repairs the counter it would have fixed)."""
+    try:
+        await step
+    except quota_redis.UNAVAILABLE:
+        raise
+    except redis.RedisError as exc:
+        log.error("hand-over step failed", extra={"hold": hold, "error": repr(exc)})
 
 
 handover = _Handover()

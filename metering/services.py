@@ -112,8 +112,11 @@ def call_reserve(
     with transaction.atomic(savepoint=False):
         extra: list[ledger.Headroom] = []
         if info.cap_tokens is not None:
+            # NO KEY UPDATE, not UPDATE: the usage records' foreign-key checks hold KEY SHARE on
+            # this row (the stream consumer's, the fallback's own), and FOR UPDATE would wait on
+            # them while they wait on this transaction's earlier update of the row: a deadlock.
             key = (
-                VirtualKey.objects.select_for_update()
+                VirtualKey.objects.select_for_update(no_key=True)
                 .only("cap_tokens", "used_tokens", "reserved_tokens")
                 .get(pk=info.key_id)
             )

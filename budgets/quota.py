@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -160,6 +161,7 @@ def quota_reserve(
     min_output_tokens: int = 1,
     extra: list[ledger.Headroom] | tuple[ledger.Headroom, ...] = (),
     day: dt.date | None = None,
+    held_elsewhere: Mapping[str, Decimal] | None = None,
 ) -> Hold | ledger.Refusal:
     """Atomically hold the most this call may cost against every budget it draws on.
 
@@ -169,7 +171,11 @@ def quota_reserve(
     This is the proxy's hot path, so it speaks SQL directly (three statements for an employee
     without capped cost centers) and does the arithmetic in Python Decimal on the locked row's
     values: SQLite would do `reserved + x` in binary floating point.
+
+    `held_elsewhere` (budget code -> amount) counts as held on those budgets: what another
+    ledger (Redis, during its outage) took that this database has not seen yet.
     """
+    elsewhere = held_elsewhere or {}
     day = day or today()
     fiscal_year = fiscal_year_of(day, settings.TB_FISCAL_YEAR_START_MONTH)
     with transaction.atomic(savepoint=False), connection.cursor() as cursor:
@@ -193,18 +199,26 @@ def quota_reserve(
         used, reserved, adjusted = sql.dec(used), sql.dec(reserved), sql.dec(adjusted)
         _, released = allowance_released(allowance, employee, day)
         limit = rule.limit(released + adjusted, unit)
+        in_redis = elsewhere.get("employee_allowance", Decimal(0))
         headrooms = [
             *extra,
-            ledger.Headroom("employee_allowance", unit, limit - used - reserved, held=reserved),
+            ledger.Headroom(
+                "employee_allowance",
+                unit,
+                limit - used - reserved - in_redis,
+                held=reserved + in_redis,
+            ),
         ]
         spends = _lock_cost_center_spends(cursor, capped_cost_center_ids, fiscal_year)
         for spend in spends:
+            code = f"cost_center_cap:{spend.code}"
+            outside = elsewhere.get(code, Decimal(0))
             headrooms.append(
                 ledger.Headroom(
-                    f"cost_center_cap:{spend.code}",
+                    code,
                     ledger.USD,
-                    spend.cap - spend.spent - spend.reserved,
-                    held=spend.reserved,
+                    spend.cap - spend.spent - spend.reserved - outside,
+                    held=spend.reserved + outside,
                 )
             )
         plan = ledger.plan_reservation(
@@ -249,7 +263,7 @@ def quota_reserve(
         clamped=plan.clamped,
         cost_center_ids=cc_ids,
         fiscal_year=fiscal_year,
-        remaining=released + adjusted - used - reserved - held,
+        remaining=released + adjusted - used - reserved - held - in_redis,
     )
 
 

@@ -174,8 +174,9 @@ TB_UPSTREAM_CREDENTIAL_NAMES = env_list(
 )
 TB_MOCK_UPSTREAM_URL = env_str("TB_MOCK_UPSTREAM_URL", "http://127.0.0.1:8001")
 TB_REDIS_DOWN_MODE = env_choice("TB_REDIS_DOWN_MODE", "database", ("database", "closed", "open"))
-# How long one Redis command may take before Redis counts as down for the quota path (then
-# TB_REDIS_DOWN_MODE applies for a second before Redis is tried again). An unreachable Redis is
+# How long one Redis command may take before Redis counts as down for the quota path (after one
+# more try on a fresh connection; then TB_REDIS_DOWN_MODE applies until a background PING is
+# answered, at most a second before Redis is tried again). An unreachable Redis is
 # noticed at once (connection refused); this bounds a hung one. Not lower than the event loop's
 # worst lag under overload, or a busy process would take a slow reply for an outage.
 TB_REDIS_TIMEOUT_MS = env_int("TB_REDIS_TIMEOUT_MS", 3000, minimum=10, maximum=60_000)

@@ -8,7 +8,9 @@ reloads on NOSCRIPT), so a reserve, a settle or a release is one atomic step and
 - `close` (settle and release): moves the hold to `used`, counts tokens per minute, and XADDs the
   usage event to the stream in the same step, so the charge and its event are never apart.
 - `sweep`: gives back holds past their 30 minutes; `release dead`: holds of processes whose
-  liveness key lapsed (`holds_release_dead`); `abandon`: a hold whose call never started.
+  liveness key lapsed, and holds a live process does not have in hand (`holds_release_dead`);
+  `abandon`: a hold whose call never started; `adopt`: a database hold of the fallback made a
+  Redis hold once Redis is back; `beat`: the liveness key and the list of holds in hand.
 - `seed`: creates missing counters from the database (only if still missing, so a burst of
   calls that all found a counter missing seeds it once).
 - `reconcile`: sets a counter to the database's value if it did not move meanwhile;
@@ -24,6 +26,7 @@ may be off by a few units of 1e-10 USD. Every write to Redis goes through HINCRB
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import socket
@@ -36,6 +39,8 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 
 from budgets import ledger
 from budgets.quota import Hold
@@ -65,8 +70,26 @@ RESERVE = (
 -- ARGV: 1 hold expiry (unix s), 2 prompt tokens, 3 max output, 4 min output, 5 clamp (1/0),
 --       6 key rpm, 7 key tpm, 8 employee rpm, 9 employee tpm (0: none), 10 window ttl,
 --       11 retry after, 12 counters, then per counter: limit, input rate, output rate, expire at,
---       then the owner (the process taking the hold, see `process_id`)
+--       then the owner (the process taking the hold, see `process_id`), then the time it was taken
+-- Answers 'ok' with each counter's used + reserved once the hold is in (what the database
+-- fallback counts as held in Redis should Redis go away: see `quotas`).
 local n = tonumber(ARGV[12])
+local function seen(counter)
+  local v = redis.call('HMGET', counter, 'used', 'reserved')
+  return int(tonumber(v[1] or '0') + tonumber(v[2] or '0'))
+end
+-- A second run for the same hold (a retry after the first answer was lost) changes nothing and
+-- answers what the first run answered: only the hold key decides, so a retry never holds twice.
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local h = redis.call('HMGET', KEYS[1], 'r', 'm', 'n')
+  if not h[1] then return {'lost'} end
+  local amounts, seen_now = {}, {}
+  for i = 1, tonumber(h[3]) do
+    amounts[i] = redis.call('HGET', KEYS[1], 'a' .. i)
+    seen_now[i] = seen(KEYS[4 + i])
+  end
+  return {'ok', tonumber(h[1]), h[2], amounts, seen_now}
+end
 local missing = {}
 for i = 1, n do
   if redis.call('EXISTS', KEYS[4 + i]) == 0 then missing[#missing + 1] = i end
@@ -120,7 +143,7 @@ for i = 1, n do
 end
 
 local amounts = {}
-redis.call('HSET', KEYS[1], 's', 'o', 'n', n, 'p', ARGV[13 + n * 4])
+redis.call('HSET', KEYS[1], 's', 'o', 'n', n, 'p', ARGV[13 + n * 4], 't', ARGV[14 + n * 4])
 for i = 1, n do
   local base = 12 + (i - 1) * 4
   local a = cost(tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), allowed)
@@ -139,7 +162,11 @@ for _, w in ipairs({{KEYS[3], krpm + ktpm}, {KEYS[4], erpm + etpm}}) do
 end
 local first = 1
 if n > 1 then first = 2 end  -- the allowance follows the key's cap when there is one
-return {'ok', allowed, int(avail[first] - tonumber(amounts[first])), amounts}
+local left = int(avail[first] - tonumber(amounts[first]))
+redis.call('HSET', KEYS[1], 'r', allowed, 'm', left)
+local seen_now = {}
+for i = 1, n do seen_now[i] = seen(KEYS[4 + i]) end
+return {'ok', allowed, left, amounts, seen_now}
 """.replace("TONUMBER_TTL", str(HOLD_TTL + TOMBSTONE_TTL))
 )
 
@@ -210,22 +237,68 @@ RELEASE_DEAD = (
     + _LUA_RELEASE
     + """
 -- KEYS: 1 holds index; ARGV: 1 liveness key prefix, 2 start, 3 most holds per run,
---       4 tombstone ttl. Gives back open holds whose owner's liveness key is gone; holds
---       without an owner (taken by an older version) are left to the sweep.
+--       4 tombstone ttl, 5 open-holds set prefix. Gives back the open holds nobody can close:
+--       - dead: the owner's liveness key is gone;
+--       - orphaned: the owner is alive, but its last list of the holds it has in hand (written
+--         with its liveness key, whose value is the time that list was made) leaves out a hold
+--         taken before then (a reserve whose answer never reached it).
+--       Holds without an owner or a time (taken by an older version) are left to the sweep.
 local holds = redis.call('ZRANGE', KEYS[1], ARGV[2], tonumber(ARGV[2]) + tonumber(ARGV[3]) - 1)
-local released, removed = 0, 0
+local released, removed, orphans = 0, 0, 0
 for _, h in ipairs(holds) do
-  local state, owner = unpack(redis.call('HMGET', h, 's', 'p'))
-  if state == 'o' and owner and redis.call('EXISTS', ARGV[1] .. owner) == 0 then
-    release(h, ARGV[4])
-    redis.call('ZREM', KEYS[1], h)
-    released, removed = released + 1, removed + 1
+  local state, owner, taken = unpack(redis.call('HMGET', h, 's', 'p', 't'))
+  if state == 'o' and owner then
+    local listed = redis.call('GET', ARGV[1] .. owner)
+    local orphan = listed and taken and tonumber(taken) < (tonumber(listed) or 0) - 1
+      and redis.call('SISMEMBER', ARGV[5] .. owner, h) == 0
+    if not listed or orphan then
+      release(h, ARGV[4])
+      redis.call('ZREM', KEYS[1], h)
+      released, removed = released + 1, removed + 1
+      if orphan then orphans = orphans + 1 end
+    end
   elseif not state then
     redis.call('ZREM', KEYS[1], h)  -- the hold itself is gone: nothing left to give back
     removed = removed + 1
   end
 end
-return {#holds, released, removed}
+return {#holds, released, removed, orphans}
+"""
+)
+
+BEAT = """
+-- KEYS: 1 liveness key, 2 open-holds set; ARGV: 1 ttl, 2 when the list was made (unix s),
+--       then the holds this process has in hand. One step, so the list and its time agree.
+redis.call('DEL', KEYS[2])
+for i = 3, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+if #ARGV > 2 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
+return #ARGV - 2
+"""
+
+ADOPT = (
+    _LUA_HELPERS
+    + """
+-- KEYS: 1 hold, 2 holds index, 3.. counters; ARGV: 1 expiry (unix s), 2 owner, 3 taken at,
+--       4 hold ttl, then per counter the amount held. A database hold taken while Redis was
+--       away becomes a Redis hold too, so Redis counts it until its call closes. No limit
+--       check: the database ledger admitted it. A hold key that exists (closed already, or
+--       adopted) is left alone.
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'done', 0, redis.call('HGET', KEYS[1], 's')} end
+local missing = {}
+for i = 3, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then missing[#missing + 1] = i - 2 end
+end
+if #missing > 0 then return {'seed', missing} end
+redis.call('HSET', KEYS[1], 's', 'o', 'n', #KEYS - 2, 'p', ARGV[2], 't', ARGV[3])
+for i = 3, #KEYS do
+  local a = ARGV[2 + i]
+  if a ~= '0' then redis.call('HINCRBY', KEYS[i], 'reserved', a) end
+  redis.call('HSET', KEYS[1], 'k' .. (i - 2), KEYS[i], 'a' .. (i - 2), a)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[1], KEYS[1])
+return {'done', 1, 'o'}
 """
 )
 
@@ -273,7 +346,9 @@ return changed
 
 
 SEED = """
--- KEYS: counters; ARGV: per counter its used amount and its expiry (unix s)
+-- KEYS: counters; ARGV: per counter its used amount and its expiry (unix s). `reserved` starts
+-- at 0: it is the sum of the counter's Redis holds, and none can exist on a missing counter
+-- (database holds of the fallback are adopted by their processes: `ADOPT`).
 local seeded = 0
 for i = 1, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 0 then
@@ -334,16 +409,26 @@ def _window(scope: str, ident: int, now: float) -> str:
     return f"tb:rl:{scope}:{ident}:{int(now // 60)}"
 
 
-# --- this process's liveness ----------------------------------------------------------------
+# --- this process's liveness and the holds it has in hand -----------------------------------
 
 LIVE_PREFIX = "tb:live:"
+OPEN_PREFIX = "tb:open:"
 LIVE_TTL = 30  # seconds a process counts as alive after its last heartbeat
 LIVE_INTERVAL = 5  # seconds between heartbeats
+
+# The Redis holds this process may still close: added before the reserve is sent (so a hold
+# Redis took is listed even if its answer is still on the way), dropped once its close ran in
+# Redis or the reserve answered without a hold. Each heartbeat writes the list with its time,
+# which is how a hold the process never heard of (a lost answer) is told from a live one.
+open_holds: set[str] = set()
+# Callbacks run after each heartbeat that reached Redis (the quota layer's hand-over).
+after_beat: list[Any] = []
 
 
 def _new_process_id() -> None:
     global _PROCESS
     _PROCESS = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    open_holds.clear()
 
 
 _PROCESS = ""
@@ -356,6 +441,12 @@ def process_id() -> str:
     return _PROCESS
 
 
+async def beat(client: aioredis.Redis, owner: str) -> None:
+    """Renew the liveness key with the list of holds in hand (one script run)."""
+    listed = [int(time.time()), *open_holds]
+    await client.eval(BEAT, 2, LIVE_PREFIX + owner, OPEN_PREFIX + owner, LIVE_TTL, *listed)
+
+
 async def _heartbeat(client: aioredis.Redis, owner: str) -> None:
     """Keep `tb:live:<owner>` alive while this event loop runs. A process whose key lapsed
     (dead, or unable to reach Redis for LIVE_TTL seconds) has its open holds given back by
@@ -363,16 +454,20 @@ async def _heartbeat(client: aioredis.Redis, owner: str) -> None:
     while True:
         await asyncio.sleep(LIVE_INTERVAL)
         try:
-            await client.set(LIVE_PREFIX + owner, 1, ex=LIVE_TTL)
+            await beat(client, owner)
         except (redis.RedisError, OSError):
             continue  # reserves fail meanwhile too (say, a failover); the next beat retries
+        for callback in after_beat:
+            # Redis going away again is no matter here: the next beat tries again.
+            with contextlib.suppress(redis.RedisError, OSError):
+                await callback()
 
 
 async def _alive(state: _AsyncState) -> str:
     """This process's owner id, its liveness key written before its first hold."""
     owner = process_id()
     if state.owner != owner:
-        await state.client.set(LIVE_PREFIX + owner, 1, ex=LIVE_TTL)
+        await beat(state.client, owner)
         state.owner = owner
         state.heartbeat = asyncio.ensure_future(_heartbeat(state.client, owner))
     return owner
@@ -387,6 +482,22 @@ def _client_options() -> dict[str, Any]:
         "socket_connect_timeout": settings.TB_REDIS_TIMEOUT_MS / 1000,
         "socket_timeout": settings.TB_REDIS_TIMEOUT_MS / 1000,
     }
+
+
+def _resilient_options() -> dict[str, Any]:
+    """A pooled connection can be dead without the pool knowing (Redis restarted since it was
+    last used): a command that fails on a connection error is sent once more on a fresh
+    connection, and a connection idle for a few seconds is PINGed before use. Only for
+    commands that are safe to run twice: every quota script is (a reserve is keyed by its hold,
+    a close by the hold's state, the seed writes only missing counters)."""
+    return {
+        "retry": AsyncRetry(NoBackoff(), 1),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        "health_check_interval": HEALTH_CHECK_SECONDS,
+    }
+
+
+HEALTH_CHECK_SECONDS = 2
 
 
 @dataclass
@@ -414,6 +525,7 @@ def async_client() -> tuple[aioredis.Redis, dict[str, Any]]:
             max_connections=256,
             timeout=settings.TB_REDIS_TIMEOUT_MS / 1000,
             **_client_options(),
+            **_resilient_options(),
         )
         client = aioredis.Redis(connection_pool=pool)
         # Reserve and close run once per call: concurrent calls' runs share pipelines.
@@ -422,6 +534,8 @@ def async_client() -> tuple[aioredis.Redis, dict[str, Any]]:
             "reserve": batcher.wrap(client.register_script(RESERVE)),
             "close": batcher.wrap(client.register_script(CLOSE)),
             "seed": client.register_script(SEED),
+            "adopt": client.register_script(ADOPT),
+            "abandon": client.register_script(ABANDON),
         }
         _async_state = _AsyncState(loop, client, scripts)
     return _async_state.client, _async_state.scripts
@@ -433,6 +547,8 @@ _sync_client: redis.Redis | None = None
 def sync_client() -> redis.Redis:
     global _sync_client
     if _sync_client is None:
+        # No retry here: the stream consumer reads through this client, and an XREADGROUP
+        # sent twice is not a no-op (the first read's entries would wait for a claim).
         _sync_client = redis.Redis.from_url(settings.REDIS_URL, **_client_options())
     return _sync_client
 
@@ -459,6 +575,22 @@ class RedisHold:
     counters: tuple[str, ...]
     units: tuple[str, ...]  # each counter's unit (tokens or usd)
     backend: str = "redis"
+    amounts: tuple[int, ...] = ()  # held on each counter, in Redis units
+    seen: tuple[int, ...] = ()  # each counter's used + reserved once the hold was in
+
+    @property
+    def key(self) -> str:
+        return hold_key(self.hold.reservation_id)
+
+
+def hold_key(hold_id: uuid.UUID) -> str:
+    return f"tb:h:{hold_id.hex}"
+
+
+# Holds whose reserve was sent but never answered (Redis went away meanwhile): Redis may have
+# taken them. Not in `open_holds`, so the sweep finds them as orphans; the quota layer also
+# gives them back itself as soon as Redis answers again.
+uncertain_holds: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -532,9 +664,9 @@ async def reserve(
     now = time.time()
     budgets = budgets_for(info, now)
     hold_id = uuid.uuid4()
-    hold_key = f"tb:h:{hold_id.hex}"
+    key = hold_key(hold_id)
     keys = [
-        hold_key,
+        key,
         HOLDS,
         _window("k", info.key_id, now),
         _window("e", info.employee_id, now),
@@ -561,13 +693,23 @@ async def reserve(
             _rate(estimate.output_price_per_token, budget.unit),
             budget.expire_at,
         ]
-    args.append(owner)
-    for _ in range(3):
-        result = await scripts["reserve"](keys=keys, args=args, client=client)
-        status = _text(result[0])
-        if status != "seed":
-            break
-        await seed([budgets[int(i) - 1] for i in result[1]])
+    args += [owner, int(now)]
+    open_holds.add(key)
+    try:
+        for _ in range(3):
+            result = await scripts["reserve"](keys=keys, args=args, client=client)
+            status = _text(result[0])
+            if status != "seed":
+                break
+            await seed([budgets[int(i) - 1] for i in result[1]])
+    except BaseException:
+        # Redis went away (or the task was cancelled) with the answer unknown: Redis may hold
+        # it. Left out of `open_holds`, so the sweep can tell it is nobody's.
+        open_holds.discard(key)
+        uncertain_holds.add(key)
+        raise
+    if status != "ok":
+        open_holds.discard(key)
     if status == "rate":
         return RateLimited(_text(result[1]), _text(result[2]), int(result[3]))
     if status == "refuse":
@@ -606,6 +748,8 @@ async def reserve(
         employee_id=info.employee_id,
         counters=tuple(b.counter for b in budgets),
         units=tuple(b.unit for b in budgets),
+        amounts=tuple(amounts),
+        seen=tuple(int(v) for v in result[4]),
     )
 
 
@@ -628,7 +772,38 @@ async def close(
         str(tokens) if unit == ledger.TOKENS else str(to_units(cost, unit)) for unit in held.units
     ]
     args = [tokens if count_tokens else 0, 120, event, TOMBSTONE_TTL, *charges]
-    return bool(await scripts["close"](keys=keys, args=args, client=client))
+    closed = bool(await scripts["close"](keys=keys, args=args, client=client))
+    open_holds.discard(keys[0])
+    return closed
+
+
+async def adopt(*, held: RedisHold, budgets: list[Budget], seed: Any) -> bool:
+    """Make a database hold (taken while Redis was away, call still running) a Redis hold of
+    this process, so Redis counts it until `close` (on the same key) settles it. False when
+    that key was closed already."""
+    client, scripts = async_client()
+    assert _async_state is not None
+    owner = await _alive(_async_state)
+    now = int(time.time())
+    keys = [held.key, HOLDS, *held.counters]
+    args = [now + HOLD_TTL, owner, now, HOLD_TTL + TOMBSTONE_TTL, *held.amounts]
+    open_holds.add(held.key)
+    for _ in range(3):
+        result = await scripts["adopt"](keys=keys, args=args, client=client)
+        if _text(result[0]) != "seed":
+            break
+        await seed([budgets[int(i) - 1] for i in result[1]])
+    if _text(result[2]) != "o":
+        open_holds.discard(held.key)
+    return bool(int(result[1]))
+
+
+async def give_back(key: str) -> bool:
+    """Give back a hold this process may have taken without knowing it (`uncertain_holds`)."""
+    _, scripts = async_client()
+    released = bool(await scripts["abandon"](keys=[key, HOLDS], args=[TOMBSTONE_TTL]))
+    uncertain_holds.discard(key)
+    return released
 
 
 async def format_register(tag: str, names: str) -> None:
@@ -658,13 +833,17 @@ def holds_sweep(*, now: float | None = None, limit: int = 1000) -> int:
 
 
 def holds_release_dead(*, limit: int = 1000) -> int:
-    """Give back the open holds of processes that are gone (their liveness key lapsed: see
-    `_heartbeat`), however young the holds are. Safe to run any time. Returns how many."""
+    """Give back the open holds nobody can close: those of processes that are gone (their
+    liveness key lapsed: see `_heartbeat`), however young, and those a live process does not
+    have in hand (taken before its last list of open holds and missing from it: a reserve
+    whose answer was lost). Safe to run any time. Returns how many."""
     client = sync_client()
     script = client.register_script(RELEASE_DEAD)
     released = start = 0
     while True:
-        seen, count, removed = script(keys=[HOLDS], args=[LIVE_PREFIX, start, limit, TOMBSTONE_TTL])
+        seen, count, removed, _ = script(
+            keys=[HOLDS], args=[LIVE_PREFIX, start, limit, TOMBSTONE_TTL, OPEN_PREFIX]
+        )
         released += int(count)
         if int(seen) < limit:
             return released
@@ -689,9 +868,10 @@ def reserved_recompute(names: list[str], *, chunk: int = 1000) -> list[tuple[str
 
 async def abandon(*, held: RedisHold) -> bool:
     """Give back a hold whose call never started (its caller left during the reserve)."""
-    client, _ = async_client()
-    keys = [f"tb:h:{held.hold.reservation_id.hex}", HOLDS]
-    return bool(await client.register_script(ABANDON)(keys=keys, args=[TOMBSTONE_TTL]))
+    _, scripts = async_client()
+    released = bool(await scripts["abandon"](keys=[held.key, HOLDS], args=[TOMBSTONE_TTL]))
+    open_holds.discard(held.key)
+    return released
 
 
 def counter_set_if_unchanged(name: str, read: str, value: int) -> bool:

@@ -11,6 +11,10 @@ pays no extra cost.
 The scripts are called by hash (EVALSHA). A Redis that lost its script cache (a restart, a
 `SCRIPT FLUSH`) answers NOSCRIPT; those runs are retried one by one through redis-py's `Script`,
 which loads the script and runs it again.
+
+A pipeline that fails on a connection error is sent again, whole, on a fresh connection by the
+client's retry (`quota_redis`): safe because every script in it is (a reserve keyed by its
+hold answers its first answer again, a close of a closed hold changes nothing).
 """
 
 from __future__ import annotations

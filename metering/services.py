@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -96,25 +97,37 @@ class CallHold:
 
 
 def call_reserve(
-    *, info: KeyInfo, estimate: ledger.CallEstimate, min_output_tokens: int = 1
+    *,
+    info: KeyInfo,
+    estimate: ledger.CallEstimate,
+    min_output_tokens: int = 1,
+    held_elsewhere: Mapping[str, Decimal] | None = None,
 ) -> CallHold | ledger.Refusal:
     """Hold the call's worst case on the key's cap, the allowance and the capped cost centers.
+    `held_elsewhere` (budget code -> amount) is taken out of those budgets' headroom: what the
+    Redis ledger held or charged that the database has not seen (the Redis fallback).
 
     Lock order: key row, then the ledger's own order (allowance, cost centers by id)."""
+    elsewhere = held_elsewhere or {}
     with transaction.atomic(savepoint=False):
         extra: list[ledger.Headroom] = []
         if info.cap_tokens is not None:
+            # NO KEY UPDATE, not UPDATE: the usage records' foreign-key checks hold KEY SHARE on
+            # this row (the stream consumer's, the fallback's own), and FOR UPDATE would wait on
+            # them while they wait on this transaction's earlier update of the row: a deadlock.
             key = (
-                VirtualKey.objects.select_for_update()
+                VirtualKey.objects.select_for_update(no_key=True)
                 .only("cap_tokens", "used_tokens", "reserved_tokens")
                 .get(pk=info.key_id)
             )
+            outside = elsewhere.get("key_cap", Decimal(0))
             extra.append(
                 ledger.Headroom(
                     "key_cap",
                     ledger.TOKENS,
-                    Decimal((key.cap_tokens or 0) - key.used_tokens - key.reserved_tokens),
-                    held=Decimal(key.reserved_tokens),
+                    Decimal((key.cap_tokens or 0) - key.used_tokens - key.reserved_tokens)
+                    - outside,
+                    held=Decimal(key.reserved_tokens) + outside,
                 )
             )
         result = quota_reserve(
@@ -125,6 +138,7 @@ def call_reserve(
             clamp=info.clamp,
             min_output_tokens=min_output_tokens,
             extra=extra,
+            held_elsewhere=elsewhere,
         )
         if isinstance(result, ledger.Refusal):
             return result

@@ -28,8 +28,9 @@ def usage_stream_drain() -> int:
 
 @shared_task(acks_late=True, ignore_result=True, autoretry_for=_REDIS_DOWN, retry_backoff=True)
 def quota_holds_sweep() -> int:
-    """Give back Redis holds of calls whose process died before settling: at once when the
-    process is gone (its liveness key lapsed), else when the hold's 30 minutes are up."""
+    """Give back Redis holds nobody can close: at once when the process is gone (its liveness
+    key lapsed) or does not have the hold in hand (a reserve whose answer it never got), else
+    when the hold's 30 minutes are up."""
     if not settings.REDIS_URL:
         return 0
     return quota_redis.holds_release_dead() + quota_redis.holds_sweep()

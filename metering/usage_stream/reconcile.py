@@ -26,26 +26,29 @@ class Drift:
 
 
 def counter_database_value(name: str) -> int | None:
-    """What the counter should hold per the database (used plus the database's own open
-    holds, as the seed counts them), in Redis units; None when its row is gone."""
+    """The counter's `used` per the database, in Redis units; None when its row is gone.
+
+    Only `used`: the database's open holds are holds, not usage. A counter seeded or repaired
+    with them in `used` would keep them as charges for ever (the database closes its own holds
+    without touching Redis); the fallback's holds still open when Redis comes back are adopted
+    as Redis holds by the process that took them, which keeps the counter exact."""
     parts = name.split(":")
     kind = parts[2]
     if kind == "a":
-        row = Allowance.objects.filter(pk=int(parts[3])).values("unit", "used", "reserved").first()
+        row = Allowance.objects.filter(pk=int(parts[3])).values("unit", "used").first()
         if row is None:
             return None
-        return quota_redis.to_units(row["used"] + row["reserved"], row["unit"], up=True)
+        return quota_redis.to_units(row["used"], row["unit"], up=True)
     if kind == "k":
-        key = VirtualKey.objects.filter(pk=int(parts[3])).values("used_tokens", "reserved_tokens")
-        row = key.first()
-        return None if row is None else row["used_tokens"] + row["reserved_tokens"]
+        row = VirtualKey.objects.filter(pk=int(parts[3])).values("used_tokens").first()
+        return None if row is None else row["used_tokens"]
     if kind == "c":
         spend = CostCenterSpend.objects.filter(
             cost_center_id=int(parts[3]), fiscal_year=int(parts[4])
         ).first()
         if spend is None:
             return 0
-        return quota_redis.to_units(spend.spent + spend.reserved, "usd", up=True)
+        return quota_redis.to_units(spend.spent, "usd", up=True)
     return None
 
 

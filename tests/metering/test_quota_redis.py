@@ -48,7 +48,10 @@ def redis_client() -> redis.Redis:
 def _reset_clients() -> None:
     quota_redis._sync_client = None
     quota_redis._async_state = None
+    quota_redis.open_holds.clear()
+    quota_redis.uncertain_holds.clear()
     quotas.redis_health.down_until = 0.0
+    quotas.handover = quotas._Handover()
 
 
 @pytest.fixture

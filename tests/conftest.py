@@ -65,15 +65,11 @@ DATE_SENSITIVE = (
 )
 
 
-# In those folders but not about dates: the schema conformance run (a minute of schemathesis).
-DATE_FREE = ("tests/budgets/test_schema_conformance.py",)
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     root = config.rootpath
     for item in items:
         path = item.path.relative_to(root).as_posix()
-        if path.startswith(DATE_SENSITIVE) and not path.startswith(DATE_FREE):
+        if path.startswith(DATE_SENSITIVE):
             item.add_marker(pytest.mark.clock)
 
 

@@ -36,6 +36,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from budgets import roles, selectors, services
+from budgets.filters import UtcIsoDateTimeFilter
 from budgets.models import Adjustment, Allowance, AuditEvent, CostCenter, Employee, Policy
 from budgets.roster import RosterInvalid, RowError, roster_import
 from budgets.serializers import (
@@ -464,8 +465,8 @@ class RosterImportView(APIView):
 
 class AuditEventFilter(filters.FilterSet):
     actor = filters.CharFilter(field_name="actor__username")
-    since = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = AuditEvent

@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle, ScopedRateThrottle
 
 from budgets import roles
+from budgets.filters import UtcIsoDateTimeFilter
 from budgets.invalidation import invalidation_publish
 from budgets.models import Employee
 from metering import cache, services
@@ -204,8 +205,8 @@ class UsageFilter(django_filters.FilterSet):
     cost_center = django_filters.CharFilter(field_name="cost_center__code")
     model = django_filters.CharFilter()
     intent = django_filters.CharFilter()
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = UsageRecord

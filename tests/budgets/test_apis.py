@@ -275,3 +275,17 @@ def test_roster_import_over_the_api(api: Any) -> None:
     assert applied["counts"] == dry["counts"]
     assert Employee.objects.filter(active=True).count() == 1
     assert post("")["counts"] == {"created": 0, "updated": 0, "deactivated": 0, "unchanged": 1}
+
+
+def test_time_filters_take_any_iso_offset_and_refuse_instants_out_of_range(
+    cast: Cast, api: Any
+) -> None:
+    client = api("admin")
+    for path in ("/api/v1/audit/", "/api/v1/usage/"):
+        # ISO 8601 allows offsets to ±23:59; PostgreSQL only to ±15:59 (this was a 500 there).
+        wide = client.get(path, {"since": "0690-12-10T22:42:24-18:03"})
+        assert wide.status_code == 200, (path, wide.content)
+        narrow = client.get(path, {"until": "0690-12-10T22:42:24-18:03"})
+        assert narrow.status_code == 200 and narrow.json()["results"] == []
+        # Year 1 at +05:00 has no UTC instant in range.
+        assert client.get(path, {"since": "0001-01-01T00:00:00+05:00"}).status_code == 400

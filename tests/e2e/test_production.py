@@ -316,10 +316,11 @@ def _busiest_worker(port: int) -> int | None:
     return int(max(set(pids), key=pids.count)) if pids else None
 
 
-async def _streams(world: World, calls: int) -> list[int | str]:
-    """Streams of 50 tokens, 40 ms apart: about two seconds each, all in flight together."""
+async def stream_calls(world: World, calls: int, delay_ms: int = 40) -> list[int | str]:
+    """Streams of 50 tokens, `delay_ms` apart (40: about two seconds each), all in flight
+    together; each call's status, or "connection" for a connection cut."""
     client = openai.AsyncOpenAI(
-        base_url=f"{world.proxy}/v1", api_key=world.key, max_retries=0, timeout=30
+        base_url=f"{world.proxy}/v1", api_key=world.key, max_retries=0, timeout=60
     )
 
     async def one() -> int | str:
@@ -330,7 +331,7 @@ async def _streams(world: World, calls: int) -> list[int | str]:
                 max_tokens=50,
                 stream=True,
                 # The proxy passes the body's metadata through to the mock upstream.
-                metadata={"mock_output_tokens": "50", "mock_chunk_delay_ms": "40"},
+                metadata={"mock_output_tokens": "50", "mock_chunk_delay_ms": str(delay_ms)},
             )
             async for _ in stream:
                 pass
@@ -364,7 +365,7 @@ def test_kill_9_of_a_proxy_worker_mid_stream(
     httpx.delete(f"{world.mock}/_mock/requests", timeout=5)
 
     async def run() -> tuple[int, list[int | str]]:
-        load = asyncio.ensure_future(_streams(world, 40))
+        load = asyncio.ensure_future(stream_calls(world, 40))
         # Not a fixed sleep: on a loaded machine the streams take longer to start.
         await asyncio.to_thread(wait_for_upstream_calls, world.mock, 40)
         victim = await asyncio.to_thread(_busiest_worker, production.port)

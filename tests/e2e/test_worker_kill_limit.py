@@ -18,16 +18,13 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import httpx
-import openai
 import pytest
 import redis
 
 from budgets.models import Allowance
 from metering import quota_redis
 from metering.models import UsageRecord
-from tests.e2e.conftest import World
 from tests.e2e.test_production import (
-    PROMPT,
     Production,
     RedisServer,
     _busiest_worker,
@@ -35,6 +32,7 @@ from tests.e2e.test_production import (
     _world,
     assert_recorded_exactly_once,
     redis_server,  # noqa: F401  (fixture)
+    stream_calls,
     wait_for_upstream_calls,
 )
 
@@ -75,7 +73,7 @@ def test_kill_9_of_a_worker_loses_exactly_its_calls_in_flight_and_charges_them_n
     client = redis_server.client()
 
     async def run() -> tuple[int, list[int | str]]:
-        load = asyncio.ensure_future(_streams(world, 40, delay_ms=100))
+        load = asyncio.ensure_future(stream_calls(world, 40, delay_ms=100))
         # Killed once every call is at the upstream (each stream then lasts five seconds), so
         # each call on the victim has its hold and is being served.
         await asyncio.to_thread(wait_for_upstream_calls, world.mock, 40)
@@ -124,35 +122,6 @@ def test_kill_9_of_a_worker_loses_exactly_its_calls_in_flight_and_charges_them_n
         f"kill -9 of a worker: {len(whole)} served in full and recorded, {lost} cut and not "
         f"recorded, their holds {held} tokens (the most the ledger can miss), given back"
     )
-
-
-async def _streams(world: World, calls: int, delay_ms: int) -> list[int | str]:
-    """Streams of 50 tokens, `delay_ms` apart, all in flight together."""
-    client = openai.AsyncOpenAI(
-        base_url=f"{world.proxy}/v1", api_key=world.key, max_retries=0, timeout=60
-    )
-
-    async def one() -> int | str:
-        try:
-            stream = await client.chat.completions.create(
-                model="gpt-4o-mini",
-                messages=PROMPT,
-                max_tokens=50,
-                stream=True,
-                metadata={"mock_output_tokens": "50", "mock_chunk_delay_ms": str(delay_ms)},
-            )
-            async for _ in stream:
-                pass
-            return 200
-        except openai.APIStatusError as exc:
-            return exc.status_code
-        except openai.APIConnectionError:
-            return "connection"
-
-    try:
-        return await asyncio.gather(*(one() for _ in range(calls)))
-    finally:
-        await client.close()
 
 
 def _release_dead(production: Production) -> int:

@@ -34,6 +34,8 @@ INSTALLED_APPS = [
     "budgets",
     "metering",
     "billing",
+    "identity",
+    "mozilla_django_oidc",
 ]
 
 MIDDLEWARE = [
@@ -53,7 +55,9 @@ MIDDLEWARE = [
 # address; at the limit that pair is locked out for the cool-off, even with the right password.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # Passwords, unless TB_PASSWORD_SIGN_IN is off (then only the break-glass admins).
+    "identity.backends.PasswordBackend",
+    "identity.oidc.EmployeeOIDCBackend",  # SSO; refuses every sign-in unless TB_OIDC_ISSUER
 ]
 AXES_FAILURE_LIMIT = env_int("TB_LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=1000)
 AXES_COOLOFF_TIME = dt.timedelta(
@@ -276,6 +280,47 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 LOGIN_URL = "pages:login"
 LOGIN_REDIRECT_URL = "pages:home"
+
+# --- Enterprise identity: OIDC sign-in, roles from IdP groups, SCIM (identity/, README) -------
+TB_PASSWORD_SIGN_IN = env_bool("TB_PASSWORD_SIGN_IN", True)
+TB_BREAK_GLASS_USERS = env_list("TB_BREAK_GLASS_USERS")
+TB_OIDC_ISSUER = env_str("TB_OIDC_ISSUER").rstrip("/")
+OIDC_RP_CLIENT_ID = env_str("TB_OIDC_CLIENT_ID")
+OIDC_RP_CLIENT_SECRET = env_str("TB_OIDC_CLIENT_SECRET")
+OIDC_RP_SCOPES = env_str("TB_OIDC_SCOPES", "openid email profile groups")
+OIDC_RP_SIGN_ALGO = env_str("TB_OIDC_SIGN_ALGO", "RS256")
+# Endpoints come from the issuer's discovery document (identity/oidc.py); these override it.
+OIDC_OP_AUTHORIZATION_ENDPOINT = env_str("TB_OIDC_AUTHORIZATION_ENDPOINT")
+OIDC_OP_TOKEN_ENDPOINT = env_str("TB_OIDC_TOKEN_ENDPOINT")
+OIDC_OP_USER_ENDPOINT = env_str("TB_OIDC_USERINFO_ENDPOINT")
+OIDC_OP_JWKS_ENDPOINT = env_str("TB_OIDC_JWKS_ENDPOINT")
+TB_OIDC_END_SESSION_ENDPOINT = env_str("TB_OIDC_END_SESSION_ENDPOINT")
+TB_OIDC_LINK_CLAIM = env_str("TB_OIDC_LINK_CLAIM", "email")
+TB_OIDC_LINK_FIELD = env_choice("TB_OIDC_LINK_FIELD", "email", ("email", "employee_id"))
+TB_OIDC_GROUPS_CLAIM = env_str("TB_OIDC_GROUPS_CLAIM", "groups")
+TB_OIDC_ADMIN_GROUPS = env_list("TB_OIDC_ADMIN_GROUPS")
+TB_OIDC_FINANCE_GROUPS = env_list("TB_OIDC_FINANCE_GROUPS")
+TB_OIDC_MANAGER_GROUPS = env_list("TB_OIDC_MANAGER_GROUPS")
+OIDC_USE_PKCE = True
+OIDC_PKCE_CODE_CHALLENGE_METHOD = "S256"
+OIDC_STORE_ID_TOKEN = True  # the id_token_hint of the IdP sign-out
+OIDC_TIMEOUT = env_int("TB_OIDC_TIMEOUT_SECONDS", 10, minimum=1, maximum=120)
+OIDC_OP_LOGOUT_URL_METHOD = "identity.oidc.logout_url"
+OIDC_AUTHENTICATE_CLASS = "identity.oidc.SignInStart"
+OIDC_CALLBACK_CLASS = "identity.oidc.SignInCallback"
+LOGIN_REDIRECT_URL_FAILURE = "identity:sign-in-refused"
+LOGOUT_REDIRECT_URL = "pages:login"
+# SCIM: the enterprise-extension attribute that names the cost center, and its values mapped
+# to cost-center codes ("Engineering=eng,Sales=sales"); a value not mapped is used as the code.
+TB_SCIM_COST_CENTER_ATTRIBUTE = {"costcenter": "costCenter"}.get(
+    attribute := env_choice(
+        "TB_SCIM_COST_CENTER_ATTRIBUTE", "costcenter", ("costcenter", "department", "division")
+    ),
+    attribute,
+)
+TB_SCIM_COST_CENTER_MAP = env_list("TB_SCIM_COST_CENTER_MAP")
+TB_SCIM_DEFAULT_COST_CENTER = env_str("TB_SCIM_DEFAULT_COST_CENTER")  # a joiner sent without one
+TB_SCIM_MAX_RESULTS = env_int("TB_SCIM_MAX_RESULTS", 200, minimum=1, maximum=10_000)
 
 # "json": one JSON object per line (with the request id of the call, if any) for log shippers.
 TB_LOG_FORMAT = env_choice("TB_LOG_FORMAT", "text", ("text", "json"))

@@ -33,3 +33,5 @@ if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
     touch "$stamp"
 fi
+# The identity browser tests' OIDC provider (npm, pinned, into a git-ignored node_modules).
+case ",$extras," in *,test,*) scripts/install-identity.sh ;; esac

@@ -1,0 +1,437 @@
+"""SCIM resources <-> Tokenbudget rows (pure but for the lookups), PATCH and filters.
+
+A User is an `Employee` (with its `ScimUser`): `id` is the employee's primary key, the HR id
+is the enterprise extension's `employeeNumber` (else `externalId`, else `userName`), and the
+cost center comes from the enterprise attribute TB_SCIM_COST_CENTER_ATTRIBUTE through
+TB_SCIM_COST_CENTER_MAP. A Group is a `ScimGroup`.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db.models import QuerySet
+from scim2_filter_parser.lexer import SCIMLexer
+from scim2_filter_parser.parser import SCIMParser
+from scim2_filter_parser.transpilers.sql import Transpiler
+
+from budgets.models import CostCenter, Employee
+from identity.models import ScimGroup
+from identity.scim.schemas import ENTERPRISE, GROUP, USER
+from identity.services import ScimUserData
+
+
+class ScimError(Exception):
+    def __init__(self, status: int, detail: str, scim_type: str | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.scim_type = scim_type
+
+
+def _stamp(value: Any) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+# --- users ------------------------------------------------------------------------------------
+
+
+def user_document(employee: Employee, base: str) -> dict[str, Any]:
+    scim = getattr(employee, "scim", None)
+    enterprise: dict[str, Any] = {"employeeNumber": employee.employee_id}
+    enterprise[settings.TB_SCIM_COST_CENTER_ATTRIBUTE] = _external_cost_center(
+        employee.cost_center.code
+    )
+    document: dict[str, Any] = {
+        "schemas": [USER, ENTERPRISE],
+        "id": str(employee.pk),
+        "userName": scim.user_name if scim else employee.email,
+        "emails": [
+            {
+                "value": employee.email,
+                "type": "work",
+                "primary": scim.email_primary if scim else True,
+            }
+        ],
+        "active": employee.active,
+        "groups": [
+            {"value": str(g.pk), "$ref": f"{base}/Groups/{g.pk}"}
+            for g in employee.scim_groups.all()
+        ],
+        ENTERPRISE: enterprise,
+        "meta": {
+            "resourceType": "User",
+            "created": _stamp(employee.created_at),
+            "lastModified": _stamp(employee.updated_at),
+            "location": f"{base}/Users/{employee.pk}",
+        },
+    }
+    if employee.name:
+        document["displayName"] = employee.name
+    if scim and scim.external_id:
+        document["externalId"] = scim.external_id
+    return document
+
+
+def _cost_center_map() -> dict[str, str]:
+    mapping = {}
+    for item in settings.TB_SCIM_COST_CENTER_MAP:
+        if "=" in item:
+            value, code = item.split("=", 1)
+            mapping[value.strip()] = code.strip()
+    return mapping
+
+
+def cost_center_values() -> list[str]:
+    """The values the cost-center attribute may take: the mapped ones, then the codes."""
+    mapped = _cost_center_map()
+    codes = list(CostCenter.objects.order_by("code").values_list("code", flat=True))
+    return [*mapped, *(code for code in codes if code not in mapped.values())]
+
+
+def _external_cost_center(code: str) -> str:
+    for value, mapped in _cost_center_map().items():
+        if mapped == code:
+            return value
+    return code
+
+
+def _cost_center(value: Any, current: Employee | None) -> CostCenter:
+    if value in (None, ""):
+        if current is not None:
+            return current.cost_center
+        value = settings.TB_SCIM_DEFAULT_COST_CENTER
+        if not value:
+            raise ScimError(
+                400,
+                f"{ENTERPRISE}:{settings.TB_SCIM_COST_CENTER_ATTRIBUTE} is required "
+                "(no TB_SCIM_DEFAULT_COST_CENTER is set).",
+                "invalidValue",
+            )
+    if not isinstance(value, str):
+        raise ScimError(400, "The cost center must be a string.", "invalidValue")
+    code = _cost_center_map().get(value, value)
+    center = CostCenter.objects.filter(code=code).first()
+    if center is None:
+        raise ScimError(400, f"Unknown cost center {value!r}.", "invalidValue")
+    return center
+
+
+def _text(value: Any, name: str, max_length: int) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > max_length:
+        raise ScimError(
+            400, f"{name}: a string of at most {max_length} characters.", "invalidValue"
+        )
+    return value.strip()
+
+
+def user_data(document: Any, current: Employee | None) -> ScimUserData:
+    """The employee a full User resource (POST, PUT, or a patched copy) describes."""
+    if not isinstance(document, dict):
+        raise ScimError(400, "The body must be a JSON object.", "invalidSyntax")
+    user_name = _text(document.get("userName"), "userName", 254)
+    if not user_name:
+        raise ScimError(400, "userName is required.", "invalidValue")
+    enterprise = document.get(ENTERPRISE) or {}
+    if not isinstance(enterprise, dict):
+        raise ScimError(400, f"{ENTERPRISE} must be an object.", "invalidSyntax")
+    external_id = _text(document.get("externalId"), "externalId", 200)
+    employee_id = _text(enterprise.get("employeeNumber"), "employeeNumber", 64)
+    if current is not None:
+        employee_id = current.employee_id  # read-only once created (RFC 7643 2.2: ignored)
+    employee_id = employee_id or external_id[:64] or user_name[:64]
+    email, primary = _primary_email(document.get("emails"))
+    email = email or user_name
+    try:
+        validate_email(email)
+    except ValidationError as exc:
+        raise ScimError(400, f"No valid email address ({email!r}).", "invalidValue") from exc
+    name = document.get("name") if isinstance(document.get("name"), dict) else {}
+    display = document.get("displayName") or name.get("formatted")
+    if not display and (name.get("givenName") or name.get("familyName")):
+        display = f"{name.get('givenName') or ''} {name.get('familyName') or ''}".strip()
+    active = document.get("active", True)
+    if isinstance(active, str) and active.lower() in ("true", "false"):
+        active = active.lower() == "true"  # Entra ID sends booleans as strings in PATCH
+    if not isinstance(active, bool):
+        raise ScimError(400, "active must be a boolean.", "invalidValue")
+    return ScimUserData(
+        user_name=user_name,
+        employee_id=employee_id,
+        email=email.lower(),
+        name=_text(display, "displayName", 200),
+        cost_center=_cost_center(enterprise.get(settings.TB_SCIM_COST_CENTER_ATTRIBUTE), current),
+        active=active,
+        external_id=external_id,
+        email_primary=primary,
+    )
+
+
+def _primary_email(emails: Any) -> tuple[str, bool]:
+    """The address Tokenbudget keeps (the primary one, else the work one, else the first), and
+    whether the IdP flagged it primary."""
+    if not isinstance(emails, list):
+        return "", True
+    values = [e for e in emails if isinstance(e, dict) and isinstance(e.get("value"), str)]
+    primary = [e for e in values if e.get("primary") in (True, "true", "True")]
+    chosen = (primary or [e for e in values if e.get("type") == "work"] or values or [{}])[0]
+    flag = chosen.get("primary", True) in (True, "true", "True")
+    return (chosen.get("value") or "").strip(), flag
+
+
+# --- groups -----------------------------------------------------------------------------------
+
+
+def group_document(group: ScimGroup, base: str) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "schemas": [GROUP],
+        "id": str(group.pk),
+        "displayName": group.display_name,
+        "members": [
+            {
+                "value": str(e.pk),
+                "$ref": f"{base}/Users/{e.pk}",
+                "type": "User",
+            }
+            for e in group.members.all()
+        ],
+        "meta": {
+            "resourceType": "Group",
+            "created": _stamp(group.created_at),
+            "lastModified": _stamp(group.updated_at),
+            "location": f"{base}/Groups/{group.pk}",
+        },
+    }
+    if group.external_id:
+        document["externalId"] = group.external_id
+    return document
+
+
+def group_data(document: Any) -> tuple[str, str, list[Employee]]:
+    if not isinstance(document, dict):
+        raise ScimError(400, "The body must be a JSON object.", "invalidSyntax")
+    display_name = _text(document.get("displayName"), "displayName", 200)
+    if not display_name:
+        raise ScimError(400, "displayName is required.", "invalidValue")
+    external_id = _text(document.get("externalId"), "externalId", 200)
+    members = document.get("members") or []  # a full resource: no members is none
+    if not isinstance(members, list):
+        raise ScimError(400, "members must be a list.", "invalidSyntax")
+    ids = set()
+    for member in members:
+        value = member.get("value") if isinstance(member, dict) else None
+        if not isinstance(value, str) or not value.isdigit():
+            raise ScimError(400, f"Unknown member {value!r}.", "invalidValue")
+        ids.add(int(value))
+    found = list(Employee.objects.filter(pk__in=ids))
+    if len(found) != len(ids):
+        raise ScimError(400, "A member is not a known User.", "invalidValue")
+    return display_name, external_id, found
+
+
+# --- PATCH (RFC 7644 3.5.2) -------------------------------------------------------------------
+
+_VALUE_FILTER = re.compile(r'^(\w+)\[\s*(\w+)\s+eq\s+"([^"]*)"\s*\](?:\.(\w+))?$', re.IGNORECASE)
+
+
+def patch_apply(document: dict[str, Any], body: Any) -> dict[str, Any]:
+    """`document` with the PatchOp `body` applied (add, replace, remove; simple paths, a
+    value filter `attr[sub eq "x"]`, and extension URNs)."""
+    if not isinstance(body, dict) or not isinstance(body.get("Operations"), list):
+        raise ScimError(400, "A PatchOp needs an Operations list.", "invalidSyntax")
+    result = copy.deepcopy(document)
+    for operation in body["Operations"]:
+        if not isinstance(operation, dict):
+            raise ScimError(400, "Each operation is an object.", "invalidSyntax")
+        op = str(operation.get("op", "")).lower()
+        if op not in ("add", "replace", "remove"):
+            raise ScimError(400, f"Unknown op {operation.get('op')!r}.", "invalidSyntax")
+        path = operation.get("path")
+        value = operation.get("value")
+        if not path:
+            if op == "remove" or not isinstance(value, dict):
+                raise ScimError(400, "Without a path the value must be an object.", "noTarget")
+            for name, item in value.items():
+                _patch_path(result, op, name, item)
+            continue
+        if not isinstance(path, str):
+            raise ScimError(400, "path must be a string.", "invalidPath")
+        _patch_path(result, op, path, value)
+    return result
+
+
+def _split(path: str) -> tuple[dict[str, Any] | None, str, list[str]]:
+    for urn in (ENTERPRISE, USER, GROUP):
+        if path.lower().startswith(urn.lower()):
+            rest = path[len(urn) :].lstrip(":")
+            if urn == ENTERPRISE:
+                return {"urn": ENTERPRISE}, rest, rest.split(".") if rest else []
+            path = rest
+    return None, path, path.split(".")
+
+
+def _patch_path(document: dict[str, Any], op: str, path: str, value: Any) -> None:
+    extension, rest, parts = _split(path)
+    if extension is not None:
+        target = document.setdefault(ENTERPRISE, {})
+        if not parts:  # the whole extension
+            if op == "remove":
+                document.pop(ENTERPRISE, None)
+            elif isinstance(value, dict):
+                target.update(value)
+            return
+        _set(target, op, parts, value)
+        return
+    match = _VALUE_FILTER.match(rest)
+    if match:
+        attr, key, wanted, sub = match.groups()
+        items = document.get(attr) or []
+        chosen = [i for i in items if isinstance(i, dict) and str(i.get(key)) == wanted]
+        if op == "remove" and sub is None:
+            document[attr] = [i for i in items if i not in chosen]
+        elif chosen:
+            for item in chosen:
+                _set(item, op, [sub or "value"], value)
+        elif op != "remove":
+            document[attr] = [*items, {key: wanted, (sub or "value"): value}]
+        return
+    if "[" in rest:
+        raise ScimError(400, f"Unsupported path {path!r}.", "invalidPath")
+    _set(document, op, parts, value)
+
+
+def _set(target: dict[str, Any], op: str, parts: list[str], value: Any) -> None:
+    for part in parts[:-1]:
+        target = target.setdefault(_key(target, part), {})
+        if not isinstance(target, dict):
+            raise ScimError(400, f"{part} is not complex.", "invalidPath")
+    last = _key(target, parts[-1])
+    if op == "remove":
+        if isinstance(value, list) and isinstance(target.get(last), list):
+            drop = {str(v.get("value")) for v in value if isinstance(v, dict)}
+            target[last] = [i for i in target[last] if str(i.get("value")) not in drop]
+        else:
+            target.pop(last, None)
+    elif op == "add" and isinstance(target.get(last), list) and isinstance(value, list):
+        known = {str(i.get("value")) for i in target[last] if isinstance(i, dict)}
+        target[last] = [*target[last], *(v for v in value if str(v.get("value")) not in known)]
+    else:
+        target[last] = value
+
+
+def _key(target: dict[str, Any], name: str) -> str:
+    # Attribute names are case-insensitive (RFC 7643 2.1).
+    for existing in target:
+        if existing.lower() == name.lower():
+            return existing
+    return name
+
+
+# --- filters (RFC 7644 3.4.2.2) ---------------------------------------------------------------
+
+USER_FILTERS = {
+    ("userName", None, None): "identity_scimuser.user_name",
+    ("externalId", None, None): "identity_scimuser.external_id",
+    ("id", None, None): "budgets_employee.id",
+    ("meta", "created", None): "budgets_employee.created_at",
+    ("meta", "lastModified", None): "budgets_employee.updated_at",
+    ("displayName", None, None): "budgets_employee.name",
+    ("name", "formatted", None): "budgets_employee.name",
+    ("emails", None, None): "budgets_employee.email",
+    ("emails", "value", None): "budgets_employee.email",
+    ("active", None, None): "budgets_employee.active",
+    ("employeeNumber", None, ENTERPRISE): "budgets_employee.employee_id",
+}
+GROUP_FILTERS = {
+    ("displayName", None, None): "identity_scimgroup.display_name",
+    ("externalId", None, None): "identity_scimgroup.external_id",
+    ("id", None, None): "identity_scimgroup.id",
+    ("meta", "created", None): "identity_scimgroup.created_at",
+    ("meta", "lastModified", None): "identity_scimgroup.updated_at",
+}
+
+ALWAYS = {"id", "schemas"}  # returned whatever `attributes` / `excludedAttributes` ask
+
+
+def project(document: dict[str, Any], attributes: list[str], excluded: list[str]) -> dict[str, Any]:
+    """`document` cut to what the `attributes` / `excludedAttributes` parameters ask for
+    (RFC 7644 3.9): dotted sub-attributes and extension URNs included."""
+    if attributes:
+        kept: dict[str, Any] = {k: v for k, v in document.items() if k in ALWAYS}
+        for attribute in attributes:
+            _copy_path(document, kept, attribute)
+        return kept
+    result = copy.deepcopy(document)
+    if isinstance(result.get(ENTERPRISE), dict):
+        result[ENTERPRISE].pop("employeeNumber", None)  # returned only on request
+    for attribute in excluded:
+        _, _rest, parts = _split(attribute)
+        target: Any = (
+            result.get(ENTERPRISE) if attribute.lower().startswith(ENTERPRISE.lower()) else result
+        )
+        if not parts or not isinstance(target, dict) or (target is result and parts[0] in ALWAYS):
+            continue
+        for part in parts[:-1]:
+            target = target.get(_key(target, part)) if isinstance(target, dict) else None
+        if isinstance(target, dict):
+            target.pop(_key(target, parts[-1]), None)
+    return result
+
+
+def _copy_path(source: dict[str, Any], into: dict[str, Any], attribute: str) -> None:
+    if attribute.lower().startswith(ENTERPRISE.lower()):
+        _, _rest, parts = _split(attribute)
+        if ENTERPRISE not in source:
+            return
+        if not parts:
+            into[ENTERPRISE] = source[ENTERPRISE]
+            return
+        source, into = source[ENTERPRISE], into.setdefault(ENTERPRISE, {})
+    else:
+        _, _rest, parts = _split(attribute)
+    head = _key(source, parts[0])
+    if head not in source:
+        return
+    if len(parts) == 1:
+        into[head] = source[head]
+    elif isinstance(source[head], dict):
+        sub = _key(source[head], parts[1])
+        if sub in source[head]:
+            into.setdefault(head, {})[sub] = source[head][sub]
+    elif isinstance(source[head], list):
+        into[head] = [
+            {parts[1]: item[parts[1]]}
+            for item in source[head]
+            if isinstance(item, dict) and parts[1] in item
+        ]
+
+
+def filter_apply(queryset: QuerySet, expression: str, attr_map: dict) -> QuerySet:
+    """The queryset narrowed by a SCIM filter, through scim2-filter-parser's SQL transpiler
+    (bound parameters only). An attribute this server cannot filter on is a 400."""
+    try:
+        ast = SCIMParser().parse(SCIMLexer().tokenize(expression))
+        where, params = Transpiler(attr_map).transpile(ast)
+    except Exception as exc:  # the parser raises several kinds on bad input
+        raise ScimError(400, f"Invalid filter: {exc}", "invalidFilter") from exc
+    if not where:
+        raise ScimError(
+            400, "The filter names no attribute this server filters on.", "invalidFilter"
+        )
+    ordered: list[Any] = []
+
+    def placeholder(match: re.Match) -> str:
+        value = params[match.group(1)]
+        # The transpiler spells the literals true/false as SQL words; bind them as booleans.
+        ordered.append({"TRUE": True, "FALSE": False}.get(value, value))
+        return "%s"
+
+    where = re.sub(r"\{(\w+)\}", placeholder, where)
+    return queryset.extra(where=[where], params=ordered)

@@ -308,7 +308,7 @@ OIDC_TIMEOUT = env_int("TB_OIDC_TIMEOUT_SECONDS", 10, minimum=1, maximum=120)
 OIDC_OP_LOGOUT_URL_METHOD = "identity.oidc.logout_url"
 OIDC_AUTHENTICATE_CLASS = "identity.oidc.SignInStart"
 OIDC_CALLBACK_CLASS = "identity.oidc.SignInCallback"
-LOGIN_REDIRECT_URL_FAILURE = "identity:sign-in-refused"
+LOGIN_REDIRECT_URL_FAILURE = "/sso/refused/"  # used as is by the library, not reversed
 LOGOUT_REDIRECT_URL = "pages:login"
 # SCIM: the enterprise-extension attribute that names the cost center, and its values mapped
 # to cost-center codes ("Engineering=eng,Sales=sales"); a value not mapped is used as the code.

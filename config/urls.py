@@ -17,6 +17,7 @@ urlpatterns = [
     # Identity: OIDC sign-in, SCIM 2.0; its sign-out answers the pages' sign-out URL (first
     # match wins) so that an SSO session also ends at the identity provider.
     path("accounts/logout/", identity_pages.sign_out),
+    path("oidc/", include("mozilla_django_oidc.urls")),
     path("", include("identity.urls")),
     path("", include("config.pages_urls")),
 ]

@@ -1,4 +1,5 @@
-"""Identity's URLs: OIDC sign-in (mozilla-django-oidc), the refusal page, SCIM 2.0."""
+"""Identity's URLs: the refusal page of the SSO sign-in, and SCIM 2.0 (the OIDC endpoints are
+mozilla-django-oidc's own, un-namespaced, under /oidc/ in config/urls.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ scim_patterns = [
 ]
 
 urlpatterns = [
-    path("oidc/", include("mozilla_django_oidc.urls")),
     path("sso/refused/", pages.sign_in_refused, name="sign-in-refused"),
     path("scim/v2/", include(scim_patterns)),
 ]

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 import requests
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import resolve_url
+from django.shortcuts import redirect, resolve_url
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
 
@@ -62,7 +62,11 @@ class SignInStart(OIDCAuthenticationRequestView):
     def get(self, request: HttpRequest) -> HttpResponse:
         if not sso_enabled():
             raise Http404("Single sign-on is not configured.")
-        self.OIDC_OP_AUTH_ENDPOINT = provider_endpoints()["authorization_endpoint"]
+        try:
+            self.OIDC_OP_AUTH_ENDPOINT = provider_endpoints()["authorization_endpoint"]
+        except (requests.RequestException, ValueError):
+            request.session[REFUSAL_KEY] = {"reason": "provider", "value": ""}
+            return redirect(settings.LOGIN_REDIRECT_URL_FAILURE)
         request.session.pop(REFUSAL_KEY, None)
         return super().get(request)
 
@@ -81,11 +85,20 @@ class EmployeeOIDCBackend(OIDCAuthenticationBackend):
     def authenticate(self, request: Any, **kwargs: Any) -> Any:
         if request is None or not sso_enabled() or "code" not in request.GET:
             return None
-        endpoints = provider_endpoints()
+        try:
+            endpoints = provider_endpoints()
+        except (requests.RequestException, ValueError):
+            request.session[REFUSAL_KEY] = {"reason": "provider", "value": ""}
+            return None
         self.OIDC_OP_TOKEN_ENDPOINT = endpoints["token_endpoint"]
         self.OIDC_OP_USER_ENDPOINT = endpoints["userinfo_endpoint"]
         self.OIDC_OP_JWKS_ENDPOINT = endpoints["jwks_uri"]
-        return super().authenticate(request, **kwargs)
+        try:
+            return super().authenticate(request, **kwargs)
+        except requests.RequestException:
+            # The token or JWKS endpoint is unreachable or refused the code: a clear page.
+            request.session[REFUSAL_KEY] = {"reason": "provider", "value": ""}
+            return None
 
     def get_or_create_user(self, access_token: str, id_token: str, payload: dict) -> Any:
         claims = dict(payload)

@@ -312,12 +312,10 @@ LOGIN_REDIRECT_URL_FAILURE = "/sso/refused/"  # used as is by the library, not r
 LOGOUT_REDIRECT_URL = "pages:login"
 # SCIM: the enterprise-extension attribute that names the cost center, and its values mapped
 # to cost-center codes ("Engineering=eng,Sales=sales"); a value not mapped is used as the code.
-TB_SCIM_COST_CENTER_ATTRIBUTE = {"costcenter": "costCenter"}.get(
-    attribute := env_choice(
-        "TB_SCIM_COST_CENTER_ATTRIBUTE", "costcenter", ("costcenter", "department", "division")
-    ),
-    attribute,
-)
+_SCIM_ATTRIBUTES = {"costcenter": "costCenter", "department": "department", "division": "division"}
+TB_SCIM_COST_CENTER_ATTRIBUTE = _SCIM_ATTRIBUTES[
+    env_choice("TB_SCIM_COST_CENTER_ATTRIBUTE", "costcenter", tuple(_SCIM_ATTRIBUTES))
+]
 TB_SCIM_COST_CENTER_MAP = env_list("TB_SCIM_COST_CENTER_MAP")
 TB_SCIM_DEFAULT_COST_CENTER = env_str("TB_SCIM_DEFAULT_COST_CENTER")  # a joiner sent without one
 TB_SCIM_MAX_RESULTS = env_int("TB_SCIM_MAX_RESULTS", 200, minimum=1, maximum=10_000)

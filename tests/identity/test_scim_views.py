@@ -151,3 +151,17 @@ def test_roster_employees_are_visible_to_scim(client: Any, scim_token: str, org:
     listing = call(client, scim_token, "get", 'Users?filter=emails.value eq "r1@example.com"')
     assert listing.json()["totalResults"] == 1
     assert listing.json()["Resources"][0]["userName"] == "r1@example.com"
+
+
+def test_scim_token_command(client: Any, org: Any) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("scim_token", "entra", stdout=out)
+    raw = out.getvalue().strip()
+    assert raw.startswith("tbscim_")
+    assert call(client, raw, "get", "ServiceProviderConfig").json()["patch"] == {"supported": True}
+    call_command("scim_token", "entra", "--revoke", stdout=StringIO())
+    assert call(client, raw, "get", "ServiceProviderConfig").status_code == 401

@@ -15,10 +15,6 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db.models import QuerySet
-from scim2_filter_parser.lexer import SCIMLexer
-from scim2_filter_parser.parser import SCIMParser
-from scim2_filter_parser.transpilers.sql import Transpiler
 
 from budgets.models import CostCenter, Employee
 from identity.models import ScimGroup
@@ -267,7 +263,7 @@ def patch_apply(document: dict[str, Any], body: Any) -> dict[str, Any]:
     return result
 
 
-def _split(path: str) -> tuple[dict[str, Any] | None, str, list[str]]:
+def path_split(path: str) -> tuple[dict[str, Any] | None, str, list[str]]:
     for urn in (ENTERPRISE, USER, GROUP):
         if path.lower().startswith(urn.lower()):
             rest = path[len(urn) :].lstrip(":")
@@ -278,7 +274,7 @@ def _split(path: str) -> tuple[dict[str, Any] | None, str, list[str]]:
 
 
 def _patch_path(document: dict[str, Any], op: str, path: str, value: Any) -> None:
-    extension, rest, parts = _split(path)
+    extension, rest, parts = path_split(path)
     if extension is not None:
         target = document.setdefault(ENTERPRISE, {})
         if not parts:  # the whole extension
@@ -309,10 +305,10 @@ def _patch_path(document: dict[str, Any], op: str, path: str, value: Any) -> Non
 
 def _set(target: dict[str, Any], op: str, parts: list[str], value: Any) -> None:
     for part in parts[:-1]:
-        target = target.setdefault(_key(target, part), {})
+        target = target.setdefault(attr_key(target, part), {})
         if not isinstance(target, dict):
             raise ScimError(400, f"{part} is not complex.", "invalidPath")
-    last = _key(target, parts[-1])
+    last = attr_key(target, parts[-1])
     if op == "remove":
         if isinstance(value, list) and isinstance(target.get(last), list):
             drop = {str(v.get("value")) for v in value if isinstance(v, dict)}
@@ -326,112 +322,9 @@ def _set(target: dict[str, Any], op: str, parts: list[str], value: Any) -> None:
         target[last] = value
 
 
-def _key(target: dict[str, Any], name: str) -> str:
+def attr_key(target: dict[str, Any], name: str) -> str:
     # Attribute names are case-insensitive (RFC 7643 2.1).
     for existing in target:
         if existing.lower() == name.lower():
             return existing
     return name
-
-
-# --- filters (RFC 7644 3.4.2.2) ---------------------------------------------------------------
-
-USER_FILTERS = {
-    ("userName", None, None): "identity_scimuser.user_name",
-    ("externalId", None, None): "identity_scimuser.external_id",
-    ("id", None, None): "budgets_employee.id",
-    ("meta", "created", None): "budgets_employee.created_at",
-    ("meta", "lastModified", None): "budgets_employee.updated_at",
-    ("displayName", None, None): "budgets_employee.name",
-    ("name", "formatted", None): "budgets_employee.name",
-    ("emails", None, None): "budgets_employee.email",
-    ("emails", "value", None): "budgets_employee.email",
-    ("active", None, None): "budgets_employee.active",
-    ("employeeNumber", None, ENTERPRISE): "budgets_employee.employee_id",
-}
-GROUP_FILTERS = {
-    ("displayName", None, None): "identity_scimgroup.display_name",
-    ("externalId", None, None): "identity_scimgroup.external_id",
-    ("id", None, None): "identity_scimgroup.id",
-    ("meta", "created", None): "identity_scimgroup.created_at",
-    ("meta", "lastModified", None): "identity_scimgroup.updated_at",
-}
-
-ALWAYS = {"id", "schemas"}  # returned whatever `attributes` / `excludedAttributes` ask
-
-
-def project(document: dict[str, Any], attributes: list[str], excluded: list[str]) -> dict[str, Any]:
-    """`document` cut to what the `attributes` / `excludedAttributes` parameters ask for
-    (RFC 7644 3.9): dotted sub-attributes and extension URNs included."""
-    if attributes:
-        kept: dict[str, Any] = {k: v for k, v in document.items() if k in ALWAYS}
-        for attribute in attributes:
-            _copy_path(document, kept, attribute)
-        return kept
-    result = copy.deepcopy(document)
-    if isinstance(result.get(ENTERPRISE), dict):
-        result[ENTERPRISE].pop("employeeNumber", None)  # returned only on request
-    for attribute in excluded:
-        _, _rest, parts = _split(attribute)
-        target: Any = (
-            result.get(ENTERPRISE) if attribute.lower().startswith(ENTERPRISE.lower()) else result
-        )
-        if not parts or not isinstance(target, dict) or (target is result and parts[0] in ALWAYS):
-            continue
-        for part in parts[:-1]:
-            target = target.get(_key(target, part)) if isinstance(target, dict) else None
-        if isinstance(target, dict):
-            target.pop(_key(target, parts[-1]), None)
-    return result
-
-
-def _copy_path(source: dict[str, Any], into: dict[str, Any], attribute: str) -> None:
-    if attribute.lower().startswith(ENTERPRISE.lower()):
-        _, _rest, parts = _split(attribute)
-        if ENTERPRISE not in source:
-            return
-        if not parts:
-            into[ENTERPRISE] = source[ENTERPRISE]
-            return
-        source, into = source[ENTERPRISE], into.setdefault(ENTERPRISE, {})
-    else:
-        _, _rest, parts = _split(attribute)
-    head = _key(source, parts[0])
-    if head not in source:
-        return
-    if len(parts) == 1:
-        into[head] = source[head]
-    elif isinstance(source[head], dict):
-        sub = _key(source[head], parts[1])
-        if sub in source[head]:
-            into.setdefault(head, {})[sub] = source[head][sub]
-    elif isinstance(source[head], list):
-        into[head] = [
-            {parts[1]: item[parts[1]]}
-            for item in source[head]
-            if isinstance(item, dict) and parts[1] in item
-        ]
-
-
-def filter_apply(queryset: QuerySet, expression: str, attr_map: dict) -> QuerySet:
-    """The queryset narrowed by a SCIM filter, through scim2-filter-parser's SQL transpiler
-    (bound parameters only). An attribute this server cannot filter on is a 400."""
-    try:
-        ast = SCIMParser().parse(SCIMLexer().tokenize(expression))
-        where, params = Transpiler(attr_map).transpile(ast)
-    except Exception as exc:  # the parser raises several kinds on bad input
-        raise ScimError(400, f"Invalid filter: {exc}", "invalidFilter") from exc
-    if not where:
-        raise ScimError(
-            400, "The filter names no attribute this server filters on.", "invalidFilter"
-        )
-    ordered: list[Any] = []
-
-    def placeholder(match: re.Match) -> str:
-        value = params[match.group(1)]
-        # The transpiler spells the literals true/false as SQL words; bind them as booleans.
-        ordered.append({"TRUE": True, "FALSE": False}.get(value, value))
-        return "%s"
-
-    where = re.sub(r"\{(\w+)\}", placeholder, where)
-    return queryset.extra(where=[where], params=ordered)

@@ -20,7 +20,7 @@ from django.views.decorators.csrf import csrf_exempt
 from budgets.models import Employee
 from identity import services
 from identity.models import ScimGroup, ScimUser
-from identity.scim import resources, schemas
+from identity.scim import query, resources, schemas
 from identity.scim.resources import ScimError
 
 CONTENT_TYPE = "application/scim+json"
@@ -101,14 +101,14 @@ def _projection(params: Any) -> tuple[list[str], list[str]]:
 def _one(request: HttpRequest, document: dict[str, Any], status: int = 200) -> HttpResponse:
     attributes, excluded = _projection(request.GET)
     location = document["meta"]["location"] if status == 201 else None
-    return _json(resources.project(document, attributes, excluded), status, location)
+    return _json(query.project(document, attributes, excluded), status, location)
 
 
 def _page(request: HttpRequest, queryset: Any, render: Callable, params: Any) -> HttpResponse:
     """A ListResponse (RFC 7644 3.4.2): `params` are the query string, or a .search body."""
     expression = params.get("filter")
     if expression:
-        queryset = resources.filter_apply(queryset, str(expression), render.attr_map)
+        queryset = query.filter_apply(queryset, str(expression), render.attr_map)
     try:
         start = max(int(params.get("startIndex", 1)), 1)
         count = int(params.get("count", settings.TB_SCIM_MAX_RESULTS))
@@ -125,9 +125,7 @@ def _page(request: HttpRequest, queryset: Any, render: Callable, params: Any) ->
             "totalResults": total,
             "startIndex": start,
             "itemsPerPage": len(rows),
-            "Resources": [
-                resources.project(render(row, base), attributes, excluded) for row in rows
-            ],
+            "Resources": [query.project(render(row, base), attributes, excluded) for row in rows],
         }
     )
 
@@ -181,7 +179,7 @@ def root_search(request: HttpRequest) -> HttpResponse:
     for queryset, render in ((_employees(), _render_user), (_groups(), _render_group)):
         if body.get("filter"):
             try:
-                queryset = resources.filter_apply(queryset, str(body["filter"]), render.attr_map)
+                queryset = query.filter_apply(queryset, str(body["filter"]), render.attr_map)
             except ScimError:
                 continue
             parsed = True
@@ -199,9 +197,7 @@ def root_search(request: HttpRequest) -> HttpResponse:
     except (TypeError, ValueError) as exc:
         raise ScimError(400, "startIndex and count are integers.", "invalidValue") from exc
     attributes, excluded = _projection(body)
-    page = [
-        resources.project(d, attributes, excluded) for d in found[start - 1 : start - 1 + count]
-    ]
+    page = [query.project(d, attributes, excluded) for d in found[start - 1 : start - 1 + count]]
     return _json(
         {
             "schemas": [schemas.LIST],
@@ -265,7 +261,7 @@ def _render_user(employee: Employee, base: str) -> dict[str, Any]:
     return resources.user_document(employee, base)
 
 
-_render_user.attr_map = resources.USER_FILTERS  # type: ignore[attr-defined]
+_render_user.attr_map = query.USER_FILTERS  # type: ignore[attr-defined]
 
 
 def _user_name_free(user_name: str, employee: Employee | None) -> None:
@@ -342,7 +338,7 @@ def _render_group(group: ScimGroup, base: str) -> dict[str, Any]:
     return resources.group_document(group, base)
 
 
-_render_group.attr_map = resources.GROUP_FILTERS  # type: ignore[attr-defined]
+_render_group.attr_map = query.GROUP_FILTERS  # type: ignore[attr-defined]
 
 
 def _group_name_free(display_name: str, group: ScimGroup | None) -> None:

@@ -29,7 +29,7 @@ from django.http import HttpRequest, HttpResponse
 
 from metering import metrics, tokens
 from metering.body import BadContentLength, BodyTooLarge, body_read, declared_length
-from metering.proxy import errors, shell
+from metering.proxy import errors, shell, surface
 from metering.proxy.errors import ProxyError
 
 log = logging.getLogger("tokenbudget.proxy")
@@ -98,9 +98,9 @@ class ProxyApplication:
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] == "http":
             path = scope.get("path", "")
-            endpoint = shell.ENDPOINT_PATHS.get(path)
-            if endpoint is not None or path == shell.MODELS_PATH:
-                await self._proxy(scope, receive, send, endpoint)
+            if path.startswith(PREFIX):
+                # The whole /v1/ surface answers in the providers' shapes, unknown paths too.
+                await self._proxy(scope, receive, send, shell.ENDPOINT_PATHS.get(path))
                 return
             view = self.views.get(path)
             if view is not None:
@@ -128,7 +128,7 @@ class ProxyApplication:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._disconnect(receive))
-                reply = await self._run(inbound, endpoint)
+                reply = await self._run(inbound, endpoint, scope.get("path", ""))
                 await send_reply(reply, send)
                 raise _Processed
         except* (_Processed, RequestAborted):
@@ -138,7 +138,7 @@ class ProxyApplication:
         self, scope: dict[str, Any], headers: dict[str, str], method: str, endpoint: str | None
     ) -> Any:
         """The checks the headers alone decide, made before any of the body is read; the
-        metered endpoints' key (None for /v1/models, which checks its own)."""
+        metered endpoints' key (None for the other /v1/ paths: /v1/models checks its own)."""
         try:
             declared = declared_length(scope.get("headers", []))
         except BadContentLength:
@@ -160,11 +160,14 @@ class ProxyApplication:
             metrics.REQUESTS.labels(endpoint, str(reply.status)).inc()
         await send_reply(reply, send)
 
-    async def _run(self, inbound: shell.Inbound, endpoint: str | None) -> shell.Reply:
+    async def _run(self, inbound: shell.Inbound, endpoint: str | None, path: str) -> shell.Reply:
         try:
-            if endpoint is None:
-                return await shell.models(inbound)
-            return await shell.handle(inbound, endpoint)
+            if endpoint is not None:
+                return await shell.handle(inbound, endpoint)
+            model_id = surface.model_id_of(path)
+            if model_id is not None:
+                return await shell.models(inbound, model_id)
+            return shell.unknown_path(inbound, path)
         except BaseException as exc:
             # A Rust extension's panic is a BaseException; any other one (cancellation,
             # exit) is not this handler's to swallow.

@@ -18,6 +18,7 @@ urlpatterns = [
     path("v1/embeddings", endpoints.embeddings, name="proxy-embeddings"),
     path("v1/messages", endpoints.messages, name="proxy-messages"),
     path("v1/models", endpoints.models, name="proxy-models"),
+    path("v1/models/<path:model_id>", endpoints.models, name="proxy-model"),
     path("healthz", ops.healthz, name="healthz"),
     path("readyz", ops.readyz, name="readyz"),
     path("metrics", ops.metrics_view, name="metrics"),

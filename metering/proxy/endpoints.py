@@ -45,5 +45,5 @@ embeddings = _endpoint("embeddings")
 messages = _endpoint("messages")
 
 
-async def models(request: HttpRequest) -> HttpResponse:
-    return django_response(await shell.models(_inbound(request)))
+async def models(request: HttpRequest, model_id: str = "") -> HttpResponse:
+    return django_response(await shell.models(_inbound(request), model_id))

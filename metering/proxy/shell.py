@@ -19,7 +19,6 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
@@ -33,7 +32,7 @@ from metering.providers.anthropic import PROVIDER as ANTHROPIC
 from metering.providers.base import EncodedBody, Provider, RequestError
 from metering.providers.openai import PROVIDER as OPENAI
 from metering.proxy import call as core
-from metering.proxy import errors
+from metering.proxy import errors, surface
 from metering.proxy.call import Call
 from metering.proxy.errors import Headers, ProxyError
 from metering.proxy.hold import HoldOwner, Reserved
@@ -55,7 +54,7 @@ ENDPOINT_PATHS: dict[str, str] = {
     "/v1/embeddings": "embeddings",
     "/v1/messages": "messages",
 }
-MODELS_PATH = "/v1/models"
+MODELS_PATH = surface.MODELS_PATH
 
 _routes_for_key = in_db_thread(routes_for_key)
 _aliases_for_key = in_db_thread(aliases_for_key)
@@ -326,35 +325,43 @@ async def _whole(
     return Reply(status, headers + core.budget_headers(call, remaining), content)
 
 
-async def models(inbound: Inbound) -> Reply:
-    """GET /v1/models: the routes and aliases this key may call."""
+async def models(inbound: Inbound, model_id: str = "") -> Reply:
+    """GET /v1/models (the routes and aliases this key may call) or /v1/models/{id}, in
+    OpenAI's shape or, for Anthropic's SDKs, Anthropic's."""
     request_id = request_id_new()
+    anthropic = surface.looks_anthropic(inbound.headers)
+    provider = ANTHROPIC if anthropic else OPENAI
     try:
+        if inbound.method not in ("GET", "HEAD"):
+            raise surface.wrong_method(inbound.method, surface.MODELS_PATH, "GET")
         info = inbound.key_info or await authenticate(inbound.headers)
     except ProxyError as error:
-        return error_reply(None, error, request_id)
+        return _rendered(provider, error, request_id)
     routes = await _routes_for_key(info)
     aliases = await _aliases_for_key(info, [route.public_name for route in routes])
-    data: dict[str, Any] = {
-        "object": "list",
-        "data": [
-            {
-                "id": route.public_name,
-                "object": "model",
-                "created": 0,
-                "owned_by": route.upstream.kind,
-            }
-            for route in routes
-        ]
-        + [
-            {"id": alias, "object": "model", "created": 0, "owned_by": "tokenbudget"}
-            for alias in aliases
-        ],
-    }
-    body = json.dumps(data).encode()
+    entries = [(route.public_name, route.upstream.kind) for route in routes]
+    entries += [(alias, "tokenbudget") for alias in aliases]
+    if model_id:
+        owners = dict(entries)
+        if model_id not in owners:
+            return _rendered(provider, surface.unknown_model(model_id), request_id)
+        body = json.dumps(surface.model_object(model_id, owners[model_id], anthropic)).encode()
+    else:
+        body = surface.models_body(entries, anthropic)
     headers: Headers = [
         ("content-type", "application/json"),
         ("content-length", str(len(body))),
         ("x-request-id", request_id),
     ]
     return Reply(200, headers, body)
+
+
+def _rendered(provider: Provider, error: ProxyError, request_id: str) -> Reply:
+    status, headers, body = errors.render(provider, error, request_id)
+    return Reply(status, headers, body)
+
+
+def unknown_path(inbound: Inbound, path: str) -> Reply:
+    """Any other path under /v1/: a JSON 404 in the shape the request looks like."""
+    provider = ANTHROPIC if surface.looks_anthropic(inbound.headers) else OPENAI
+    return _rendered(provider, surface.not_found(inbound.method, path), request_id_new())

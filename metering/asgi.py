@@ -1,10 +1,11 @@
 """A lean ASGI entry for the proxy's /v1/ paths.
 
-The proxy views are plain async Django views, but Django's full handler would run every
-middleware (sessions, CSRF, auth, messages: each a hop to a worker thread and back under ASGI)
-and the request signals (another two hops) on every metered call. None of that serves an API
-keyed by bearer tokens, so /v1/ requests are built into Django request objects and handed to
-the views directly; everything else goes through Django's ordinary handler.
+/v1/ requests go straight from the ASGI scope into `metering.proxy.shell`: no Django request or
+response objects, no middleware (sessions, CSRF, auth, messages: each a hop to a worker thread
+and back under ASGI), no request signals. None of that serves an API keyed by bearer tokens.
+The few other paths of the proxy's URLconf (/healthz, /readyz, /metrics) are built into Django
+requests and handed to their views directly; everything else goes through Django's ordinary
+handler.
 
 The body is read here, and only after the headers pass: a metered call's key is checked first
 (401 without reading a byte of the body), a Content-Length over `TB_MAX_BODY_BYTES` is refused
@@ -18,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,10 +27,10 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpRequest, HttpResponse
 
-from metering import metrics, tokens, views
+from metering import metrics, tokens
 from metering.body import BadContentLength, BodyTooLarge, body_read, declared_length
-from metering.providers import ENDPOINT_PATHS, protocol_for
-from metering.selectors import KeyInfo
+from metering.proxy import errors, shell, surface
+from metering.proxy.errors import ProxyError
 
 log = logging.getLogger("tokenbudget.proxy")
 
@@ -43,117 +43,160 @@ class _Processed(Exception):
 
 
 class _Refused(Exception):
-    def __init__(self, response: HttpResponse) -> None:
-        self.response = response
+    def __init__(self, error: ProxyError) -> None:
+        self.error = error
+
+
+def scope_headers(scope: dict[str, Any]) -> dict[str, str]:
+    """The request's headers by lower-case name (repeated ones joined with commas, as Django
+    does)."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope.get("headers", ()):
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]},{value}" if name in headers else value
+    return headers
+
+
+async def send_reply(reply: shell.Reply, send: Callable) -> None:
+    """Send `reply` on ASGI `send`; a stream chunk by chunk, closed however the send ends."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": reply.status,
+            "headers": [(n.encode("latin-1"), v.encode("latin-1")) for n, v in reply.headers],
+        }
+    )
+    stream = reply.stream
+    if stream is None:
+        await send({"type": "http.response.body", "body": reply.body})
+        return
+    try:
+        async for chunk in stream:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+    await send({"type": "http.response.body", "body": b""})
 
 
 class ProxyApplication:
-    """Routes /v1/ to the proxy views without middleware; the rest to `django_app`."""
+    """Routes /v1/ to the proxy shell and the ops paths to their views, without middleware;
+    the rest to `django_app`."""
 
     def __init__(self, django_app: ASGIHandler) -> None:
         from metering.proxy_urls import views_by_path
 
         self.django_app = django_app
-        self.views: dict[str, View] = views_by_path()
+        self.views: dict[str, View] = {
+            p: v for p, v in views_by_path().items() if not p.startswith(PREFIX)
+        }
         self.handler = ASGIHandler()  # its request parsing and response sending, not its chain
         # The vocabulary takes half a second to load, the interpreter held for much of it: load
         # it before serving rather than under the first call (and every call waiting behind it).
         tokens.encoding()
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        view = self.views.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if view is None:
-            await self.django_app(scope, receive, send)
-            return
-        head, error = self.handler.create_request(scope, io.BytesIO())
-        if head is None:
-            await self.handler.send_response(error, send)
-            return
-        endpoint = ENDPOINT_PATHS.get(head.path)
+        if scope["type"] == "http":
+            path = scope.get("path", "")
+            if path.startswith(PREFIX):
+                # The whole /v1/ surface answers in the providers' shapes, unknown paths too.
+                await self._proxy(scope, receive, send, shell.ENDPOINT_PATHS.get(path))
+                return
+            view = self.views.get(path)
+            if view is not None:
+                await self._view(view, scope, receive, send)
+                return
+        await self.django_app(scope, receive, send)
+
+    async def _proxy(
+        self, scope: dict[str, Any], receive: Callable, send: Callable, endpoint: str | None
+    ) -> None:
+        headers = scope_headers(scope)
+        method = scope.get("method", "GET")
         try:
-            key_info = await self._admit(head, endpoint)
+            key_info = await self._admit(scope, headers, method, endpoint)
             body = await body_read(receive, limit=settings.TB_MAX_BODY_BYTES)
         except _Refused as refused:
-            await self._refuse(refused.response, endpoint, send)
+            await self._refuse(refused.error, endpoint, send)
             return
         except BodyTooLarge:
-            await self._refuse(self._too_large(endpoint), endpoint, send)
+            await self._refuse(errors.too_large(settings.TB_MAX_BODY_BYTES), endpoint, send)
             return
         except RequestAborted:
             return
-        # A BytesIO over the whole body hands the same bytes to request.body: no copy.
-        request = self.handler.create_request(scope, io.BytesIO(body))[0]
-        request.key_info = key_info  # the view does not look the key up again
+        inbound = shell.Inbound(method, headers, body, key_info)
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._disconnect(receive))
-                response = await self._run(view, request, endpoint)
-                await self.handler.send_response(response, send)
+                reply = await self._run(inbound, endpoint, scope.get("path", ""))
+                await send_reply(reply, send)
                 raise _Processed
         except* (_Processed, RequestAborted):
             pass
 
-    async def _admit(self, request: HttpRequest, endpoint: str | None) -> KeyInfo | None:
+    async def _admit(
+        self, scope: dict[str, Any], headers: dict[str, str], method: str, endpoint: str | None
+    ) -> Any:
         """The checks the headers alone decide, made before any of the body is read; the
-        metered endpoints' key (None for the other paths, whose views check their own)."""
+        metered endpoints' key (None for the other /v1/ paths: /v1/models checks its own)."""
         try:
-            declared = declared_length(request.scope.get("headers", []))
+            declared = declared_length(scope.get("headers", []))
         except BadContentLength:
-            raise _Refused(
-                views.error_response(
-                    endpoint or "models",
-                    views.ProxyError(
-                        400, "invalid", "Invalid Content-Length header.", "invalid_request"
-                    ),
-                    _request_id(),
-                )
-            ) from None
+            raise _Refused(errors.bad_content_length()) from None
         if declared is not None and declared > settings.TB_MAX_BODY_BYTES:
-            raise _Refused(self._too_large(endpoint))
-        if endpoint is None or request.method != "POST":
+            raise _Refused(errors.too_large(settings.TB_MAX_BODY_BYTES))
+        if endpoint is None or method != "POST":
             return None
         try:
-            return await views.authenticate(request)
-        except views.ProxyError as error:
-            raise _Refused(views.error_response(endpoint, error, _request_id())) from None
+            return await shell.authenticate(headers)
+        except ProxyError as error:
+            raise _Refused(error) from None
 
-    def _too_large(self, endpoint: str | None) -> HttpResponse:
-        limit = settings.TB_MAX_BODY_BYTES
-        return views.error_response(
-            endpoint or "models",
-            views.ProxyError(
-                413, "too_large", f"Request body exceeds {limit} bytes.", "request_too_large"
-            ),
-            _request_id(),
-        )
-
-    async def _refuse(self, response: HttpResponse, endpoint: str | None, send: Callable) -> None:
+    async def _refuse(self, error: ProxyError, endpoint: str | None, send: Callable) -> None:
+        reply = shell.error_reply(endpoint, error, shell.request_id_new())
         # The body is left unread: the connection cannot carry another request.
-        response["Connection"] = "close"
+        reply.headers.append(("connection", "close"))
         if endpoint is not None:
-            metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
-        await self.handler.send_response(response, send)
+            metrics.REQUESTS.labels(endpoint, str(reply.status)).inc()
+        await send_reply(reply, send)
 
-    async def _run(self, view: View, request: HttpRequest, endpoint: str | None) -> HttpResponse:
+    async def _run(self, inbound: shell.Inbound, endpoint: str | None, path: str) -> shell.Reply:
         try:
-            return await view(request)
+            if endpoint is not None:
+                return await shell.handle(inbound, endpoint)
+            model_id = surface.model_id_of(path)
+            if model_id is not None:
+                return await shell.models(inbound, model_id)
+            return shell.unknown_path(inbound, path)
         except BaseException as exc:
             # A Rust extension's panic is a BaseException; any other one (cancellation,
             # exit) is not this handler's to swallow.
             if not isinstance(exc, Exception) and not tokens.is_tokenizer_panic(exc):
                 raise
-            log.exception("proxy view failed", extra={"path": request.path})
-            body = protocol_for(endpoint or "chat").error_body(
-                500, "Internal error in the proxy.", "api_error", code="internal_error"
-            )
-            return HttpResponse(body, status=500, content_type="application/json")
+            log.exception("proxy call failed", extra={"endpoint": endpoint})
+            return shell.error_reply(endpoint, errors.internal(), shell.request_id_new())
+
+    async def _view(
+        self, view: View, scope: dict[str, Any], receive: Callable, send: Callable
+    ) -> None:
+        """An ops view (health, metrics) on a Django request, without the middleware chain."""
+        try:
+            body = await body_read(receive, limit=settings.TB_MAX_BODY_BYTES)
+        except (BodyTooLarge, RequestAborted):
+            return
+        request, error = self.handler.create_request(scope, io.BytesIO(body))
+        if request is None:
+            response = error
+        else:
+            try:
+                response = await view(request)
+            except Exception:
+                log.exception("proxy view failed", extra={"path": request.path})
+                response = HttpResponse(status=500)
+        await self.handler.send_response(response, send)
 
     async def _disconnect(self, receive: Callable) -> None:
         """A client that goes away cancels the response (and so the upstream call)."""
         message = await receive()
         if message["type"] == "http.disconnect":
             raise RequestAborted
-
-
-def _request_id() -> str:
-    return "req_" + uuid.uuid4().hex

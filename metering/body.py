@@ -17,14 +17,13 @@ import functools
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from types import ModuleType
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
 
 from metering import cache, tokens
-from metering.providers.base import ParsedRequest, RequestError
+from metering.providers.base import ParsedRequest, Provider, RequestError
 
 log = logging.getLogger("tokenbudget.proxy")
 
@@ -129,7 +128,7 @@ def model_name_valid(name: str) -> bool:
     return cache.name_valid(name, max_length=cache.MODEL_NAME_MAX_LENGTH)
 
 
-def _parse(protocol: ModuleType, endpoint: str, raw: bytes) -> ParsedRequest:
+def _parse(protocol: Provider, endpoint: str, raw: bytes) -> ParsedRequest:
     limit = settings.TB_MAX_JSON_DEPTH
     try:
         parsed = protocol.parse_request(endpoint, raw)
@@ -155,7 +154,7 @@ def _parse(protocol: ModuleType, endpoint: str, raw: bytes) -> ParsedRequest:
     return parsed
 
 
-async def request_parse(protocol: ModuleType, endpoint: str, raw: bytes) -> ParsedRequest:
+async def request_parse(protocol: Provider, endpoint: str, raw: bytes) -> ParsedRequest:
     """`protocol.parse_request(endpoint, raw)`, made safe for any bytes: too deep a nesting,
     a name no model can have, or anything the parser trips on is a RequestError, never a
     crash; a body over INLINE_BYTES is parsed on the pool, not on the event loop."""

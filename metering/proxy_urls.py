@@ -1,21 +1,24 @@
 """The proxy's URLs (/v1/...), kept apart from the REST API.
 
-Served by `metering.asgi.ProxyApplication` under ASGI (no middleware) and, for tools that use
-Django's test client or WSGI, through the ordinary URLconf too.
+Served by `metering.asgi.ProxyApplication` under ASGI (straight into `metering.proxy.shell`,
+no Django request or middleware) and, for tools that use Django's test client or WSGI, through
+the ordinary URLconf too.
 """
 
 from __future__ import annotations
 
 from django.urls import path
 
-from metering import ops, views
+from metering import ops
+from metering.proxy import endpoints
 
 urlpatterns = [
-    path("v1/chat/completions", views.chat_completions, name="proxy-chat"),
-    path("v1/responses", views.responses, name="proxy-responses"),
-    path("v1/embeddings", views.embeddings, name="proxy-embeddings"),
-    path("v1/messages", views.messages, name="proxy-messages"),
-    path("v1/models", views.models, name="proxy-models"),
+    path("v1/chat/completions", endpoints.chat_completions, name="proxy-chat"),
+    path("v1/responses", endpoints.responses, name="proxy-responses"),
+    path("v1/embeddings", endpoints.embeddings, name="proxy-embeddings"),
+    path("v1/messages", endpoints.messages, name="proxy-messages"),
+    path("v1/models", endpoints.models, name="proxy-models"),
+    path("v1/models/<path:model_id>", endpoints.models, name="proxy-model"),
     path("healthz", ops.healthz, name="healthz"),
     path("readyz", ops.readyz, name="readyz"),
     path("metrics", ops.metrics_view, name="metrics"),

@@ -8,6 +8,7 @@ or an SSE stream, chunk by chunk) to a meter that finds the usage.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -158,3 +159,31 @@ class PassThroughMeter:
 
     def on_object(self, obj: dict[str, Any]) -> None:
         raise NotImplementedError
+
+
+class Provider(Protocol):
+    """One provider's wire protocol, as the proxy uses it (each provider module offers one
+    instance, `PROVIDER`). Pure: parsing, encoding, metering and error shapes, no I/O."""
+
+    name: str  # "openai" or "anthropic": the error shape and its types
+    endpoints: tuple[str, ...]
+    min_output_tokens: Mapping[str, int]  # the least output limit each endpoint accepts
+
+    def parse_request(self, endpoint: str, body: bytes) -> ParsedRequest: ...
+
+    def encode_upstream_body(
+        self, parsed: ParsedRequest, *, force_include_usage: bool, default_limit_field: str | None
+    ) -> EncodedBody: ...
+
+    def usage_from_body(self, endpoint: str, data: dict[str, Any]) -> Usage | None: ...
+
+    def stream_meter(self, endpoint: str, *, strip_usage_chunk: bool) -> StreamMeter: ...
+
+    def error_body(
+        self,
+        status: int,
+        message: str,
+        type: str,
+        code: str | None = None,
+        param: str | None = None,
+    ) -> bytes: ...

@@ -16,9 +16,11 @@ from django.db import connections
 from django.utils import timezone
 
 from budgets.models import Allowance, Reservation
-from metering import dbpool, quotas, views
+from metering import dbpool, quotas
 from metering.models import UsageRecord
 from metering.providers.base import ParsedRequest
+from metering.proxy.call import Call
+from metering.proxy.hold import HoldOwner, write
 from metering.selectors import key_hash, key_info_load
 from metering.services import CallHold, key_create
 from tests.budgets.factories import AllowanceFactory
@@ -62,7 +64,7 @@ def test_a_record_the_database_cannot_store_is_written_with_safe_text_and_charge
     record.intent = "rev\ud800iew"
     record.error_type = "e\x00" + "x" * 200
 
-    assert asyncio.run(views._write(held=held, record=record, charged=True)) is True
+    assert asyncio.run(write(held=held, record=record, charged=True)) is True
 
     stored = UsageRecord.objects.get()
     assert stored.request_id == record.request_id
@@ -73,11 +75,11 @@ def test_a_record_the_database_cannot_store_is_written_with_safe_text_and_charge
     assert (allowance.used, allowance.reserved) == (30, 0), "charged once, hold gone"
     assert not Reservation.objects.exists()
     # A second close (any path asking again) changes nothing.
-    assert asyncio.run(views._write(held=held, record=record, charged=True)) is False
+    assert asyncio.run(write(held=held, record=record, charged=True)) is False
     assert Allowance.objects.get(pk=allowance.pk).used == 30
 
 
-def _call(info: Any) -> views.Call:
+def _call(info: Any) -> Call:
     route = SimpleNamespace(
         upstream_id=None,
         target=SimpleNamespace(kind="openai"),
@@ -85,7 +87,7 @@ def _call(info: Any) -> views.Call:
         upstream_model="gpt-4o-mini",
     )
     parsed = ParsedRequest(endpoint="chat", model="gpt-4o-mini", body={}, stream=True)
-    return views.Call(
+    return Call(
         "req_" + uuid.uuid4().hex,
         time.perf_counter(),
         timezone.now(),
@@ -103,7 +105,7 @@ def test_a_hold_left_open_when_its_request_ends_is_given_back(inline_db: None) -
     info = make_key(1000)
     held = _reserve(info)
     call = _call(info)
-    owner = views.HoldOwner(call)
+    owner = HoldOwner(call)
 
     async def request() -> None:
         owner.adopt(held)  # and then the request ends without closing it
@@ -134,7 +136,7 @@ def test_only_the_first_close_runs(inline_db: None) -> None:
     info = make_key(1000)
     held = _reserve(info)
     call = _call(info)
-    owner = views.HoldOwner(call)
+    owner = HoldOwner(call)
 
     async def run() -> list[bool]:
         owner.adopt(held)

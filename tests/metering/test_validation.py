@@ -11,7 +11,7 @@ from metering.models import UsageRecord
 from metering.providers import anthropic as an
 from metering.providers import openai as oa
 from metering.providers.base import RequestError
-from metering.views import ERROR_TYPE_LENGTH
+from metering.proxy.call import ERROR_TYPE_LENGTH
 
 
 @pytest.mark.parametrize(

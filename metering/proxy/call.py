@@ -1,0 +1,355 @@
+"""The pure core of one proxied call: what to hold, what to send, what to charge, what to tell.
+
+Nothing here awaits. The shell (`metering.proxy.shell`) does the I/O (the key and route caches,
+the reserve, the upstream call, the settle) and asks this module every question in between:
+the route's and the price's checks, the worst case to hold, the upstream body, the usage of a
+whole answer or of a stream however it ended, and the budget headers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any
+
+from django.conf import settings
+
+from budgets import ledger
+from budgets.formatting import plain, tokens_text
+from metering import pricing, routing, tokens, validation
+from metering.models import UsageRecord
+from metering.providers.base import (
+    BodyEncodingError,
+    EncodedBody,
+    ParsedRequest,
+    Provider,
+    StreamState,
+    Usage,
+)
+from metering.proxy import errors
+from metering.proxy.errors import Headers
+from metering.selectors import KeyInfo, RouteInfo
+
+log = logging.getLogger("tokenbudget.proxy")
+
+ERROR_TYPE_LENGTH = UsageRecord._meta.get_field("error_type").max_length
+
+
+@dataclass
+class Call:
+    """Everything known about one call while it is in flight."""
+
+    request_id: str
+    started: float
+    at: Any  # the call's instant (a datetime), for the price and the record
+    endpoint: str
+    info: KeyInfo
+    parsed: ParsedRequest
+    route: RouteInfo
+    quote: pricing.PriceQuote
+    estimate: ledger.CallEstimate
+    intent: str
+    held: Any = None  # the quota backend's hold (metering.quotas.AnyHold) once taken
+    # The model the client asked for, when routing served another (alias or downgrade).
+    requested_model: str = ""
+    downgraded: bool = False
+
+    def record(
+        self, *, usage: Usage, status: int, source: str, ttft: float | None, error: str = ""
+    ) -> UsageRecord:
+        cost = (
+            pricing.cost_of(usage, self.quote) if source != UsageRecord.Source.NONE else Decimal(0)
+        )
+        return UsageRecord(
+            request_id=self.request_id,
+            created_at=self.at,
+            employee_id=self.info.employee_id,
+            key_id=self.info.key_id,
+            cost_center_id=self.info.cost_center_id,
+            upstream_id=self.route.upstream_id,
+            provider=self.route.target.kind,
+            model=self.route.public_name,
+            upstream_model=self.route.upstream_model,
+            endpoint=self.endpoint,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cost=cost,
+            latency_ms=int((time.perf_counter() - self.started) * 1000),
+            ttft_ms=None if ttft is None else int((ttft - self.started) * 1000),
+            status_code=status,
+            streamed=self.parsed.stream,
+            estimated=source == UsageRecord.Source.ESTIMATED,
+            usage_source=source,
+            clamped=bool(self.held and self.held.hold.clamped),
+            intent=self.intent,
+            # Upstream error texts are free-form: keep a storable, bounded label.
+            error_type=validation.safe_text(error, ERROR_TYPE_LENGTH),
+        )
+
+    def release_record(self, *, status: int, error: str) -> UsageRecord:
+        """The record of a call that ends charging nothing."""
+        return self.record(
+            usage=Usage(), status=status, source=UsageRecord.Source.NONE, ttft=None, error=error
+        )
+
+
+# --- before the hold -------------------------------------------------------------------------
+
+
+def check_body_size(declared: str | None, body: bytes | None, limit: int) -> bytes:
+    """The body, or a 413 when it is (or was declared) over `limit` (None: not readable)."""
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise errors.too_large(limit)
+    if body is None or len(body) > limit:
+        raise errors.too_large(limit)
+    return body
+
+
+def raw_key(headers: Any) -> str | None:
+    """The client's key from `Authorization: Bearer` or `x-api-key` (lower-case names)."""
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return headers.get("x-api-key") or None
+
+
+def check_choices(parsed: ParsedRequest, limit: int) -> None:
+    """Parallel answers multiply the output; past `limit` a call is refused."""
+    if parsed.choices > limit:
+        param = "n" if parsed.body.get("n") == parsed.choices else "best_of"
+        raise errors.ProxyError(
+            400,
+            "invalid",
+            f"Invalid '{param}': at most {limit} answers per call are allowed here "
+            f"(asked for {parsed.choices}).",
+            "invalid_value",
+            param,
+        )
+
+
+def alias_choice(info: KeyInfo, intent: str, requested: str, candidates: Sequence[str]) -> str:
+    """The model `auto:<intent>` stands for: the first candidate the caller may use."""
+    if not candidates:
+        raise errors.model_not_found(
+            f"The model '{requested}' does not exist: no intent '{intent}' with a recommended "
+            "or default model."
+        )
+    for candidate in candidates:
+        if info.may_use(candidate):
+            return candidate
+    raise errors.model_not_allowed(
+        f"Your key may not use the models '{requested}' stands for ({', '.join(candidates)})."
+    )
+
+
+def check_route(info: KeyInfo, parsed: ParsedRequest, route: RouteInfo | None) -> RouteInfo:
+    """The route for `parsed.model` (None: no such route), if this key may call it here."""
+    model = parsed.model
+    if route is None:
+        raise errors.model_not_found(f"The model '{model}' does not exist.")
+    if not info.may_use(model):
+        raise errors.model_not_allowed(f"Your key may not use the model '{model}'.")
+    anthropic = route.target.kind == "anthropic"
+    if parsed.endpoint == "messages" and not anthropic:
+        raise errors.wrong_endpoint(f"'{model}' is not served on /v1/messages.")
+    if parsed.endpoint != "messages" and anthropic:
+        raise errors.wrong_endpoint(f"'{model}' is served on /v1/messages only.")
+    return route
+
+
+def quote(route: RouteInfo, info: KeyInfo, at: Any) -> pricing.PriceQuote:
+    """The price in force at `at`, or a 403 for a route without one the key can pay with."""
+    if route.unmetered_cost:
+        if info.allowance_unit != ledger.TOKENS:
+            raise errors.model_not_priced(
+                f"'{route.public_name}' is self-hosted and unpriced; it needs a token allowance."
+            )
+        return pricing.FREE
+    price = route.price_at(at)
+    if price is None:
+        raise errors.model_not_priced(
+            f"No price is in force for '{route.public_name}'; ask an admin to set one."
+        )
+    return pricing.quote_from(price)
+
+
+def estimate(
+    parsed: ParsedRequest,
+    route: RouteInfo,
+    info: KeyInfo,
+    price: pricing.PriceQuote,
+    prompt: int,
+) -> ledger.CallEstimate:
+    """The call's worst case. Its `max_output_tokens` is the output of all the call's choices
+    together (chat `n`): the hold covers prompt + choices x limit, and the limit sent upstream is
+    the held output divided by the choices."""
+    if parsed.endpoint == "embeddings":
+        return ledger.CallEstimate(
+            prompt_tokens=prompt,
+            max_output_tokens=0,
+            input_price_per_token=pricing.worst_input_rate(price),
+            output_price_per_token=price.output,
+        )
+    choices = parsed.choices
+    per_choice = parsed.max_output_tokens or route.default_max_output_tokens
+    if info.per_request_token_cap is not None:
+        room = info.per_request_token_cap - prompt
+        if room < choices:
+            answers = "an answer" if choices == 1 else f"{choices} answers"
+            raise errors.ProxyError(
+                400,
+                "invalid",
+                f"The prompt (about {tokens_text(prompt)} tokens) leaves no room for "
+                f"{answers} within your per-request cap of "
+                f"{tokens_text(info.per_request_token_cap)} tokens.",
+                "request_too_large",
+            )
+        per_choice = min(per_choice, room // choices)
+    return ledger.CallEstimate(
+        prompt_tokens=prompt,
+        max_output_tokens=per_choice * choices,
+        input_price_per_token=pricing.worst_input_rate(price),
+        output_price_per_token=price.output,
+    )
+
+
+def forces_usage(call: Call) -> bool:
+    """A chat stream is sent upstream with `include_usage` set, whatever the client asked."""
+    return call.endpoint == "chat" and call.parsed.stream
+
+
+def encode(call: Call, provider: Provider) -> EncodedBody:
+    """The upstream body without the fields the hold decides; 400 when it cannot be sent."""
+    limit_field = "max_tokens" if call.route.target.kind == "openai_compatible" else None
+    try:
+        return provider.encode_upstream_body(
+            call.parsed, force_include_usage=forces_usage(call), default_limit_field=limit_field
+        )
+    except BodyEncodingError as exc:
+        raise errors.unencodable_body() from exc
+
+
+def min_output(provider: Provider, endpoint: str, choices: int) -> int:
+    """The least output a clamp may leave: every choice its minimum."""
+    return provider.min_output_tokens.get(endpoint, 1) * choices
+
+
+# --- after the hold --------------------------------------------------------------------------
+
+
+def per_choice(call: Call) -> int:
+    """The output limit sent upstream: the held output shared among the choices."""
+    return call.held.hold.output_tokens // call.parsed.choices
+
+
+def upstream_body(call: Call, encoded: EncodedBody) -> bytes:
+    limit = per_choice(call) if call.endpoint != "embeddings" else None
+    return encoded.finish(upstream_model=call.route.upstream_model, max_output_tokens=limit)
+
+
+def downgrade_due(info: KeyInfo, hold: Any, refused: bool) -> bool:
+    """Whether to try the policy's stand-in: the requested model was refused for budget, or
+    the allowance's consumption has reached the policy's share (`hold` the call's ledger
+    hold; None for a call let through unheld, which is never downgraded)."""
+    if refused:
+        return True
+    return hold is not None and routing.consumed_share_reached(info, hold)
+
+
+def whole_usage(provider: Provider, endpoint: str, status: int, content: bytes) -> Usage | None:
+    """The provider's usage in a whole (non-streamed) answer; None for an error or none said."""
+    if status >= 400:
+        return None
+    try:
+        return provider.usage_from_body(endpoint, json.loads(content))
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return None  # not a JSON object with a usage in it
+
+
+def remaining_after(call: Call, charged: Decimal) -> Decimal:
+    """The allowance left once this call's hold is replaced by `charged`."""
+    hold = call.held.hold
+    return hold.remaining + hold.amount - charged
+
+
+def charge_of(call: Call, usage: Usage, record: UsageRecord) -> Decimal:
+    unit_tokens = call.held.hold.unit == ledger.TOKENS
+    return Decimal(usage.total_tokens) if unit_tokens else record.cost
+
+
+def stream_settlement(
+    call: Call, state: StreamState, outcome: str, status: int, first: float | None
+) -> tuple[UsageRecord, bool]:
+    """The record of a stream that ended with `outcome` ("complete", "client_closed",
+    "upstream_broken") and whether it is charged: the provider's usage when it said it; else,
+    when output was relayed, an estimate (`produced`); else nothing, released."""
+    error = "" if outcome == "complete" and not state.error else (state.error or outcome)
+    if state.usage is not None:
+        usage, source = state.usage, UsageRecord.Source.PROVIDER
+    elif state.saw_output:
+        usage, source = produced(call, state), UsageRecord.Source.ESTIMATED
+    else:
+        record = call.record(
+            usage=Usage(),
+            status=status,
+            source=UsageRecord.Source.NONE,
+            ttft=None,
+            error=error or "no_output",
+        )
+        return record, False
+    if outcome == "client_closed":
+        status = 499
+    return call.record(usage=usage, status=status, source=source, ttft=first, error=error), True
+
+
+def produced(call: Call, state: StreamState) -> Usage:
+    """A stream cut before the provider's final usage: the provider's own input counts when
+    it sent them (Anthropic's message_start), else the prompt estimate; plus the output
+    counted from the text relayed."""
+    try:
+        output = tokens.count_text_tokens("".join(state.output_text))
+    except Exception:
+        # The output cannot exceed what was held for it: charge that rather than nothing.
+        log.exception("output not countable", extra={"request_id": call.request_id})
+        output = call.held.hold.output_tokens
+    partial = state.partial_usage
+    if partial is None:
+        return Usage(input_tokens=call.estimate.prompt_tokens, output_tokens=output)
+    return dataclasses.replace(partial, output_tokens=output, reasoning_tokens=0)
+
+
+def budget_headers(call: Call, remaining: Decimal) -> Headers:
+    """The x-request-id and x-tokenbudget-* headers of an answered call."""
+    hold = call.held.hold
+    period = ledger.active_period(
+        hold.fiscal_year,
+        settings.TB_FISCAL_YEAR_START_MONTH,
+        call.info.employee_start,
+        call.info.employee_end,
+    )
+    left = remaining.to_integral_value(ROUND_FLOOR) if hold.unit == ledger.TOKENS else remaining
+    headers: Headers = [
+        ("x-request-id", call.request_id),
+        # Plain digits: a client reads these with int() / Decimal(), never an exponent.
+        ("x-tokenbudget-remaining", plain(left)),
+        ("x-tokenbudget-unit", hold.unit),
+        ("x-tokenbudget-period-end", (period.end - dt.timedelta(days=1)).isoformat()),
+    ]
+    if hold.clamped:
+        headers.append(("x-tokenbudget-max-tokens-clamped", str(per_choice(call))))
+    if call.requested_model:
+        headers.append(("x-tokenbudget-model", call.route.public_name))
+        if call.downgraded:
+            headers.append(("x-tokenbudget-downgraded-from", call.requested_model))
+        else:
+            headers.append(("x-tokenbudget-routed-from", call.requested_model))
+    return headers

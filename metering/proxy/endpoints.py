@@ -1,0 +1,49 @@
+"""The proxy's endpoints as Django views, for Django's test client, WSGI and the URLconf
+(under ASGI `metering.asgi` serves /v1/ without them). Each adapts the request to the shell's
+`Inbound` and its `Reply` to a Django response."""
+
+from __future__ import annotations
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from metering.proxy import shell
+
+
+def _inbound(request: HttpRequest) -> shell.Inbound:
+    try:
+        body: bytes | None = request.body
+    except RequestDataTooBig:  # Django's own limit
+        body = None
+    return shell.Inbound(request.method or "GET", request.headers, body)
+
+
+def django_response(reply: shell.Reply) -> HttpResponse:
+    response: HttpResponse
+    if reply.stream is not None:
+        response = StreamingHttpResponse(reply.stream, status=reply.status)
+    else:
+        response = HttpResponse(reply.body, status=reply.status)
+    for name, value in reply.headers:
+        response[name] = value
+    return response
+
+
+def _endpoint(endpoint: str):
+    @csrf_exempt
+    async def view(request: HttpRequest) -> HttpResponse:
+        return django_response(await shell.handle(_inbound(request), endpoint))
+
+    view.__name__ = view.__qualname__ = endpoint
+    return view
+
+
+chat_completions = _endpoint("chat")
+responses = _endpoint("responses")
+embeddings = _endpoint("embeddings")
+messages = _endpoint("messages")
+
+
+async def models(request: HttpRequest, model_id: str = "") -> HttpResponse:
+    return django_response(await shell.models(_inbound(request), model_id))

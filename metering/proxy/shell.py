@@ -1,0 +1,367 @@
+"""The proxy's async shell: it only awaits (read the caches, reserve, forward, relay, settle)
+and asks `metering.proxy.call` every question in between.
+
+One call: authenticate (cached) -> parse -> route and price -> estimate -> encode -> reserve
+(maybe downgrade) -> forward -> meter -> settle and record -> reply. With warm caches the only
+database work is the reserve and the settle (see metering/services.py). The shell is free of
+Django's request and response objects: `metering.asgi` hands it an `Inbound` straight from the
+ASGI scope and sends the `Reply` itself; `metering.proxy.endpoints` adapts both for the URLconf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.utils import timezone
+
+from budgets import ledger
+from metering import cache, metrics, quota_redis, quotas, routing, upstream, validation
+from metering.body import prompt_estimate, request_parse, sized_work
+from metering.dbpool import in_db_thread
+from metering.logs import REQUEST_ID
+from metering.providers.anthropic import PROVIDER as ANTHROPIC
+from metering.providers.base import EncodedBody, Provider, RequestError
+from metering.providers.openai import PROVIDER as OPENAI
+from metering.proxy import call as core
+from metering.proxy import errors, surface
+from metering.proxy.call import Call
+from metering.proxy.errors import Headers, ProxyError
+from metering.proxy.hold import HoldOwner, Reserved
+from metering.proxy.relay import Relay
+from metering.selectors import KeyInfo, aliases_for_key, key_hash, routes_for_key
+
+log = logging.getLogger("tokenbudget.proxy")
+
+# The client-facing endpoint decides the wire format of both request and response.
+PROVIDERS: dict[str, Provider] = {
+    "chat": OPENAI,
+    "responses": OPENAI,
+    "embeddings": OPENAI,
+    "messages": ANTHROPIC,
+}
+ENDPOINT_PATHS: dict[str, str] = {
+    "/v1/chat/completions": "chat",
+    "/v1/responses": "responses",
+    "/v1/embeddings": "embeddings",
+    "/v1/messages": "messages",
+}
+MODELS_PATH = surface.MODELS_PATH
+
+_routes_for_key = in_db_thread(routes_for_key)
+_aliases_for_key = in_db_thread(aliases_for_key)
+
+
+def provider_for(endpoint: str | None) -> Provider:
+    """The wire protocol of `endpoint` (OpenAI's for any other path)."""
+    return PROVIDERS.get(endpoint or "", OPENAI)
+
+
+@dataclass
+class Inbound:
+    """A client request as the shell needs it."""
+
+    method: str
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes | None  # None: over a limit the server enforced itself
+    key_info: KeyInfo | None = None  # already checked from the headers, before the body
+
+
+@dataclass
+class Reply:
+    """An answer: a whole body, or a `stream` of chunks to send as they come."""
+
+    status: int
+    headers: Headers
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+
+
+def request_id_new() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+def error_reply(endpoint: str | None, error: ProxyError, request_id: str) -> Reply:
+    counted = error.counted_as
+    if counted is not None:
+        metric = metrics.REFUSALS if counted[0] == "refusal" else metrics.UPSTREAM_ERRORS
+        metric.labels(counted[1]).inc()
+    status, headers, body = errors.render(provider_for(endpoint), error, request_id)
+    return Reply(status, headers, body)
+
+
+async def authenticate(headers: Mapping[str, str]) -> KeyInfo:
+    raw = core.raw_key(headers)
+    if not raw:
+        raise errors.missing_key()
+    info = await cache.keys.aget(key_hash(raw))
+    if info is None:
+        raise errors.invalid_key()
+    if not info.usable(timezone.now()):
+        raise errors.unusable_key()
+    return info
+
+
+async def handle(inbound: Inbound, endpoint: str) -> Reply:
+    """One metered call on `endpoint`, answered whatever happens."""
+    request_id = request_id_new()
+    REQUEST_ID.set(request_id)
+    started = time.perf_counter()
+    reply = await _handle(inbound, endpoint, request_id)
+    metrics.LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+    metrics.REQUESTS.labels(endpoint, str(reply.status)).inc()
+    return reply
+
+
+async def _handle(inbound: Inbound, endpoint: str, request_id: str) -> Reply:
+    """Everything that can refuse the call runs before the hold (parsing, validation, the body's
+    encoding); from the hold on, the call's HoldOwner sees it closed on every path."""
+    provider = PROVIDERS[endpoint]
+    try:
+        call, encoded = await _prepare(inbound, endpoint, request_id, provider)
+    except ProxyError as error:
+        return error_reply(endpoint, error, request_id)
+    except Exception:
+        log.exception("proxy call failed before its hold", extra={"request_id": request_id})
+        return error_reply(endpoint, errors.internal(), request_id)
+    owner = HoldOwner(call)
+    try:
+        kind = call.route.target.kind
+        await _take_hold(owner, provider)
+        if call.route.target.kind != kind:
+            encoded = core.encode(call, provider)  # another kind of upstream: its limit field
+        return await _forward(owner, inbound, encoded, provider)
+    except ProxyError as error:
+        if owner.held:
+            await asyncio.shield(owner.release(status=error.status, error=error.code or error.kind))
+        return error_reply(endpoint, error, request_id)
+    except Exception:
+        log.exception("proxy call failed", extra={"request_id": request_id})
+        if owner.held:
+            await asyncio.shield(owner.release(status=500, error="internal_error"))
+        return error_reply(endpoint, errors.internal(), request_id)
+    except asyncio.CancelledError:
+        if owner.held:
+            owner.release(status=499, error="client_closed")
+        raise
+
+
+async def _prepare(
+    inbound: Inbound, endpoint: str, request_id: str, provider: Provider
+) -> tuple[Call, EncodedBody]:
+    """Authenticate, parse and check the request, route it, estimate it and encode the upstream
+    body: all that may refuse the call, before anything is held."""
+    if inbound.method != "POST":
+        raise errors.method_not_allowed()
+    limit = settings.TB_MAX_BODY_BYTES
+    body = core.check_body_size(inbound.headers.get("content-length"), inbound.body, limit)
+    info = inbound.key_info or await authenticate(inbound.headers)
+    try:
+        parsed = await request_parse(provider, endpoint, body)
+        header = inbound.headers.get("x-intent")
+        tagged = validation.header_text(header, name="x-intent") if header else parsed.intent
+    except RequestError as exc:
+        raise errors.invalid_request(exc.message, exc.param) from exc
+    core.check_choices(parsed, settings.TB_MAX_CHOICES)
+    requested = parsed.model
+    alias = routing.alias_intent(requested)
+    if alias is not None:
+        target = await routing.intents.aget(alias) if alias else None
+        candidates = target.candidates if target is not None else ()
+        parsed.model = core.alias_choice(info, alias, requested, candidates)
+    route = core.check_route(info, parsed, await cache.routes.aget(parsed.model))
+    at = timezone.now()
+    quote = core.quote(route, info, at)
+    estimate = core.estimate(parsed, route, info, quote, await prompt_estimate(parsed))
+    intent = (tagged or alias or info.default_intent)[:100]
+    call = Call(
+        request_id,
+        time.perf_counter(),
+        at,
+        endpoint,
+        info,
+        parsed,
+        route,
+        quote,
+        estimate,
+        intent,
+        requested_model=requested if alias is not None else "",
+    )
+    # Encoding a large body runs off the event loop, like its parse.
+    return call, await sized_work(len(body), core.encode, call, provider)
+
+
+async def _take_hold(owner: HoldOwner, provider: Provider) -> None:
+    """Reserve (and maybe downgrade); raises ProxyError for a refusal or a rate limit."""
+    call = owner.call
+    minimum = core.min_output(provider, call.endpoint, call.parsed.choices)
+    stand_in = call.info.downgrade_for(call.route.public_name)
+    result = await owner.reserve(min_output_tokens=minimum, wait=stand_in is None)
+    if stand_in is not None:
+        result = await _maybe_downgrade(owner, result, stand_in, minimum)
+    if isinstance(result, ledger.Refusal):
+        raise errors.refusal(result)
+    if isinstance(result, quota_redis.RateLimited):
+        raise errors.rate_limited(result.scope, result.kind, result.retry_after)
+
+
+async def _maybe_downgrade(
+    owner: HoldOwner, result: Reserved, stand_in: str, minimum: int
+) -> Reserved:
+    """Serve the call with the policy's cheaper stand-in once the allowance's consumption has
+    reached the policy's share, or when the requested model was refused for budget."""
+    call = owner.call
+    if isinstance(result, quota_redis.RateLimited):
+        return result
+    refused = isinstance(result, ledger.Refusal)
+    hold = None if refused or isinstance(result, quotas.UnheldCall) else result.hold
+    if not core.downgrade_due(call.info, hold, refused):
+        return result
+    try:
+        wanted = dataclasses.replace(call.parsed, model=stand_in)
+        route = core.check_route(call.info, wanted, await cache.routes.aget(stand_in))
+        quote = core.quote(route, call.info, call.at)
+    except ProxyError as error:
+        log.warning(
+            "downgrade model unusable",
+            extra={"request_id": call.request_id, "model": stand_in, "error": error.code},
+        )
+        return await owner.reserve(min_output_tokens=minimum) if refused else result
+    estimate = core.estimate(call.parsed, route, call.info, quote, call.estimate.prompt_tokens)
+    if hold is not None and not routing.fits_in_hold(hold, estimate):
+        return result  # the stand-in is not cheaper: keep the requested model
+    call.route, call.quote, call.estimate = route, quote, estimate
+    if refused:
+        result = await owner.reserve(min_output_tokens=minimum)
+        if isinstance(result, ledger.Refusal):
+            return result
+    call.requested_model = call.requested_model or call.parsed.model
+    call.parsed.model = stand_in
+    call.downgraded = True
+    return result
+
+
+async def _forward(
+    owner: HoldOwner, inbound: Inbound, encoded: EncodedBody, provider: Provider
+) -> Reply:
+    call = owner.call
+    target = call.route.target
+    headers = upstream.upstream_headers(target, inbound.headers, call.request_id)
+    try:
+        response = await upstream.send(
+            target,
+            endpoint=call.endpoint,
+            upstream_model=call.route.upstream_model,
+            body=core.upstream_body(call, encoded),
+            headers=headers,
+        )
+    except upstream.UpstreamTimeout:
+        raise errors.upstream_timeout() from None
+    except upstream.UpstreamError as exc:
+        log.warning(
+            "upstream unreachable",
+            extra={"request_id": call.request_id, "error": type(exc).__name__},
+        )
+        raise errors.upstream_unreachable() from None
+    if response.status_code >= 400 or not call.parsed.stream:
+        return await _whole(owner, response, provider)
+    return _stream(owner, response, provider)
+
+
+def _stream(owner: HoldOwner, response: upstream.UpstreamResponse, provider: Provider) -> Reply:
+    """Hand the hold to the relay. If the relay never runs (the client left before the first
+    byte was sent), the owner's fallback closes the upstream and the hold as the relay would."""
+    call = owner.call
+    strip = core.forces_usage(call) and not call.parsed.include_usage_requested
+    relay = Relay(owner, response, provider.stream_meter(call.endpoint, strip_usage_chunk=strip))
+    owner.fallback = relay.abandon
+    headers: Headers = [
+        ("content-type", response.headers.get("content-type", "text/event-stream")),
+        ("cache-control", "no-cache"),
+        ("x-accel-buffering", "no"),
+    ]
+    headers += core.budget_headers(call, call.held.hold.remaining)
+    return Reply(response.status_code, headers, stream=relay.chunks())
+
+
+async def _whole(
+    owner: HoldOwner, response: upstream.UpstreamResponse, provider: Provider
+) -> Reply:
+    call = owner.call
+    try:
+        content = await response.aread()
+    except upstream.UpstreamTimeout:
+        raise errors.upstream_timeout() from None
+    except upstream.UpstreamError:
+        raise errors.upstream_broken() from None
+    finally:
+        await response.aclose()
+    status = response.status_code
+    usage = core.whole_usage(provider, call.endpoint, status, content)
+    if status >= 400:
+        metrics.UPSTREAM_ERRORS.labels(f"http_{status}").inc()
+    if usage is None:
+        # An upstream error (or an answer without usage) before any output: pass it through and
+        # charge nothing, but keep the record of the failed call.
+        error = "upstream_error" if status >= 400 else "no_usage"
+        await asyncio.shield(owner.release(status=status, error=error))
+        remaining = core.remaining_after(call, Decimal(0))
+    else:
+        record = call.record(usage=usage, status=status, source="provider", ttft=None)
+        await asyncio.shield(owner.settle(record))
+        remaining = core.remaining_after(call, core.charge_of(call, usage, record))
+    headers: Headers = [
+        ("content-type", response.headers.get("content-type", "application/json")),
+        ("content-length", str(len(content))),
+    ]
+    return Reply(status, headers + core.budget_headers(call, remaining), content)
+
+
+async def models(inbound: Inbound, model_id: str = "") -> Reply:
+    """GET /v1/models (the routes and aliases this key may call) or /v1/models/{id}, in
+    OpenAI's shape or, for Anthropic's SDKs, Anthropic's."""
+    request_id = request_id_new()
+    anthropic = surface.looks_anthropic(inbound.headers)
+    provider = ANTHROPIC if anthropic else OPENAI
+    try:
+        if inbound.method not in ("GET", "HEAD"):
+            raise surface.wrong_method(inbound.method, surface.MODELS_PATH, "GET")
+        info = inbound.key_info or await authenticate(inbound.headers)
+    except ProxyError as error:
+        return _rendered(provider, error, request_id)
+    routes = await _routes_for_key(info)
+    aliases = await _aliases_for_key(info, [route.public_name for route in routes])
+    entries = [(route.public_name, route.upstream.kind) for route in routes]
+    entries += [(alias, "tokenbudget") for alias in aliases]
+    if model_id:
+        owners = dict(entries)
+        if model_id not in owners:
+            return _rendered(provider, surface.unknown_model(model_id), request_id)
+        body = json.dumps(surface.model_object(model_id, owners[model_id], anthropic)).encode()
+    else:
+        body = surface.models_body(entries, anthropic)
+    headers: Headers = [
+        ("content-type", "application/json"),
+        ("content-length", str(len(body))),
+        ("x-request-id", request_id),
+    ]
+    return Reply(200, headers, body)
+
+
+def _rendered(provider: Provider, error: ProxyError, request_id: str) -> Reply:
+    status, headers, body = errors.render(provider, error, request_id)
+    return Reply(status, headers, body)
+
+
+def unknown_path(inbound: Inbound, path: str) -> Reply:
+    """Any other path under /v1/: a JSON 404 in the shape the request looks like."""
+    provider = ANTHROPIC if surface.looks_anthropic(inbound.headers) else OPENAI
+    return _rendered(provider, surface.not_found(inbound.method, path), request_id_new())

@@ -32,8 +32,6 @@ from metering import (
     cache,
     metrics,
     pricing,
-    quota_redis,
-    quotas,
     routing,
     tokens,
     upstream,
@@ -52,6 +50,8 @@ from metering.providers.base import (
     RequestError,
     Usage,
 )
+from metering.quota import interface as quotas
+from metering.quota import redis_backend as quota_redis
 from metering.selectors import KeyInfo, RouteInfo, aliases_for_key, key_hash, routes_for_key
 from metering.services import CallHold
 

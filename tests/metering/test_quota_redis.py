@@ -28,7 +28,8 @@ from metering.services import CallHold, key_create
 from metering.usage_stream import stream_drain
 from tests.budgets.factories import AllowanceFactory
 
-REDIS_URL = os.environ.get("TB_TEST_REDIS_URL", "redis://127.0.0.1:6379/10")
+# The name scripts/test.sh exports (each run, and each worktree, on its own database).
+REDIS_URL = os.environ.get("TB_REDIS_TEST_URL", "redis://127.0.0.1:6379/10")
 ESTIMATE = ledger.CallEstimate(
     prompt_tokens=10,
     max_output_tokens=40,

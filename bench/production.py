@@ -139,11 +139,11 @@ django.setup()
 from django.core.management import call_command
 from budgets.models import Allowance
 from metering.models import UsageRecord, VirtualKey
-from metering import quota_redis
+from metering.quota import clients, keys
 from metering.usage_stream import Charge, UsageEvent, event_encode, group_ensure
 key = VirtualKey.objects.select_related("employee").first()
 allowance = Allowance.objects.get(employee=key.employee)
-client = quota_redis.sync_client()
+client = clients.sync_client()
 group_ensure(client)
 now = dt.datetime.now(dt.UTC)
 pipe = client.pipeline(transaction=False)
@@ -153,7 +153,7 @@ for i in range({events}):
         model="bench", endpoint="chat", input_tokens=12, output_tokens=16,
         cost=Decimal("0.0000114"), status_code=200)
     charge = Charge(allowance.pk, allowance.unit, Decimal(28), Decimal("0.0000114"), (), 2026, None, 0)
-    pipe.xadd(quota_redis.STREAM, {{"e": event_encode(UsageEvent.of(record, charge))}})
+    pipe.xadd(keys.STREAM, {{"e": event_encode(UsageEvent.of(record, charge))}})
     if i % 5000 == 4999:
         pipe.execute()
 pipe.execute()

@@ -107,7 +107,7 @@ from django.core.management import call_command
 call_command("migrate", verbosity=0)
 from django.utils import timezone
 from budgets.models import Allowance, CostCenter, Employee
-from budgets.quota import current_fiscal_year
+from budgets.balance import current_fiscal_year
 from metering.models import ModelPrice, ModelRoute, Upstream
 from metering.services import key_create
 cc = CostCenter.objects.create(code="bench", name="Bench")

@@ -26,10 +26,10 @@ from billing.models import AlertEvent, DailyUsage, PersonalStatementNotice
 from billing.personal import pacing_get, personal_statement_get
 from billing.rollup import local_tz
 from billing.statements import last_complete_month
+from budgets.balance import current_fiscal_year, quota_get
 from budgets.fiscal import add_months
 from budgets.formatting import Number, amount_text, tokens_text, usd_text
 from budgets.models import Allowance, CostCenter, CostCenterSpend, Employee, Policy
-from budgets.quota import current_fiscal_year, quota_get
 from budgets.roles import FINANCE_GROUP
 
 logger = logging.getLogger(__name__)

@@ -32,9 +32,9 @@ from billing.statements import (
 )
 from billing.stripe_sync import statement_stripe_retry
 from budgets import roles
+from budgets.balance import quota_get, today
 from budgets.charts import PALETTE, Bar, Series, bar_chart, line_chart
 from budgets.fiscal import fiscal_year_bounds
-from budgets.quota import quota_get, today
 from budgets.templatetags.tb_pages import money
 from metering import page_selectors as metering_selectors
 from metering.pages import new_key_forget, new_key_take

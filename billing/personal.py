@@ -10,10 +10,10 @@ from typing import Any
 from django.db.models import Sum
 
 from billing.models import DailyUsage, units_to_cost
+from budgets.balance import quota_get
 from budgets.fiscal import add_months
 from budgets.formatting import plain
 from budgets.models import Employee
-from budgets.quota import quota_get
 
 PACING_DAYS = 30
 
@@ -104,7 +104,7 @@ def personal_statement_get(*, employee: Employee, period: dt.date) -> PersonalSt
     qs = DailyUsage.objects.filter(employee=employee, day__gte=period, day__lt=end)
     agg = qs.aggregate(r=Sum("requests"), i=Sum("input_tokens"), o=Sum("output_tokens"),
                        c=Sum("cost_units"))  # fmt: skip
-    from budgets.quota import today
+    from budgets.balance import today
 
     as_of = min(end - dt.timedelta(days=1), today())
     quota = quota_get(employee, day=as_of)

@@ -20,9 +20,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from budgets import page_selectors, roles, selectors
+from budgets.balance import current_fiscal_year, quota_get
 from budgets.bulk import allowances_assign
 from budgets.models import Adjustment, BudgetRequest, Policy, Release, Unit
-from budgets.quota import current_fiscal_year, quota_get
 from budgets.requests import (
     budget_request_create,
     budget_request_decide,

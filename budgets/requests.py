@@ -28,8 +28,8 @@ from django.utils import timezone
 
 from budgets import roles
 from budgets.audit import audit_record, snapshot
+from budgets.balance import current_fiscal_year
 from budgets.models import Adjustment, Allowance, BudgetRequest, Employee
-from budgets.quota import current_fiscal_year
 from budgets.selectors import cost_center_ancestor_ids
 from budgets.services import adjustment_create, amount_check
 

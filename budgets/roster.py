@@ -41,9 +41,9 @@ from django.utils import timezone
 
 from budgets import ledger
 from budgets.audit import audit_bulk, audit_event, snapshot
+from budgets.balance import allowance_released, current_fiscal_year, today
 from budgets.invalidation import invalidation_publish
 from budgets.models import Allowance, AuditEvent, CostCenter, Employee, EmployeeMove, Release, Unit
-from budgets.quota import allowance_released, current_fiscal_year, today
 from budgets.selectors import policy_resolve_many
 
 REQUIRED_COLUMNS = ("employee_id", "email", "name", "cost_center", "allowance")

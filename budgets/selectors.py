@@ -9,6 +9,7 @@ from typing import Any
 from django.db.models import QuerySet
 
 from budgets import roles
+from budgets.balance import QuotaView, quota_get
 from budgets.models import (
     Adjustment,
     Allowance,
@@ -18,7 +19,6 @@ from budgets.models import (
     EmployeeMove,
     Policy,
 )
-from budgets.quota import QuotaView, quota_get
 
 
 def cost_center_list(*, user: Any) -> QuerySet[CostCenter]:

@@ -32,6 +32,7 @@ from django.db.models import F
 
 from budgets import ledger, roles
 from budgets.audit import audit_record, snapshot
+from budgets.balance import allowance_released, current_fiscal_year, today
 from budgets.fiscal import fiscal_year_bounds
 from budgets.invalidation import invalidation_publish
 from budgets.models import (
@@ -44,7 +45,6 @@ from budgets.models import (
     Release,
     Unit,
 )
-from budgets.quota import allowance_released, current_fiscal_year, today
 from budgets.selectors import cost_center_ancestor_ids, policy_resolve
 
 __all__ = [

@@ -13,9 +13,9 @@ app.autodiscover_tasks()
 
 # Every periodic job is declared here, each with an expiry so a backlog never runs duplicates.
 app.conf.beat_schedule = {
-    # Give back holds left behind by crashed proxy processes.
-    "budgets-reservations-sweep": {
-        "task": "budgets.tasks.reservations_sweep",
+    # Give back database holds left behind by crashed proxy processes.
+    "metering-reservations-sweep": {
+        "task": "metering.tasks.reservations_sweep",
         "schedule": 60.0,
         "options": {"expires": 50},
     },

@@ -10,9 +10,10 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse
 
-from metering import metrics, quota_redis
+from metering import metrics
 from metering.dbpool import in_db_thread
-from metering.quotas import redis_health
+from metering.quota import clients
+from metering.quota.down import redis_health
 from metering.usage_stream import dead_letter_counts, stream_lag
 
 
@@ -55,9 +56,9 @@ def _redis_state() -> dict:
     """Ping and stream lag, with the sync client (on the database pool's threads, so a slow
     Redis never blocks the event loop)."""
     try:
-        quota_redis.sync_client().ping()
+        clients.sync_client().ping()
         lag = stream_lag()
-    except quota_redis.UNAVAILABLE:
+    except clients.UNAVAILABLE:
         return {"redis": "down"}
     except redis.ResponseError as exc:
         return {"redis": f"error: {exc}"}

@@ -22,9 +22,9 @@ from __future__ import annotations
 from decimal import Decimal
 
 from budgets import ledger
-from budgets.quota import Hold
 from metering import selectors
 from metering.cache import INTENT_NAME_MAX_LENGTH, TTLCache, name_valid
+from metering.quota.db import Hold
 
 AUTO_PREFIX = "auto:"
 

@@ -16,8 +16,8 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from budgets.balance import LimitRule, current_fiscal_year
 from budgets.models import Allowance, CostCenter, Employee, Policy
-from budgets.quota import LimitRule, current_fiscal_year
 from metering.models import Intent, ModelPrice, ModelRoute, UsageRecord, VirtualKey
 from metering.upstream import UpstreamTarget
 
@@ -105,8 +105,8 @@ class QuotaLimits:
 def quota_limits_load(
     employee: Employee, rule: LimitRule, chain: list[CostCenter]
 ) -> QuotaLimits | None:
+    from budgets.balance import allowance_released, today
     from budgets.fiscal import fiscal_year_bounds
-    from budgets.quota import allowance_released, today
 
     day = today()
     fiscal_year = current_fiscal_year(day)
@@ -181,7 +181,7 @@ def key_info_load(hashed: str) -> KeyInfo | None:
         per_request_token_cap=policy.per_request_token_cap if policy else None,
         clamp=policy is None or policy.over_budget == Policy.OverBudget.CLAMP,
         rule=rule,
-        # Lock order for the ledger: ascending id (see budgets.quota).
+        # Lock order for the ledger: ascending id (see metering.quota.db).
         capped_cost_center_ids=tuple(sorted(n.pk for n in chain if n.annual_cap is not None)),
         cap_tokens=key.cap_tokens,
         default_intent=key.default_intent,

@@ -23,9 +23,9 @@ from budgets import ledger, sql
 from budgets.audit import audit_record, snapshot
 from budgets.invalidation import invalidation_publish
 from budgets.models import Employee
-from budgets.quota import Hold, quota_release, quota_reserve, quota_settle
 from metering import cache
 from metering.models import UsageRecord, VirtualKey
+from metering.quota.db import Hold, quota_release, quota_reserve, quota_settle
 from metering.selectors import KeyInfo, key_hash
 
 KEY_PREFIX = "tb-"

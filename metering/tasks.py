@@ -1,15 +1,25 @@
-"""Metering jobs (Celery). Each takes no objects and is safe to run twice; each does nothing
-without Redis (the embedded default writes usage straight to the database)."""
+"""Metering jobs (Celery). Each takes no objects and is safe to run twice; each but the
+database hold sweep does nothing without Redis (the embedded default writes usage straight to
+the database)."""
 
 from __future__ import annotations
 
 from celery import shared_task
 from django.conf import settings
+from django.utils import timezone
 
-from metering import quota_redis
-from metering.usage_stream import holds_reconcile, quotas_reconcile, stream_drain
+from metering.quota import clients, sweep
+from metering.quota.db import reservations_release_expired
+from metering.quota.reconcile import holds_reconcile, quotas_reconcile
+from metering.usage_stream import stream_drain
 
-_REDIS_DOWN = quota_redis.UNAVAILABLE
+_REDIS_DOWN = clients.UNAVAILABLE
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def reservations_sweep() -> int:
+    """Give back database holds left by crashed proxy processes (expired reservations)."""
+    return reservations_release_expired(now=timezone.now())
 
 
 @shared_task(
@@ -33,7 +43,7 @@ def quota_holds_sweep() -> int:
     when the hold's 30 minutes are up."""
     if not settings.REDIS_URL:
         return 0
-    return quota_redis.holds_release_dead() + quota_redis.holds_sweep()
+    return sweep.holds_release_dead() + sweep.holds_sweep()
 
 
 @shared_task(acks_late=True, ignore_result=True, autoretry_for=_REDIS_DOWN, retry_backoff=True)

@@ -17,10 +17,12 @@ from typing import Any
 from django.conf import settings
 
 from budgets import ledger
-from metering import metrics, quota_redis, quotas, validation
+from metering import metrics, validation
 from metering.models import UsageRecord
 from metering.proxy import errors
 from metering.proxy.call import Call
+from metering.quota import interface as quotas
+from metering.quota import redis_backend as quota_redis
 from metering.services import CallHold
 
 log = logging.getLogger("tokenbudget.proxy")

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from budgets import ledger
-from metering import cache, metrics, quota_redis, quotas, routing, upstream, validation
+from metering import cache, metrics, routing, upstream, validation
 from metering.body import prompt_estimate, request_parse, sized_work
 from metering.dbpool import in_db_thread
 from metering.logs import REQUEST_ID
@@ -37,6 +37,8 @@ from metering.proxy.call import Call
 from metering.proxy.errors import Headers, ProxyError
 from metering.proxy.hold import HoldOwner, Reserved
 from metering.proxy.relay import Relay
+from metering.quota import interface as quotas
+from metering.quota import redis_backend as quota_redis
 from metering.selectors import KeyInfo, aliases_for_key, key_hash, routes_for_key
 
 log = logging.getLogger("tokenbudget.proxy")

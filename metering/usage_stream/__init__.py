@@ -1,8 +1,8 @@
 """Usage events: their wire form (`events`), their idempotent application to the database
 (`apply`), the stream consumer (`consumer`), poison-proof intake (`poison`: what cannot be
 written as it came; `intake`: per-entry preparation, bisection of a refused batch, dead
-letters; `dead_letters`: counts and replay), and the reconciliation of the Redis counters
-(`reconcile`).
+letters; `dead_letters`: counts and replay). The Redis counters are reconciled with the
+database by the quota (`metering.quota.reconcile`).
 
 An event is one closed call: its usage record plus the charges the Redis backend made for it.
 `usage_events_apply` inserts the records with ON CONFLICT (request_id) DO NOTHING and applies
@@ -31,33 +31,21 @@ from metering.usage_stream.events import (
     event_encode,
     format_names,
 )
-from metering.usage_stream.reconcile import (
-    Drift,
-    HoldsRepair,
-    counter_database_value,
-    holds_reconcile,
-    quotas_reconcile,
-)
 
 __all__ = [
     "FORMAT",
     "Charge",
-    "Drift",
-    "HoldsRepair",
     "Replay",
     "StreamLag",
     "Totals",
     "UsageEvent",
     "consumer_name",
-    "counter_database_value",
     "dead_letter_counts",
     "dead_letters_replay",
     "event_decode",
     "event_encode",
     "format_names",
     "group_ensure",
-    "holds_reconcile",
-    "quotas_reconcile",
     "stream_drain",
     "stream_entries_apply",
     "stream_lag",

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.db import connection as db_connection
 
-from metering import quota_redis
+from metering.quota import clients, keys
 from metering.usage_stream.intake import FormatNames, batch_apply
 
 try:
@@ -41,7 +41,7 @@ def group_ensure(client: redis.Redis) -> None:
     """Create the consumer group reading from the stream's start (id 0): nothing appended
     before the first consumer ran is skipped."""
     try:
-        client.xgroup_create(quota_redis.STREAM, quota_redis.GROUP, id="0", mkstream=True)
+        client.xgroup_create(keys.STREAM, keys.GROUP, id="0", mkstream=True)
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
@@ -58,7 +58,7 @@ def format_names_of(client: redis.Redis) -> FormatNames:
 
     @functools.cache
     def names(tag: bytes) -> str | None:
-        found = client.hget(quota_redis.FORMATS, tag)
+        found = client.hget(keys.FORMATS, tag)
         return found.decode() if found is not None else None
 
     return names
@@ -72,7 +72,7 @@ def stream_entries_apply(client: redis.Redis, raw: list[tuple[bytes | str, dict]
     new = batch_apply(raw, format_names=format_names_of(client))
     # Acknowledged only once the transactions above have committed: a crash before this line
     # leaves the entries pending, and whoever claims them applies them again harmlessly.
-    client.xack(quota_redis.STREAM, quota_redis.GROUP, *[entry_id for entry_id, _ in raw])
+    client.xack(keys.STREAM, keys.GROUP, *[entry_id for entry_id, _ in raw])
     return new
 
 
@@ -95,7 +95,7 @@ def stream_drain(
     While a batch is written, the next one is read (and parsed) on a reader thread: the thread
     waits on Redis and this one on PostgreSQL, so the two overlap. A batch read ahead is
     pending in the group like any other until its own commit is acknowledged."""
-    client = client or quota_redis.consumer_client(block_ms)
+    client = client or clients.consumer_client(block_ms)
     read = functools.partial(
         _read,
         client,
@@ -120,7 +120,7 @@ def stream_drain(
                 if entries and not (stop and stop()):
                     ahead = reader.submit(read)
                 total += stream_entries_apply(client, entries)
-            except quota_redis.UNAVAILABLE as exc:
+            except clients.UNAVAILABLE as exc:
                 if until_empty:
                     raise
                 # Redis restarting: the entries are still there (and pending ones stay pending).
@@ -163,8 +163,8 @@ def _read(
 ) -> list[tuple[bytes, dict]]:
     """Entries left pending by dead consumers, then new ones (delivered to `consumer`)."""
     _, claimed, _ = client.xautoclaim(
-        quota_redis.STREAM,
-        quota_redis.GROUP,
+        keys.STREAM,
+        keys.GROUP,
         consumer,
         min_idle_time=claim_idle_ms,
         start_id="0-0",
@@ -172,9 +172,9 @@ def _read(
     )
     entries = [e for e in claimed if e[1]]
     answer = client.xreadgroup(
-        quota_redis.GROUP,
+        keys.GROUP,
         consumer,
-        {quota_redis.STREAM: ">"},
+        {keys.STREAM: ">"},
         count=batch,
         block=None if until_empty or entries else block_ms,
     )
@@ -185,11 +185,11 @@ def stream_trim(client: redis.Redis) -> None:
     """Trim what every group has acknowledged: everything older than the oldest pending entry
     and not newer than what was delivered. Unacknowledged entries are never trimmed."""
     safe: str | None = None
-    for group in client.xinfo_groups(quota_redis.STREAM):
+    for group in client.xinfo_groups(keys.STREAM):
         last = group["last-delivered-id"]
         candidate = last.decode() if isinstance(last, bytes) else str(last)
         if group["pending"]:
-            summary = client.xpending(quota_redis.STREAM, group["name"])
+            summary = client.xpending(keys.STREAM, group["name"])
             oldest = summary["min"]
             # None when another consumer acknowledged the last pending entries since XINFO.
             if oldest is not None:
@@ -197,7 +197,7 @@ def stream_trim(client: redis.Redis) -> None:
         if safe is None or _id_key(candidate) < _id_key(safe):
             safe = candidate
     if safe and safe != "0-0":
-        client.xtrim(quota_redis.STREAM, minid=safe, approximate=False)
+        client.xtrim(keys.STREAM, minid=safe, approximate=False)
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
@@ -213,24 +213,22 @@ class StreamLag:
 
 
 def stream_lag(client: redis.Redis | None = None) -> StreamLag:
-    client = client or quota_redis.sync_client()
+    client = client or clients.sync_client()
     try:
-        groups = client.xinfo_groups(quota_redis.STREAM)
+        groups = client.xinfo_groups(keys.STREAM)
     except redis.ResponseError:
         return StreamLag(0, 0, 0.0)  # no stream yet
     if not groups:
-        length = client.xlen(quota_redis.STREAM)
+        length = client.xlen(keys.STREAM)
         return StreamLag(0, length, 0.0)
     group = groups[0]
     lag = group.get("lag") or 0
     oldest = 0.0
     if group["pending"]:
-        first = client.xpending(quota_redis.STREAM, group["name"])["min"]
+        first = client.xpending(keys.STREAM, group["name"])["min"]
         oldest = _age(first)
     elif lag:
-        first = client.xrange(
-            quota_redis.STREAM, min=f"({_decode(group['last-delivered-id'])}", count=1
-        )
+        first = client.xrange(keys.STREAM, min=f"({_decode(group['last-delivered-id'])}", count=1)
         if first:
             oldest = _age(first[0][0])
     return StreamLag(int(group["pending"]), int(lag), oldest)

@@ -9,8 +9,9 @@ from django.conf import settings
 from django.db.models import Count
 from django.utils import timezone
 
-from metering import quota_redis
 from metering.models import UsageDeadLetter
+from metering.quota import clients, keys
+from metering.quota.units import to_units
 from metering.usage_stream.apply import _totals
 from metering.usage_stream.events import charge_decode
 from metering.usage_stream.intake import _UNREADABLE, entries_apply, entries_prepare
@@ -39,16 +40,14 @@ def dead_letters_waiting_units() -> dict[str, int]:
         except _UNREADABLE:
             continue  # not an event at all: nothing was charged that can be known
     totals = _totals(charges)
-    units = {quota_redis.key_counter(k): n for k, n in totals.keys.items()}
+    units = {keys.key_counter(k): n for k, n in totals.keys.items()}
     for charge in charges:  # an allowance's unit is its charges' unit
         if charge.allowance_id in totals.allowances:
-            name = quota_redis.allowance_counter(charge.allowance_id)
+            name = keys.allowance_counter(charge.allowance_id)
             amount = totals.allowances[charge.allowance_id]
-            units[name] = quota_redis.to_units(amount, charge.unit, up=True)
+            units[name] = to_units(amount, charge.unit, up=True)
     for (year, center), cost in totals.spends.items():
-        units[quota_redis.cost_center_counter(center, year)] = quota_redis.to_units(
-            cost, "usd", up=True
-        )
+        units[keys.cost_center_counter(center, year)] = to_units(cost, "usd", up=True)
     return units
 
 
@@ -71,7 +70,7 @@ def dead_letters_replay(
     if ids is not None:
         letters = letters.filter(pk__in=ids)
     if client is None and settings.REDIS_URL:
-        client = quota_redis.sync_client()
+        client = clients.sync_client()
     replayed = failing = new = 0
     for letter in letters:
         [entry] = entries_prepare(
@@ -102,5 +101,5 @@ def dead_letters_replay(
 def _names(client: redis.Redis | None, tag: bytes) -> str | None:
     if client is None:
         return None
-    found = client.hget(quota_redis.FORMATS, tag)
+    found = client.hget(keys.FORMATS, tag)
     return found.decode() if found is not None else None

@@ -14,9 +14,9 @@ from rest_framework.test import APIClient
 
 from billing.personal import PACING_DAYS
 from billing.rollup import daily_usage_rollup
+from budgets.balance import current_fiscal_year, today
 from budgets.fiscal import fiscal_year_bounds
 from budgets.models import Allowance
-from budgets.quota import current_fiscal_year, today
 from tests.billing.factories import EmployeeFactory, usage
 from tests.clock import local_at
 

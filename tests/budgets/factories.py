@@ -8,8 +8,8 @@ from decimal import Decimal
 import factory
 from django.contrib.auth import get_user_model
 
+from budgets.balance import current_fiscal_year
 from budgets.models import Allowance, CostCenter, Employee, Policy
-from budgets.quota import current_fiscal_year
 
 
 class UserFactory(factory.django.DjangoModelFactory):

@@ -10,9 +10,9 @@ import pytest
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from budgets.balance import current_fiscal_year
 from budgets.fiscal import fiscal_year_bounds
 from budgets.models import Adjustment, Allowance, AuditEvent, Employee
-from budgets.quota import current_fiscal_year
 from tests.budgets.conftest import Cast, row_counts
 
 FY = current_fiscal_year()

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from budgets.balance import current_fiscal_year
 from budgets.models import Allowance
-from budgets.quota import current_fiscal_year
 from tests.budgets.conftest import Cast, client_for, row_counts
 from tests.budgets.factories import AllowanceFactory
 

@@ -10,8 +10,9 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from budgets import ledger
+from budgets.balance import LimitRule
 from budgets.models import Allowance, Reservation
-from budgets.quota import Hold, LimitRule, quota_reserve, quota_settle
+from metering.quota.db import Hold, quota_reserve, quota_settle
 from tests.budgets.conftest import Cast
 
 pytestmark = pytest.mark.django_db

@@ -14,9 +14,10 @@ from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from budgets import ledger, quota, services
+from budgets import balance, ledger, services
 from budgets.fiscal import add_months, fiscal_year_bounds, month_start
 from budgets.models import Adjustment, Allowance, CostCenter, Employee
+from metering.quota import db as quota_db
 
 QUANTA = {"tokens": Fraction(1), "usd": Fraction(1, 100)}
 
@@ -156,7 +157,7 @@ def test_ledger_invariants_hold_for_any_sequence(
     # Each example runs in a savepoint that is rolled back, so examples never see each other;
     # "today" is the drawn day for the ledger and the services alike.
     with (
-        mock.patch("budgets.quota.today", return_value=day),
+        mock.patch("budgets.balance.today", return_value=day),
         mock.patch("budgets.services.today", return_value=day),
         override_settings(TB_FISCAL_YEAR_START_MONTH=1),
         transaction.atomic(),
@@ -171,15 +172,15 @@ def _run_sequence(amount: Decimal, release: str, unit: str, day: dt.date, ops: l
     scale = Decimal(1) if unit == "tokens" else Decimal("0.01")
     allowance = Allowance.objects.create(
         employee=employee,
-        fiscal_year=quota.current_fiscal_year(day),
+        fiscal_year=balance.current_fiscal_year(day),
         unit=unit,
         amount=amount * scale,
         release=release,
     )
     price = Decimal("0.01")  # per token, so a USD estimate is a whole number of cents
-    holds: list[quota.Hold] = []
+    holds: list[quota_db.Hold] = []
     used = Decimal(0)
-    rule = quota.LimitRule()  # hard limit
+    rule = balance.LimitRule()  # hard limit
     for op in ops:
         if op[0] in ("top_up", "correction"):
             # A correction below what is used or held is refused (and writes nothing).
@@ -193,20 +194,20 @@ def _run_sequence(amount: Decimal, release: str, unit: str, day: dt.date, ops: l
                 )
         elif op[0] == "reserve":
             estimate = ledger.CallEstimate(op[1], op[2], price, price)
-            hold = quota.quota_reserve(
+            hold = quota_db.quota_reserve(
                 employee=employee, estimate=estimate, rule=rule, clamp=op[3], day=day
             )
-            if isinstance(hold, quota.Hold):
+            if isinstance(hold, quota_db.Hold):
                 holds.append(hold)
         elif op[0] == "settle" and holds:
             hold = holds.pop(op[1] % len(holds))
             tokens = int(hold.tokens * op[2])  # the actual call used at most what was held
             cost = Decimal(tokens) * price
-            assert quota.quota_settle(hold=hold, tokens=tokens, cost=cost)
+            assert quota_db.quota_settle(hold=hold, tokens=tokens, cost=cost)
             used += Decimal(tokens) if unit == "tokens" else cost
         elif op[0] == "release" and holds:
-            assert quota.quota_release(hold=holds.pop(op[1] % len(holds)))
-        view = quota.quota_get(employee, day=day)
+            assert quota_db.quota_release(hold=holds.pop(op[1] % len(holds)))
+        view = balance.quota_get(employee, day=day)
         assert view.remaining == view.released - view.used - view.reserved
         assert view.remaining >= 0  # the hard limit never goes below zero
         assert view.used == used
@@ -214,5 +215,5 @@ def _run_sequence(amount: Decimal, release: str, unit: str, day: dt.date, ops: l
         total = sum(Adjustment.objects.filter(allowance=allowance).values_list("amount", flat=True))
         allowance.refresh_from_db()
         assert allowance.adjustments_total == total
-        grant, _ = quota.allowance_released(allowance, employee, day)
+        grant, _ = balance.allowance_released(allowance, employee, day)
         assert view.allowance == grant + total

@@ -14,8 +14,9 @@ from decimal import Decimal
 import pytest
 from django.db import OperationalError, connection
 
-from budgets import ledger, quota
+from budgets import balance, ledger
 from budgets.models import Allowance, CostCenter, Employee, Reservation
+from metering.quota import db as quota_db
 
 ON_POSTGRES = os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
 THREADS = 50
@@ -27,10 +28,10 @@ def test_fifty_threads_never_reserve_more_than_the_allowance(transactional_db: N
     assert connection.vendor == "postgresql"
     center = CostCenter.objects.create(code="race", name="Race")
     employee = Employee.objects.create(employee_id="R-1", email="r@example.com", cost_center=center)
-    day = quota.today()
+    day = balance.today()
     allowance = Allowance.objects.create(
         employee=employee,
-        fiscal_year=quota.current_fiscal_year(day),
+        fiscal_year=balance.current_fiscal_year(day),
         amount=Decimal(1_000),
         prorate=False,
     )
@@ -57,8 +58,8 @@ def test_fifty_threads_never_reserve_more_than_the_allowance(transactional_db: N
         try:
             connect()
             barrier.wait(timeout=60)
-            result = quota.quota_reserve(
-                employee=employee, estimate=estimate, rule=quota.LimitRule(), clamp=False, day=day
+            result = quota_db.quota_reserve(
+                employee=employee, estimate=estimate, rule=balance.LimitRule(), clamp=False, day=day
             )
             with lock:
                 results.append(result)
@@ -74,11 +75,11 @@ def test_fifty_threads_never_reserve_more_than_the_allowance(transactional_db: N
     for thread in threads:
         thread.join(timeout=120)
     assert not errors, errors
-    holds = [r for r in results if isinstance(r, quota.Hold)]
+    holds = [r for r in results if isinstance(r, quota_db.Hold)]
     refusals = [r for r in results if isinstance(r, ledger.Refusal)]
     assert (len(holds), len(refusals)) == (33, 17)
     assert {r.code for r in refusals} == {"employee_allowance"}
     allowance.refresh_from_db()
     assert allowance.reserved == Decimal(990)
     assert Reservation.objects.filter(allowance=allowance).count() == 33
-    assert quota.quota_get(employee, day=day).remaining == Decimal(10)
+    assert balance.quota_get(employee, day=day).remaining == Decimal(10)

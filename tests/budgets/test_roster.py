@@ -7,8 +7,8 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
+from budgets.balance import current_fiscal_year
 from budgets.models import Allowance, AuditEvent, Employee, EmployeeMove
-from budgets.quota import current_fiscal_year
 from budgets.roster import RosterInvalid, roster_import
 from tests.budgets.conftest import Cast, row_counts
 

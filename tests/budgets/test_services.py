@@ -7,8 +7,8 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from budgets import services
+from budgets.balance import current_fiscal_year, quota_get
 from budgets.models import Adjustment, Allowance, AuditEvent, EmployeeMove, Policy
-from budgets.quota import current_fiscal_year, quota_get
 from tests.budgets.conftest import Cast, row_counts
 from tests.budgets.factories import AllowanceFactory, CostCenterFactory, EmployeeFactory
 

@@ -11,8 +11,8 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
+from budgets.balance import current_fiscal_year
 from budgets.models import Allowance, CostCenter, Employee, Policy
-from budgets.quota import current_fiscal_year
 from metering.models import ModelPrice, ModelRoute, Upstream
 from metering.services import key_create
 from tests import servers

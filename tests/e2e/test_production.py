@@ -26,8 +26,8 @@ import redis
 from django.db import connection
 
 from budgets.models import Allowance
-from metering import quota_redis
 from metering.models import UsageRecord
+from metering.quota import keys
 from tests import servers
 from tests.e2e.conftest import PROVIDER_KEY, World, make_world
 
@@ -266,7 +266,7 @@ def test_redis_restart_mid_load_in_database_mode(
     subprocess.run(command, cwd=servers.ROOT, env=env, timeout=60, check=True)
     again = subprocess.run(command, cwd=servers.ROOT, env=env, timeout=60, capture_output=True)
     assert b"0 counters drifted" in again.stdout, again.stdout
-    used = redis_server.client().hget(quota_redis.allowance_counter(world.allowance.pk), "used")
+    used = redis_server.client().hget(keys.allowance_counter(world.allowance.pk), "used")
     assert Decimal(int(used)) == allowance.used, "the counter reconciles to the database exactly"
 
 
@@ -381,18 +381,18 @@ def test_kill_9_of_a_proxy_worker_mid_stream(
     # waiting): its open holds are then provably dead and given back at once, not after the
     # 30 minutes the sweep waits for holds whose owner is unknown.
     client = redis_server.client()
-    beats = list(client.scan_iter(match=f"{quota_redis.LIVE_PREFIX}*:{victim}:*"))
+    beats = list(client.scan_iter(match=f"{keys.LIVE_PREFIX}*:{victim}:*"))
     assert len(beats) <= 1, beats  # none: it lapsed already (a slow machine took 30 s so far)
     if beats:
         client.delete(*beats)
-    assert int(client.hget(quota_redis.allowance_counter(world.allowance.pk), "reserved")) > 0
+    assert int(client.hget(keys.allowance_counter(world.allowance.pk), "reserved")) > 0
     env = {**os.environ, **production.env}
     answer = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import django; django.setup(); from metering import quota_redis; "
-            "print(quota_redis.holds_release_dead(), quota_redis.holds_sweep(now=10**10))",
+            "import django; django.setup(); from metering.quota import sweep; "
+            "print(sweep.holds_release_dead(), sweep.holds_sweep(now=10**10))",
         ],
         cwd=servers.ROOT,
         env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"},
@@ -403,7 +403,7 @@ def test_kill_9_of_a_proxy_worker_mid_stream(
     )
     released, swept = (int(n) for n in answer.stdout.split())
     assert released > 0 and swept == 0, "given back as dead holds, none left for the sweep"
-    counter = client.hgetall(quota_redis.allowance_counter(world.allowance.pk))
+    counter = client.hgetall(keys.allowance_counter(world.allowance.pk))
     assert int(counter[b"reserved"]) == 0
     assert Decimal(int(counter[b"used"])) == Allowance.objects.get(pk=world.allowance.pk).used
 
@@ -429,7 +429,7 @@ def test_kill_9_of_the_consumer_mid_batch(
     # idle TB_USAGE_CLAIM_IDLE_MS, applied again (nothing new) and acknowledged.
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        pending = redis_server.client().xpending(quota_redis.STREAM, quota_redis.GROUP)
+        pending = redis_server.client().xpending(keys.STREAM, keys.GROUP)
         if pending["pending"] == 0:
             break
         time.sleep(0.2)

@@ -21,8 +21,9 @@ import openai
 import pytest
 
 from budgets.models import Allowance, CostCenter, CostCenterSpend
-from metering import quota_redis
 from metering.models import UsageRecord, VirtualKey
+from metering.quota import keys
+from metering.quota.units import to_units
 from metering.selectors import key_hash
 from tests.e2e.conftest import World
 from tests.e2e.test_production import (  # noqa: F401  (fixtures)
@@ -123,12 +124,12 @@ def _tighten(
     if budget == "allowance":
         allowance.amount = allowance.used + tokens * BUDGET_CALLS
         allowance.save()
-        return quota_redis.allowance_counter(allowance.pk), allowance.amount
+        return keys.allowance_counter(allowance.pk), allowance.amount
     key = VirtualKey.objects.get(key_hash=key_hash(world.key))
     if budget == "key_cap":
         key.cap_tokens = key.used_tokens + tokens * BUDGET_CALLS
         key.save()
-        return quota_redis.key_counter(key.pk), Decimal(key.cap_tokens)
+        return keys.key_counter(key.pk), Decimal(key.cap_tokens)
     # A cap is whole cents: the cost center has spent all but BUDGET_CALLS calls of it (its
     # counter is seeded again from the database on the next call).
     root = CostCenter.objects.get(pk=world.employee.cost_center_id)
@@ -137,7 +138,7 @@ def _tighten(
     spend = CostCenterSpend.objects.get(cost_center=root, fiscal_year=allowance.fiscal_year)
     spend.spent = root.annual_cap - probe.cost * BUDGET_CALLS
     spend.save()
-    name = quota_redis.cost_center_counter(root.pk, allowance.fiscal_year)
+    name = keys.cost_center_counter(root.pk, allowance.fiscal_year)
     redis_client.delete(name)
     return name, root.annual_cap
 
@@ -153,7 +154,7 @@ def _spent(world: World, budget: str) -> tuple[Decimal, int]:
     spend = CostCenterSpend.objects.get(
         cost_center_id=world.employee.cost_center_id, fiscal_year=allowance.fiscal_year
     )
-    return spend.spent, quota_redis.to_units(spend.spent, "usd")
+    return spend.spent, to_units(spend.spent, "usd")
 
 
 def _counters_agree(server: RedisServer, name: str, world: World, budget: str) -> bool:

@@ -11,8 +11,8 @@ import pytest
 from django.db.models import F
 
 from budgets.models import Allowance
-from metering import quota_redis
 from metering.models import Intent, ModelPrice, ModelRoute, UsageRecord
+from metering.quota import keys
 from tests.e2e.conftest import World, make_world
 from tests.e2e.test_production import (  # noqa: F401 (fixtures)
     Production,
@@ -180,7 +180,7 @@ def test_downgrade_on_the_redis_path(
     wait_for_records(1)  # the stream is drained into the database ledger
     # Earlier spending brings consumption to 90 %; the counter re-seeds from the database.
     Allowance.objects.filter(pk=world.allowance.pk).update(used=F("used") + 9_000)
-    system.redis.client().delete(quota_redis.allowance_counter(world.allowance.pk))
+    system.redis.client().delete(keys.allowance_counter(world.allowance.pk))
     second = _call(world, "o4-mini")
     assert second.headers["x-tokenbudget-downgraded-from"] == "o4-mini"
     wait_for_records(2)

@@ -21,8 +21,8 @@ import pytest
 from django.db import connection
 
 from budgets.models import Allowance
-from metering import quota_redis
 from metering.models import UsageDeadLetter, UsageRecord
+from metering.quota import keys
 from metering.usage_stream import FORMAT, event_encode, group_ensure
 from tests import servers
 from tests.e2e.test_production import RedisServer, redis_server  # noqa: F401  (fixture)
@@ -98,7 +98,7 @@ def poisons(info: object) -> tuple[list[bytes], list[str]]:
 def push(client: object, lines: list[bytes]) -> None:
     pipe = client.pipeline(transaction=False)
     for line in lines:
-        pipe.xadd(quota_redis.STREAM, {"e": line})
+        pipe.xadd(keys.STREAM, {"e": line})
     pipe.execute()
 
 
@@ -138,7 +138,7 @@ def test_poison_events_between_good_ones_stop_nothing(
     states = sorted(UsageDeadLetter.objects.values_list("state", flat=True))
     assert states == ["unapplied"] * 3 + ["written"] * 2
     assert consumer.alive(), "the consumer carries on"
-    wait_for(lambda: client.xpending(quota_redis.STREAM, quota_redis.GROUP)["pending"] == 0, 5)
+    wait_for(lambda: client.xpending(keys.STREAM, keys.GROUP)["pending"] == 0, 5)
 
     # And it goes on with what comes next.
     later = [event_for(info) for _ in range(10)]
@@ -184,7 +184,7 @@ def test_kill_9_of_the_consumer_mid_backlog_with_poison_in_it(
 
     expected = {e.request_id for e in goods} | set(escaped)
     wait_for(lambda: UsageRecord.objects.count() >= len(expected), timeout=30)
-    wait_for(lambda: client.xpending(quota_redis.STREAM, quota_redis.GROUP)["pending"] == 0, 10)
+    wait_for(lambda: client.xpending(keys.STREAM, keys.GROUP)["pending"] == 0, 10)
     ids = list(UsageRecord.objects.values_list("request_id", flat=True))
     assert len(ids) == len(set(ids)) == len(expected) and set(ids) == expected
     allowance = Allowance.objects.get(pk=info.limits.allowance_id)

@@ -22,8 +22,8 @@ import pytest
 import redis
 
 from budgets.models import Allowance
-from metering import quota_redis
 from metering.models import UsageRecord
+from metering.quota import keys
 from tests.e2e.test_production import (
     Production,
     RedisServer,
@@ -98,13 +98,13 @@ def test_kill_9_of_a_worker_loses_exactly_its_calls_in_flight_and_charges_them_n
     # Each of them left exactly one hold that its dead owner can never close.
     dead = _open_holds_of(client, victim)
     assert len(dead) == lost
-    allowance = quota_redis.allowance_counter(world.allowance.pk)
+    allowance = keys.allowance_counter(world.allowance.pk)
     held = sum(int(h[b"a1"]) for h in dead)  # the allowance is the hold's only budget here
     assert int(client.hget(allowance, "reserved")) == held > 0
 
     # Once the liveness key lapses (deleted here rather than waited for), the holds are given
     # back by the one-minute sweep: free, which is the stated limit.
-    beats = list(client.scan_iter(match=f"{quota_redis.LIVE_PREFIX}*:{victim}:*"))
+    beats = list(client.scan_iter(match=f"{keys.LIVE_PREFIX}*:{victim}:*"))
     assert len(beats) <= 1, beats  # none: it lapsed already (a slow machine took 30 s so far)
     if beats:
         client.delete(*beats)
@@ -134,8 +134,8 @@ def _release_dead(production: Production) -> int:
         [
             sys.executable,
             "-c",
-            "import django; django.setup(); from metering import quota_redis; "
-            "print(quota_redis.holds_release_dead())",
+            "import django; django.setup(); from metering.quota import sweep; "
+            "print(sweep.holds_release_dead())",
         ],
         cwd=servers.ROOT,
         env={**os.environ, **production.env, "DJANGO_SETTINGS_MODULE": "config.settings"},

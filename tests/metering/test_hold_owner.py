@@ -16,11 +16,12 @@ from django.db import connections
 from django.utils import timezone
 
 from budgets.models import Allowance, Reservation
-from metering import dbpool, quotas
+from metering import dbpool
 from metering.models import UsageRecord
 from metering.providers.base import ParsedRequest
 from metering.proxy.call import Call
 from metering.proxy.hold import HoldOwner, write
+from metering.quota import interface
 from metering.selectors import key_hash, key_info_load
 from metering.services import CallHold, key_create
 from tests.budgets.factories import AllowanceFactory
@@ -49,7 +50,7 @@ def make_key(amount: int) -> Any:
 
 
 def _reserve(info: Any) -> CallHold:
-    held = asyncio.run(quotas.reserve(info=info, estimate=ESTIMATE, min_output_tokens=1))
+    held = asyncio.run(interface.reserve(info=info, estimate=ESTIMATE, min_output_tokens=1))
     assert isinstance(held, CallHold)
     return held
 

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import redis
 
-from metering import quota_redis, quotas
-from metering.usage_stream import holds_reconcile, stream_drain
+from metering.quota import clients, interface, keys, redis_backend, sweep
+from metering.quota.reconcile import holds_reconcile
+from metering.usage_stream import stream_drain
 from tests.metering.test_quota_redis import (  # noqa: F401  (rds: fixture)
     ESTIMATE,
     counter,
@@ -24,14 +25,14 @@ from tests.metering.test_quota_redis import (  # noqa: F401  (rds: fixture)
 
 def owner_gone(client: redis.Redis) -> None:
     """As if this process had died: its liveness key lapses."""
-    client.delete(quota_redis.LIVE_PREFIX + quota_redis.process_id())
+    client.delete(keys.LIVE_PREFIX + clients.process_id())
 
 
 def test_holds_of_a_gone_process_are_given_back_and_a_late_settle_charges_once(
     rds: redis.Redis,  # noqa: F811
 ) -> None:
     info = make_key()
-    name = quota_redis.allowance_counter(info.limits.allowance_id)
+    name = keys.allowance_counter(info.limits.allowance_id)
     first, second = reserve(info), reserve(info)
     assert counter(rds, name) == {"used": 0, "reserved": 100}
     assert holds_reconcile().released == 0, "the owner is alive: its holds are live"
@@ -40,12 +41,12 @@ def test_holds_of_a_gone_process_are_given_back_and_a_late_settle_charges_once(
     repair = holds_reconcile()
     assert repair.released == 2 and repair.reserved == []
     assert counter(rds, name) == {"used": 0, "reserved": 0}
-    assert rds.zcard(quota_redis.HOLDS) == 0
+    assert rds.zcard(keys.HOLDS) == 0
     # The process was only cut off: its settle still charges, and gives nothing back twice.
-    asyncio.run(quotas.settle(held=first, record=record_for(info)))
+    asyncio.run(interface.settle(held=first, record=record_for(info)))
     assert counter(rds, name) == {"used": 30, "reserved": 0}
-    stream_drain(client=quota_redis.sync_client())
-    assert isinstance(second, quota_redis.RedisHold)
+    stream_drain(client=clients.sync_client())
+    assert isinstance(second, redis_backend.RedisHold)
 
 
 def test_holds_without_an_owner_wait_for_the_sweep(rds: redis.Redis) -> None:  # noqa: F811
@@ -55,12 +56,12 @@ def test_holds_without_an_owner_wait_for_the_sweep(rds: redis.Redis) -> None:  #
     rds.hdel(hold_key, "p")  # taken by a version that did not record its owner
     owner_gone(rds)
     assert holds_reconcile().released == 0
-    assert quota_redis.holds_sweep(now=10**10) == 1
+    assert sweep.holds_sweep(now=10**10) == 1
 
 
 def test_reserved_is_recomputed_from_the_open_holds(rds: redis.Redis) -> None:  # noqa: F811
     info = make_key()
-    name = quota_redis.allowance_counter(info.limits.allowance_id)
+    name = keys.allowance_counter(info.limits.allowance_id)
     reserve(info)
     # A counter seeded again while a hold was open, then that hold closed: reserved went wrong.
     rds.hset(name, "reserved", -40)
@@ -70,8 +71,8 @@ def test_reserved_is_recomputed_from_the_open_holds(rds: redis.Redis) -> None:  
     assert counter(rds, name) == {"used": 0, "reserved": 50}
     assert holds_reconcile().reserved == [], "nothing left to repair"
     rds.hset(name, "reserved", 7)
-    missing = quota_redis.allowance_counter(10**9)  # no such counter: left alone
-    assert quota_redis.reserved_recompute([missing, name], chunk=1) == [(name, 7, 50)]
+    missing = keys.allowance_counter(10**9)  # no such counter: left alone
+    assert sweep.reserved_recompute([missing, name], chunk=1) == [(name, 7, 50)]
     assert not rds.exists(missing)
 
 
@@ -80,8 +81,8 @@ def test_a_hold_whose_caller_left_during_the_reserve_is_given_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     info = make_key()
-    name = quota_redis.allowance_counter(info.limits.allowance_id)
-    original = quota_redis.reserve
+    name = keys.allowance_counter(info.limits.allowance_id)
+    original = redis_backend.reserve
 
     async def run() -> None:
         taken = asyncio.Event()
@@ -93,9 +94,9 @@ def test_a_hold_whose_caller_left_during_the_reserve_is_given_back(
             await answer.wait()  # ...and its answer is still on its way when the client goes
             return held
 
-        monkeypatch.setattr(quota_redis, "reserve", slow_reserve)
+        monkeypatch.setattr(redis_backend, "reserve", slow_reserve)
         call = asyncio.ensure_future(
-            quotas.reserve(info=info, estimate=ESTIMATE, min_output_tokens=1)
+            interface.reserve(info=info, estimate=ESTIMATE, min_output_tokens=1)
         )
         await taken.wait()
         assert counter(rds, name)["reserved"] == 50
@@ -110,5 +111,5 @@ def test_a_hold_whose_caller_left_during_the_reserve_is_given_back(
 
     asyncio.run(run())
     assert counter(rds, name) == {"used": 0, "reserved": 0}
-    assert rds.zcard(quota_redis.HOLDS) == 0
-    assert not rds.exists(quota_redis.STREAM), "no usage record: the call never started"
+    assert rds.zcard(keys.HOLDS) == 0
+    assert not rds.exists(keys.STREAM), "no usage record: the call never started"

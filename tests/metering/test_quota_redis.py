@@ -18,14 +18,18 @@ from django.utils import timezone
 
 from budgets import ledger
 from budgets.models import Allowance, CostCenter, CostCenterSpend, Policy
-from metering import dbpool, quota_redis, quotas
+from metering import dbpool
 from metering.models import UsageRecord
+from metering.quota import clients, down, interface, keys, redis_backend, sweep
+from metering.quota.handover import handover
+from metering.quota.reconcile import quotas_reconcile
 from metering.selectors import KeyInfo, key_hash, key_info_load
 from metering.services import CallHold, key_create
-from metering.usage_stream import quotas_reconcile, stream_drain
+from metering.usage_stream import stream_drain
 from tests.budgets.factories import AllowanceFactory
 
-REDIS_URL = os.environ.get("TB_TEST_REDIS_URL", "redis://127.0.0.1:6379/10")
+# The name scripts/test.sh exports (each run, and each worktree, on its own database).
+REDIS_URL = os.environ.get("TB_REDIS_TEST_URL", "redis://127.0.0.1:6379/10")
 ESTIMATE = ledger.CallEstimate(
     prompt_tokens=10,
     max_output_tokens=40,
@@ -46,12 +50,12 @@ def redis_client() -> redis.Redis:
 
 
 def _reset_clients() -> None:
-    quota_redis._sync_client = None
-    quota_redis._async_state = None
-    quota_redis.open_holds.clear()
-    quota_redis.uncertain_holds.clear()
-    quotas.redis_health.down_until = 0.0
-    quotas.handover = quotas._Handover()
+    clients._sync_client = None
+    clients._async_state = None
+    clients.open_holds.clear()
+    clients.uncertain_holds.clear()
+    down.redis_health.down_until = 0.0
+    handover.reset()
 
 
 @pytest.fixture
@@ -115,7 +119,7 @@ def record_for(info: KeyInfo, *, tokens: tuple[int, int] = (10, 20), cost: str =
 
 
 def reserve(info: KeyInfo, estimate: ledger.CallEstimate = ESTIMATE) -> Any:
-    return asyncio.run(quotas.reserve(info=info, estimate=estimate, min_output_tokens=1))
+    return asyncio.run(interface.reserve(info=info, estimate=estimate, min_output_tokens=1))
 
 
 def counter(client: redis.Redis, name: str) -> dict[str, int]:
@@ -125,45 +129,45 @@ def counter(client: redis.Redis, name: str) -> dict[str, int]:
 def test_reserve_settle_and_ingest(rds: redis.Redis) -> None:
     info = make_key()
     held = reserve(info)
-    assert isinstance(held, quota_redis.RedisHold)
-    name = quota_redis.allowance_counter(info.limits.allowance_id)
+    assert isinstance(held, redis_backend.RedisHold)
+    name = keys.allowance_counter(info.limits.allowance_id)
     assert counter(rds, name) == {"used": 0, "reserved": 50}
     assert held.hold.remaining == 950 and held.hold.output_tokens == 40
 
     record = record_for(info)
-    assert asyncio.run(quotas.settle(held=held, record=record)) is True
-    assert asyncio.run(quotas.settle(held=held, record=record)) is False, "closed once"
+    assert asyncio.run(interface.settle(held=held, record=record)) is True
+    assert asyncio.run(interface.settle(held=held, record=record)) is False, "closed once"
     assert counter(rds, name) == {"used": 30, "reserved": 0}
     assert not UsageRecord.objects.exists(), "the record travels through the stream"
 
-    assert stream_drain(client=quota_redis.sync_client()) == 1
+    assert stream_drain(client=clients.sync_client()) == 1
     allowance = Allowance.objects.get(pk=info.limits.allowance_id)
     assert allowance.used == 30 and allowance.reserved == 0
     assert UsageRecord.objects.get().request_id == record.request_id
-    assert rds.xlen(quota_redis.STREAM) <= 1, "acknowledged entries are trimmed"
+    assert rds.xlen(keys.STREAM) <= 1, "acknowledged entries are trimmed"
     assert quotas_reconcile() == [], "counters agree with the database"
 
 
 def test_redelivered_events_are_charged_once(rds: redis.Redis) -> None:
     info = make_key()
     held = reserve(info)
-    asyncio.run(quotas.settle(held=held, record=record_for(info)))
-    client = quota_redis.sync_client()
+    asyncio.run(interface.settle(held=held, record=record_for(info)))
+    client = clients.sync_client()
     # A consumer that read the entry and died before acknowledging it.
     from metering.usage_stream import group_ensure
 
     group_ensure(client)
-    client.xreadgroup(quota_redis.GROUP, "dead", {quota_redis.STREAM: ">"}, count=10)
+    client.xreadgroup(keys.GROUP, "dead", {keys.STREAM: ">"}, count=10)
     assert stream_drain(client=client, claim_idle_ms=60_000) == 0, "not claimed while fresh"
     assert stream_drain(client=client, claim_idle_ms=0) == 1
-    entry = rds.xrange(quota_redis.STREAM)
+    entry = rds.xrange(keys.STREAM)
     # Delivering the same event again (as after a crash between commit and XACK) is harmless.
     from metering.usage_stream import event_decode, usage_events_apply
 
     if entry:
         assert usage_events_apply(events=[event_decode(entry[-1][1][b"e"])]) == 0
     assert Allowance.objects.get(pk=info.limits.allowance_id).used == 30
-    assert client.xpending(quota_redis.STREAM, quota_redis.GROUP)["pending"] == 0
+    assert client.xpending(keys.STREAM, keys.GROUP)["pending"] == 0
 
 
 def test_refusal_writes_nothing(rds: redis.Redis) -> None:
@@ -171,10 +175,10 @@ def test_refusal_writes_nothing(rds: redis.Redis) -> None:
     refusal = reserve(info, ledger.CallEstimate(40, 10, Decimal(0), Decimal(0)))
     assert isinstance(refusal, ledger.Refusal) and refusal.code == "employee_allowance"
     assert refusal.available == 30
-    name = quota_redis.allowance_counter(info.limits.allowance_id)
+    name = keys.allowance_counter(info.limits.allowance_id)
     assert counter(rds, name) == {"used": 0, "reserved": 0}
-    assert rds.zcard(quota_redis.HOLDS) == 0
-    assert not rds.exists(quota_redis.STREAM)
+    assert rds.zcard(keys.HOLDS) == 0
+    assert not rds.exists(keys.STREAM)
 
 
 def test_clamps_to_what_is_left_and_waits_for_open_holds(rds: redis.Redis) -> None:
@@ -184,8 +188,8 @@ def test_clamps_to_what_is_left_and_waits_for_open_holds(rds: redis.Redis) -> No
     assert second.hold.output_tokens == 20 and second.hold.clamped
     third = reserve(info)
     assert isinstance(third, ledger.Refusal) and third.waitable
-    asyncio.run(quotas.release(held=first, record=record_for(info, tokens=(0, 0), cost="0")))
-    assert isinstance(reserve(info), quota_redis.RedisHold)
+    asyncio.run(interface.release(held=first, record=record_for(info, tokens=(0, 0), cost="0")))
+    assert isinstance(reserve(info), redis_backend.RedisHold)
 
 
 def test_cost_center_cap_and_key_cap_in_the_same_step(rds: redis.Redis) -> None:
@@ -197,52 +201,52 @@ def test_cost_center_cap_and_key_cap_in_the_same_step(rds: redis.Redis) -> None:
     info = key_info_load(key_hash(raw))
     pricey = ledger.CallEstimate(10, 40, Decimal("0.0001"), Decimal("0.0004"))
     held = reserve(info, pricey)  # worst case 0.017 USD > the cap: clamped to fit it
-    assert isinstance(held, quota_redis.RedisHold)
+    assert isinstance(held, redis_backend.RedisHold)
     assert held.hold.output_tokens == 22 and held.key_tokens == 32
-    asyncio.run(quotas.settle(held=held, record=record_for(info, cost="0.005")))
-    stream_drain(client=quota_redis.sync_client())
+    asyncio.run(interface.settle(held=held, record=record_for(info, cost="0.005")))
+    stream_drain(client=clients.sync_client())
     spend = CostCenterSpend.objects.get(cost_center=root)
     assert spend.spent == Decimal("0.005") and spend.reserved == 0
     key = info.key_id
     from metering.models import VirtualKey
 
     assert VirtualKey.objects.get(pk=key).used_tokens == 30
-    cc = counter(rds, quota_redis.cost_center_counter(root.pk, info.limits.fiscal_year))
+    cc = counter(rds, keys.cost_center_counter(root.pk, info.limits.fiscal_year))
     assert cc == {"used": 50_000_000, "reserved": 0}
     assert quotas_reconcile() == []
 
 
 def test_rate_limit_requests_per_minute(rds: redis.Redis) -> None:
     info = make_key(requests_per_minute=2)
-    assert isinstance(reserve(info), quota_redis.RedisHold)
-    assert isinstance(reserve(info), quota_redis.RedisHold)
+    assert isinstance(reserve(info), redis_backend.RedisHold)
+    assert isinstance(reserve(info), redis_backend.RedisHold)
     limited = reserve(info)
-    assert isinstance(limited, quota_redis.RateLimited)
+    assert isinstance(limited, redis_backend.RateLimited)
     assert limited.kind == "requests" and 1 <= limited.retry_after <= 60
 
 
 def test_rate_limit_tokens_per_minute(rds: redis.Redis) -> None:
     info = make_key(tokens_per_minute=25)
     held = reserve(info)
-    asyncio.run(quotas.settle(held=held, record=record_for(info)))  # 30 tokens this minute
+    asyncio.run(interface.settle(held=held, record=record_for(info)))  # 30 tokens this minute
     limited = reserve(info)
-    assert isinstance(limited, quota_redis.RateLimited) and limited.kind == "tokens"
+    assert isinstance(limited, redis_backend.RateLimited) and limited.kind == "tokens"
 
 
 def test_sweep_gives_back_dead_holds_and_a_late_settle_still_charges(rds: redis.Redis) -> None:
     info = make_key()
     held = reserve(info)
-    name = quota_redis.allowance_counter(info.limits.allowance_id)
-    assert quota_redis.holds_sweep(now=10**10) == 1
+    name = keys.allowance_counter(info.limits.allowance_id)
+    assert sweep.holds_sweep(now=10**10) == 1
     assert counter(rds, name) == {"used": 0, "reserved": 0}
-    asyncio.run(quotas.settle(held=held, record=record_for(info)))
+    asyncio.run(interface.settle(held=held, record=record_for(info)))
     assert counter(rds, name) == {"used": 30, "reserved": 0}
 
 
 def test_reconcile_repairs_drift(rds: redis.Redis) -> None:
     info = make_key()
     reserve(info)
-    name = quota_redis.allowance_counter(info.limits.allowance_id)
+    name = keys.allowance_counter(info.limits.allowance_id)
     rds.hset(name, "used", 777)
     drifts = quotas_reconcile()
     assert [(d.counter, d.redis_used, d.database_used, d.repaired) for d in drifts] == [
@@ -258,14 +262,14 @@ def test_redis_down(rds: redis.Redis, settings: Any, mode: str) -> None:
     settings.TB_REDIS_DOWN_MODE = mode
     _reset_clients()
     if mode == "closed":
-        with pytest.raises(quotas.QuotaUnavailable):
+        with pytest.raises(interface.QuotaUnavailable):
             reserve(info)
         return
     held = reserve(info)
-    assert isinstance(held, CallHold if mode == "database" else quotas.UnheldCall)
-    assert quotas.redis_health.degraded
+    assert isinstance(held, CallHold if mode == "database" else interface.UnheldCall)
+    assert down.redis_health.degraded
     record = record_for(info)
-    assert asyncio.run(quotas.settle(held=held, record=record)) is True
+    assert asyncio.run(interface.settle(held=held, record=record)) is True
     assert UsageRecord.objects.get().request_id == record.request_id
     allowance = Allowance.objects.get(pk=info.limits.allowance_id)
     assert allowance.used == 30 and allowance.reserved == 0
@@ -278,7 +282,7 @@ def test_settle_falls_back_to_the_database_when_redis_goes_away(
     held = reserve(info)
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     _reset_clients()
-    assert asyncio.run(quotas.settle(held=held, record=record_for(info))) is True
+    assert asyncio.run(interface.settle(held=held, record=record_for(info))) is True
     assert Allowance.objects.get(pk=info.limits.allowance_id).used == 30
 
 

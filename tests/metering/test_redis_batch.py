@@ -11,7 +11,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from metering.redis_batch import ScriptBatcher
+from metering.quota.batch import ScriptBatcher
 
 REDIS_URL = os.environ.get("TB_TEST_REDIS_BATCH_URL", "redis://127.0.0.1:6379/11")
 # Adds ARGV[1] to KEYS[1] and answers the new value; ARGV[1] == "boom" raises a script error.

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from budgets.models import Reservation
-from metering import quota_redis, quotas
+from metering.quota import clients, down, keys, redis_backend
 from tests.e2e.test_production import RedisServer, redis_server  # noqa: F401  (fixture)
 from tests.metering.test_quota_redis import _reset_clients, counter, make_key, rds  # noqa: F401
 from tests.metering.test_redis_handover import reserve_async
@@ -34,19 +34,19 @@ def private_redis(
 
 def test_a_redis_restart_is_not_an_outage(private_redis: RedisServer) -> None:
     info = make_key(amount=100_000)
-    name = quota_redis.allowance_counter(info.limits.allowance_id)
+    name = keys.allowance_counter(info.limits.allowance_id)
 
     async def run() -> list[Any]:
-        assert isinstance(await reserve_async(info), quota_redis.RedisHold)
-        client, _ = quota_redis.async_client()
+        assert isinstance(await reserve_async(info), redis_backend.RedisHold)
+        client, _ = clients.async_client()
         await asyncio.gather(*(client.ping() for _ in range(8)))  # eight pooled connections
         await asyncio.to_thread(private_redis.stop)
         await asyncio.to_thread(private_redis.start)
         return await asyncio.gather(*(reserve_async(info) for _ in range(20)))
 
-    failures = quotas.redis_health.failures
+    failures = down.redis_health.failures
     held = asyncio.run(run())
-    assert all(isinstance(h, quota_redis.RedisHold) for h in held), held
-    assert quotas.redis_health.failures == failures, "no call saw Redis as down"
+    assert all(isinstance(h, redis_backend.RedisHold) for h in held), held
+    assert down.redis_health.failures == failures, "no call saw Redis as down"
     assert not Reservation.objects.exists(), "nothing went to the database ledger"
     assert counter(private_redis.client(), name) == {"used": 0, "reserved": 21 * 50}

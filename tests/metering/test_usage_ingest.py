@@ -16,8 +16,8 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from budgets.models import Allowance, CostCenterSpend
-from metering import quota_redis
 from metering.models import UsageDeadLetter, UsageRecord, VirtualKey
+from metering.quota import clients, keys
 from metering.selectors import KeyInfo
 from metering.usage_stream import (
     FORMAT,
@@ -66,7 +66,7 @@ def event_for(info: KeyInfo, **values: object) -> UsageEvent:
 def push(client: redis.Redis, payloads: list[str | bytes]) -> None:
     group_ensure(client)
     for payload in payloads:
-        client.xadd(quota_redis.STREAM, {"e": payload})
+        client.xadd(keys.STREAM, {"e": payload})
 
 
 def test_the_wire_form_round_trips_awkward_text_exactly() -> None:
@@ -99,7 +99,7 @@ def test_awkward_values_reach_the_database_exactly(rds: redis.Redis) -> None:  #
     info = make_key()
     event = event_for(info, intent=AWKWARD, error_type="x\\ty", ttft_ms=None, streamed=True)
     push(rds, [event_encode(event)])
-    assert stream_drain(client=quota_redis.sync_client()) == 1
+    assert stream_drain(client=clients.sync_client()) == 1
     record = UsageRecord.objects.get()
     assert record.intent == AWKWARD and record.error_type == "x\\ty"
     assert record.ttft_ms is None and record.streamed is True
@@ -116,14 +116,14 @@ def test_a_batch_charges_each_new_record_once_and_sums_per_row(rds: redis.Redis)
     # Already recorded (2), new (3), and one of the new ones twice in the same batch.
     batch = [*events, events[4]]
     push(rds, [event_encode(e) for e in batch])
-    assert stream_drain(client=quota_redis.sync_client()) == 3
+    assert stream_drain(client=clients.sync_client()) == 3
     assert UsageRecord.objects.count() == 5
     allowance.refresh_from_db()
     assert allowance.used == 150, "five calls of 30 tokens, each charged once"
     assert VirtualKey.objects.get(pk=info.key_id).used_tokens == 150
     spend = CostCenterSpend.objects.get(cost_center_id=info.cost_center_id)
     assert spend.spent == Decimal("0.0000617280") and spend.reserved == 0
-    assert rds.xpending(quota_redis.STREAM, quota_redis.GROUP)["pending"] == 0
+    assert rds.xpending(keys.STREAM, keys.GROUP)["pending"] == 0
 
 
 def test_a_duplicate_within_one_direct_batch_is_charged_once(rds: redis.Redis) -> None:  # noqa: F811
@@ -154,13 +154,13 @@ def test_events_of_other_versions_are_read(rds: redis.Redis) -> None:  # noqa: F
     legacy, older, current = event_for(info), event_for(info), event_for(info)
     # A version whose records had no `intent` column and an extra one this version dropped.
     tag, names = "u1.0ldversion00", format_names()[1].replace(",intent", "") + ",gone"
-    rds.hset(quota_redis.FORMATS, tag, names)
+    rds.hset(keys.FORMATS, tag, names)
     cells = event_encode(older).split("\t")
     values = dict(zip(format_names()[1].split(","), cells[1:], strict=False))
     old_cells = [values.get(n, "dropped") for n in names.split(",")]
     old_line = "\t".join([tag, *old_cells, *cells[1 + len(values) :]])
     push(rds, [_legacy_json(legacy), old_line, event_encode(current)])
-    assert stream_drain(client=quota_redis.sync_client()) == 3
+    assert stream_drain(client=clients.sync_client()) == 3
     ids = set(UsageRecord.objects.values_list("request_id", flat=True))
     assert ids == {legacy.request_id, older.request_id, current.request_id}
     assert UsageRecord.objects.get(request_id=older.request_id).intent == "", "model default"
@@ -175,13 +175,13 @@ def test_an_event_of_an_unknown_format_waits_as_a_dead_letter_not_as_a_stop(
     info = make_key()
     line = event_encode(event_for(info)).replace(FORMAT, "u1.unregistered0", 1)
     push(rds, [line])
-    assert stream_drain(client=quota_redis.sync_client()) == 0
+    assert stream_drain(client=clients.sync_client()) == 0
     assert not UsageRecord.objects.exists()
     assert Allowance.objects.get(pk=info.limits.allowance_id).used == 0, "nothing charged yet"
     letter = UsageDeadLetter.objects.get()
     assert letter.state == UsageDeadLetter.State.UNAPPLIED and "unknown format" in letter.error
     assert bytes(letter.payload) == line.encode()
-    assert rds.xpending(quota_redis.STREAM, quota_redis.GROUP)["pending"] == 0
+    assert rds.xpending(keys.STREAM, keys.GROUP)["pending"] == 0
 
 
 def test_parallel_consumers_record_everything_once(rds: redis.Redis) -> None:  # noqa: F811
@@ -193,14 +193,14 @@ def test_parallel_consumers_record_everything_once(rds: redis.Redis) -> None:  #
     assert out.getvalue().startswith("300 usage records written")
     assert UsageRecord.objects.count() == 300
     assert Allowance.objects.get(pk=info.limits.allowance_id).used == 9000
-    assert rds.xpending(quota_redis.STREAM, quota_redis.GROUP)["pending"] == 0
+    assert rds.xpending(keys.STREAM, keys.GROUP)["pending"] == 0
 
 
 def test_a_consumer_told_to_stop_writes_the_batch_it_read_ahead(rds: redis.Redis) -> None:  # noqa: F811
     info = make_key(amount=100_000)
     push(rds, [event_encode(event_for(info)) for _ in range(100)])
     written = stream_drain(
-        client=quota_redis.consumer_client(200),
+        client=clients.consumer_client(200),
         batch=10,
         block_ms=200,
         until_empty=False,
@@ -209,7 +209,7 @@ def test_a_consumer_told_to_stop_writes_the_batch_it_read_ahead(rds: redis.Redis
     # The first batch, and the one read while it was written; nothing left delivered and
     # unacknowledged.
     assert written == 20 == UsageRecord.objects.count()
-    assert rds.xpending(quota_redis.STREAM, quota_redis.GROUP)["pending"] == 0
+    assert rds.xpending(keys.STREAM, keys.GROUP)["pending"] == 0
     assert Allowance.objects.get(pk=info.limits.allowance_id).used == 600
 
 
@@ -221,12 +221,12 @@ def test_a_consumer_recreates_a_deleted_stream_group_and_goes_on(rds: redis.Redi
     def stop() -> bool:
         rounds["n"] += 1
         if rounds["n"] == 3:  # once the first event is in: the stream and its group vanish
-            rds.delete(quota_redis.STREAM)
-            rds.xadd(quota_redis.STREAM, {"e": event_encode(event_for(info))})
+            rds.delete(keys.STREAM)
+            rds.xadd(keys.STREAM, {"e": event_encode(event_for(info))})
         return UsageRecord.objects.count() >= 2 or rounds["n"] > 50
 
     written = stream_drain(
-        client=quota_redis.consumer_client(100),
+        client=clients.consumer_client(100),
         batch=10,
         block_ms=100,
         until_empty=False,

@@ -17,8 +17,8 @@ import redis
 from django.core.management import call_command
 
 from budgets.models import Allowance, CostCenterSpend
-from metering import quota_redis
 from metering.models import UsageDeadLetter, UsageRecord, VirtualKey
+from metering.quota import clients, keys
 from metering.usage_stream import (
     FORMAT,
     Charge,
@@ -32,11 +32,11 @@ from tests.metering.test_usage_ingest import _legacy_json, event_for, push
 
 
 def drain() -> int:
-    return stream_drain(client=quota_redis.sync_client())
+    return stream_drain(client=clients.sync_client())
 
 
 def pending(client: redis.Redis) -> int:
-    return client.xpending(quota_redis.STREAM, quota_redis.GROUP)["pending"]
+    return client.xpending(keys.STREAM, keys.GROUP)["pending"]
 
 
 def nul_line(info: object, intent: str = "summarise\x00 me") -> tuple[str, bytes]:
@@ -157,7 +157,7 @@ def test_an_event_that_cannot_be_written_is_held_unapplied_and_replayed_after_a_
     assert UsageRecord.objects.count() == 1
 
     # The fix: the producer's format is registered (as a producer of that version does).
-    rds.hset(quota_redis.FORMATS, "u1.unregistered0", ",".join(_names()))
+    rds.hset(keys.FORMATS, "u1.unregistered0", ",".join(_names()))
     call_command("replay_dead_letters", stdout=out)
     assert "1 replayed, 1 still failing" in out.getvalue()
     assert UsageRecord.objects.count() == 2
@@ -185,10 +185,10 @@ def test_a_redelivered_poison_entry_leaves_one_dead_letter(rds: redis.Redis) -> 
     assert drain() == 1
     # The same entry again (a consumer that died after its commit, before XACK): nothing new.
     entry_id = UsageDeadLetter.objects.get().entry_id
-    rds.xadd(quota_redis.STREAM, {"e": poison}, id="*")
+    rds.xadd(keys.STREAM, {"e": poison}, id="*")
     from metering.usage_stream.consumer import stream_entries_apply
 
-    stream_entries_apply(quota_redis.sync_client(), [(entry_id.encode(), {b"e": poison})])
+    stream_entries_apply(clients.sync_client(), [(entry_id.encode(), {b"e": poison})])
     assert UsageDeadLetter.objects.count() == 1
     assert Allowance.objects.get(pk=info.limits.allowance_id).used == 30
 
@@ -263,7 +263,7 @@ def test_admins_see_dead_letters_and_replay_them_from_the_admin(rds: redis.Redis
     detail = browser.get(reverse("admin:metering_usagedeadletter_change", args=[letter.pk]))
     assert detail.status_code == 200 and "summarise\\x00 me" in detail.content.decode()
 
-    rds.hset(quota_redis.FORMATS, "u1.unregistered0", ",".join(_names()))
+    rds.hset(keys.FORMATS, "u1.unregistered0", ",".join(_names()))
     unapplied = UsageDeadLetter.objects.get(state=UsageDeadLetter.State.UNAPPLIED)
     answer = browser.post(
         reverse("admin:metering_usagedeadletter_changelist"),
@@ -302,19 +302,19 @@ def test_a_raw_line_break_from_a_careless_producer_is_read_not_split(rds: redis.
 def test_reconciliation_keeps_the_charges_of_unapplied_dead_letters_in_the_counters(
     rds: redis.Redis,  # noqa: F811
 ) -> None:
-    from metering.usage_stream import quotas_reconcile
+    from metering.quota.reconcile import quotas_reconcile
 
     info = make_key(amount=10_000)
     foreign = event_encode(event_for(info)).replace(FORMAT, "u1.unregistered0", 1)
     push(rds, [foreign, b"not an event"])
     assert drain() == 0
     # The close script charged the counter when it appended the event.
-    counter = quota_redis.allowance_counter(info.limits.allowance_id)
+    counter = keys.allowance_counter(info.limits.allowance_id)
     rds.hset(counter, mapping={"used": 30, "reserved": 0})
     assert quotas_reconcile(repair=True) == [], "30 waits in a dead letter: no drift"
     assert rds.hget(counter, "used") == b"30"
 
-    rds.hset(quota_redis.FORMATS, "u1.unregistered0", ",".join(_names()))
+    rds.hset(keys.FORMATS, "u1.unregistered0", ",".join(_names()))
     call_command("replay_dead_letters", stdout=io.StringIO())
     assert Allowance.objects.get(pk=info.limits.allowance_id).used == 30
     assert quotas_reconcile(repair=True) == [], "now in the database: still no drift"
@@ -363,7 +363,7 @@ def test_an_event_of_another_version_refused_by_the_database_says_why(
     info = make_key()
     orphan = event_for(info)
     orphan.values["employee_id"] = 999_999
-    rds.hset(quota_redis.FORMATS, "u1.othertag0000", ",".join(_names()))
+    rds.hset(keys.FORMATS, "u1.othertag0000", ",".join(_names()))
     other = event_encode(orphan).replace(FORMAT, "u1.othertag0000", 1)
     push(rds, [_legacy_json(event_for(info)), other, event_encode(event_for(info))])
     assert drain() == 2

@@ -21,8 +21,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.utils import timezone
 
+from budgets.balance import current_fiscal_year
 from budgets.models import Allowance, CostCenter, Employee, Policy
-from budgets.quota import current_fiscal_year
 from metering.models import ModelPrice, ModelRoute, Upstream
 from tests import servers
 

@@ -13,8 +13,8 @@ from django.contrib.auth.models import Group
 from django.test import Client
 
 from billing.models import ChargebackStatement
+from budgets.balance import current_fiscal_year
 from budgets.models import Allowance, CostCenter, Employee
-from budgets.quota import current_fiscal_year
 from metering.models import VirtualKey
 from metering.services import key_create
 

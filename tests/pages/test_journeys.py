@@ -17,8 +17,8 @@ from playwright.sync_api import expect
 from billing.models import ChargebackStatement
 from billing.rollup import daily_usage_rollup, local_tz
 from billing.statements import last_complete_month
+from budgets.balance import current_fiscal_year
 from budgets.models import Adjustment, Allowance, Employee
-from budgets.quota import current_fiscal_year
 from metering.models import UsageRecord, VirtualKey
 from tests.pages.conftest import PASSWORD, SCREENSHOTS
 

@@ -36,9 +36,9 @@ from billing.models import ChargebackStatement
 from billing.rollup import daily_usage_rollup, local_tz
 from billing.statements import last_complete_month, statement_finalize, statements_close_month
 from billing.value_store import value_reports_store_as_needed
+from budgets.balance import current_fiscal_year
 from budgets.fiscal import add_months, fiscal_year_bounds
 from budgets.models import Allowance, CostCenter, Employee, Policy
-from budgets.quota import current_fiscal_year
 from budgets.services import policy_set
 from metering.energy import energy_defaults_sync
 from metering.management.commands.seed_demo import DEMO_PRICES

@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from metering.usage_stream import holds_reconcile, quotas_reconcile
+from metering.quota.reconcile import holds_reconcile, quotas_reconcile
 
 
 class Command(BaseCommand):

@@ -19,8 +19,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from budgets import roles
+from budgets.balance import current_fiscal_year
 from budgets.models import Allowance, CostCenter, Employee, Policy
-from budgets.quota import current_fiscal_year
 from metering.models import ModelPrice, ModelRoute, Upstream, VirtualKey
 from metering.services import key_create
 

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from budgets import ledger
-from budgets.quota import Hold
 from metering import pricing
 from metering.models import UsageRecord
 from metering.providers.anthropic import PROVIDER as ANTHROPIC
@@ -20,6 +19,7 @@ from metering.providers.base import ParsedRequest, StreamState, Usage
 from metering.providers.openai import PROVIDER as OPENAI
 from metering.proxy import call as core
 from metering.proxy.errors import ProxyError
+from metering.quota.db import Hold
 
 PRICE = pricing.PriceQuote.per_million(
     "m", input=Decimal("2"), output=Decimal("8"), cached_input=Decimal("1")

@@ -13,7 +13,7 @@ The scripts are called by hash (EVALSHA). A Redis that lost its script cache (a 
 which loads the script and runs it again.
 
 A pipeline that fails on a connection error is sent again, whole, on a fresh connection by the
-client's retry (`quota_redis`): safe because every script in it is (a reserve keyed by its
+client's retry (`clients`): safe because every script in it is (a reserve keyed by its
 hold answers its first answer again, a close of a closed hold changes nothing).
 """
 

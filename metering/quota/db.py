@@ -1,12 +1,12 @@
-"""The quota ledger: reserve, settle, release (database backend) and the quota read.
+"""The database quota backend: reserve, settle, release on the ledger rows.
 
 Correct under concurrency on SQLite and PostgreSQL: every change happens inside one transaction
 that first locks the rows it changes, always in the same order (allowance, then capped cost
 centers by id), so two calls never check-then-act on a stale balance and never deadlock.
 On SQLite the IMMEDIATE transaction mode (config.settings) serialises writers.
 
-Callers that hold other budgets (a key's own cap, in metering) lock those first and pass their
-headroom in `extra`, inside their own `transaction.atomic()`.
+Callers that hold other budgets (a key's own cap, in `metering.services`) lock those first and
+pass their headroom in `extra`, inside their own `transaction.atomic()`.
 """
 
 from __future__ import annotations
@@ -23,33 +23,21 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from budgets import ledger, sql
-from budgets.fiscal import fiscal_year_bounds, fiscal_year_of
-from budgets.models import Allowance, CostCenter, CostCenterSpend, Employee, Policy, Reservation
+from budgets import balance, ledger, sql
+from budgets.balance import LimitRule, allowance_released
+from budgets.fiscal import fiscal_year_of
+from budgets.models import Allowance, CostCenter, CostCenterSpend, Employee, Reservation
 
 RESERVATION_TTL = dt.timedelta(minutes=30)
 
-
-@dataclass(frozen=True)
-class LimitRule:
-    """The part of a resolved policy the ledger needs."""
-
-    soft: bool = False
-    overage_percent: int = 0
-
-    @classmethod
-    def from_policy(cls, policy: Policy | None) -> LimitRule:
-        if policy is None:
-            return cls()
-        return cls(
-            soft=policy.limit_mode == Policy.LimitMode.SOFT,
-            overage_percent=policy.soft_overage_percent,
-        )
-
-    def limit(self, released: Decimal, unit: str) -> Decimal:
-        if not self.soft or not self.overage_percent:
-            return released
-        return ledger.quantize_down(released * (100 + self.overage_percent) / 100, unit)
+__all__ = [
+    "RESERVATION_TTL",
+    "Hold",
+    "quota_release",
+    "quota_reserve",
+    "quota_settle",
+    "reservations_release_expired",
+]
 
 
 @dataclass(frozen=True)
@@ -67,88 +55,6 @@ class Hold:
     cost_center_ids: tuple[int, ...]
     fiscal_year: int
     remaining: Decimal = Decimal(0)  # the allowance's remaining amount once this hold is taken
-
-
-@dataclass(frozen=True)
-class QuotaView:
-    fiscal_year: int
-    unit: str
-    allowance: Decimal  # the year's grant after proration, plus adjustments
-    released: Decimal
-    used: Decimal
-    reserved: Decimal
-    remaining: Decimal
-    period_end: dt.date  # last day of the fiscal year (or of employment)
-    next_release: dt.date | None
-    allowance_id: int | None
-
-
-def today() -> dt.date:
-    return timezone.localdate()
-
-
-def current_fiscal_year(day: dt.date | None = None) -> int:
-    return fiscal_year_of(day or today(), settings.TB_FISCAL_YEAR_START_MONTH)
-
-
-def allowance_released(
-    allowance: Allowance, employee: Employee, day: dt.date
-) -> tuple[Decimal, Decimal]:
-    """(grant after proration, released on `day`), both before adjustments."""
-    start_month = settings.TB_FISCAL_YEAR_START_MONTH
-    grant = ledger.prorated_amount(
-        allowance.amount,
-        allowance.unit,
-        fiscal_year=allowance.fiscal_year,
-        start_month=start_month,
-        employee_start=employee.start_date,
-        employee_end=employee.end_date,
-        prorate=allowance.prorate,
-    )
-    period = ledger.active_period(
-        allowance.fiscal_year, start_month, employee.start_date, employee.end_date
-    )
-    released = ledger.released_amount(
-        grant,
-        allowance.unit,
-        release=allowance.release,
-        fiscal_year=allowance.fiscal_year,
-        start_month=start_month,
-        period=period,
-        today=day,
-    )
-    return grant, released
-
-
-def quota_get(employee: Employee, *, day: dt.date | None = None) -> QuotaView:
-    """What the employee has for the fiscal year containing `day` (default today)."""
-    day = day or today()
-    start_month = settings.TB_FISCAL_YEAR_START_MONTH
-    fiscal_year = fiscal_year_of(day, start_month)
-    allowance = Allowance.objects.filter(employee=employee, fiscal_year=fiscal_year).first()
-    period = ledger.active_period(fiscal_year, start_month, employee.start_date, employee.end_date)
-    period_end = (
-        period.end if period.days else fiscal_year_bounds(fiscal_year, start_month)[1]
-    ) - dt.timedelta(days=1)
-    if allowance is None:
-        zero = Decimal(0)
-        return QuotaView(
-            fiscal_year, "tokens", zero, zero, zero, zero, zero, period_end, None, None
-        )
-    grant, released = allowance_released(allowance, employee, day)
-    released += allowance.adjustments_total
-    return QuotaView(
-        fiscal_year=fiscal_year,
-        unit=allowance.unit,
-        allowance=grant + allowance.adjustments_total,
-        released=released,
-        used=allowance.used,
-        reserved=allowance.reserved,
-        remaining=released - allowance.used - allowance.reserved,
-        period_end=period_end,
-        next_release=ledger.next_release_date(period, allowance.release, day),
-        allowance_id=allowance.pk,
-    )
 
 
 def quota_reserve(
@@ -176,7 +82,8 @@ def quota_reserve(
     ledger (Redis, during its outage) took that this database has not seen yet.
     """
     elsewhere = held_elsewhere or {}
-    day = day or today()
+    # Through the module, so a test that fixes `budgets.balance.today` fixes it here too.
+    day = day or balance.today()
     fiscal_year = fiscal_year_of(day, settings.TB_FISCAL_YEAR_START_MONTH)
     with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         row = sql.locked_row(

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import redis
 
-from budgets.models import Allowance, CostCenterSpend
-from metering import quota_redis
-from metering.models import VirtualKey
+from metering.quota import keys, scripts
+from metering.quota.clients import sync_client
+from metering.quota.seed import counter_database_value
+from metering.quota.sweep import holds_release_dead, reserved_recompute
 from metering.usage_stream.consumer import _decode, stream_drain
 from metering.usage_stream.dead_letters import dead_letters_waiting_units
 
@@ -25,33 +26,6 @@ class Drift:
     repaired: bool
 
 
-def counter_database_value(name: str) -> int | None:
-    """The counter's `used` per the database, in Redis units; None when its row is gone.
-
-    Only `used`: the database's open holds are holds, not usage. A counter seeded or repaired
-    with them in `used` would keep them as charges for ever (the database closes its own holds
-    without touching Redis); the fallback's holds still open when Redis comes back are adopted
-    as Redis holds by the process that took them, which keeps the counter exact."""
-    parts = name.split(":")
-    kind = parts[2]
-    if kind == "a":
-        row = Allowance.objects.filter(pk=int(parts[3])).values("unit", "used").first()
-        if row is None:
-            return None
-        return quota_redis.to_units(row["used"], row["unit"], up=True)
-    if kind == "k":
-        row = VirtualKey.objects.filter(pk=int(parts[3])).values("used_tokens").first()
-        return None if row is None else row["used_tokens"]
-    if kind == "c":
-        spend = CostCenterSpend.objects.filter(
-            cost_center_id=int(parts[3]), fiscal_year=int(parts[4])
-        ).first()
-        if spend is None:
-            return 0
-        return quota_redis.to_units(spend.spent, "usd", up=True)
-    return None
-
-
 def quotas_reconcile(*, repair: bool = True, client: redis.Redis | None = None) -> list[Drift]:
     """Compare every Redis counter with the database and (with `repair`) set drifted ones to
     the database's value, counting the charges of dead letters not yet applied (which the
@@ -60,14 +34,14 @@ def quotas_reconcile(*, repair: bool = True, client: redis.Redis | None = None) 
     The counters and the stream's newest id are read in one MULTI, then the stream is drained
     up to at least that id, so the database has applied every charge the counters had seen; a
     counter that moved meanwhile is left for the next run (the write is compare-and-set)."""
-    client = client or quota_redis.sync_client()
-    names = sorted(_decode(n) for n in client.scan_iter(match="tb:q:*", count=1000))
+    client = client or sync_client()
+    names = sorted(_decode(n) for n in client.scan_iter(match=keys.COUNTER_PATTERN, count=1000))
     if not names:
         return []
     pipe = client.pipeline(transaction=True)
     for name in names:
         pipe.hget(name, "used")
-    pipe.xrevrange(quota_redis.STREAM, count=1)
+    pipe.xrevrange(keys.STREAM, count=1)
     answers = pipe.execute()
     stream_drain(client=client, claim_idle_ms=0)
     # Charges of dead letters not yet applied: in the counters, not yet in the database.
@@ -81,7 +55,7 @@ def quotas_reconcile(*, repair: bool = True, client: redis.Redis | None = None) 
             expected += waiting.get(name, 0)
         if expected is None or int(used) == expected:
             continue
-        repaired = repair and quota_redis.counter_set_if_unchanged(name, _decode(used), expected)
+        repaired = repair and counter_set_if_unchanged(name, _decode(used), expected)
         drifts.append(Drift(name, int(used), expected, repaired))
         log.warning(
             "quota counter drift",
@@ -107,10 +81,16 @@ def holds_reconcile(*, client: redis.Redis | None = None) -> HoldsRepair:
     and gives nothing back twice.) Holds of live processes are left alone however old, since
     a stream may run long; holds without an owner (older versions) wait for the sweep. A hold
     whose caller left during the reserve is given back by the proxy itself."""
-    client = client or quota_redis.sync_client()
-    released = quota_redis.holds_release_dead()
-    names = sorted(_decode(n) for n in client.scan_iter(match="tb:q:*", count=1000))
-    fixes = quota_redis.reserved_recompute(names)
+    client = client or sync_client()
+    released = holds_release_dead()
+    names = sorted(_decode(n) for n in client.scan_iter(match=keys.COUNTER_PATTERN, count=1000))
+    fixes = reserved_recompute(names)
     for name, was, now in fixes:
         log.warning("quota reserved drift", extra={"counter": name, "redis": was, "holds": now})
     return HoldsRepair(released, fixes)
+
+
+def counter_set_if_unchanged(name: str, read: str, value: int) -> bool:
+    """Set the counter's `used` to `value` if it still reads `read` (compare-and-set)."""
+    script = sync_client().register_script(scripts.RECONCILE)
+    return bool(script(keys=[name], args=[read, value]))

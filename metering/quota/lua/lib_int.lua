@@ -1,0 +1,1 @@
+local function int(x) return string.format('%.0f', x) end

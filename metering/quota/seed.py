@@ -1,0 +1,67 @@
+"""Seeding: a counter missing in Redis is created from the database's `used`.
+
+One load per counter in this process however many calls found it missing, and one write in
+Redis however many processes race (the seed script writes only a counter still missing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from budgets.models import Allowance, CostCenterSpend
+from metering.models import VirtualKey
+from metering.quota import keys, redis_backend
+from metering.quota.units import to_units
+
+
+def counter_database_value(name: str) -> int | None:
+    """The counter's `used` per the database, in Redis units; None when its row is gone (or
+    the name is no counter's).
+
+    Only `used`: the database's open holds are holds, not usage. A counter seeded or repaired
+    with them in `used` would keep them as charges for ever (the database closes its own holds
+    without touching Redis); the fallback's holds still open when Redis comes back are adopted
+    as Redis holds by the process that took them, which keeps the counter exact."""
+    try:
+        counter = keys.counter_parse(name)
+    except ValueError:
+        return None
+    if counter.kind == "allowance":
+        row = Allowance.objects.filter(pk=counter.ident).values("unit", "used").first()
+        if row is None:
+            return None
+        return to_units(row["used"], row["unit"], up=True)
+    if counter.kind == "key":
+        row = VirtualKey.objects.filter(pk=counter.ident).values("used_tokens").first()
+        return None if row is None else row["used_tokens"]
+    spend = CostCenterSpend.objects.filter(
+        cost_center_id=counter.ident, fiscal_year=counter.fiscal_year
+    ).first()
+    if spend is None:
+        return 0
+    return to_units(spend.spent, "usd", up=True)
+
+
+_seeding: dict[str, asyncio.Future] = {}
+
+
+async def seed_missing(budgets: list[redis_backend.Budget]) -> None:
+    """Seed the missing counters from the database (see the module docstring)."""
+    waits = []
+    for budget in budgets:
+        pending = _seeding.get(budget.counter)
+        if pending is None:
+            pending = asyncio.ensure_future(_seed_one(budget))
+            _seeding[budget.counter] = pending
+            pending.add_done_callback(lambda _, name=budget.counter: _seeding.pop(name, None))
+        waits.append(asyncio.shield(pending))
+    await asyncio.gather(*waits)
+
+
+async def _seed_one(budget: redis_backend.Budget) -> None:
+    from metering.dbpool import in_db_thread
+
+    # `used` only: the database's own open holds are not usage (their processes adopt them as
+    # Redis holds), so seeding never turns a hold into a charge.
+    used = await in_db_thread(counter_database_value)(budget.counter)
+    await redis_backend.seed_counters([(budget.counter, used or 0, budget.expire_at)])

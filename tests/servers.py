@@ -96,6 +96,30 @@ def start_proxy(port: int, env: dict[str, str], workers: int = 1) -> subprocess.
     )
 
 
+def start_proxy_granian(port: int, env: dict[str, str], workers: int = 1) -> subprocess.Popen:
+    """The proxy on granian (Rust HTTP server, ASGI interface) instead of uvicorn."""
+    return start(
+        [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "config.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+        ],
+        port,
+        env,
+    )
+
+
 def stop(process: subprocess.Popen) -> None:
     process.terminate()
     try:

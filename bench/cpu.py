@@ -125,6 +125,43 @@ class Row:
         return sum(v for k, v in self.cpu_us.items() if k != "mock")
 
 
+def profile_start(pid: int, seconds: float, out: Path) -> subprocess.Popen:
+    """py-spy sampling the proxy (all its threads, native frames left out) for `seconds`."""
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            *("--pid", str(pid), "--duration", str(max(1, int(seconds)))),
+            *("--rate", "250", "--format", "raw", "--output", str(out), "--nonblocking"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def profile_summary(path: Path, top: int = 25) -> str:
+    """Collapsed stacks -> the share of samples per innermost frame and per module (inclusive)."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        frames = stack.split(";")
+        total += n
+        leaf = frames[-1]
+        own[leaf] = own.get(leaf, 0) + n
+        for module in {f.split("(", 1)[-1].split(":", 1)[0].rstrip(")") for f in frames}:
+            inclusive[module] = inclusive.get(module, 0) + n
+    lines = [f"{total} samples", "innermost frames:"]
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {100 * n / total:5.1f}%  {frame}")
+    lines.append("files on the stack (inclusive):")
+    for module, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {100 * n / total:5.1f}%  {module}")
+    return "\n".join(lines)
+
+
 def measure(
     meters: Meters,
     url: str,
@@ -133,10 +170,14 @@ def measure(
     concurrency: int,
     seconds: float,
     stream: bool,
+    profile: tuple[int, Path] | None = None,
 ) -> tuple[int, int, float, list[float], dict[str, float]]:
     # Warm-up inside drive() is not counted: read the meters around a drive() of its own.
     asyncio.run(base.drive(url, body, headers, concurrency, 0.3, stream))
     time.sleep(0.3)  # let the consumer catch up with the warm-up
+    profiler = None
+    if profile is not None:
+        profiler = profile_start(profile[0], seconds, profile[1])
     before = meters.read()
     count, errors, elapsed, lat = asyncio.run(
         base.drive(url, body, headers, concurrency, seconds, stream)
@@ -144,6 +185,8 @@ def measure(
     # The consumer's and the database's share of these calls lands after the last answer.
     time.sleep(1.5 if "consumer" in meters.readers else 0.1)
     after = meters.read()
+    if profiler is not None:
+        profiler.wait(timeout=60)
     # drive() makes min(concurrency, 16) warm-up calls of its own inside the window.
     done = count + min(concurrency, 16)
     per_call = {name: (after[name] - before[name]) * 1e6 / done for name in after}
@@ -257,6 +300,20 @@ def run_point(point: str, args: argparse.Namespace, rows: list[Row], lags: dict)
                         args.c1_seconds if concurrency == 1 else args.seconds,
                         stream,
                     )
+                    if args.profile and target == "tokenbudget" and concurrency > 1:
+                        # A run of its own: the sampler's CPU stays out of the measured one.
+                        out = args.profile / f"{point}-{'stream' if stream else 'whole'}.txt"
+                        measure(
+                            run_meters,
+                            url,
+                            {**base.BODY, "model": model},
+                            headers,
+                            concurrency,
+                            args.seconds,
+                            stream,
+                            profile=(process.pid, out),
+                        )
+                        print(profile_summary(out), flush=True)
                     if target == "floor":
                         per_call = {"mock": per_call["mock"]}
                     result = base.Result(
@@ -378,8 +435,16 @@ def main() -> None:
     parser.add_argument("--no-litellm", dest="litellm", action="store_false")
     parser.add_argument("--lag-calls", type=int, default=30, help="calls timed to the database")
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="after each measured run of the proxy at c>1, one more under py-spy (not counted):"
+        " collapsed stacks into this folder and a summary printed",
+    )
     args = parser.parse_args()
     args.levels = [int(c) for c in args.concurrency.split(",")]
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     points = args.points.split(",")
     if "production" in points and not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         sys.exit("The production point needs DATABASE_URL naming a PostgreSQL server.")

@@ -44,14 +44,19 @@ def database_url_of(settings_dict: dict) -> str:
     return f"postgres://{user}{password}@{host}:{port}/{settings_dict['NAME']}"
 
 
-def start(args: list[str], port: int, env: dict[str, str | None] | None = None) -> subprocess.Popen:
+def start(
+    args: list[str],
+    port: int,
+    env: dict[str, str | None] | None = None,
+    timeout: float = 30.0,
+) -> subprocess.Popen:
     """Start a server on top of this environment (`None` removes a variable) and wait until it
-    listens on `port`."""
+    listens on `port` (at most `timeout` seconds)."""
     merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env = {name: value for name, value in merged.items() if value is not None}
     process = subprocess.Popen(args, cwd=ROOT, env=full_env)
     try:
-        wait_for_port(port, process)
+        wait_for_port(port, process, timeout)
     except Exception:
         process.kill()
         raise

@@ -109,7 +109,7 @@ def start_proxy_granian(port: int, env: dict[str, str], workers: int = 1) -> sub
             "-m",
             "granian",
             "--interface",
-            "asgi",
+            "asginl",  # no lifespan: Django's handler has none
             "config.asgi:application",
             "--host",
             "127.0.0.1",
@@ -122,6 +122,7 @@ def start_proxy_granian(port: int, env: dict[str, str], workers: int = 1) -> sub
         ],
         port,
         env,
+        timeout=120,  # its worker process imports Django after the server starts
     )
 
 

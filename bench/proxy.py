@@ -168,6 +168,7 @@ def start_litellm(port: int, instant: str, slow: str, workers: int = 1) -> subpr
             "DATABASE_URL": None,
             "REDIS_URL": None,
         },
+        timeout=240,  # its imports alone take half a minute on a busy box
     )
 
 

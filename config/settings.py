@@ -186,6 +186,9 @@ TB_REDIS_DOWN_MODE = env_choice("TB_REDIS_DOWN_MODE", "database", ("database", "
 TB_REDIS_TIMEOUT_MS = env_int("TB_REDIS_TIMEOUT_MS", 3000, minimum=10, maximum=60_000)
 # Usage events applied per database transaction by the stream consumer.
 TB_USAGE_BATCH = env_int("TB_USAGE_BATCH", 2000, minimum=1, maximum=50_000)
+# A consumer read that finds less than a batch waits this long for more before it writes: at
+# low load the calls of the window share one transaction (a record waits at most this long).
+TB_USAGE_LINGER_MS = env_int("TB_USAGE_LINGER_MS", 200, minimum=0, maximum=1000)
 # A stream entry delivered to a consumer that has not acknowledged it for this long (it died
 # mid-batch) is claimed by another consumer.
 TB_USAGE_CLAIM_IDLE_MS = env_int("TB_USAGE_CLAIM_IDLE_MS", 30_000, minimum=100)

@@ -44,14 +44,19 @@ def database_url_of(settings_dict: dict) -> str:
     return f"postgres://{user}{password}@{host}:{port}/{settings_dict['NAME']}"
 
 
-def start(args: list[str], port: int, env: dict[str, str | None] | None = None) -> subprocess.Popen:
+def start(
+    args: list[str],
+    port: int,
+    env: dict[str, str | None] | None = None,
+    timeout: float = 30.0,
+) -> subprocess.Popen:
     """Start a server on top of this environment (`None` removes a variable) and wait until it
-    listens on `port`."""
+    listens on `port` (at most `timeout` seconds)."""
     merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env = {name: value for name, value in merged.items() if value is not None}
     process = subprocess.Popen(args, cwd=ROOT, env=full_env)
     try:
-        wait_for_port(port, process)
+        wait_for_port(port, process, timeout)
     except Exception:
         process.kill()
         raise
@@ -93,6 +98,31 @@ def start_proxy(port: int, env: dict[str, str], workers: int = 1) -> subprocess.
         ],
         port,
         env,
+    )
+
+
+def start_proxy_granian(port: int, env: dict[str, str], workers: int = 1) -> subprocess.Popen:
+    """The proxy on granian (Rust HTTP server, ASGI interface) instead of uvicorn."""
+    return start(
+        [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "asginl",  # no lifespan: Django's handler has none
+            "config.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+        ],
+        port,
+        env,
+        timeout=120,  # its worker process imports Django after the server starts
     )
 
 

@@ -55,7 +55,7 @@ class Call:
     quote: pricing.PriceQuote
     estimate: ledger.CallEstimate
     intent: str
-    held: Any = None  # the quota backend's hold (metering.quotas.AnyHold) once taken
+    held: Any = None  # the quota backend's hold (metering.quota.interface.AnyHold) once taken
     # The model the client asked for, when routing served another (alias or downgrade).
     requested_model: str = ""
     downgraded: bool = False

@@ -172,13 +172,17 @@ def usage_payloads_apply(*, payloads: list[bytes]) -> int:
     totals = Totals()
     with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         raw = cursor.cursor  # the driver's own cursor: COPY, and server-side parameters
-        raw.execute(_stage_create_sql())
-        # Emptied at commit; emptied here too, since several applications may share one
-        # transaction (the database fallback's batching runner).
-        raw.execute(f"DELETE FROM {_STAGE}")
-        # The batch is sorted and kept in memory once (a few MB for thousands of events);
-        # the default work_mem would spill both to temporary files.
-        raw.execute("SET LOCAL work_mem = '64MB'")
+        # One round trip for the set-up (no parameters: one simple query of four statements).
+        # The stage is emptied at commit; emptied here too, since several applications may
+        # share one transaction (the database fallback's batching runner). The batch is sorted
+        # and kept in memory once (a few MB for thousands of events); the default work_mem
+        # would spill both to temporary files. The records' deferred foreign-key checks run as
+        # the insert ends rather than at commit, so the ledger rows locked below are held for
+        # as short a time as possible.
+        raw.execute(
+            f"{_stage_create_sql()}; DELETE FROM {_STAGE}; SET LOCAL work_mem = '64MB';"
+            " SET CONSTRAINTS ALL IMMEDIATE"
+        )
         with raw.copy(f"COPY {_STAGE} FROM STDIN") as copy:
             copy.write(b"\n".join(payloads))
         raw.execute(_insert_and_sum_sql())
@@ -191,9 +195,6 @@ def usage_payloads_apply(*, payloads: list[bytes]) -> int:
                 totals.allowances[ident] = amount
             else:
                 totals.spends[(year, ident)] = amount
-        # The records' deferred foreign-key checks run now rather than at commit, so the ledger
-        # rows locked below are held for as short a time as possible.
-        raw.execute("SET CONSTRAINTS ALL IMMEDIATE")
         _apply_totals_postgresql(raw, totals)
     return totals.new
 
@@ -206,29 +207,43 @@ def _apply_totals_postgresql(raw: Any, totals: Totals) -> None:
     The lock is FOR NO KEY UPDATE (what an UPDATE of these columns takes anyway), not FOR
     UPDATE: the records' foreign-key checks have already taken FOR KEY SHARE on the key rows,
     in this consumer and in any other, and FOR UPDATE would wait on the other consumer's share
-    while it waits on ours."""
+    while it waits on ours.
+
+    The statements go in one round trip: bound on the client (the way Django's cursor binds
+    every query) and sent as one simple query, run in order like separate ones."""
+    statements = _totals_statements(totals)
+    if not hasattr(raw, "mogrify"):  # server-side binding configured: one at a time
+        for query, params in statements:
+            raw.execute(query, params)
+    elif statements:
+        raw.execute("; ".join(raw.mogrify(query, params) for query, params in statements))
+
+
+def _totals_statements(totals: Totals) -> list[tuple[str, list[Any]]]:
+    statements: list[tuple[str, list[Any]]] = []
+    add = statements.append
     if totals.keys:
         ids = sorted(totals.keys)
         key_table = VirtualKey._meta.db_table
-        raw.execute(
-            f"SELECT id FROM {key_table} WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE", [ids]
-        )
-        raw.execute(
-            f"UPDATE {key_table} k SET used_tokens = k.used_tokens + t.n"
-            " FROM unnest(%s::bigint[], %s::bigint[]) AS t(id, n) WHERE k.id = t.id",
-            [ids, [totals.keys[i] for i in ids]],
+        add((f"SELECT id FROM {key_table} WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE", [ids]))
+        add(
+            (
+                f"UPDATE {key_table} k SET used_tokens = k.used_tokens + t.n"
+                " FROM unnest(%s::bigint[], %s::bigint[]) AS t(id, n) WHERE k.id = t.id",
+                [ids, [totals.keys[i] for i in ids]],
+            )
         )
     if totals.allowances:
         ids = sorted(totals.allowances)
         table = Allowance._meta.db_table
         # A deleted allowance matches nothing: its records stay, there is nothing to charge.
-        raw.execute(
-            f"SELECT id FROM {table} WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE", [ids]
-        )
-        raw.execute(
-            f"UPDATE {table} a SET used = a.used + t.amount"
-            " FROM unnest(%s::bigint[], %s::numeric[]) AS t(id, amount) WHERE a.id = t.id",
-            [ids, [totals.allowances[i] for i in ids]],
+        add((f"SELECT id FROM {table} WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE", [ids]))
+        add(
+            (
+                f"UPDATE {table} a SET used = a.used + t.amount"
+                " FROM unnest(%s::bigint[], %s::numeric[]) AS t(id, amount) WHERE a.id = t.id",
+                [ids, [totals.allowances[i] for i in ids]],
+            )
         )
     if totals.spends:
         pairs = sorted(totals.spends, key=lambda k: (k[1], k[0]))
@@ -236,22 +251,29 @@ def _apply_totals_postgresql(raw: Any, totals: Totals) -> None:
         centers = [center for _, center in pairs]
         amounts = [totals.spends[pair] for pair in pairs]
         spend_table = CostCenterSpend._meta.db_table
-        raw.execute(
-            f"INSERT INTO {spend_table} (cost_center_id, fiscal_year, spent, reserved)"
-            " SELECT c, y, 0, 0 FROM unnest(%s::bigint[], %s::int[]) AS t(c, y)"
-            " ON CONFLICT (cost_center_id, fiscal_year) DO NOTHING",
-            [centers, years],
+        add(
+            (
+                f"INSERT INTO {spend_table} (cost_center_id, fiscal_year, spent, reserved)"
+                " SELECT c, y, 0, 0 FROM unnest(%s::bigint[], %s::int[]) AS t(c, y)"
+                " ON CONFLICT (cost_center_id, fiscal_year) DO NOTHING",
+                [centers, years],
+            )
         )
-        raw.execute(
-            f"SELECT s.id FROM {spend_table} s"
-            " JOIN unnest(%s::bigint[], %s::int[]) AS t(c, y)"
-            " ON s.cost_center_id = t.c AND s.fiscal_year = t.y"
-            " ORDER BY s.id FOR NO KEY UPDATE OF s",
-            [centers, years],
+        add(
+            (
+                f"SELECT s.id FROM {spend_table} s"
+                " JOIN unnest(%s::bigint[], %s::int[]) AS t(c, y)"
+                " ON s.cost_center_id = t.c AND s.fiscal_year = t.y"
+                " ORDER BY s.id FOR NO KEY UPDATE OF s",
+                [centers, years],
+            )
         )
-        raw.execute(
-            f"UPDATE {spend_table} s SET spent = s.spent + t.amount"
-            " FROM unnest(%s::bigint[], %s::int[], %s::numeric[]) AS t(c, y, amount)"
-            " WHERE s.cost_center_id = t.c AND s.fiscal_year = t.y",
-            [centers, years, amounts],
+        add(
+            (
+                f"UPDATE {spend_table} s SET spent = s.spent + t.amount"
+                " FROM unnest(%s::bigint[], %s::int[], %s::numeric[]) AS t(c, y, amount)"
+                " WHERE s.cost_center_id = t.c AND s.fiscal_year = t.y",
+                [centers, years, amounts],
+            )
         )
+    return statements

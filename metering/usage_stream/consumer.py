@@ -85,6 +85,7 @@ def stream_drain(
     claim_idle_ms: int | None = None,
     until_empty: bool = True,
     stop: Any = None,
+    linger_ms: int | None = None,
 ) -> int:
     """Drain the usage stream into the database; returns how many records were new.
 
@@ -94,17 +95,25 @@ def stream_drain(
 
     While a batch is written, the next one is read (and parsed) on a reader thread: the thread
     waits on Redis and this one on PostgreSQL, so the two overlap. A batch read ahead is
-    pending in the group like any other until its own commit is acknowledged."""
+    pending in the group like any other until its own commit is acknowledged.
+
+    Running (not `until_empty`), a read that finds fewer entries than a batch waits
+    `linger_ms` (`TB_USAGE_LINGER_MS`) and reads once more without blocking: at low load the
+    calls of that window share one transaction and one acknowledgement instead of each paying
+    for its own, and a record reaches the database at most that much later. Claims of dead
+    consumers' entries, which wait `claim_idle_ms` anyway, run at most every
+    `claim_idle_ms / 10` (1 s at most) there; a drain `until_empty` claims on every read."""
     client = client or clients.consumer_client(block_ms)
-    read = functools.partial(
-        _read,
+    idle_ms = settings.TB_USAGE_CLAIM_IDLE_MS if claim_idle_ms is None else claim_idle_ms
+    read = _Reader(
         client,
         consumer or consumer_name(),
         batch or settings.TB_USAGE_BATCH,
         block_ms,
-        settings.TB_USAGE_CLAIM_IDLE_MS if claim_idle_ms is None else claim_idle_ms,
+        idle_ms,
         until_empty,
-    )
+        0 if until_empty else (settings.TB_USAGE_LINGER_MS if linger_ms is None else linger_ms),
+    ).read
     total = 0
     rounds = 0
     grouped = False
@@ -153,32 +162,61 @@ def stream_drain(
     return total
 
 
-def _read(
-    client: redis.Redis,
-    consumer: str,
-    batch: int,
-    block_ms: int,
-    claim_idle_ms: int,
-    until_empty: bool,
-) -> list[tuple[bytes, dict]]:
-    """Entries left pending by dead consumers, then new ones (delivered to `consumer`)."""
-    _, claimed, _ = client.xautoclaim(
-        keys.STREAM,
-        keys.GROUP,
-        consumer,
-        min_idle_time=claim_idle_ms,
-        start_id="0-0",
-        count=batch,
-    )
-    entries = [e for e in claimed if e[1]]
-    answer = client.xreadgroup(
-        keys.GROUP,
-        consumer,
-        {keys.STREAM: ">"},
-        count=batch,
-        block=None if until_empty or entries else block_ms,
-    )
-    return entries + (answer[0][1] if answer else [])
+class _Reader:
+    """Entries left pending by dead consumers, then new ones (delivered to `consumer`).
+
+    Called on one thread at a time (the drain's or its read-ahead's, never both at once)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        consumer: str,
+        batch: int,
+        block_ms: int,
+        claim_idle_ms: int,
+        until_empty: bool,
+        linger_ms: int,
+    ) -> None:
+        self.client, self.consumer, self.batch = client, consumer, batch
+        self.block_ms, self.claim_idle_ms, self.until_empty = block_ms, claim_idle_ms, until_empty
+        self.linger = max(0, linger_ms) / 1000
+        self.claim_every = 0.0 if until_empty else min(1.0, claim_idle_ms / 10_000)
+        self.claimed_at = float("-inf")
+
+    def read(self) -> list[tuple[bytes, dict]]:
+        entries: list[tuple[bytes, dict]] = []
+        now = time.monotonic()
+        if now - self.claimed_at >= self.claim_every:
+            self.claimed_at = now
+            _, claimed, _ = self.client.xautoclaim(
+                keys.STREAM,
+                keys.GROUP,
+                self.consumer,
+                min_idle_time=self.claim_idle_ms,
+                start_id="0-0",
+                count=self.batch,
+            )
+            entries = [e for e in claimed if e[1]]
+        entries += self._new(
+            self.batch - len(entries),
+            None if self.until_empty or entries else self.block_ms,
+        )
+        if entries and self.linger and len(entries) < self.batch:
+            time.sleep(self.linger)
+            entries += self._new(self.batch - len(entries), None)
+        return entries
+
+    def _new(self, count: int, block: int | None) -> list[tuple[bytes, dict]]:
+        if count <= 0:
+            return []
+        answer = self.client.xreadgroup(
+            keys.GROUP,
+            self.consumer,
+            {keys.STREAM: ">"},
+            count=count,
+            block=block,
+        )
+        return answer[0][1] if answer else []
 
 
 def stream_trim(client: redis.Redis) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import threading
+import time
 import uuid
 from decimal import Decimal
 
@@ -233,3 +235,68 @@ def test_a_consumer_recreates_a_deleted_stream_group_and_goes_on(rds: redis.Redi
         stop=stop,
     )
     assert written == 2 == UsageRecord.objects.count()
+
+
+def _batches_seen(monkeypatch) -> list[int]:
+    """The sizes of the batches a drain applies (the real application, watched)."""
+    from metering.usage_stream import consumer
+
+    seen: list[int] = []
+    real = consumer.stream_entries_apply
+
+    def watched(client: redis.Redis, raw: list) -> int:
+        seen.append(len(raw))
+        return real(client, raw)
+
+    monkeypatch.setattr(consumer, "stream_entries_apply", watched)
+    return seen
+
+
+def test_a_running_consumer_lingers_so_calls_close_together_share_a_batch(
+    rds: redis.Redis,  # noqa: F811
+    monkeypatch,
+) -> None:
+    info = make_key(amount=100_000)
+    seen = _batches_seen(monkeypatch)
+    push(rds, [event_encode(event_for(info))])
+    later = threading.Timer(0.2, lambda: push(rds, [event_encode(event_for(info))]))
+    later.start()
+    started = time.monotonic()
+    written = stream_drain(
+        client=clients.consumer_client(100),
+        batch=10,
+        block_ms=100,
+        until_empty=False,
+        linger_ms=1000,
+        stop=lambda: UsageRecord.objects.count() >= 2 or time.monotonic() - started > 10,
+    )
+    later.join()
+    assert written == 2 == UsageRecord.objects.count()
+    assert [n for n in seen if n] == [2], "the second call arrived within the linger"
+    assert Allowance.objects.get(pk=info.limits.allowance_id).used == 60
+    assert rds.xpending(keys.STREAM, keys.GROUP)["pending"] == 0
+
+
+def test_a_full_batch_is_written_without_lingering(rds: redis.Redis, monkeypatch) -> None:  # noqa: F811
+    info = make_key(amount=100_000)
+    seen = _batches_seen(monkeypatch)
+    push(rds, [event_encode(event_for(info)) for _ in range(10)])
+    started = time.monotonic()
+    written = stream_drain(
+        client=clients.consumer_client(100),
+        batch=10,
+        block_ms=100,
+        until_empty=False,
+        linger_ms=5000,
+        stop=lambda: UsageRecord.objects.count() >= 10 or time.monotonic() - started > 20,
+    )
+    assert written == 10 and seen[0] == 10
+    assert time.monotonic() - started < 4, "a full batch does not wait for more"
+
+
+def test_a_drain_until_empty_never_lingers(rds: redis.Redis) -> None:  # noqa: F811
+    info = make_key(amount=100_000)
+    push(rds, [event_encode(event_for(info))])
+    started = time.monotonic()
+    assert stream_drain(client=clients.sync_client(), linger_ms=5000) == 1
+    assert time.monotonic() - started < 4

@@ -23,9 +23,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing.models import AlertEvent, DailyUsage, PersonalStatementNotice
+from billing.periods import last_complete_month, local_tz
 from billing.personal import pacing_get, personal_statement_get
-from billing.rollup import local_tz
-from billing.statements import last_complete_month
 from budgets.fiscal import add_months
 from budgets.formatting import Number, amount_text, tokens_text, usd_text
 from budgets.models import Allowance, CostCenter, CostCenterSpend, Employee, Policy

@@ -28,7 +28,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 
 from billing.models import ChargebackStatement, StatementLine, units_to_cost
-from billing.rollup import local_tz
+from billing.periods import local_tz
 from budgets.fiscal import add_months
 
 CHUNK = 2000  # rows per database round trip; small enough to keep memory flat

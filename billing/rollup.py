@@ -30,7 +30,6 @@ lock on the watermark, so a re-run or two concurrent runs never add a record twi
 from __future__ import annotations
 
 import datetime as dt
-import zoneinfo
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -39,6 +38,7 @@ from django.db.models import BigIntegerField, Count, DecimalField, F, Q, Sum, Va
 from django.db.models.functions import Cast, Round, TruncDate
 
 from billing.models import COST_SCALE, TOKEN_KINDS, DailyUsage, Watermark
+from billing.periods import local_tz
 from metering.models import UsageRecord
 
 WATERMARK_NAME = "daily_usage"
@@ -52,11 +52,6 @@ class RollupResult:
     from_id: int  # exclusive
     to_id: int  # inclusive
     groups: int  # rows inserted or updated in DailyUsage
-
-
-def local_tz() -> zoneinfo.ZoneInfo:
-    """The zone that defines days and months for billing (settings.TIME_ZONE)."""
-    return zoneinfo.ZoneInfo(settings.TIME_ZONE)
 
 
 def _aggregate_query(condition: Q):

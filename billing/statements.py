@@ -34,7 +34,8 @@ from billing.models import (
     StatementLine,
     Watermark,
 )
-from billing.rollup import daily_usage_rollup, local_tz
+from billing.periods import last_complete_month
+from billing.rollup import daily_usage_rollup
 from budgets.fiscal import add_months, month_start
 
 CLOSE_WATERMARK = "statements_close"
@@ -60,11 +61,6 @@ def _lookback_months() -> int:
     # How far back late usage is looked for on each close. Usage older than this stays
     # "open" (visible in usage_reconcile) until a close with a longer look-back picks it up.
     return int(getattr(settings, "TB_BILLING_LATE_USAGE_MONTHS", 12))
-
-
-def last_complete_month(now: dt.datetime) -> dt.date:
-    """First day of the latest month that has fully ended at `now`, in the billing zone."""
-    return add_months(month_start(timezone.localtime(now, local_tz()).date()), -1)
 
 
 def _sums(queryset: Any, *group: str) -> dict[tuple, dict[str, int]]:
@@ -262,13 +258,6 @@ def statement_finalize(
             # answers, and the sync's outcome is recorded on it.
             transaction.on_commit(lambda: statement_stripe_sync_soon(statement.pk))
     return statement
-
-
-def statement_mark_sent(
-    *, statement_id: int, now: dt.datetime | None = None
-) -> ChargebackStatement:
-    """final -> sent (idempotent when already sent or paid)."""
-    return _advance(statement_id, Status.SENT, "sent_at", now)
 
 
 def statement_mark_paid(

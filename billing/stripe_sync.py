@@ -35,7 +35,7 @@ from billing.models import (
     StripeInvoiceItem,
     units_to_cost,
 )
-from billing.rollup import local_tz
+from billing.periods import local_tz
 from billing.statements import StatementStateError, statement_mark_paid
 from budgets.audit import audit_record
 from budgets.fiscal import add_months

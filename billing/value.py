@@ -41,8 +41,7 @@ from django.db import transaction
 from django.db.models import Case, F, Q, QuerySet, Sum, When
 
 from billing.models import DailyUsage, Watermark, units_to_cost
-from billing.rollup import local_tz
-from billing.statements import last_complete_month
+from billing.periods import last_complete_month, local_tz
 from budgets import roles
 from budgets.fiscal import add_months
 from budgets.models import CostCenter, Employee

@@ -25,8 +25,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.models import ValueReport, ValueReportPeriod, cost_to_units, units_to_cost
-from billing.rollup import local_tz
-from billing.statements import last_complete_month
+from billing.periods import last_complete_month, local_tz
 from billing.value import (
     DIMENSIONS,
     MIN_RATED,

@@ -114,11 +114,11 @@ class ValueReportPeriodAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Recompute the selected months (queued)")
     def recompute(self, request: HttpRequest, queryset: QuerySet[ValueReportPeriod]) -> None:
-        from billing.tasks import value_report_store
+        from billing.tasks import value_report_store_task
 
         months = [since.isoformat() for since in queryset.values_list("since", flat=True)]
         for month in months:
-            transaction.on_commit(lambda month=month: value_report_store.delay(month))
+            transaction.on_commit(lambda month=month: value_report_store_task.delay(month))
         self.message_user(request, f"{len(months)} month(s) queued for recomputation.")
 
 

@@ -99,10 +99,10 @@ def alerts_check(*, now: dt.datetime) -> list[int]:
     created += _cap_alerts(fiscal_year, period, managers, done)
     ids = [a.pk for a in created]
     if ids:
-        from billing.tasks import alert_notify
+        from billing.tasks import alert_notify_task
 
         for alert_id in ids:
-            transaction.on_commit(lambda a=alert_id: alert_notify.delay(a))
+            transaction.on_commit(lambda a=alert_id: alert_notify_task.delay(a))
     return ids
 
 
@@ -178,7 +178,7 @@ def _cap_alerts(
 
 
 def _slack_post(text: str) -> None:
-    url = getattr(settings, "TB_ALERT_WEBHOOK_URL", "")
+    url = settings.TB_ALERT_WEBHOOK_URL
     if not url:
         return
     timeout = httpx.Timeout(5.0, connect=3.0)

@@ -213,9 +213,9 @@ def focus_csv(lines: QuerySet[StatementLine]) -> Iterator[bytes]:
     invoice id once there is one, else the statement's own reference: a chargeback statement
     is the provisional invoice its rows belong to.
     """
-    account_id = getattr(settings, "TB_FOCUS_BILLING_ACCOUNT_ID", "tokenbudget")
-    account_name = getattr(settings, "TB_FOCUS_BILLING_ACCOUNT_NAME", "Tokenbudget LLM platform")
-    issuer = getattr(settings, "TB_FOCUS_INVOICE_ISSUER", account_name)
+    account_id = settings.TB_FOCUS_BILLING_ACCOUNT_ID
+    account_name = settings.TB_FOCUS_BILLING_ACCOUNT_NAME
+    issuer = settings.TB_FOCUS_INVOICE_ISSUER
     publishers = _publishers()
     months: dict[dt.date, tuple[str, str]] = {}
 
@@ -263,7 +263,7 @@ def cents(amount: Decimal) -> Decimal:
 def journal_csv(statements: QuerySet[ChargebackStatement]) -> Iterator[bytes]:
     """Two balanced rows per statement: debit the cost center's GL code, credit the central
     AI expense account (settings TB_JOURNAL_CREDIT_ACCOUNT), in cents, dated the month end."""
-    credit_account = getattr(settings, "TB_JOURNAL_CREDIT_ACCOUNT", "AI-EXPENSE-CENTRAL")
+    credit_account = settings.TB_JOURNAL_CREDIT_ACCOUNT
 
     def rows() -> Iterator[list[Any]]:
         qs = statements.select_related("cost_center").order_by("period", "cost_center__code")

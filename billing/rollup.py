@@ -93,7 +93,7 @@ def _upsert(condition: Q) -> int:
             # A large catch-up groups millions of keys: with enough memory PostgreSQL hashes
             # them in one pass instead of sorting them on disk (10M records, 1.9M groups use
             # about 1.8 GB). A cap, local to this transaction; small runs use little of it.
-            work_mem = getattr(settings, "TB_ROLLUP_WORK_MEM", "1GB")
+            work_mem = settings.TB_ROLLUP_WORK_MEM
             cursor.execute("SELECT set_config('work_mem', %s, true)", [work_mem])
         cursor.execute(sql, params)
         return max(cursor.rowcount, 0)

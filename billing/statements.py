@@ -60,7 +60,7 @@ class CloseResult:
 def _lookback_months() -> int:
     # How far back late usage is looked for on each close. Usage older than this stays
     # "open" (visible in usage_reconcile) until a close with a longer look-back picks it up.
-    return int(getattr(settings, "TB_BILLING_LATE_USAGE_MONTHS", 12))
+    return settings.TB_BILLING_LATE_USAGE_MONTHS
 
 
 def _sums(queryset: Any, *group: str) -> dict[tuple, dict[str, int]]:
@@ -178,7 +178,7 @@ def statements_close_month(*, period: dt.date, now: dt.datetime) -> CloseResult:
             for s in ChargebackStatement.objects.select_for_update().filter(period=period)
         }
         created = refreshed = removed = skipped = 0
-        currency = getattr(settings, "TB_CURRENCY", "USD")
+        currency = settings.TB_CURRENCY
         for cc, lines in sorted(by_center.items()):
             statement = existing.get(cc)
             if statement is not None and not statement.is_open:

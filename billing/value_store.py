@@ -1,6 +1,6 @@
 """Stored value reports, and the intents' recommended models.
 
-A periodic job (billing.tasks.value_reports_store_as_needed) computes the value report of the
+A periodic job (billing.tasks.value_reports_store_as_needed_task) computes the value report of the
 last complete month and of the current month to date, by every dimension, with the same code
 that computes reports on demand (billing.value), and keeps only the exact sums of each row
 (`ValueReport`); every ratio is derived again on read, so a stored report reads exactly like a

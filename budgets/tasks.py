@@ -9,6 +9,6 @@ from budgets.quota import reservations_release_expired
 
 
 @shared_task(acks_late=True, ignore_result=True)
-def reservations_sweep() -> int:
+def reservations_sweep_task() -> int:
     """Give back holds left by crashed proxy processes (expired reservations)."""
     return reservations_release_expired(now=timezone.now())

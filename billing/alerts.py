@@ -30,23 +30,10 @@ from budgets.formatting import Number, amount_text, tokens_text, usd_text
 from budgets.models import Allowance, CostCenter, CostCenterSpend, Employee, Policy
 from budgets.quota import current_fiscal_year, quota_get
 from budgets.roles import FINANCE_GROUP
+from budgets.selectors import policy_resolve_many
 
 logger = logging.getLogger(__name__)
 DEFAULT_THRESHOLDS = (80, 100)
-
-
-def _policies() -> dict[int, Policy | None]:
-    """Each cost center's effective policy (its own, else the nearest ancestor's)."""
-    own = {p.cost_center_id: p for p in Policy.objects.all()}
-    parents = dict(CostCenter.objects.values_list("id", "parent_id"))
-    resolved: dict[int, Policy | None] = {}
-    for cc in parents:
-        node, seen = cc, set()
-        while node is not None and node not in own and node not in seen:
-            seen.add(node)
-            node = parents.get(node)
-        resolved[cc] = own.get(node) if node is not None else None
-    return resolved
 
 
 def _manager_emails() -> dict[int, list[str]]:
@@ -87,7 +74,7 @@ def alerts_check(*, now: dt.datetime) -> list[int]:
     done = set(
         AlertEvent.objects.filter(period=period).values_list("kind", "subject_key", "threshold")
     )
-    policies = _policies()
+    policies = policy_resolve_many()
     managers = _manager_emails()
     created: list[AlertEvent] = []
     allowances = Allowance.objects.filter(fiscal_year=fiscal_year).select_related("employee")

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from budgets.models import Allowance, CostCenter, Employee, Policy
 from budgets.quota import LimitRule, current_fiscal_year
+from budgets.selectors import policy_nearest
 from metering.models import Intent, ModelPrice, ModelRoute, UsageRecord, VirtualKey
 from metering.upstream import UpstreamTarget
 
@@ -144,13 +145,12 @@ def cost_center_chain(cost_center_id: int) -> list[CostCenter]:
 
 
 def policy_from_chain(chain: list[CostCenter]) -> Policy | None:
-    """Whole-policy inheritance: the nearest cost center with a policy decides."""
-    for node in chain:
-        try:
-            return node.policy
-        except Policy.DoesNotExist:
-            continue
-    return None
+    """The policy in force for the first of `chain` (`budgets.selectors.policy_nearest`)."""
+    if not chain:
+        return None
+    parents = {node.pk: node.parent_id for node in chain}
+    own = {node.pk: node.policy for node in chain if hasattr(node, "policy")}
+    return policy_nearest(chain[0].pk, parents=parents, own=own)
 
 
 def key_info_load(hashed: str) -> KeyInfo | None:

@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "budgets",
     "metering",
     "billing",
+    "config",  # the project's own commands (run_jobs: the beat schedule in-process)
 ]
 
 MIDDLEWARE = [

@@ -23,7 +23,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Sum
+from django.db.models import Sum
 from django.db.models.functions import TruncMonth
 from django.utils import timezone
 
@@ -283,9 +283,3 @@ def _advance(
             setattr(statement, stamp, now or timezone.now())
             statement.save(update_fields=["status", stamp])
     return statement
-
-
-def line_counts(statement: ChargebackStatement) -> dict[str, int]:
-    """Number of usage and adjustment lines (for summaries)."""
-    rows = statement.lines.order_by().values("kind").annotate(n=Count("id"))
-    return {row["kind"]: row["n"] for row in rows}

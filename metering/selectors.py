@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import QuerySet
 from django.utils import timezone
 
 from budgets.models import Allowance, CostCenter, Employee, Policy
 from budgets.quota import LimitRule, current_fiscal_year
 from budgets.selectors import policy_nearest
-from metering.models import Intent, ModelPrice, ModelRoute, UsageRecord, VirtualKey
+from metering.models import Intent, ModelPrice, ModelRoute, VirtualKey
 from metering.upstream import UpstreamTarget
 
 
@@ -316,8 +315,3 @@ def aliases_for_key(info: KeyInfo, routed: Iterable[str]) -> list[str]:
         if any(m in usable for m in (recommended, default) if m):
             found.append(f"auto:{name}")
     return found
-
-
-def usage_for_user_queryset(employee_ids: QuerySet | None) -> QuerySet[UsageRecord]:
-    qs = UsageRecord.objects.select_related("employee", "cost_center")
-    return qs if employee_ids is None else qs.filter(employee_id__in=employee_ids)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from functools import partial
 
 import httpx
 from django.conf import settings
@@ -89,7 +90,7 @@ def alerts_check(*, now: dt.datetime) -> list[int]:
         from billing.tasks import alert_notify_task
 
         for alert_id in ids:
-            transaction.on_commit(lambda a=alert_id: alert_notify_task.delay(a))
+            transaction.on_commit(partial(alert_notify_task.delay, alert_id))
     return ids
 
 
@@ -150,7 +151,12 @@ def _cap_alerts(
     for spend in spends:
         cc = spend.cost_center
         subject = f"cc:{cc.pk}"
-        if spend.spent < cc.annual_cap or (AlertEvent.Kind.COST_CENTER_CAP, subject, 100) in done:
+        cap = cc.annual_cap  # never None here (filtered above)
+        if (
+            cap is None
+            or spend.spent < cap
+            or (AlertEvent.Kind.COST_CENTER_CAP, subject, 100) in done
+        ):
             continue
         message = (
             f"Cost center {cc.code} ({cc.name}) has spent {usd_text(spend.spent)} of its "

@@ -195,9 +195,9 @@ def _per_million(tokens: int) -> str:
 
 def _publishers() -> dict[str, str]:
     """Public model name -> provider label, from the routes (one small query)."""
-    from metering.models import ModelRoute
+    from metering.models import ModelRoute, Upstream
 
-    labels = dict(ModelRoute._meta.get_field("upstream").related_model.Kind.choices)
+    labels = dict(Upstream.Kind.choices)
     return {
         name: labels.get(kind, kind)
         for name, kind in ModelRoute.objects.values_list("public_name", "upstream__kind")
@@ -347,6 +347,7 @@ def xlsx_file(
             _typed_row(sheet, 0, line_head, bold)
             r = 0
         r += 1
+        assert sheet is not None  # the first line opened one
         _typed_row(sheet, r, [f"{line.period:%Y-%m}", line.kind, f"{line.usage_month:%Y-%m}",
                               line.employee_id, line.employee_name, line.model, line.requests,
                               line.input_tokens, line.output_tokens, line.cached_input_tokens,

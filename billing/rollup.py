@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import BigIntegerField, Count, DecimalField, F, Q, Sum, Value
+from django.db.models import BigIntegerField, Count, DecimalField, F, Func, Q, Sum, Value
 from django.db.models.functions import Cast, Round, TruncDate
 
 from billing.models import COST_SCALE, TOKEN_KINDS, DailyUsage, Watermark
@@ -57,6 +57,7 @@ class RollupResult:
 def _aggregate_query(condition: Q):
     """The grouped SELECT over usage records matching `condition`, columns in KEY+SUM order."""
     scale = Value(COST_SCALE, output_field=DecimalField(max_digits=30, decimal_places=0))
+    cost_units: Func
     if connection.vendor == "postgresql":
         # numeric sums are exact, so scale once per group instead of once per row.
         cost_units = Cast(Sum("cost") * scale, BigIntegerField())

@@ -267,7 +267,7 @@ def statement_mark_paid(
     return _advance(statement_id, Status.PAID, "paid_at", now)
 
 
-_ORDER = [Status.DRAFT, Status.FINAL, Status.SENT, Status.PAID]
+_ORDER: list[str] = [Status.DRAFT, Status.FINAL, Status.SENT, Status.PAID]
 
 
 def _advance(

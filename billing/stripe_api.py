@@ -109,11 +109,11 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except stripe.StripeError as exc:
         status = getattr(exc, "http_status", None)
-        found = {"http_status": status, "code": str(getattr(exc, "code", None) or "")}
         # 409: an idempotent request still in flight.
         retryable = isinstance(exc, TRANSIENT) or (status or 0) >= 500 or status == 409
         kind = StripeRetryableError if retryable else StripeFinalError
-        raise kind(_message(exc), **found) from exc
+        code = str(getattr(exc, "code", None) or "")
+        raise kind(_message(exc), http_status=status, code=code) from exc
 
 
 def _plain(obj: Any) -> dict[str, Any]:

@@ -202,7 +202,7 @@ def _update[M: models.Model](
 ) -> M:
     """Lock the row, apply `data`, validate, save and audit; a no-op change writes nothing."""
     with transaction.atomic():
-        locked = type(instance).objects.select_for_update().get(pk=instance.pk)
+        locked = type(instance)._default_manager.select_for_update().get(pk=instance.pk)
         before = snapshot(locked)
         if not _set(locked, data, fields):
             return locked

@@ -3,6 +3,7 @@ read-only always (a stored month is recomputed by its job, which an action can e
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from django.contrib import admin, messages
@@ -27,9 +28,8 @@ class StatementLineInline(admin.TabularInline):
     model = StatementLine
     extra = 0
     can_delete = False
-    fields = ["kind", "usage_month", "employee", "model", "requests", "input_tokens",
-              "output_tokens", "cost"]  # fmt: skip
-    readonly_fields = fields
+    fields = readonly_fields = ("kind", "usage_month", "employee", "model", "requests",
+                                "input_tokens", "output_tokens", "cost")  # fmt: skip
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -114,11 +114,11 @@ class ValueReportPeriodAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Recompute the selected months (queued)")
     def recompute(self, request: HttpRequest, queryset: QuerySet[ValueReportPeriod]) -> None:
-        from billing.tasks import value_report_store
+        from billing.tasks import value_report_store_task
 
         months = [since.isoformat() for since in queryset.values_list("since", flat=True)]
         for month in months:
-            transaction.on_commit(lambda month=month: value_report_store.delay(month))
+            transaction.on_commit(partial(value_report_store_task.delay, month))
         self.message_user(request, f"{len(months)} month(s) queued for recomputation.")
 
 

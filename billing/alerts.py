@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from functools import partial
 
 import httpx
 from django.conf import settings
@@ -23,31 +24,17 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing.models import AlertEvent, DailyUsage, PersonalStatementNotice
+from billing.periods import last_complete_month, local_tz
 from billing.personal import pacing_get, personal_statement_get
-from billing.rollup import local_tz
-from billing.statements import last_complete_month
 from budgets.balance import current_fiscal_year, quota_get
 from budgets.fiscal import add_months
 from budgets.formatting import Number, amount_text, tokens_text, usd_text
 from budgets.models import Allowance, CostCenter, CostCenterSpend, Employee, Policy
 from budgets.roles import FINANCE_GROUP
+from budgets.selectors import policy_resolve_many
 
 logger = logging.getLogger(__name__)
 DEFAULT_THRESHOLDS = (80, 100)
-
-
-def _policies() -> dict[int, Policy | None]:
-    """Each cost center's effective policy (its own, else the nearest ancestor's)."""
-    own = {p.cost_center_id: p for p in Policy.objects.all()}
-    parents = dict(CostCenter.objects.values_list("id", "parent_id"))
-    resolved: dict[int, Policy | None] = {}
-    for cc in parents:
-        node, seen = cc, set()
-        while node is not None and node not in own and node not in seen:
-            seen.add(node)
-            node = parents.get(node)
-        resolved[cc] = own.get(node) if node is not None else None
-    return resolved
 
 
 def _manager_emails() -> dict[int, list[str]]:
@@ -88,7 +75,7 @@ def alerts_check(*, now: dt.datetime) -> list[int]:
     done = set(
         AlertEvent.objects.filter(period=period).values_list("kind", "subject_key", "threshold")
     )
-    policies = _policies()
+    policies = policy_resolve_many()
     managers = _manager_emails()
     created: list[AlertEvent] = []
     allowances = Allowance.objects.filter(fiscal_year=fiscal_year).select_related("employee")
@@ -100,10 +87,10 @@ def alerts_check(*, now: dt.datetime) -> list[int]:
     created += _cap_alerts(fiscal_year, period, managers, done)
     ids = [a.pk for a in created]
     if ids:
-        from billing.tasks import alert_notify
+        from billing.tasks import alert_notify_task
 
         for alert_id in ids:
-            transaction.on_commit(lambda a=alert_id: alert_notify.delay(a))
+            transaction.on_commit(partial(alert_notify_task.delay, alert_id))
     return ids
 
 
@@ -164,7 +151,12 @@ def _cap_alerts(
     for spend in spends:
         cc = spend.cost_center
         subject = f"cc:{cc.pk}"
-        if spend.spent < cc.annual_cap or (AlertEvent.Kind.COST_CENTER_CAP, subject, 100) in done:
+        cap = cc.annual_cap  # never None here (filtered above)
+        if (
+            cap is None
+            or spend.spent < cap
+            or (AlertEvent.Kind.COST_CENTER_CAP, subject, 100) in done
+        ):
             continue
         message = (
             f"Cost center {cc.code} ({cc.name}) has spent {usd_text(spend.spent)} of its "
@@ -179,7 +171,7 @@ def _cap_alerts(
 
 
 def _slack_post(text: str) -> None:
-    url = getattr(settings, "TB_ALERT_WEBHOOK_URL", "")
+    url = settings.TB_ALERT_WEBHOOK_URL
     if not url:
         return
     timeout = httpx.Timeout(5.0, connect=3.0)

@@ -7,7 +7,8 @@ their own lines. Every queryset comes from billing.selectors.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -21,6 +22,7 @@ from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -45,7 +47,10 @@ def parse_month(value: str | None, *, name: str = "period") -> dt.date | None:
 class ExportNegotiation(DefaultContentNegotiation):
     """`?format=` names the export format here, not a DRF renderer, so it is not negotiated."""
 
-    def select_renderer(self, request: Any, renderers: list, format_suffix: Any = None) -> Any:
+    def select_renderer(
+        self, request: Any, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        renderers = list(renderers)
         return renderers[0], renderers[0].media_type
 
 
@@ -117,7 +122,7 @@ class StatementDetailSerializer(StatementSerializer):
         read_only_fields = fields
 
     def _lines(self, obj: ChargebackStatement) -> list[StatementLine]:
-        cache = self.context.setdefault("_lines", {})
+        cache = self.context.setdefault("_lines", {})  # type: ignore[attr-defined]  # a dict at run time
         if obj.pk not in cache:
             user = self.context["request"].user
             cache[obj.pk] = list(selectors.statement_lines(statement=obj, user=user))
@@ -149,7 +154,7 @@ class StatementDetailSerializer(StatementSerializer):
         ]
 
     def get_lines(self, obj: ChargebackStatement) -> list[dict[str, Any]]:
-        return LineSerializer(self._lines(obj), many=True).data
+        return cast(list[dict[str, Any]], LineSerializer(self._lines(obj), many=True).data)
 
 
 def _export_response(fmt: str, filename: str, statements: Any, lines: Any) -> Any:

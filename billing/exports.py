@@ -28,7 +28,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 
 from billing.models import ChargebackStatement, StatementLine, units_to_cost
-from billing.rollup import local_tz
+from billing.periods import local_tz
 from budgets.fiscal import add_months
 
 CHUNK = 2000  # rows per database round trip; small enough to keep memory flat
@@ -195,9 +195,9 @@ def _per_million(tokens: int) -> str:
 
 def _publishers() -> dict[str, str]:
     """Public model name -> provider label, from the routes (one small query)."""
-    from metering.models import ModelRoute
+    from metering.models import ModelRoute, Upstream
 
-    labels = dict(ModelRoute._meta.get_field("upstream").related_model.Kind.choices)
+    labels = dict(Upstream.Kind.choices)
     return {
         name: labels.get(kind, kind)
         for name, kind in ModelRoute.objects.values_list("public_name", "upstream__kind")
@@ -213,9 +213,9 @@ def focus_csv(lines: QuerySet[StatementLine]) -> Iterator[bytes]:
     invoice id once there is one, else the statement's own reference: a chargeback statement
     is the provisional invoice its rows belong to.
     """
-    account_id = getattr(settings, "TB_FOCUS_BILLING_ACCOUNT_ID", "tokenbudget")
-    account_name = getattr(settings, "TB_FOCUS_BILLING_ACCOUNT_NAME", "Tokenbudget LLM platform")
-    issuer = getattr(settings, "TB_FOCUS_INVOICE_ISSUER", account_name)
+    account_id = settings.TB_FOCUS_BILLING_ACCOUNT_ID
+    account_name = settings.TB_FOCUS_BILLING_ACCOUNT_NAME
+    issuer = settings.TB_FOCUS_INVOICE_ISSUER
     publishers = _publishers()
     months: dict[dt.date, tuple[str, str]] = {}
 
@@ -263,7 +263,7 @@ def cents(amount: Decimal) -> Decimal:
 def journal_csv(statements: QuerySet[ChargebackStatement]) -> Iterator[bytes]:
     """Two balanced rows per statement: debit the cost center's GL code, credit the central
     AI expense account (settings TB_JOURNAL_CREDIT_ACCOUNT), in cents, dated the month end."""
-    credit_account = getattr(settings, "TB_JOURNAL_CREDIT_ACCOUNT", "AI-EXPENSE-CENTRAL")
+    credit_account = settings.TB_JOURNAL_CREDIT_ACCOUNT
 
     def rows() -> Iterator[list[Any]]:
         qs = statements.select_related("cost_center").order_by("period", "cost_center__code")
@@ -347,6 +347,7 @@ def xlsx_file(
             _typed_row(sheet, 0, line_head, bold)
             r = 0
         r += 1
+        assert sheet is not None  # the first line opened one
         _typed_row(sheet, r, [f"{line.period:%Y-%m}", line.kind, f"{line.usage_month:%Y-%m}",
                               line.employee_id, line.employee_name, line.model, line.requests,
                               line.input_tokens, line.output_tokens, line.cached_input_tokens,

@@ -24,9 +24,9 @@ from django.views.decorators.http import require_POST
 
 from billing import exports, page_selectors, personal, selectors, stripe_api, value_store
 from billing.models import ChargebackStatement, StatementLine
+from billing.periods import last_complete_month
 from billing.statements import (
     StatementStateError,
-    last_complete_month,
     statement_finalize,
     statements_close_month,
 )

@@ -30,15 +30,15 @@ lock on the watermark, so a re-run or two concurrent runs never add a record twi
 from __future__ import annotations
 
 import datetime as dt
-import zoneinfo
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import BigIntegerField, Count, DecimalField, F, Q, Sum, Value
+from django.db.models import BigIntegerField, Count, DecimalField, F, Func, Q, Sum, Value
 from django.db.models.functions import Cast, Round, TruncDate
 
 from billing.models import COST_SCALE, TOKEN_KINDS, DailyUsage, Watermark
+from billing.periods import local_tz
 from metering.models import UsageRecord
 
 WATERMARK_NAME = "daily_usage"
@@ -54,14 +54,10 @@ class RollupResult:
     groups: int  # rows inserted or updated in DailyUsage
 
 
-def local_tz() -> zoneinfo.ZoneInfo:
-    """The zone that defines days and months for billing (settings.TIME_ZONE)."""
-    return zoneinfo.ZoneInfo(settings.TIME_ZONE)
-
-
 def _aggregate_query(condition: Q):
     """The grouped SELECT over usage records matching `condition`, columns in KEY+SUM order."""
     scale = Value(COST_SCALE, output_field=DecimalField(max_digits=30, decimal_places=0))
+    cost_units: Func
     if connection.vendor == "postgresql":
         # numeric sums are exact, so scale once per group instead of once per row.
         cost_units = Cast(Sum("cost") * scale, BigIntegerField())
@@ -98,7 +94,7 @@ def _upsert(condition: Q) -> int:
             # A large catch-up groups millions of keys: with enough memory PostgreSQL hashes
             # them in one pass instead of sorting them on disk (10M records, 1.9M groups use
             # about 1.8 GB). A cap, local to this transaction; small runs use little of it.
-            work_mem = getattr(settings, "TB_ROLLUP_WORK_MEM", "1GB")
+            work_mem = settings.TB_ROLLUP_WORK_MEM
             cursor.execute("SELECT set_config('work_mem', %s, true)", [work_mem])
         cursor.execute(sql, params)
         return max(cursor.rowcount, 0)

@@ -21,7 +21,6 @@ from billing.models import (
 )
 from billing.rollup import WATERMARK_NAME
 from budgets import roles
-from budgets.fiscal import add_months
 from metering.models import UsageRecord
 
 GROUPS = {
@@ -184,7 +183,3 @@ def daily_usage_grouped(*, queryset: QuerySet[DailyUsage], group_by: list[str]) 
 def parse_period(value: str) -> dt.date:
     """'YYYY-MM' -> the month's first day (ValueError otherwise)."""
     return dt.date.fromisoformat(f"{value}-01" if len(value) == 7 else value).replace(day=1)
-
-
-def month_bounds(period: dt.date) -> tuple[dt.date, dt.date]:
-    return period, add_months(period, 1)

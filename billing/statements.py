@@ -23,7 +23,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Sum
+from django.db.models import Sum
 from django.db.models.functions import TruncMonth
 from django.utils import timezone
 
@@ -34,7 +34,8 @@ from billing.models import (
     StatementLine,
     Watermark,
 )
-from billing.rollup import daily_usage_rollup, local_tz
+from billing.periods import last_complete_month
+from billing.rollup import daily_usage_rollup
 from budgets.fiscal import add_months, month_start
 
 CLOSE_WATERMARK = "statements_close"
@@ -59,12 +60,7 @@ class CloseResult:
 def _lookback_months() -> int:
     # How far back late usage is looked for on each close. Usage older than this stays
     # "open" (visible in usage_reconcile) until a close with a longer look-back picks it up.
-    return int(getattr(settings, "TB_BILLING_LATE_USAGE_MONTHS", 12))
-
-
-def last_complete_month(now: dt.datetime) -> dt.date:
-    """First day of the latest month that has fully ended at `now`, in the billing zone."""
-    return add_months(month_start(timezone.localtime(now, local_tz()).date()), -1)
+    return settings.TB_BILLING_LATE_USAGE_MONTHS
 
 
 def _sums(queryset: Any, *group: str) -> dict[tuple, dict[str, int]]:
@@ -182,7 +178,7 @@ def statements_close_month(*, period: dt.date, now: dt.datetime) -> CloseResult:
             for s in ChargebackStatement.objects.select_for_update().filter(period=period)
         }
         created = refreshed = removed = skipped = 0
-        currency = getattr(settings, "TB_CURRENCY", "USD")
+        currency = settings.TB_CURRENCY
         for cc, lines in sorted(by_center.items()):
             statement = existing.get(cc)
             if statement is not None and not statement.is_open:
@@ -264,13 +260,6 @@ def statement_finalize(
     return statement
 
 
-def statement_mark_sent(
-    *, statement_id: int, now: dt.datetime | None = None
-) -> ChargebackStatement:
-    """final -> sent (idempotent when already sent or paid)."""
-    return _advance(statement_id, Status.SENT, "sent_at", now)
-
-
 def statement_mark_paid(
     *, statement_id: int, now: dt.datetime | None = None
 ) -> ChargebackStatement:
@@ -278,7 +267,7 @@ def statement_mark_paid(
     return _advance(statement_id, Status.PAID, "paid_at", now)
 
 
-_ORDER = [Status.DRAFT, Status.FINAL, Status.SENT, Status.PAID]
+_ORDER: list[str] = [Status.DRAFT, Status.FINAL, Status.SENT, Status.PAID]
 
 
 def _advance(
@@ -294,9 +283,3 @@ def _advance(
             setattr(statement, stamp, now or timezone.now())
             statement.save(update_fields=["status", stamp])
     return statement
-
-
-def line_counts(statement: ChargebackStatement) -> dict[str, int]:
-    """Number of usage and adjustment lines (for summaries)."""
-    rows = statement.lines.order_by().values("kind").annotate(n=Count("id"))
-    return {row["kind"]: row["n"] for row in rows}

@@ -59,20 +59,20 @@ class StripeObjectRef:
 
 
 def is_configured() -> bool:
-    return bool(getattr(settings, "TB_STRIPE_SECRET_KEY", ""))
+    return bool(settings.TB_STRIPE_SECRET_KEY)
 
 
 def _localstripe() -> bool:
-    return bool(getattr(settings, "TB_STRIPE_LOCALSTRIPE", False))
+    return bool(settings.TB_STRIPE_LOCALSTRIPE)
 
 
 def client(http_client: Any = None) -> stripe.StripeClient:
     """A StripeClient against the configured API base, with explicit timeouts."""
-    key = getattr(settings, "TB_STRIPE_SECRET_KEY", "")
+    key = settings.TB_STRIPE_SECRET_KEY
     if not key:
         raise StripeNotConfigured("TB_STRIPE_SECRET_KEY is not set")
-    base = getattr(settings, "TB_STRIPE_API_BASE", "") or "https://api.stripe.com"
-    timeout = int(getattr(settings, "TB_STRIPE_TIMEOUT", 20))
+    base = settings.TB_STRIPE_API_BASE or "https://api.stripe.com"
+    timeout = settings.TB_STRIPE_TIMEOUT
     return stripe.StripeClient(
         key,
         base_addresses={"api": base},
@@ -109,11 +109,11 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except stripe.StripeError as exc:
         status = getattr(exc, "http_status", None)
-        found = {"http_status": status, "code": str(getattr(exc, "code", None) or "")}
         # 409: an idempotent request still in flight.
         retryable = isinstance(exc, TRANSIENT) or (status or 0) >= 500 or status == 409
         kind = StripeRetryableError if retryable else StripeFinalError
-        raise kind(_message(exc), **found) from exc
+        code = str(getattr(exc, "code", None) or "")
+        raise kind(_message(exc), http_status=status, code=code) from exc
 
 
 def _plain(obj: Any) -> dict[str, Any]:
@@ -241,7 +241,7 @@ class WebhookEvent:
 
 def webhook_event_construct(*, payload: bytes, signature: str | None) -> WebhookEvent:
     """Verify the Stripe-Signature header over the raw body and parse the event."""
-    secret = getattr(settings, "TB_STRIPE_WEBHOOK_SECRET", "")
+    secret = settings.TB_STRIPE_WEBHOOK_SECRET
     if not secret:
         raise WebhookSignatureInvalid("TB_STRIPE_WEBHOOK_SECRET is not set")
     try:

@@ -35,7 +35,7 @@ from billing.models import (
     StripeInvoiceItem,
     units_to_cost,
 )
-from billing.rollup import local_tz
+from billing.periods import local_tz
 from billing.statements import StatementStateError, statement_mark_paid
 from budgets.audit import audit_record
 from budgets.fiscal import add_months
@@ -112,8 +112,8 @@ class SyncBusy(Exception):
 
 def retry_delay(attempts: int) -> dt.timedelta:
     """Wait before the next automatic retry after `attempts` failures: doubles, capped."""
-    base = int(getattr(settings, "TB_STRIPE_RETRY_SECONDS", 300))
-    cap = int(getattr(settings, "TB_STRIPE_RETRY_MAX_SECONDS", 21600))
+    base = settings.TB_STRIPE_RETRY_SECONDS
+    cap = settings.TB_STRIPE_RETRY_MAX_SECONDS
     return dt.timedelta(seconds=min(base * 2 ** max(attempts - 1, 0), cap))
 
 
@@ -244,7 +244,7 @@ def _sync_claimed(statement: ChargebackStatement, http_client: Any, now: dt.date
             created = _ensure_items(statement, customer, planned, http_client)
             _renew_claim(statement)
             invoice = _create_invoice(statement, customer, http_client)
-        if getattr(settings, "TB_STRIPE_FINALIZE_INVOICES", False) and invoice.status == "draft":
+        if settings.TB_STRIPE_FINALIZE_INVOICES and invoice.status == "draft":
             invoice = stripe_api.invoice_finalize(
                 invoice_id=invoice.id,
                 idempotency_key=f"tb-stmt-{statement.pk}-finalize",

@@ -22,23 +22,23 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(acks_late=True, ignore_result=True)
-def daily_usage_rollup() -> int:
+def daily_usage_rollup_task() -> int:
     """Fold new usage records into DailyUsage; returns the number of groups touched."""
     return rollup.daily_usage_rollup().groups
 
 
 @shared_task(acks_late=True, ignore_result=True)
-def statements_close_as_needed() -> int:
+def statements_close_as_needed_task() -> int:
     """Create or refresh drafts for every ended month; returns the months processed."""
     return len(statements.statements_close_as_needed(now=timezone.now()))
 
 
 @shared_task(acks_late=True, ignore_result=True)
-def statement_stripe_sync(statement_id: int) -> str:
+def statement_stripe_sync_task(statement_id: int) -> str:
     """Invoice a finalized statement in Stripe if it is due (safe to run twice).
 
     No Celery retries: a failure is recorded on the statement with its next retry time, and
-    `statements_stripe_sync_pending` runs it again then (the same way with or without a broker).
+    `statements_stripe_sync_pending_task` runs it again then (the same way with or without a broker).
     Returns the outcome: invoiced, failed, busy or skipped.
     """
     if not stripe_api.is_configured():
@@ -47,14 +47,14 @@ def statement_stripe_sync(statement_id: int) -> str:
 
 
 @shared_task(acks_late=True, ignore_result=True)
-def statements_stripe_sync_pending() -> int:
+def statements_stripe_sync_pending_task() -> int:
     """Sync every statement that is due, each on its own (one failing never stops the others);
     returns how many were due."""
     if not stripe_api.is_configured():
         return 0
     ids = stripe_sync.statements_stripe_due(now=timezone.now())
     for statement_id in ids:
-        statement_stripe_sync.delay(statement_id)
+        statement_stripe_sync_task.delay(statement_id)
     return len(ids)
 
 
@@ -64,8 +64,8 @@ def statement_stripe_sync_soon(statement_id: int) -> None:
     in-process (eager) task would run inside the web request."""
     if not stripe_api.is_configured():
         return
-    if not statement_stripe_sync.app.conf.task_always_eager:
-        statement_stripe_sync.delay(statement_id)
+    if not statement_stripe_sync_task.app.conf.task_always_eager:
+        statement_stripe_sync_task.delay(statement_id)
         return
     thread = threading.Thread(
         target=_sync_in_thread, args=(statement_id,), name=f"stripe-sync-{statement_id}",
@@ -84,7 +84,7 @@ def _sync_in_thread(statement_id: int) -> None:
 
 
 @shared_task(acks_late=True, ignore_result=True)
-def alerts_check() -> int:
+def alerts_check_task() -> int:
     """Raise due budget alerts (each once); returns how many were new."""
     return len(alerts.alerts_check(now=timezone.now()))
 
@@ -96,19 +96,19 @@ def alerts_check() -> int:
     retry_backoff=10,
     max_retries=5,
 )
-def alert_notify(alert_id: int) -> bool:
+def alert_notify_task(alert_id: int) -> bool:
     """Send one alert by email and chat webhook unless already sent."""
     return alerts.alert_notify(alert_id=alert_id)
 
 
 @shared_task(acks_late=True, ignore_result=True)
-def personal_statements_send_as_needed() -> int:
+def personal_statements_send_as_needed_task() -> int:
     """Email last month's personal statements not yet sent; returns how many were sent."""
     return alerts.personal_statements_send_as_needed(now=timezone.now())
 
 
 @shared_task(acks_late=True, ignore_result=True)
-def value_reports_send_as_needed() -> str:
+def value_reports_send_as_needed_task() -> str:
     """Email last month's value report to admins and finance once; returns the month or ''."""
     sent = value.value_reports_send_as_needed(now=timezone.now())
     return sent.isoformat() if sent else ""
@@ -125,7 +125,7 @@ STORE_RETRY = {
 
 
 @shared_task(acks_late=True, ignore_result=True, **STORE_RETRY)
-def value_report_store(period: str) -> int:
+def value_report_store_task(period: str) -> int:
     """Compute and store the value reports of the month starting at `period` (YYYY-MM-01),
     replacing that month's stored rows; safe to run twice. Returns the rows stored."""
     stored = value_store.value_report_store(
@@ -135,7 +135,7 @@ def value_report_store(period: str) -> int:
 
 
 @shared_task(acks_late=True, ignore_result=True, **STORE_RETRY)
-def value_reports_store_as_needed() -> list[str]:
+def value_reports_store_as_needed_task() -> list[str]:
     """Store last month's and this month's value reports and move the intents' recommended
     models; returns the months stored."""
     months = value_store.value_reports_store_as_needed(now=timezone.now())

@@ -41,8 +41,7 @@ from django.db import transaction
 from django.db.models import Case, F, Q, QuerySet, Sum, When
 
 from billing.models import DailyUsage, Watermark, units_to_cost
-from billing.rollup import local_tz
-from billing.statements import last_complete_month
+from billing.periods import last_complete_month, local_tz
 from budgets import roles
 from budgets.fiscal import add_months
 from budgets.models import CostCenter, Employee
@@ -156,7 +155,8 @@ def energy_coefficients(*, models: set[str], at: dt.datetime) -> dict[str, tuple
     )
     newest: dict[str, tuple[Decimal, Decimal]] = {}
     for name, e_in, e_out in rows:
-        newest.setdefault(name, (e_in, e_out))
+        if e_in is not None and e_out is not None:  # the query keeps only complete rows
+            newest.setdefault(name, (e_in, e_out))
     found = {}
     for model in models:
         coefficient = newest.get(model) or newest.get(upstream.get(model, ""))
@@ -362,14 +362,16 @@ def _recommend(
         for cheaper in models:
             if cheaper is current or min(current.rated, cheaper.rated) < min_rated:
                 continue
-            if not current.accepted or not cheaper.accepted:
+            # With accepted outcomes on both sides every figure below exists.
+            now_cost, new_cost = current.cost_per_accepted, cheaper.cost_per_accepted
+            interval = wilson_interval(cheaper.accepted, cheaper.rated)
+            if now_cost is None or new_cost is None or interval is None or current.rate is None:
                 continue
-            if cheaper.cost_per_accepted >= current.cost_per_accepted:
+            if new_cost >= now_cost:
                 continue
-            low, _ = wilson_interval(cheaper.accepted, cheaper.rated)
-            if low < current.rate - margin:
+            if interval[0] < current.rate - margin:
                 continue
-            saving = current.accepted * (current.cost_per_accepted - cheaper.cost_per_accepted)
+            saving = current.accepted * (now_cost - new_cost)
             if best is None or saving > best[1]:
                 best = (cheaper, saving)
         if best is not None:

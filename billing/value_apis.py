@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -19,8 +20,8 @@ from rest_framework.views import APIView
 from billing import value, value_store
 from budgets.fiscal import add_months
 
-RATIO_FIELD = {"max_digits": 40, "decimal_places": 6, "allow_null": True}
-MONEY_FIELD = {"max_digits": 40, "decimal_places": 10, "allow_null": True}
+RATIO_FIELD: dict[str, Any] = {"max_digits": 40, "decimal_places": 6, "allow_null": True}
+MONEY_FIELD: dict[str, Any] = {"max_digits": 40, "decimal_places": 10, "allow_null": True}
 
 
 class ValueRowSerializer(serializers.Serializer):

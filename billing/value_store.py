@@ -1,6 +1,6 @@
 """Stored value reports, and the intents' recommended models.
 
-A periodic job (billing.tasks.value_reports_store_as_needed) computes the value report of the
+A periodic job (billing.tasks.value_reports_store_as_needed_task) computes the value report of the
 last complete month and of the current month to date, by every dimension, with the same code
 that computes reports on demand (billing.value), and keeps only the exact sums of each row
 (`ValueReport`); every ratio is derived again on read, so a stored report reads exactly like a
@@ -25,8 +25,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.models import ValueReport, ValueReportPeriod, cost_to_units, units_to_cost
-from billing.rollup import local_tz
-from billing.statements import last_complete_month
+from billing.periods import last_complete_month, local_tz
 from billing.value import (
     DIMENSIONS,
     MIN_RATED,
@@ -315,11 +314,11 @@ def value_report_page(
         header = ValueReportPeriod.objects.filter(since=start, until=end).first()
     if header is not None:
         stored = header.rows.filter(dimension=dimension)
-        page = Paginator(stored.order_by("-cost_units", "key"), per_page).get_page(number)
+        stored_page = Paginator(stored.order_by("-cost_units", "key"), per_page).get_page(number)
         valued = stored.filter(value_units__gt=0).order_by("-value_units", "key")[:CHART_ROWS]
         return ReportPage(
-            page=page,
-            rows=[row_group(r).as_dict() for r in page.object_list],
+            page=stored_page,
+            rows=[row_group(r).as_dict() for r in stored_page.object_list],
             chart_rows=[row_group(r).as_dict() for r in valued],
             stored=True,
             computed_at=header.computed_at,
@@ -327,11 +326,11 @@ def value_report_page(
         )
     served = value_report_served(dimension=dimension, start=start, end=end, user=user, fresh=True)
     page = Paginator(served.rows, per_page).get_page(number)
-    valued = [r for r in served.rows if Decimal(r["value"]) > 0]
+    chart = [r for r in served.rows if Decimal(r["value"]) > 0]
     return ReportPage(
         page=page,
         rows=list(page.object_list),
-        chart_rows=sorted(valued, key=lambda r: -Decimal(r["value"]))[:CHART_ROWS],
+        chart_rows=sorted(chart, key=lambda r: -Decimal(r["value"]))[:CHART_ROWS],
         stored=False,
         computed_at=served.computed_at,
         complete=served.complete,

@@ -4,6 +4,7 @@ select_related) so API views, admin pages and commands never build budget querie
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 from django.db.models import QuerySet
@@ -63,46 +64,49 @@ def employee_quota(*, employee: Employee, day: dt.date | None = None) -> QuotaVi
     return quota_get(employee, day=day)
 
 
-def policy_resolve(cost_center: CostCenter) -> Policy | None:
-    """The policy in force for `cost_center`: its own, else the nearest ancestor's.
+def policy_nearest(
+    cost_center_id: int, *, parents: Mapping[int, int | None], own: Mapping[int, Policy]
+) -> Policy | None:
+    """The one rule of policy inheritance: the policy of the nearest cost center, starting at
+    `cost_center_id` and walking `parents` up to the root, that has one of its own (`own`).
 
     Inheritance is whole-policy: a cost center with a policy of its own uses every field of it
     and nothing from its ancestors; there is no field-by-field merge. This keeps the rule a
-    reader sees in one place the rule that applies. Returns None when no ancestor has one.
-    """
+    reader sees in one place the rule that applies. None when no ancestor has one (a cycle in
+    the tree ends the walk)."""
     seen: set[int] = set()
-    node: CostCenter | None = cost_center
-    while node is not None and node.pk not in seen:
-        seen.add(node.pk)
-        policy = Policy.objects.filter(cost_center_id=node.pk).first()
-        if policy is not None:
-            return policy
-        node = node.parent
+    node: int | None = cost_center_id
+    while node is not None and node not in seen:
+        if node in own:
+            return own[node]
+        seen.add(node)
+        node = parents.get(node)
     return None
 
 
-def policy_resolve_many(cost_center_ids: set[int]) -> dict[int, Policy | None]:
-    """`policy_resolve` for many cost centers with two queries (roster imports)."""
+def policy_resolve(cost_center: CostCenter) -> Policy | None:
+    """The policy in force for `cost_center` (`policy_nearest`), in two queries."""
     parents = dict(CostCenter.objects.values_list("id", "parent_id"))
-    policies = {p.cost_center_id: p for p in Policy.objects.all()}
-    resolved: dict[int, Policy | None] = {}
-    for cc_id in cost_center_ids:
-        node: int | None = cc_id
-        seen: set[int] = set()
-        found = None
-        while node is not None and node not in seen:
-            seen.add(node)
-            if node in policies:
-                found = policies[node]
-                break
-            node = parents.get(node)
-        resolved[cc_id] = found
-    return resolved
+    chain = [cost_center.pk, *cost_center_ancestor_ids(cost_center, parents=parents)]
+    own = {p.cost_center_id: p for p in Policy.objects.filter(cost_center_id__in=chain)}
+    return policy_nearest(cost_center.pk, parents=parents, own=own)
 
 
-def cost_center_ancestor_ids(cost_center: CostCenter) -> list[int]:
-    """Ids from `cost_center`'s parent up to the root."""
+def policy_resolve_many(cost_center_ids: set[int] | None = None) -> dict[int, Policy | None]:
+    """`policy_resolve` for many cost centers (every one when None) with two queries."""
     parents = dict(CostCenter.objects.values_list("id", "parent_id"))
+    own = {p.cost_center_id: p for p in Policy.objects.all()}
+    wanted = parents.keys() if cost_center_ids is None else cost_center_ids
+    return {cc_id: policy_nearest(cc_id, parents=parents, own=own) for cc_id in wanted}
+
+
+def cost_center_ancestor_ids(
+    cost_center: CostCenter, *, parents: Mapping[int, int | None] | None = None
+) -> list[int]:
+    """Ids from `cost_center`'s parent up to the root (`parents`: id -> parent id, loaded
+    when not given)."""
+    if parents is None:
+        parents = dict(CostCenter.objects.values_list("id", "parent_id"))
     found: list[int] = []
     node = parents.get(cost_center.pk)
     while node is not None and node not in found and node != cost_center.pk:

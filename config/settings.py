@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "billing",
     "identity",
     "mozilla_django_oidc",
+    "config",  # the project's own commands (run_jobs: the beat schedule in-process)
 ]
 
 MIDDLEWARE = [

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import django_filters
-from django.db.models import ProtectedError
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -16,9 +18,8 @@ from rest_framework.throttling import BaseThrottle, ScopedRateThrottle
 
 from budgets import roles
 from budgets.filters import UtcIsoDateTimeFilter
-from budgets.invalidation import invalidation_publish
 from budgets.models import Employee
-from metering import cache, services
+from metering import catalog_services, services
 from metering.models import ModelPrice, ModelRoute, Upstream, UsageRecord, VirtualKey
 from metering.serializers import (
     CreatedKeySerializer,
@@ -98,7 +99,7 @@ class EmployeeKeysViewSet(
             cap_tokens=data.get("cap_tokens"),
             default_intent=data.get("default_intent", ""),
         )
-        key.key = raw
+        key.key = raw  # type: ignore[attr-defined]  # shown this once, never stored
         return Response(CreatedKeySerializer(key).data, status=status.HTTP_201_CREATED)
 
     @action(detail=True, methods=["post"])
@@ -108,11 +109,58 @@ class EmployeeKeysViewSet(
         return Response(VirtualKeySerializer(key).data)
 
 
-class UpstreamViewSet(viewsets.ModelViewSet):
+def _service_errors(exc: DjangoValidationError) -> serializers.ValidationError:
+    """A catalogue service's field -> messages refusal as the API's 400."""
+    return serializers.ValidationError(exc.message_dict)
+
+
+class CatalogViewSet(viewsets.ModelViewSet):
+    """Every write goes through `metering.catalog_services` (validation, an audit event, and the
+    invalidation every proxy process listens for); the serializer only reads the input."""
+
+    def _create(self, data: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def _update(self, instance: Any, data: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def _delete(self, instance: Any) -> None:
+        raise NotImplementedError
+
+    def perform_create(self, serializer: serializers.BaseSerializer) -> None:
+        try:
+            serializer.instance = self._create(dict(serializer.validated_data))
+        except DjangoValidationError as exc:
+            raise _service_errors(exc) from exc
+
+    def perform_update(self, serializer: serializers.BaseSerializer) -> None:
+        try:
+            serializer.instance = self._update(serializer.instance, dict(serializer.validated_data))
+        except DjangoValidationError as exc:
+            raise _service_errors(exc) from exc
+
+    def perform_destroy(self, instance: Any) -> None:
+        try:
+            self._delete(instance)
+        except DjangoValidationError as exc:
+            raise _service_errors(exc) from exc
+
+
+class UpstreamViewSet(CatalogViewSet):
     queryset = Upstream.objects.all()
     serializer_class = UpstreamSerializer
     permission_classes = [IsBudgetAdmin]
     lookup_field = "name"
+
+    def _create(self, data: dict[str, Any]) -> Upstream:
+        return catalog_services.upstream_create(actor=self.request.user, data=data)  # type: ignore[arg-type]
+
+    def _update(self, instance: Upstream, data: dict[str, Any]) -> Upstream:
+        return catalog_services.upstream_update(
+            actor=self.request.user,
+            upstream=instance,
+            data=data,  # type: ignore[arg-type]
+        )
 
     @extend_schema(
         responses={
@@ -129,59 +177,44 @@ class UpstreamViewSet(viewsets.ModelViewSet):
     def destroy(self, request: Request, *args: object, **kwargs: object) -> Response:
         """Delete an upstream no route uses; one still in use answers 409 naming its routes."""
         upstream = self.get_object()
-        routes = list(upstream.routes.order_by("public_name").values_list("public_name", flat=True))
-        if not routes:
-            try:
-                upstream.delete()
-            except ProtectedError:
-                pass  # a route was added meanwhile: answer as below
-            else:
-                cache.routes.invalidate()
-                invalidation_publish(cache="routes")
-                return Response(status=status.HTTP_204_NO_CONTENT)
-            routes = list(
-                upstream.routes.order_by("public_name").values_list("public_name", flat=True)
+        try:
+            catalog_services.upstream_delete(actor=request.user, upstream=upstream)
+        except catalog_services.UpstreamInUse as exc:
+            return Response(
+                {
+                    "detail": f"Upstream {upstream.name} is used by {len(exc.routes)} route(s): "
+                    "point them at another upstream or delete them first.",
+                    "routes": exc.routes,
+                },
+                status=status.HTTP_409_CONFLICT,
             )
-        return Response(
-            {
-                "detail": f"Upstream {upstream.name} is used by {len(routes)} route(s): "
-                "point them at another upstream or delete them first.",
-                "routes": routes,
-            },
-            status=status.HTTP_409_CONFLICT,
-        )
-
-    def perform_create(self, serializer) -> None:
-        serializer.save()
-        cache.routes.invalidate()
-        invalidation_publish(cache="routes")
-
-    def perform_update(self, serializer) -> None:
-        serializer.save()
-        cache.routes.invalidate()
-        invalidation_publish(cache="routes")
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class ModelRouteViewSet(viewsets.ModelViewSet):
+class ModelRouteViewSet(CatalogViewSet):
     queryset = ModelRoute.objects.select_related("upstream")
     serializer_class = ModelRouteSerializer
     permission_classes = [IsBudgetAdmin]
     lookup_field = "public_name"
     lookup_value_regex = "[^/]+"
 
-    def perform_create(self, serializer) -> None:
-        serializer.save()
-        cache.routes.invalidate()
-        invalidation_publish(cache="routes")
+    def _create(self, data: dict[str, Any]) -> ModelRoute:
+        return catalog_services.route_create(actor=self.request.user, data=data)  # type: ignore[arg-type]
 
-    def perform_update(self, serializer) -> None:
-        serializer.save()
-        cache.routes.invalidate()
-        invalidation_publish(cache="routes")
+    def _update(self, instance: ModelRoute, data: dict[str, Any]) -> ModelRoute:
+        return catalog_services.route_update(
+            actor=self.request.user,
+            route=instance,
+            data=data,  # type: ignore[arg-type]
+        )
+
+    def _delete(self, instance: ModelRoute) -> None:
+        catalog_services.route_delete(actor=self.request.user, route=instance)
 
 
-class ModelPriceViewSet(viewsets.ModelViewSet):
-    """Prices per million tokens. Admin writes are overrides (negotiated prices)."""
+class ModelPriceViewSet(CatalogViewSet):
+    """Prices per million tokens. Admin writes are overrides (negotiated prices); only an
+    override not yet in force may be changed or deleted (a new row supersedes one in force)."""
 
     queryset = ModelPrice.objects.all()
     serializer_class = ModelPriceSerializer
@@ -189,15 +222,18 @@ class ModelPriceViewSet(viewsets.ModelViewSet):
     filterset_fields = ["model", "source", "provider"]
     ordering_fields = ["model", "effective_from"]
 
-    def perform_create(self, serializer) -> None:
-        serializer.save(source=ModelPrice.Source.OVERRIDE)
-        cache.routes.invalidate()
-        invalidation_publish(cache="routes")
+    def _create(self, data: dict[str, Any]) -> ModelPrice:
+        return catalog_services.price_override_create(actor=self.request.user, data=data)  # type: ignore[arg-type]
 
-    def perform_update(self, serializer) -> None:
-        serializer.save()
-        cache.routes.invalidate()
-        invalidation_publish(cache="routes")
+    def _update(self, instance: ModelPrice, data: dict[str, Any]) -> ModelPrice:
+        return catalog_services.price_override_update(
+            actor=self.request.user,
+            price=instance,
+            data=data,  # type: ignore[arg-type]
+        )
+
+    def _delete(self, instance: ModelPrice) -> None:
+        catalog_services.price_override_delete(actor=self.request.user, price=instance)
 
 
 class UsageFilter(django_filters.FilterSet):

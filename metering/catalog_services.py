@@ -4,14 +4,18 @@ Each function validates, saves and writes an audit event in one transaction, and
 `django.core.exceptions.ValidationError` with a field -> messages dict for anything the caller
 got wrong, so a page can show the message beside its field and nothing is saved.
 
+These are the catalogue's only write path: the pages and the REST API (`metering.apis`) both
+call them, so every change is validated, audited and invalidated the same way.
+
 Credentials never pass through here: an upstream's `credential_env` is the *name* of an
-environment variable, set in configuration; these functions neither read nor change it. The
-name itself must be on the allow-list (`credential_env_check`): a configured prefix or one of
-the configured names, never any other server variable.
+environment variable, set in configuration; these functions never read its value. The name
+itself must be on the allow-list (`credential_env_check`): a configured prefix or one of the
+configured names, never any other server variable.
 
 The proxy holds routes and their prices in per-process caches (`metering.cache.routes`, at most
 `TB_KEY_CACHE_SECONDS`). A change made here drops this process's entries once the transaction
-commits; other processes pick it up when their entries expire.
+commits and publishes an invalidation (`tb:invalidate`) so every other proxy process drops
+them too, without waiting for their lifetime.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Any, TypedDict
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
+from django.db.models import ProtectedError
+from django.utils import timezone
 
 from budgets.audit import audit_record, snapshot
 from budgets.invalidation import invalidation_publish
@@ -36,7 +42,11 @@ MAX_READ_TIMEOUT = Decimal(3600)
 
 
 class UpstreamData(TypedDict, total=False):
+    name: str
+    kind: str
     base_url: str
+    credential_env: str
+    api_version: str
     connect_timeout: Decimal
     read_timeout: Decimal
     active: bool
@@ -106,7 +116,16 @@ def credential_env_check(name: str) -> None:
         )
 
 
+class UpstreamInUse(Exception):
+    """The upstream still serves routes (named in `routes`): it is not deleted."""
+
+    def __init__(self, upstream: Upstream, routes: list[str]) -> None:
+        super().__init__(f"Upstream {upstream.name} is used by {len(routes)} route(s).")
+        self.routes = routes
+
+
 def _check_upstream(upstream: Upstream) -> None:
+    credential_env_check(upstream.credential_env)
     if not upstream.base_url.startswith(("http://", "https://")):
         raise _invalid("base_url", "Use an http(s) URL.")
     if not 0 < upstream.connect_timeout <= MAX_CONNECT_TIMEOUT:
@@ -115,13 +134,61 @@ def _check_upstream(upstream: Upstream) -> None:
         raise _invalid("read_timeout", f"More than 0 and at most {MAX_READ_TIMEOUT} s.")
 
 
+def upstream_create(*, actor: Any, data: UpstreamData, source: str = "api") -> Upstream:
+    """Add an upstream; its credential variable (a name, never a value) must be allowed."""
+    _known(data, UPSTREAM_FIELDS)
+    upstream = Upstream(**data)
+    return _create(upstream, _check_upstream, "upstream.create", actor, source)
+
+
 def upstream_update(
     *, actor: Any, upstream: Upstream, data: UpstreamData, source: str = "api"
 ) -> Upstream:
-    """Change an upstream's URL, timeouts or state (never its credential variable)."""
+    """Change an upstream's fields; a new credential variable must be on the allow-list."""
     return _update(
         upstream, dict(data), UPSTREAM_FIELDS, _check_upstream, "upstream.update", actor, source
     )
+
+
+def upstream_delete(*, actor: Any, upstream: Upstream, source: str = "api") -> None:
+    """Delete an upstream no route uses; one in use raises `UpstreamInUse` naming its routes
+    (the routes' foreign key protects it, so a route added meanwhile refuses the delete too)."""
+
+    def in_use() -> UpstreamInUse:
+        names = upstream.routes.order_by("public_name").values_list("public_name", flat=True)
+        return UpstreamInUse(upstream, list(names))
+
+    try:
+        with transaction.atomic():
+            if upstream.routes.exists():
+                raise in_use()
+            _delete(upstream, "upstream.delete", actor, source)
+    except ProtectedError:
+        raise in_use() from None
+
+
+def _create[M: models.Model](
+    instance: M, check: Callable[[M], None], action: str, actor: Any, source: str
+) -> M:
+    """Validate, save and audit a new row in one transaction."""
+    with transaction.atomic():
+        check(instance)
+        instance.full_clean()
+        instance.save()
+        audit_record(
+            actor=actor, action=action, obj=instance, after=snapshot(instance), source=source
+        )
+        _routes_changed()
+    return instance
+
+
+def _delete(instance: models.Model, action: str, actor: Any, source: str) -> None:
+    """Audit and delete a row in one transaction (the event keeps the row's last state)."""
+    with transaction.atomic():
+        before = snapshot(instance)
+        audit_record(actor=actor, action=action, obj=instance, before=before, source=source)
+        instance.delete()
+        _routes_changed()
 
 
 def _update[M: models.Model](
@@ -135,7 +202,7 @@ def _update[M: models.Model](
 ) -> M:
     """Lock the row, apply `data`, validate, save and audit; a no-op change writes nothing."""
     with transaction.atomic():
-        locked = type(instance).objects.select_for_update().get(pk=instance.pk)
+        locked = type(instance)._default_manager.select_for_update().get(pk=instance.pk)
         before = snapshot(locked)
         if not _set(locked, data, fields):
             return locked
@@ -167,22 +234,19 @@ def _check_route(route: ModelRoute) -> None:
 
 def route_create(*, actor: Any, data: RouteData, source: str = "api") -> ModelRoute:
     _known(data, ROUTE_FIELDS)
-    route = ModelRoute(**data)
-    with transaction.atomic():
-        _check_route(route)
-        route.full_clean()
-        route.save()
-        audit_record(
-            actor=actor, action="route.create", obj=route, after=snapshot(route), source=source
-        )
-        _routes_changed()
-    return route
+    return _create(ModelRoute(**data), _check_route, "route.create", actor, source)
 
 
 def route_update(
     *, actor: Any, route: ModelRoute, data: RouteData, source: str = "api"
 ) -> ModelRoute:
     return _update(route, dict(data), ROUTE_FIELDS, _check_route, "route.update", actor, source)
+
+
+def route_delete(*, actor: Any, route: ModelRoute, source: str = "api") -> None:
+    """Delete a route: clients asking for its name get the unknown-model error from then on
+    (usage records keep the model names they were charged under)."""
+    _delete(route, "route.delete", actor, source)
 
 
 def _check_price(price: ModelPrice) -> None:
@@ -208,16 +272,41 @@ def _check_price(price: ModelPrice) -> None:
 
 def price_override_create(*, actor: Any, data: PriceData, source: str = "api") -> ModelPrice:
     """Append a negotiated price: an override row wins over catalogue rows from its start
-    (see `metering.selectors.pick_price`). Price rows are never edited, so past calls keep the
-    price they were charged at."""
+    (see `metering.selectors.pick_price`). Price rows in force are never edited, so past calls
+    keep the price they were charged at; a new row supersedes one."""
     _known(data, PRICE_FIELDS)
     price = ModelPrice(**data, source=ModelPrice.Source.OVERRIDE)
-    with transaction.atomic():
-        _check_price(price)
-        price.full_clean()
-        price.save()
-        audit_record(
-            actor=actor, action="price.create", obj=price, after=snapshot(price), source=source
+    return _create(price, _check_price, "price.create", actor, source)
+
+
+def _check_scheduled(price: ModelPrice) -> None:
+    """Only an override not yet in force may change or go: a price that has applied to calls
+    stays as it was (supersede it with a new row instead)."""
+    if price.source != ModelPrice.Source.OVERRIDE:
+        raise _invalid("source", "Catalogue prices come from the price sync; add an override.")
+    if price.effective_from <= timezone.now():
+        raise _invalid(
+            "effective_from",
+            "This price is already in force: add a new price from the moment it should change.",
         )
-        _routes_changed()
-    return price
+
+
+def price_override_update(
+    *, actor: Any, price: ModelPrice, data: PriceData, source: str = "api"
+) -> ModelPrice:
+    """Correct an override that is not yet in force (its new start must be ahead too)."""
+    _check_scheduled(price)
+
+    def check(locked: ModelPrice) -> None:
+        _check_price(locked)
+        _check_scheduled(locked)
+
+    return _update(price, dict(data), PRICE_FIELDS, check, "price.update", actor, source)
+
+
+def price_override_delete(*, actor: Any, price: ModelPrice, source: str = "api") -> None:
+    """Withdraw an override that is not yet in force."""
+    with transaction.atomic():
+        locked = ModelPrice.objects.select_for_update().get(pk=price.pk)
+        _check_scheduled(locked)
+        _delete(locked, "price.delete", actor, source)

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import QuerySet
 from django.utils import timezone
 
 from budgets.balance import LimitRule, current_fiscal_year
 from budgets.models import Allowance, CostCenter, Employee, Policy
-from metering.models import Intent, ModelPrice, ModelRoute, UsageRecord, VirtualKey
+from budgets.selectors import policy_nearest
+from metering.models import Intent, ModelPrice, ModelRoute, VirtualKey
 from metering.upstream import UpstreamTarget
 
 
@@ -144,13 +144,12 @@ def cost_center_chain(cost_center_id: int) -> list[CostCenter]:
 
 
 def policy_from_chain(chain: list[CostCenter]) -> Policy | None:
-    """Whole-policy inheritance: the nearest cost center with a policy decides."""
-    for node in chain:
-        try:
-            return node.policy
-        except Policy.DoesNotExist:
-            continue
-    return None
+    """The policy in force for the first of `chain` (`budgets.selectors.policy_nearest`)."""
+    if not chain:
+        return None
+    parents = {node.pk: node.parent_id for node in chain}
+    own = {node.pk: node.policy for node in chain if hasattr(node, "policy")}
+    return policy_nearest(chain[0].pk, parents=parents, own=own)
 
 
 def key_info_load(hashed: str) -> KeyInfo | None:
@@ -316,8 +315,3 @@ def aliases_for_key(info: KeyInfo, routed: Iterable[str]) -> list[str]:
         if any(m in usable for m in (recommended, default) if m):
             found.append(f"auto:{name}")
     return found
-
-
-def usage_for_user_queryset(employee_ids: QuerySet | None) -> QuerySet[UsageRecord]:
-    qs = UsageRecord.objects.select_related("employee", "cost_center")
-    return qs if employee_ids is None else qs.filter(employee_id__in=employee_ids)

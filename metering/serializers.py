@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from metering import validation
@@ -93,20 +92,6 @@ class UpstreamSerializer(serializers.ModelSerializer):
 
         return bool(upstream.credential_env and os.environ.get(upstream.credential_env))
 
-    def validate_credential_env(self, value: str) -> str:
-        from metering.catalog_services import credential_env_check
-
-        try:
-            credential_env_check(value)
-        except DjangoValidationError as exc:
-            raise serializers.ValidationError(exc.message_dict["credential_env"]) from exc
-        return value
-
-    def validate_base_url(self, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise serializers.ValidationError("Use an http(s) URL.")
-        return value
-
 
 class ModelRouteSerializer(serializers.ModelSerializer):
     upstream = serializers.SlugRelatedField(slug_field="name", queryset=Upstream.objects.all())
@@ -142,18 +127,6 @@ class ModelPriceSerializer(serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = ["id", "source", "created_at"]
-
-    def validate(self, attrs: dict) -> dict:
-        for name in (
-            "input_per_mtok",
-            "output_per_mtok",
-            "cached_input_per_mtok",
-            "cache_write_per_mtok",
-        ):
-            value = attrs.get(name)
-            if value is not None and value < 0:
-                raise serializers.ValidationError({name: "Prices cannot be negative."})
-        return attrs
 
 
 class UsageRecordSerializer(serializers.ModelSerializer):

@@ -198,9 +198,3 @@ def _touch_key(key_id: int) -> None:
         return
     _last_used_written[key_id] = now
     VirtualKey.objects.filter(pk=key_id).update(last_used_at=timezone.now())
-
-
-def usage_record_create(*, record: UsageRecord) -> None:
-    """Write a record outside any hold (idempotent on the request id)."""
-    with connection.cursor() as cursor:
-        sql.insert_one(cursor, record, conflict=("request_id",))

@@ -17,7 +17,7 @@ _REDIS_DOWN = clients.UNAVAILABLE
 
 
 @shared_task(acks_late=True, ignore_result=True)
-def reservations_sweep() -> int:
+def reservations_sweep_task() -> int:
     """Give back database holds left by crashed proxy processes (expired reservations)."""
     return reservations_release_expired(now=timezone.now())
 
@@ -29,7 +29,7 @@ def reservations_sweep() -> int:
     retry_backoff=True,
     max_retries=3,
 )
-def usage_stream_drain() -> int:
+def usage_stream_drain_task() -> int:
     """A safety net beside the `consume_usage` processes: drain what is there and return."""
     if not settings.REDIS_URL:
         return 0
@@ -37,7 +37,7 @@ def usage_stream_drain() -> int:
 
 
 @shared_task(acks_late=True, ignore_result=True, autoretry_for=_REDIS_DOWN, retry_backoff=True)
-def quota_holds_sweep() -> int:
+def quota_holds_sweep_task() -> int:
     """Give back Redis holds nobody can close: at once when the process is gone (its liveness
     key lapsed) or does not have the hold in hand (a reserve whose answer it never got), else
     when the hold's 30 minutes are up."""
@@ -47,7 +47,7 @@ def quota_holds_sweep() -> int:
 
 
 @shared_task(acks_late=True, ignore_result=True, autoretry_for=_REDIS_DOWN, retry_backoff=True)
-def quota_counters_reconcile() -> int:
+def quota_counters_reconcile_task() -> int:
     """Nightly: report and repair drift between the Redis counters and the database (`used`),
     and between the counters and their open holds (`reserved`, after giving back dead holds)."""
     if not settings.REDIS_URL:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from billing.rollup import local_tz
+from billing.periods import local_tz
 
 
 def local(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> dt.datetime:

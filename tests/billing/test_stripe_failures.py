@@ -52,7 +52,7 @@ def test_unknown_customer_blocks_only_its_statement(january, stripe_settings) ->
     january["ml"].save()
 
     with time_machine.travel(NOW, tick=False):
-        assert tasks.statements_stripe_sync_pending() == 3
+        assert tasks.statements_stripe_sync_pending_task() == 3
 
     eng, ml, sales = (_statement(january, key) for key in ("eng", "ml", "sales"))
     assert (eng.stripe_sync_state, sales.stripe_sync_state) == ("invoiced", "invoiced")
@@ -75,7 +75,7 @@ def test_unknown_customer_blocks_only_its_statement(january, stripe_settings) ->
 
     # Blocked: later runs leave it alone (and the invoiced ones are not invoiced again).
     with time_machine.travel(NOW + dt.timedelta(days=2), tick=False):
-        assert tasks.statements_stripe_sync_pending() == 0
+        assert tasks.statements_stripe_sync_pending_task() == 0
     ml.refresh_from_db()
     assert ml.stripe_sync_attempts == 1
     assert len(stripe_invoices(base, eng_customer)) == len(stripe_invoices(base, sales_customer))
@@ -179,22 +179,22 @@ def test_finalize_with_stripe_down_answers_at_once_and_backs_off(
 
     # Not due before its time; then each failure doubles the wait, up to the cap.
     with time_machine.travel(NOW + 4 * MINUTES, tick=False):
-        assert tasks.statements_stripe_sync_pending() == 0
+        assert tasks.statements_stripe_sync_pending_task() == 0
     with time_machine.travel(NOW + 5 * MINUTES, tick=False):
-        assert tasks.statements_stripe_sync_pending() == 1
+        assert tasks.statements_stripe_sync_pending_task() == 1
     eng.refresh_from_db()
     assert (eng.stripe_sync_attempts, eng.stripe_sync_next_at) == (2, NOW + 15 * MINUTES)
     stripe_settings.TB_STRIPE_RETRY_MAX_SECONDS = 900
     with time_machine.travel(NOW + 15 * MINUTES, tick=False):
-        assert tasks.statements_stripe_sync_pending() == 1
+        assert tasks.statements_stripe_sync_pending_task() == 1
     eng.refresh_from_db()
     assert (eng.stripe_sync_attempts, eng.stripe_sync_next_at) == (3, NOW + 30 * MINUTES)
 
     # Stripe is back: the next due run invoices it, once.
     stripe_settings.TB_STRIPE_API_BASE = localstripe_url
     with time_machine.travel(NOW + 30 * MINUTES, tick=False):
-        assert tasks.statements_stripe_sync_pending() == 1
-        assert tasks.statements_stripe_sync_pending() == 0
+        assert tasks.statements_stripe_sync_pending_task() == 1
+        assert tasks.statements_stripe_sync_pending_task() == 0
     eng.refresh_from_db()
     assert (eng.status, eng.stripe_sync_state, eng.stripe_sync_error) == ("sent", "invoiced", "")
     assert eng.stripe_sync_next_at is None
@@ -222,8 +222,8 @@ def test_lost_answer_then_retry_creates_exactly_one_invoice(
 
         proxy.heal()
         with time_machine.travel(NOW + 5 * MINUTES, tick=False):
-            assert tasks.statements_stripe_sync_pending() == 1
-            assert tasks.statements_stripe_sync_pending() == 0
+            assert tasks.statements_stripe_sync_pending_task() == 1
+            assert tasks.statements_stripe_sync_pending_task() == 0
     eng.refresh_from_db()
     assert (eng.stripe_sync_state, eng.stripe_invoice_id) == ("invoiced", made["id"])
     [invoice] = stripe_invoices(localstripe_url, customer)

@@ -134,18 +134,20 @@ def test_jobs_end_to_end_in_a_real_worker(worker, cast, settings) -> None:
     raw = sum((r.cost for r in UsageRecord.objects.all()), Decimal(0))
 
     # 1. Rollup, twice.
-    tasks.daily_usage_rollup.delay()
-    wait_until(lambda: _rollup_cost() == raw, "the rollup", nudge=tasks.daily_usage_rollup.delay)
+    tasks.daily_usage_rollup_task.delay()
+    wait_until(
+        lambda: _rollup_cost() == raw, "the rollup", nudge=tasks.daily_usage_rollup_task.delay
+    )
     before = _snapshot()
-    tasks.daily_usage_rollup.delay()
-    tasks.statements_close_as_needed.delay()  # queued behind the second rollup
+    tasks.daily_usage_rollup_task.delay()
+    tasks.statements_close_as_needed_task.delay()  # queued behind the second rollup
     wait_until(lambda: ChargebackStatement.objects.count() == 2, "the month close")
     assert _snapshot() == before
 
     # 2. Month close, twice.
     lines = list(StatementLine.objects.order_by("id").values_list("id", "cost_units"))
-    tasks.statements_close_as_needed.delay()
-    tasks.daily_usage_rollup.delay()  # a marker: when it ran, the close before it ran too
+    tasks.statements_close_as_needed_task.delay()
+    tasks.daily_usage_rollup_task.delay()  # a marker: when it ran, the close before it ran too
     time.sleep(1)
     wait_until(lambda: _snapshot() == before, "the second close")
     assert list(StatementLine.objects.order_by("id").values_list("id", "cost_units")) == lines
@@ -172,8 +174,8 @@ def test_jobs_end_to_end_in_a_real_worker(worker, cast, settings) -> None:
 
     wait_until(synced, "the Stripe sync")
     assert eng.status == "sent"
-    tasks.statement_stripe_sync.delay(eng.id)
-    tasks.statements_stripe_sync_pending.delay()
+    tasks.statement_stripe_sync_task.delay(eng.id)
+    tasks.statements_stripe_sync_pending_task.delay()
     time.sleep(2)
     invoices = httpx.get(
         f"{worker['stripe']}/v1/invoices", params={"customer": customer}, headers=AUTH
@@ -188,7 +190,7 @@ def test_jobs_end_to_end_in_a_real_worker(worker, cast, settings) -> None:
         employee=cast["alice"], fiscal_year=year, amount=Decimal(1000), prorate=False,
         used=Decimal(900),
     )  # fmt: skip
-    tasks.alerts_check.delay()
+    tasks.alerts_check_task.delay()
     wait_until(
         lambda: (
             AlertEvent.objects.exists()
@@ -198,7 +200,7 @@ def test_jobs_end_to_end_in_a_real_worker(worker, cast, settings) -> None:
     )
     raised = sorted(AlertEvent.objects.values_list("kind", "threshold"))
     assert ("threshold", 80) in raised  # 90 % used; the default thresholds are 80 and 100
-    tasks.alerts_check.delay()
+    tasks.alerts_check_task.delay()
     time.sleep(2)
     assert sorted(AlertEvent.objects.values_list("kind", "threshold")) == raised
     assert len(os.listdir(worker["mail_dir"])) == len(raised)

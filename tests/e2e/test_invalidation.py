@@ -1,15 +1,20 @@
-"""Invalidation across processes: with Redis, a revoked key or a changed policy is refused by
-every worker of a running proxy well within a second, though its caches keep entries 4 s."""
+"""Invalidation across processes: with Redis, a revoked key, a changed policy or a price set
+through the API is seen by every worker of a running proxy well within a second, though its
+caches keep entries 4 s."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import connection
+from django.utils import timezone
+from rest_framework.test import APIClient
 
 from budgets.invalidation import CHANNEL, invalidation_publish
 from budgets.models import Policy
@@ -122,3 +127,29 @@ def test_a_policy_change_reaches_every_worker_within_a_second(
     )
     changed_at = time.monotonic()
     _refused_within(world, changed_at, openai.PermissionDeniedError)
+
+
+def test_a_price_set_through_the_api_reaches_every_worker_within_a_second(
+    proxy: str,
+    mock_upstream_url: str,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    world = make_world(proxy, mock_upstream_url, amount="1", unit="usd")
+    _warm(world, redis_server)
+    admin = get_user_model().objects.create_user("admin", is_staff=True)
+    api = APIClient()
+    api.force_authenticate(admin)
+    # A negotiated price already in force that no $1 allowance can pay for a call at.
+    start = timezone.now() - dt.timedelta(minutes=1)
+    response = api.post(
+        "/api/v1/prices/",
+        {"model": "gpt-4o-mini", "input_per_mtok": "1000000", "output_per_mtok": "1000000",
+         "effective_from": start.isoformat()},
+        format="json",
+    )  # fmt: skip
+    assert response.status_code == 201, response.content
+    changed_at = time.monotonic()
+    _refused_within(world, changed_at, openai.RateLimitError)
+    for _ in range(12):
+        with pytest.raises(openai.RateLimitError):
+            _call(world)

@@ -15,8 +15,8 @@ from openai import OpenAI
 from playwright.sync_api import expect
 
 from billing.models import ChargebackStatement
-from billing.rollup import daily_usage_rollup, local_tz
-from billing.statements import last_complete_month
+from billing.periods import last_complete_month, local_tz
+from billing.rollup import daily_usage_rollup
 from budgets.balance import current_fiscal_year
 from budgets.models import Adjustment, Allowance, Employee
 from metering.models import UsageRecord, VirtualKey

@@ -15,8 +15,7 @@ from django.test import Client
 from django.utils import timezone
 
 from billing.models import ChargebackStatement, DailyUsage
-from billing.rollup import local_tz
-from billing.statements import last_complete_month
+from billing.periods import last_complete_month, local_tz
 from billing.value import value_report
 from budgets.fiscal import add_months
 from budgets.models import Allowance, Policy

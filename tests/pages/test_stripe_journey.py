@@ -17,7 +17,8 @@ import pytest
 from playwright.sync_api import expect
 
 from billing.models import ChargebackStatement
-from billing.rollup import daily_usage_rollup, local_tz
+from billing.periods import local_tz
+from billing.rollup import daily_usage_rollup
 from billing.statements import statements_close_month
 from metering.models import UsageRecord
 from tests import servers

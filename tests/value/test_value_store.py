@@ -154,17 +154,17 @@ def test_other_periods_are_computed(api, march) -> None:
 
 
 def test_tasks_store_a_period_and_refuse_a_mid_month_date(march) -> None:
-    assert tasks.value_report_store.delay("2026-03-01").get() == 7
+    assert tasks.value_report_store_task.delay("2026-03-01").get() == 7
     assert ValueReportPeriod.objects.get().since == MARCH
     with pytest.raises(ValueError):
-        tasks.value_report_store.delay("2026-03-02").get()
+        tasks.value_report_store_task.delay("2026-03-02").get()
 
 
 def test_the_job_is_scheduled_with_an_expiry() -> None:
     from config.celery import app
 
     entry = app.conf.beat_schedule["billing-value-reports-store"]
-    assert entry["task"] == "billing.tasks.value_reports_store_as_needed"
+    assert entry["task"] == "billing.tasks.value_reports_store_as_needed_task"
     assert 0 < entry["options"]["expires"] < entry["schedule"]
 
 

@@ -33,8 +33,9 @@ from django.db.models import F
 from django.utils import timezone
 
 from billing.models import ChargebackStatement
-from billing.rollup import daily_usage_rollup, local_tz
-from billing.statements import last_complete_month, statement_finalize, statements_close_month
+from billing.periods import last_complete_month, local_tz
+from billing.rollup import daily_usage_rollup
+from billing.statements import statement_finalize, statements_close_month
 from billing.value_store import value_reports_store_as_needed
 from budgets.balance import current_fiscal_year
 from budgets.fiscal import add_months, fiscal_year_bounds

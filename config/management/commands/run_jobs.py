@@ -1,5 +1,7 @@
 """Run the periodic jobs in this process, on the beat schedule of config/celery.py.
 
+It lives in `config` beside that schedule: it runs every app's jobs, so no app owns it.
+
 The embedded default has no broker and no beat: `scripts/run.sh` starts this beside the web
 server instead. With a broker, run `celery -A config beat` and a worker; never both.
 """

@@ -163,7 +163,7 @@ class UpstreamViewSet(viewsets.ModelViewSet):
 
 
 class ModelRouteViewSet(viewsets.ModelViewSet):
-    queryset = ModelRoute.objects.select_related("upstream")
+    queryset = ModelRoute.objects.select_related("upstream").prefetch_related("aliases")
     serializer_class = ModelRouteSerializer
     permission_classes = [IsBudgetAdmin]
     lookup_field = "public_name"

@@ -1,10 +1,19 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
 from rest_framework import serializers
 
 from metering import validation
-from metering.models import ModelPrice, ModelRoute, Upstream, UsageRecord, VirtualKey
+from metering.catalog_services import route_aliases_set
+from metering.models import (
+    ModelPrice,
+    ModelRoute,
+    ModelRouteAlias,
+    Upstream,
+    UsageRecord,
+    VirtualKey,
+)
 
 
 class VirtualKeySerializer(serializers.ModelSerializer):
@@ -110,6 +119,42 @@ class UpstreamSerializer(serializers.ModelSerializer):
 
 class ModelRouteSerializer(serializers.ModelSerializer):
     upstream = serializers.SlugRelatedField(slug_field="name", queryset=Upstream.objects.all())
+    aliases = serializers.ListField(
+        child=serializers.CharField(max_length=200), required=False, max_length=50, write_only=True
+    )
+
+    def validate_public_name(self, value: str) -> str:
+        if ModelRouteAlias.objects.filter(name=value.strip()).exists():
+            raise serializers.ValidationError("Already an alias of another route.")
+        return value
+
+    def to_representation(self, instance: ModelRoute) -> dict:
+        data = super().to_representation(instance)
+        data["aliases"] = sorted(alias.name for alias in instance.aliases.all())
+        return data
+
+    def create(self, validated_data: dict) -> ModelRoute:
+        aliases = validated_data.pop("aliases", None)
+        with transaction.atomic():
+            route = super().create(validated_data)
+            self._aliases_set(route, aliases)
+        return route
+
+    def update(self, instance: ModelRoute, validated_data: dict) -> ModelRoute:
+        aliases = validated_data.pop("aliases", None)
+        with transaction.atomic():
+            route = super().update(instance, validated_data)
+            self._aliases_set(route, aliases)
+        return route
+
+    def _aliases_set(self, route: ModelRoute, aliases: list[str] | None) -> None:
+        if aliases is None:
+            return
+        request = self.context.get("request")
+        try:
+            route_aliases_set(actor=getattr(request, "user", None), route=route, names=aliases)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from exc
 
     class Meta:
         model = ModelRoute
@@ -121,6 +166,7 @@ class ModelRouteSerializer(serializers.ModelSerializer):
             "default_max_output_tokens",
             "unmetered_cost",
             "active",
+            "aliases",
         ]
 
 

@@ -33,3 +33,5 @@ if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
     touch "$stamp"
 fi
+# Test mode: the real client CLIs the tests/clients suite drives (pinned, project-local).
+[ "$extras" = "test" ] && scripts/install-clients.sh

@@ -34,4 +34,6 @@ if [ ! -f "$stamp" ]; then
     touch "$stamp"
 fi
 # Test mode: the real client CLIs the tests/clients suite drives (pinned, project-local).
-[ "$extras" = "test" ] && scripts/install-clients.sh
+if [ "$extras" = "test" ]; then
+    scripts/install-clients.sh
+fi

@@ -118,15 +118,18 @@ def test_codex_exec_default_model(client_world: World, tmp_path: Path) -> None:
 
 def test_codex_exec_with_a_tool_round_trip(client_world: World, tmp_path: Path) -> None:
     # gpt-5-codex is an alias of the gpt-6.2-sol route; Codex offers its tools to that name.
-    done = _codex(client_world, tmp_path, "List the files.", "-m", "gpt-5-codex")
+    (tmp_path / "hello.txt").write_text("hi\n")
+    prompt = 'List the files. mock-tool: exec_command {"cmd": "ls"}'
+    done = _codex(client_world, tmp_path, prompt, "-m", "gpt-5-codex")
     assert done.returncode == 0, done.stderr + done.stdout
     calls = [r["body"] for r in mock_requests(client_world) if r["path"].endswith("/responses")]
-    assert len(calls) >= 2 and calls[0]["tools"]
+    assert len(calls) >= 2
+    assert "exec_command" in {t.get("name") for t in calls[0]["tools"]}
     outputs = [
         i
         for i in calls[1]["input"]
         if isinstance(i, dict) and i.get("type", "").endswith("call_output")
     ]
-    assert outputs, calls[1]["input"][-3:]
+    assert outputs and "hello.txt" in str(outputs[-1]["output"]), calls[1]["input"][-3:]
     records = assert_records_match_ledger(client_world, at_least=2)
     assert {r.model for r in records} == {"gpt-6.2-sol"}  # recorded under the route's name

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/translate.py [--calls 20000] [--stream-tokens 200]
 
-A typical agent turn (system prompt, a tool, a tool round-trip in the history, ~2 KB of
+A typical agent turn (system prompt, a tool, a tool round-trip in the history, ~4 KB of
 text) is translated both ways: OpenAI chat -> Anthropic request plus the Message back, and
 Anthropic -> OpenAI chat request plus the completion back; for streams, a reply of
 --stream-tokens text deltas, a tool call and the final usage through the stream translator.

@@ -107,7 +107,25 @@ def assert_records_match_ledger(world: World, *, at_least: int = 1) -> list[Usag
     assert served["cut"] == {}
     by_id = {r.request_id: [r.input_tokens, r.output_tokens] for r in records}
     assert by_id == served["requests"]
+    for record in records:
+        assert record.cost == expected_cost(record), record
     world.allowance.refresh_from_db()
     assert world.allowance.used == sum(r.input_tokens + r.output_tokens for r in records)
     assert world.allowance.reserved == 0
     return records
+
+
+def expected_cost(record: UsageRecord) -> Decimal:
+    """The price arithmetic for a record, from the upstream model's price row."""
+    price = ModelPrice.objects.get(model=record.upstream_model)
+    cached_rate = price.cached_input_per_mtok
+    write_rate = price.cache_write_per_mtok
+    cached_rate = price.input_per_mtok if cached_rate is None else cached_rate
+    write_rate = price.input_per_mtok if write_rate is None else write_rate
+    plain = record.input_tokens - record.cached_input_tokens - record.cache_write_tokens
+    return (
+        plain * price.input_per_mtok
+        + record.cached_input_tokens * cached_rate
+        + record.cache_write_tokens * write_rate
+        + record.output_tokens * price.output_per_mtok
+    ) / Decimal(1_000_000)

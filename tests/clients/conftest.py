@@ -35,10 +35,13 @@ CLIENT_ALIASES = {"gpt-6.2-sol": ["gpt-5-codex"]}
 
 
 def cli(name: str) -> str:
-    """The installed CLI's path, or skip when scripts/install-clients.sh has not run."""
+    """The installed CLI's path; skip when scripts/install-clients.sh has not run (fail in CI)."""
     path = BIN / name
     if not path.exists():
-        pytest.skip(f"{name} is not installed: run scripts/install-clients.sh")
+        message = f"{name} is not installed: run scripts/install-clients.sh"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI installs them (scripts/test.sh): never a silent skip
+        pytest.skip(message)
     return str(path)
 
 

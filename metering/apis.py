@@ -6,6 +6,7 @@ from typing import Any
 
 import django_filters
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -192,21 +193,35 @@ class UpstreamViewSet(CatalogViewSet):
 
 
 class ModelRouteViewSet(CatalogViewSet):
-    queryset = ModelRoute.objects.select_related("upstream")
+    queryset = ModelRoute.objects.select_related("upstream").prefetch_related("aliases")
     serializer_class = ModelRouteSerializer
     permission_classes = [IsBudgetAdmin]
     lookup_field = "public_name"
     lookup_value_regex = "[^/]+"
 
     def _create(self, data: dict[str, Any]) -> ModelRoute:
-        return catalog_services.route_create(actor=self.request.user, data=data)  # type: ignore[arg-type]
+        aliases = data.pop("aliases", None)
+        with transaction.atomic():
+            route = catalog_services.route_create(actor=self.request.user, data=data)  # type: ignore[arg-type]
+            self._aliases_set(route, aliases)
+        return route
 
     def _update(self, instance: ModelRoute, data: dict[str, Any]) -> ModelRoute:
-        return catalog_services.route_update(
-            actor=self.request.user,
-            route=instance,
-            data=data,  # type: ignore[arg-type]
-        )
+        aliases = data.pop("aliases", None)
+        with transaction.atomic():
+            route = catalog_services.route_update(
+                actor=self.request.user,
+                route=instance,
+                data=data,  # type: ignore[arg-type]
+            )
+            self._aliases_set(route, aliases)
+        return route
+
+    def _aliases_set(self, route: ModelRoute, aliases: list[str] | None) -> None:
+        """Aliases are written by their own service (audited, clashes refused), in the route's
+        transaction: a refused alias leaves the route unchanged too."""
+        if aliases is not None:
+            catalog_services.route_aliases_set(actor=self.request.user, route=route, names=aliases)
 
     def _delete(self, instance: ModelRoute) -> None:
         catalog_services.route_delete(actor=self.request.user, route=instance)

@@ -34,7 +34,7 @@ from django.utils import timezone
 from budgets.audit import audit_record, snapshot
 from budgets.invalidation import invalidation_publish
 from metering import cache
-from metering.models import ModelPrice, ModelRoute, Upstream
+from metering.models import ModelPrice, ModelRoute, ModelRouteAlias, Upstream
 from metering.upstream import credential_env_allowed
 
 MAX_CONNECT_TIMEOUT = Decimal(120)  # seconds; beyond this a dead upstream holds workers too long
@@ -228,6 +228,8 @@ def _check_route(route: ModelRoute) -> None:
         raise _invalid("public_name", "Give the name clients ask for, e.g. gpt-4o-mini.")
     if not route.upstream_model:
         raise _invalid("upstream_model", "Give the model name the upstream expects.")
+    if ModelRouteAlias.objects.filter(name=route.public_name).exists():
+        raise _invalid("public_name", "Already an alias of another route.")
     if not 0 < route.default_max_output_tokens <= 1_000_000:
         raise _invalid("default_max_output_tokens", "From 1 to 1,000,000 tokens.")
 
@@ -247,6 +249,50 @@ def route_delete(*, actor: Any, route: ModelRoute, source: str = "api") -> None:
     """Delete a route: clients asking for its name get the unknown-model error from then on
     (usage records keep the model names they were charged under)."""
     _delete(route, "route.delete", actor, source)
+
+
+def route_aliases_set(
+    *, actor: Any, route: ModelRoute, names: list[str], source: str = "api"
+) -> list[str]:
+    """Replace the route's aliases. A name that is another route's public name or alias, or
+    the route's own public name, is refused and nothing changes."""
+    wanted = sorted({name.strip() for name in names})
+    for name in wanted:
+        if not name or not cache.name_valid(name, max_length=cache.MODEL_NAME_MAX_LENGTH):
+            raise _invalid("aliases", f"'{name}' cannot be a model name.")
+    with transaction.atomic():
+        locked = ModelRoute.objects.select_for_update().get(pk=route.pk)
+        if locked.public_name in wanted:
+            raise _invalid("aliases", f"'{locked.public_name}' is this route's own name.")
+        taken = set(
+            ModelRoute.objects.filter(public_name__in=wanted).values_list("public_name", flat=True)
+        )
+        taken |= set(
+            ModelRouteAlias.objects.filter(name__in=wanted)
+            .exclude(route=locked)
+            .values_list("name", flat=True)
+        )
+        if taken:
+            raise _invalid(
+                "aliases", "Already the name of another route: " + ", ".join(sorted(taken))
+            )
+        before = sorted(locked.aliases.values_list("name", flat=True))
+        if before == wanted:
+            return wanted
+        locked.aliases.exclude(name__in=wanted).delete()
+        ModelRouteAlias.objects.bulk_create(
+            [ModelRouteAlias(name=name, route=locked) for name in wanted if name not in before]
+        )
+        audit_record(
+            actor=actor,
+            action="route.aliases",
+            obj=locked,
+            before={"aliases": before},
+            after={"aliases": wanted},
+            source=source,
+        )
+        _routes_changed()
+    return wanted
 
 
 def _check_price(price: ModelPrice) -> None:

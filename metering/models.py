@@ -95,6 +95,21 @@ class ModelRoute(models.Model):
         return f"{self.public_name} -> {self.upstream_id}:{self.upstream_model}"
 
 
+class ModelRouteAlias(models.Model):
+    """Another public name for a route: clients that ask for it are served by the route, and
+    its usage is recorded under the route's own public name. A name is either a route's
+    public name or one alias, never both (checked by `catalog_services.route_aliases_set`)."""
+
+    name = models.CharField(max_length=200, unique=True)
+    route = models.ForeignKey(ModelRoute, on_delete=models.CASCADE, related_name="aliases")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} -> {self.route_id}"
+
+
 class ModelPrice(models.Model):
     """USD per million tokens of each kind, in force from `effective_from`. Admin overrides
     (negotiated prices) win over catalogue rows in force at the same time."""

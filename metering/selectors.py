@@ -256,11 +256,14 @@ def price_in_force(model: str, at: dt.datetime) -> ModelPrice | None:
 
 
 def route_info_load(public_name: str) -> RouteInfo | None:
-    route = (
-        ModelRoute.objects.select_related("upstream")
-        .filter(public_name=public_name, active=True, upstream__active=True)
-        .first()
+    """The route a client's model name is served by: its public name, else one of its aliases
+    (the entry then carries the route's own public name, which the record keeps)."""
+    routes = ModelRoute.objects.select_related("upstream").filter(
+        active=True, upstream__active=True
     )
+    route = routes.filter(public_name=public_name).first()
+    if route is None:
+        route = routes.filter(aliases__name=public_name).first()
     if route is None:
         return None
     upstream = route.upstream

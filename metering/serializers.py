@@ -3,7 +3,14 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from metering import validation
-from metering.models import ModelPrice, ModelRoute, Upstream, UsageRecord, VirtualKey
+from metering.models import (
+    ModelPrice,
+    ModelRoute,
+    ModelRouteAlias,
+    Upstream,
+    UsageRecord,
+    VirtualKey,
+)
 
 
 class VirtualKeySerializer(serializers.ModelSerializer):
@@ -95,6 +102,19 @@ class UpstreamSerializer(serializers.ModelSerializer):
 
 class ModelRouteSerializer(serializers.ModelSerializer):
     upstream = serializers.SlugRelatedField(slug_field="name", queryset=Upstream.objects.all())
+    aliases = serializers.ListField(
+        child=serializers.CharField(max_length=200), required=False, max_length=50, write_only=True
+    )
+
+    def validate_public_name(self, value: str) -> str:
+        if ModelRouteAlias.objects.filter(name=value.strip()).exists():
+            raise serializers.ValidationError("Already an alias of another route.")
+        return value
+
+    def to_representation(self, instance: ModelRoute) -> dict:
+        data = super().to_representation(instance)
+        data["aliases"] = sorted(alias.name for alias in instance.aliases.all())
+        return data
 
     class Meta:
         model = ModelRoute
@@ -106,6 +126,7 @@ class ModelRouteSerializer(serializers.ModelSerializer):
             "default_max_output_tokens",
             "unmetered_cost",
             "active",
+            "aliases",
         ]
 
 

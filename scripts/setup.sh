@@ -35,3 +35,7 @@ if [ ! -f "$stamp" ]; then
 fi
 # The identity browser tests' OIDC provider (npm, pinned, into a git-ignored node_modules).
 case ",$extras," in *,test,*) scripts/install-identity.sh ;; esac
+# Test mode: the real client CLIs the tests/clients suite drives (pinned, project-local).
+if [ "$extras" = "test" ]; then
+    scripts/install-clients.sh
+fi

@@ -6,11 +6,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from metering.mock_upstream import MockSettings, run
+from metering.mock import MockSettings, run
 
 
 class Command(BaseCommand):
-    help = "Serve a mock OpenAI- and Anthropic-compatible upstream (see metering/mock_upstream.py)."
+    help = "Serve a mock OpenAI- and Anthropic-compatible upstream (see metering/mock/)."
     # The mock touches no database and must start even before migrations.
     requires_system_checks: list[str] = []
     requires_migrations_checks = False

@@ -21,7 +21,7 @@ from django.utils import timezone
 from budgets import roles
 from budgets.balance import current_fiscal_year
 from budgets.models import Allowance, CostCenter, Employee, Policy
-from metering.models import ModelPrice, ModelRoute, Upstream, VirtualKey
+from metering.models import ModelPrice, ModelRoute, ModelRouteAlias, Upstream, VirtualKey
 from metering.services import key_create
 
 # USD per million tokens: input, output, cached input, cache write.
@@ -32,9 +32,28 @@ DEMO_PRICES = {
     "text-embedding-3-small": ("0.02", "0", None, None),
     "claude-sonnet-4-5": ("3.00", "15.00", "0.30", "3.75"),
     "claude-haiku-4-5": ("1.00", "5.00", "0.10", "1.25"),
+    # The models Claude Code 2.1.332 asks for: its default (opus) and what it rewrites the
+    # sonnet / haiku names and older opus names to (prices from the genai-prices catalogue).
+    "claude-opus-5-5": ("4.00", "20.00", "0.20", "5.00"),
+    "claude-sonnet-5-5": ("2.00", "10.00", "0.10", "2.50"),
+    "claude-haiku-5-5": ("0.10", "0.50", "0.01", "0.125"),
+    # Codex CLI 0.171.0's default model; the catalogue has no price for it yet, so the demo
+    # takes gpt-6.1-sol's.
+    "gpt-6.2-sol": ("2.00", "10.00", "0.10", None),
 }
-OPENAI_MODELS = ["gpt-4o-mini", "gpt-4o", "o4-mini", "text-embedding-3-small"]
-ANTHROPIC_MODELS = ["claude-sonnet-4-5", "claude-haiku-4-5"]
+OPENAI_MODELS = ["gpt-4o-mini", "gpt-4o", "o4-mini", "text-embedding-3-small", "gpt-6.2-sol"]
+ANTHROPIC_MODELS = [
+    "claude-sonnet-4-5",
+    "claude-haiku-4-5",
+    "claude-opus-5-5",
+    "claude-sonnet-5-5",
+    "claude-haiku-5-5",
+]
+# Other names clients send for the same upstream model (dated snapshots).
+ALIASES = {
+    "claude-sonnet-4-5": ["claude-sonnet-4-5-20250929"],
+    "claude-haiku-4-5": ["claude-haiku-4-5-20251001"],
+}
 
 TREE = [
     ("acme", "Acme Corp", None, "6000"),
@@ -144,6 +163,10 @@ class Command(BaseCommand):
             ModelRoute.objects.get_or_create(
                 public_name=model, defaults={"upstream": anthropic_up, "upstream_model": model}
             )
+        for model, names in ALIASES.items():
+            route = ModelRoute.objects.get(public_name=model)
+            for name in names:
+                ModelRouteAlias.objects.get_or_create(name=name, defaults={"route": route})
         start = timezone.now().replace(
             year=2024, month=1, day=1, hour=0, minute=0, second=0, microsecond=0
         )

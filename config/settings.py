@@ -222,6 +222,9 @@ _EMAIL_OPTIONS = (
         "use_tls": env_bool("TB_EMAIL_USE_TLS", False),
     }
     if _EMAIL_BACKEND.endswith("smtp.EmailBackend")
+    # The file outbox scripts/run.sh uses for demo mail, so it never floods the terminal.
+    else {"file_path": env_str("TB_EMAIL_FILE_PATH", "var/outbox")}
+    if _EMAIL_BACKEND.endswith("filebased.EmailBackend")
     else {}
 )
 MAILERS = {"default": {"BACKEND": _EMAIL_BACKEND, "OPTIONS": _EMAIL_OPTIONS}}

@@ -20,6 +20,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 
 from billing import exports, page_selectors, personal, selectors, stripe_api, value_store
@@ -34,8 +35,8 @@ from billing.stripe_sync import statement_stripe_retry
 from budgets import roles
 from budgets.charts import PALETTE, Bar, Series, bar_chart, line_chart
 from budgets.fiscal import fiscal_year_bounds
+from budgets.formatting import label_text, ratio_text, usd_compact, usd_text
 from budgets.quota import quota_get, today
-from budgets.templatetags.tb_pages import money
 from metering import page_selectors as metering_selectors
 from metering.pages import new_key_forget, new_key_take
 
@@ -377,6 +378,46 @@ VALUE_DIMENSIONS = {
 }
 
 
+def _value_charts(rows: list[dict[str, Any]], noun: str, period: dt.date) -> list[SafeString]:
+    """Two questions a finance lead asks of the month: what returns most per dollar spent, and
+    where the value is; both over the same highest-value rows, each sorted by what it shows."""
+    if not rows:
+        return []
+    by_return = sorted(
+        (r for r in rows if r["return_on_spend"] is not None),
+        key=lambda r: (-Decimal(r["return_on_spend"]), label_text(r["key"])),
+    )
+    by_value = sorted(rows, key=lambda r: (-Decimal(r["value"]), label_text(r["key"])))
+    month = f"{period:%B %Y}"
+    return [
+        bar_chart(
+            [
+                Bar(label_text(r["key"]), Decimal(r["return_on_spend"]),
+                    text=ratio_text(r["return_on_spend"]),
+                    note=f"{usd_compact(r['value'])} on {usd_compact(r['cost'])}")
+                for r in by_return
+            ],
+            title=f"Return per dollar by {noun}, {month}",
+            desc="; ".join(
+                f"{label_text(r['key'])}: {ratio_text(r['return_on_spend'])} "
+                f"({usd_text(r['value'])} value on {usd_text(r['cost'])} cost)"
+                for r in by_return
+            ),
+        ),
+        bar_chart(
+            [
+                Bar(label_text(r["key"]), Decimal(r["value"]), text=usd_compact(r["value"]),
+                    note=f"cost {usd_compact(r['cost'])}")
+                for r in by_value
+            ],
+            title=f"Value by {noun}, {month}",
+            desc="; ".join(
+                f"{label_text(r['key'])}: {usd_text(r['value'])} value" for r in by_value
+            ),
+        ),
+    ]  # fmt: skip
+
+
 @login_required
 def value_page(request: HttpRequest) -> HttpResponse:
     """Value per token for a month, grouped as asked, within what the user's role shows."""
@@ -392,17 +433,7 @@ def value_page(request: HttpRequest) -> HttpResponse:
         user=request.user,
         number=request.GET.get("page"),
     )
-    chart = None
-    if report.chart_rows:
-        bars = report.chart_rows
-        chart = bar_chart(
-            [
-                Bar(r["key"] or "(none)", Decimal(r["value"]), note=f"cost {money(r['cost'])}")
-                for r in bars
-            ],
-            title=f"Value by {VALUE_DIMENSIONS[dimension].lower()}, {period:%B %Y}",
-            desc="; ".join(f"{r['key'] or '(none)'}: value ${r['value']}" for r in bars),
-        )
+    charts = _value_charts(report.chart_rows, VALUE_DIMENSIONS[dimension].lower(), period)
     context = {
         "nav": "value",
         "period": period,
@@ -413,7 +444,7 @@ def value_page(request: HttpRequest) -> HttpResponse:
         "page": report.page,
         "query": urlencode({"period": f"{period:%Y-%m}", "dimension": dimension}),
         "served": report,
-        "chart": chart,
+        "charts": charts,
         "comparison": value_store.comparison_served(start=period, end=end, user=request.user),
     }
     return render(request, "billing/value.html", context)

@@ -264,6 +264,10 @@ SPECTACULAR_SETTINGS = {
         "BudgetRequestStatusEnum": "budgets.models.BudgetRequest.Status",
         "StatementStatusEnum": "billing.models.ChargebackStatement.Status",
     },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "budgets.schema_examples.decimal_examples",  # readable decimal examples in the docs
+    ],
 }
 
 # The largest page a list endpoint returns (`limit` above it is cut to it).

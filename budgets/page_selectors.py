@@ -15,6 +15,7 @@ from budgets.models import (
     Adjustment,
     Allowance,
     AuditEvent,
+    BudgetRequest,
     CostCenter,
     Employee,
     Policy,
@@ -164,6 +165,32 @@ def employee_table(
     return qs.order_by(("-" if sort.startswith("-") else "") + field_name, "pk")
 
 
+def employee_audit_filter(employee: Employee) -> Q:
+    """Every audit event about the employee: the employee row, their allowances, the ledger
+    adjustments on those (top-ups, corrections, approvals), their budget requests and their
+    API keys. The events name the object they changed, not the employee, so the ids are
+    gathered first (a handful of small indexed reads; the keys live in metering, reached
+    through the app registry so the import arrow stays one way)."""
+    from django.apps import apps
+
+    def ids(queryset: Any) -> list[str]:
+        return [str(pk) for pk in queryset.values_list("pk", flat=True)]
+
+    keys = apps.get_model("metering", "VirtualKey").objects.filter(employee=employee)
+    related = {
+        "budgets.employee": [str(employee.pk)],
+        "budgets.allowance": ids(employee.allowances.all()),
+        "budgets.adjustment": ids(Adjustment.objects.filter(allowance__employee=employee)),
+        "budgets.budgetrequest": ids(BudgetRequest.objects.filter(employee=employee)),
+        "metering.virtualkey": ids(keys),
+    }
+    condition = Q(pk__in=[])
+    for object_type, object_ids in related.items():
+        if object_ids:
+            condition |= Q(object_type=object_type, object_id__in=object_ids)
+    return condition
+
+
 def employee_history(*, employee: Employee, fiscal_year: int) -> dict[str, Any]:
     allowance = Allowance.objects.filter(employee=employee, fiscal_year=fiscal_year).first()
     adjustments = (
@@ -171,20 +198,30 @@ def employee_history(*, employee: Employee, fiscal_year: int) -> dict[str, Any]:
         .select_related("allowance", "actor")
         .order_by("-created_at", "-id")[:50]
     )
-    related = [str(employee.pk)]
-    allowance_ids = [str(pk) for pk in employee.allowances.values_list("pk", flat=True)]
-    events = (
-        AuditEvent.objects.filter(
-            Q(object_type="budgets.employee", object_id__in=related)
-            | Q(object_type="budgets.allowance", object_id__in=allowance_ids)
-        )
+    events = list(
+        AuditEvent.objects.filter(employee_audit_filter(employee))
         .select_related("actor")
         .order_by("-created_at", "-id")[:50]
     )
-    events = list(events)
     for event in events:
         event.changes = audit_changes(event.before, event.after)
+        event.what = audit_what(event)
     return {"allowance": allowance, "adjustments": list(adjustments), "events": events}
+
+
+AUDIT_VERBS = {"create": "Created", "update": "Changed", "deactivate": "Deactivated",
+               "decide": "Decided", "move": "Moved", "key.create": "Created",
+               "key.revoke": "Revoked"}  # fmt: skip
+AUDIT_NOUNS = {"budgets.employee": "employee", "budgets.allowance": "allowance",
+               "budgets.adjustment": "ledger entry", "budgets.budgetrequest": "budget request",
+               "metering.virtualkey": "API key"}  # fmt: skip
+
+
+def audit_what(event: AuditEvent) -> str:
+    """'Revoked API key: demo (tb-eV4B…)' — the action in words, with the object's name."""
+    verb = AUDIT_VERBS.get(event.action, event.action.replace(".", " ").capitalize())
+    noun = AUDIT_NOUNS.get(event.object_type, event.object_type.split(".")[-1])
+    return f"{verb} {noun}" + (f": {event.object_repr}" if event.object_repr else "")
 
 
 SKIPPED_FIELDS = {"id", "created_at", "updated_at"}

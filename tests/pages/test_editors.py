@@ -14,8 +14,12 @@ from django.contrib.auth.models import Group
 from django.test import Client
 from django.utils import timezone
 
-from budgets.models import AuditEvent, CostCenter, Employee, Policy
+from budgets.models import Adjustment, Allowance, AuditEvent, CostCenter, Employee, Policy
+from budgets.quota import current_fiscal_year
+from budgets.requests import budget_request_create, budget_request_decide
+from budgets.services import adjustment_create
 from metering.models import ModelPrice, ModelRoute, Upstream
+from metering.services import key_create, key_revoke
 
 SECRET = "sk-live-do-not-show-0123456789"
 
@@ -305,3 +309,34 @@ def test_admin_adds_a_price_override_in_exact_decimals(catalogue: dict[str, Any]
     response = client.post("/manage/models/prices/new/", {**form, "energy_wh_per_1k_output": "1.2"})
     assert response.status_code == 400 and b"Nothing was saved" in response.content
     assert _catalogue_state() == before
+
+
+def test_audit_trail_shows_top_ups_key_revokes_and_decisions(catalogue: dict[str, Any]) -> None:
+    admin, manager = catalogue["admin"], catalogue["manager"]
+    erin = Employee.objects.get(employee_id="E-1")
+    other = Employee.objects.create(
+        employee_id="E-2", email="e2@example.com", name="Olga", cost_center=catalogue["eng"]
+    )
+    year = current_fiscal_year()
+    allowance = Allowance.objects.create(
+        employee=erin, fiscal_year=year, amount=Decimal(1000), prorate=False
+    )
+    adjustment_create(actor=admin, allowance=allowance, kind=Adjustment.Kind.TOP_UP,
+                      amount=Decimal(500), reason="launch week", source="admin")  # fmt: skip
+    key, _ = key_create(employee=erin, name="laptop", actor=admin, source="admin")
+    key_revoke(key=key, actor=admin, source="admin")
+    request = budget_request_create(user=catalogue["employee"], amount=Decimal(200), reason="demo")
+    budget_request_decide(actor=manager, request_id=request.pk, approve=True)
+    key_create(employee=other, name="olga-key", actor=admin, source="admin")
+    assert AuditEvent.objects.count() >= 6
+
+    page = client_for(admin).get(f"/manage/employees/{erin.pk}/").content.decode()
+    trail = page.split("<h2>Audit trail</h2>")[1].split("</section>")[0]
+    assert "Nothing recorded yet" not in trail
+    assert "Created ledger entry" in trail and "launch week" in page
+    assert "Revoked API key" in trail and "laptop" in trail
+    assert "Decided budget request" in trail and "Created budget request" in trail
+    assert "olga-key" not in trail  # another employee's key is not on Erin's page
+
+    empty = client_for(admin).get(f"/manage/employees/{other.pk}/").content.decode()
+    assert "Created API key" in empty.split("<h2>Audit trail</h2>")[1]

@@ -32,10 +32,11 @@ from billing.statements import (
     statements_close_month,
 )
 from billing.stripe_sync import statement_stripe_retry
+from budgets import page_selectors as budget_page_selectors
 from budgets import roles
 from budgets.charts import PALETTE, Bar, Series, bar_chart, line_chart
 from budgets.fiscal import fiscal_year_bounds
-from budgets.formatting import label_text, ratio_text, usd_compact, usd_text
+from budgets.formatting import label_text, ratio_text, tokens_text, usd_compact, usd_text
 from budgets.quota import quota_get, today
 from metering import page_selectors as metering_selectors
 from metering.pages import new_key_forget, new_key_take
@@ -102,6 +103,8 @@ def _burn_down(employee: Any, quota: Any, day: dt.date, per_day: Decimal) -> dic
 def home(request: HttpRequest) -> HttpResponse:
     """Each role lands where its work is."""
     user = request.user
+    if budget_page_selectors.pending_approvals_count(user=user):
+        return redirect("pages:approvals")  # decisions waiting on this person come first
     if roles.employee_of(user) is not None and not roles.sees_all(user):
         return redirect("pages:my-tokens")
     if roles.is_finance(user) and not roles.is_admin(user):
@@ -133,9 +136,11 @@ def my_tokens(request: HttpRequest) -> HttpResponse:
         if not rows:
             return None
         return bar_chart(
-            [Bar(r.label, r.tokens, f"${r.cost.quantize(Decimal('0.01'))}") for r in rows],
+            [Bar(r.label, r.tokens, f"{usd_text(r.cost)} cost") for r in rows],
             title=f"Tokens by {what} this fiscal year",
-            desc="; ".join(f"{r.label}: {r.tokens} tokens, ${r.cost}" for r in rows),
+            desc="; ".join(
+                f"{r.label}: {tokens_text(r.tokens)} tokens, {usd_text(r.cost)}" for r in rows
+            ),
         )
 
     new_key = new_key_take(request)
@@ -153,6 +158,7 @@ def my_tokens(request: HttpRequest) -> HttpResponse:
         "model_chart": bars(by_model, "model"),
         "intent_chart": bars(by_intent, "intent"),
         "calls": metering_selectors.recent_calls(employee=employee),
+        "budget_requests": budget_page_selectors.own_budget_requests(employee=employee),
         "keys": metering_selectors.keys_of(employee=employee),
         "new_key": new_key,
         "base_url": base_url,

@@ -3,6 +3,7 @@ table (built to stay fast at 10,000 employees) and an employee's history."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -276,3 +277,40 @@ def policy_audit(*, policy: Policy | None, limit: int = 20) -> list[AuditEvent]:
     for event in events:
         event.changes = audit_changes(event.before, event.after)
     return events
+
+
+def pending_approvals_count(*, user: Any) -> int:
+    """Pending budget requests the user could decide: in the subtree they manage (everything
+    for admins), never their own."""
+    if not (roles.is_admin(user) or roles.managed_cost_center_ids(user)):
+        return 0
+    from budgets.requests import budget_requests_visible
+
+    return (
+        budget_requests_visible(user)
+        .filter(status=BudgetRequest.Status.PENDING)
+        .exclude(Q(requested_by=user) | Q(employee__user=user))
+        .count()
+    )
+
+
+def own_budget_requests(*, employee: Employee, limit: int = 10) -> list[BudgetRequest]:
+    """The employee's latest budget requests with their state, newest first."""
+    return list(
+        BudgetRequest.objects.filter(employee=employee)
+        .select_related("allowance", "adjustment", "decided_by")
+        .order_by("-created_at", "-id")[:limit]
+    )
+
+
+def roster_rows(*, fiscal_year: int) -> Iterator[dict[str, Any]]:
+    """Active employees in roster columns with the fiscal year's allowance grant (None when
+    they have none), by HR id, in chunks: one query, however long the roster."""
+    return (
+        Employee.objects.filter(active=True)
+        .annotate(year=FilteredRelation("allowances", condition=Q(allowances__fiscal_year=fiscal_year)))
+        .values("employee_id", "email", "name", "cost_center__code", "start_date", "end_date",
+                amount=F("year__amount"), unit=F("year__unit"))
+        .order_by("employee_id")
+        .iterator(chunk_size=2000)
+    )  # fmt: skip

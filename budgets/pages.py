@@ -233,6 +233,26 @@ def _diff(result: Any) -> list[tuple[str, str, list[tuple[int, str, str]]]]:
     ]
 
 
+def _unconfirmed_deactivations(request: HttpRequest, content: str) -> dict[str, Any] | None:
+    """A roster that deactivates people applies only with a confirmation naming how many:
+    a 4-row file would otherwise deactivate everyone else behind an ordinary button. When the
+    confirmation is missing or names another count, returns the preview to show again with
+    the error; None when the import may go ahead."""
+    try:
+        preview = roster_import(content=content, actor=request.user, dry_run=True)
+    except RosterInvalid:
+        return None  # the import itself refuses the file and shows every problem
+    count = preview.counts["deactivated"]
+    if count == 0 or request.POST.get("confirm_deactivate") == str(count):
+        return None
+    return {
+        "result": preview,
+        "diff": _diff(preview),
+        "filename": "the previewed file",
+        "confirm_error": f"Tick the box to confirm that {count} employees will be deactivated.",
+    }
+
+
 @login_required
 def roster(request: HttpRequest) -> HttpResponse:
     """Upload a roster CSV: a dry run shows the diff; "Apply" imports the same file."""
@@ -243,6 +263,8 @@ def roster(request: HttpRequest) -> HttpResponse:
         if not content:
             messages.error(request, "Upload the file again: its preview has expired.")
             return redirect("pages:roster")
+        if unconfirmed := _unconfirmed_deactivations(request, content):
+            return render(request, "budgets/roster.html", {**context, **unconfirmed}, status=400)
         try:
             result = roster_import(content=content, actor=request.user, source="import")
         except RosterInvalid as exc:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.utils import timezone
 
@@ -340,3 +341,71 @@ def test_audit_trail_shows_top_ups_key_revokes_and_decisions(catalogue: dict[str
 
     empty = client_for(admin).get(f"/manage/employees/{other.pk}/").content.decode()
     assert "Created API key" in empty.split("<h2>Audit trail</h2>")[1]
+
+
+def test_managers_with_pending_requests_land_on_approvals_and_employees_see_their_requests(
+    catalogue: dict[str, Any],
+) -> None:
+    erin = Employee.objects.get(employee_id="E-1")
+    Allowance.objects.create(
+        employee=erin, fiscal_year=current_fiscal_year(), amount=Decimal(1000), prorate=False
+    )
+    manager, employee = catalogue["manager"], catalogue["employee"]
+    assert client_for(manager).get("/").status_code == 302  # nothing pending: the usual page
+    assert client_for(manager).get("/")["Location"] != "/manage/requests/"
+
+    asked = budget_request_create(user=employee, amount=Decimal(300), reason="a demo")
+    assert client_for(manager).get("/")["Location"] == "/manage/requests/"
+    assert client_for(employee).get("/")["Location"] == "/me/"  # never their own request
+    page = client_for(employee).get("/me/").content.decode()
+    assert 'data-testid="my-requests"' in page and "Waiting for your managers" in page
+
+    budget_request_decide(actor=manager, request_id=asked.pk, approve=False, note="Not now")
+    assert client_for(manager).get("/")["Location"] != "/manage/requests/"
+    page = client_for(employee).get("/me/").content.decode()
+    assert "Declined by manager" in page and "Not now" in page
+
+
+def test_a_roster_that_deactivates_people_needs_a_confirmation_naming_how_many(
+    catalogue: dict[str, Any],
+) -> None:
+    admin = client_for(catalogue["admin"])
+    Employee.objects.create(employee_id="E-2", email="e2@example.com", name="Olga",
+                            cost_center=catalogue["eng"])  # fmt: skip
+    roster = b"employee_id,email,name,cost_center,allowance\nN-1,n1@example.com,Nora,eng,1000\n"
+    upload = SimpleUploadedFile("roster.csv", roster, content_type="text/csv")
+    preview = admin.post("/manage/roster/", {"action": "preview", "file": upload})
+    page = preview.content.decode()
+    assert "2 to deactivate" in page and "Apply and deactivate 2" in page
+    assert 'name="confirm_deactivate" value="2"' in page
+
+    refused = admin.post("/manage/roster/", {"action": "apply"})
+    assert refused.status_code == 400 and "confirm that 2 employees" in refused.content.decode()
+    wrong = admin.post("/manage/roster/", {"action": "apply", "confirm_deactivate": "1"})
+    assert wrong.status_code == 400
+    assert Employee.objects.filter(active=True).count() == 2  # nothing changed
+    assert not Employee.objects.filter(employee_id="N-1").exists()
+
+    done = admin.post("/manage/roster/", {"action": "apply", "confirm_deactivate": "2"})
+    assert done.status_code == 302
+    assert set(Employee.objects.filter(active=True).values_list("employee_id", flat=True)) == {
+        "N-1"
+    }
+
+
+def test_roster_template_and_export_reimport_as_no_change(catalogue: dict[str, Any]) -> None:
+    erin = Employee.objects.get(employee_id="E-1")
+    Allowance.objects.create(employee=erin, fiscal_year=current_fiscal_year(),
+                             amount=Decimal("250000.0000000000"), prorate=False)  # fmt: skip
+    admin = client_for(catalogue["admin"])
+    template = admin.get("/manage/roster/template.csv").content.decode()
+    assert template.splitlines()[0] == (
+        "employee_id,email,name,cost_center,allowance,unit,start_date,end_date"
+    )
+    export = b"".join(admin.get("/manage/roster/export.csv").streaming_content).decode()
+    assert export.splitlines()[1] == "E-1,e1@example.com,Erin,eng,250000,tokens,,"
+    assert client_for(catalogue["employee"]).get("/manage/roster/export.csv").status_code == 403
+
+    upload = SimpleUploadedFile("roster.csv", export.encode(), content_type="text/csv")
+    page = admin.post("/manage/roster/", {"action": "preview", "file": upload}).content.decode()
+    assert "0 to create" in page and "0 to update" in page and "0 to deactivate" in page

@@ -314,3 +314,30 @@ def roster_rows(*, fiscal_year: int) -> Iterator[dict[str, Any]]:
         .order_by("employee_id")
         .iterator(chunk_size=2000)
     )  # fmt: skip
+
+
+def model_list_prices(*, names: set[str]) -> dict[str, Decimal]:
+    """Input + output dollars per million tokens now in force for each routed model name
+    (through its route's upstream model), for the policy editor's downgrade check. Prices live
+    in metering; the app registry keeps the import arrow one way."""
+    from django.apps import apps
+    from django.utils import timezone
+
+    routes = dict(
+        apps.get_model("metering", "ModelRoute")
+        .objects.filter(public_name__in=names)
+        .values_list("public_name", "upstream_model")
+    )
+    upstream = {routes.get(name, name) for name in names}
+    latest: dict[str, Decimal] = {}
+    prices = (
+        apps.get_model("metering", "ModelPrice")
+        .objects.filter(model__in=upstream, effective_from__lte=timezone.now())
+        .order_by("model", "-effective_from", "-id")
+        .values_list("model", "input_per_mtok", "output_per_mtok")
+    )
+    for model, input_price, output_price in prices:
+        latest.setdefault(model, input_price + output_price)
+    return {
+        name: latest[routes.get(name, name)] for name in names if routes.get(name, name) in latest
+    }

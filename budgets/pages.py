@@ -21,6 +21,7 @@ from django.views.decorators.http import require_POST
 
 from budgets import page_selectors, roles, selectors
 from budgets.bulk import allowances_assign
+from budgets.formatting import ratio_text, usd_text
 from budgets.models import Adjustment, BudgetRequest, Policy, Release, Unit
 from budgets.quota import current_fiscal_year, quota_get
 from budgets.requests import (
@@ -424,6 +425,23 @@ def _policy_data(post: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, s
     return data, form, errors
 
 
+def _pricier_downgrades(downgrades: dict[str, str]) -> list[str]:
+    """Each downgrade whose replacement lists dearer than the model asked for, in words with
+    the multiple: 'gpt-4o-mini → gpt-4o costs 16.7x as much ($0.75 → $12.50 per million
+    input + output tokens)'."""
+    prices = page_selectors.model_list_prices(names={*downgrades, *downgrades.values()})
+    out = []
+    for source_model, target in downgrades.items():
+        old, new = prices.get(source_model), prices.get(target)
+        if old is not None and new is not None and new > old:
+            multiple = ratio_text(new / old) if old else "more"
+            out.append(
+                f"{source_model} → {target} costs {multiple} as much ({usd_text(old)} → "
+                f"{usd_text(new)} per million input + output tokens)"
+            )
+    return out
+
+
 @login_required
 def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
     """Create or change one cost center's policy. Every save goes through `policy_set`, which
@@ -437,6 +455,14 @@ def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
     errors: dict[str, str] = {}
     if request.method == "POST":
         data, form, errors = _policy_data(request.POST)
+        pricier = [] if errors else _pricier_downgrades(data.get("downgrade_models") or {})
+        if pricier and request.POST.get("confirm_pricier") != "yes":
+            errors["downgrade_models"] = (
+                "A downgrade should cost less, but "
+                + "; ".join(pricier)
+                + ". Tick the box below to save it anyway."
+            )
+            form["pricier"] = pricier
         if not errors:
             unchanged = own is not None and all(getattr(own, k) == v for k, v in data.items())
             try:

@@ -409,3 +409,26 @@ def test_roster_template_and_export_reimport_as_no_change(catalogue: dict[str, A
     upload = SimpleUploadedFile("roster.csv", export.encode(), content_type="text/csv")
     page = admin.post("/manage/roster/", {"action": "preview", "file": upload}).content.decode()
     assert "0 to create" in page and "0 to update" in page and "0 to deactivate" in page
+
+
+def test_a_downgrade_to_a_dearer_model_warns_and_saves_only_when_confirmed(
+    catalogue: dict[str, Any],
+) -> None:
+    ModelPrice.objects.create(
+        model="gpt-4o-mini", input_per_mtok=Decimal("0.15"), output_per_mtok=Decimal("0.6"),
+        effective_from=timezone.now() - dt.timedelta(days=30), source="catalog",
+    )  # fmt: skip
+    admin, eng = client_for(catalogue["admin"]), catalogue["eng"]
+    path = f"/manage/policies/{eng.pk}/"
+    assert admin.post(path, GOOD_POLICY).status_code == 302  # gpt-4o → mini: cheaper, no question
+
+    upside_down = {**GOOD_POLICY, "downgrade_from": ["gpt-4o-mini"], "downgrade_to": ["gpt-4o"]}
+    warned = admin.post(path, upside_down)
+    page = warned.content.decode()
+    assert warned.status_code == 400
+    assert "gpt-4o-mini → gpt-4o costs 16.7x as much ($0.75 → $12.50 per million" in page
+    assert 'name="confirm_pricier"' in page
+    assert Policy.objects.get(cost_center=eng).downgrade_models == {"gpt-4o": "gpt-4o-mini"}
+
+    assert admin.post(path, {**upside_down, "confirm_pricier": "yes"}).status_code == 302
+    assert Policy.objects.get(cost_center=eng).downgrade_models == {"gpt-4o-mini": "gpt-4o"}

@@ -166,10 +166,10 @@ def employee_table(
     return qs.order_by(("-" if sort.startswith("-") else "") + field_name, "pk")
 
 
-def employee_audit_filter(employee: Employee) -> Q:
+def employee_audit_filter(employee: Employee, *, with_keys: bool) -> Q:
     """Every audit event about the employee: the employee row, their allowances, the ledger
     adjustments on those (top-ups, corrections, approvals), their budget requests and their
-    API keys. The events name the object they changed, not the employee, so the ids are
+    API keys (only for readers who may see the keys: finance may not). The events name the object they changed, not the employee, so the ids are
     gathered first (a handful of small indexed reads; the keys live in metering, reached
     through the app registry so the import arrow stays one way)."""
     from django.apps import apps
@@ -183,7 +183,7 @@ def employee_audit_filter(employee: Employee) -> Q:
         "budgets.allowance": ids(employee.allowances.all()),
         "budgets.adjustment": ids(Adjustment.objects.filter(allowance__employee=employee)),
         "budgets.budgetrequest": ids(BudgetRequest.objects.filter(employee=employee)),
-        "metering.virtualkey": ids(keys),
+        "metering.virtualkey": ids(keys) if with_keys else [],
     }
     condition = Q(pk__in=[])
     for object_type, object_ids in related.items():
@@ -192,7 +192,9 @@ def employee_audit_filter(employee: Employee) -> Q:
     return condition
 
 
-def employee_history(*, employee: Employee, fiscal_year: int) -> dict[str, Any]:
+def employee_history(
+    *, employee: Employee, fiscal_year: int, with_keys: bool = False
+) -> dict[str, Any]:
     allowance = Allowance.objects.filter(employee=employee, fiscal_year=fiscal_year).first()
     adjustments = (
         Adjustment.objects.filter(allowance__employee=employee)
@@ -200,7 +202,7 @@ def employee_history(*, employee: Employee, fiscal_year: int) -> dict[str, Any]:
         .order_by("-created_at", "-id")[:50]
     )
     events = list(
-        AuditEvent.objects.filter(employee_audit_filter(employee))
+        AuditEvent.objects.filter(employee_audit_filter(employee, with_keys=with_keys))
         .select_related("actor")
         .order_by("-created_at", "-id")[:50]
     )

@@ -155,7 +155,9 @@ def employee_detail(request: HttpRequest, pk: int) -> HttpResponse:
     year = current_fiscal_year()
     errors: dict[str, str] = {}
     form = {"amount": "", "reason": "", "kind": Adjustment.Kind.TOP_UP}
-    history = page_selectors.employee_history(employee=employee, fiscal_year=year)
+    history = page_selectors.employee_history(
+        employee=employee, fiscal_year=year, with_keys=roles.can_see_keys(user, employee)
+    )
     if request.method == "POST":
         if not roles.can_adjust_allowance(user, employee):
             raise PermissionDenied

@@ -338,6 +338,9 @@ def test_audit_trail_shows_top_ups_key_revokes_and_decisions(catalogue: dict[str
     assert "Revoked API key" in trail and "laptop" in trail
     assert "Decided budget request" in trail and "Created budget request" in trail
     assert "olga-key" not in trail  # another employee's key is not on Erin's page
+    finance = client_for(catalogue["finance"]).get(f"/manage/employees/{erin.pk}/")
+    finance_trail = finance.content.decode().split("<h2>Audit trail</h2>")[1]
+    assert "Created ledger entry" in finance_trail and "API key" not in finance_trail
 
     empty = client_for(admin).get(f"/manage/employees/{other.pk}/").content.decode()
     assert "Created API key" in empty.split("<h2>Audit trail</h2>")[1]

@@ -87,7 +87,7 @@ def _page_urls() -> dict[str, list[str]]:
     value = [f"/value/?dimension={d}" for d in ("cost_center", "employee", "model", "intent")]
     admin = [
         "/", "/manage/cost-centers/", "/manage/employees/", f"/manage/employees/{employee.pk}/",
-        "/manage/roster/", "/manage/policies/", f"/manage/policies/{policy.pk}/",
+        "/manage/roster/", "/manage/policies/", f"/manage/policies/{policy.cost_center_id}/",
         "/manage/models/", "/manage/models/routes/new/", "/manage/models/prices/new/",
         f"/manage/models/routes/{ModelRoute.objects.order_by('pk').first().pk}/",  # type: ignore[union-attr]
         f"/manage/models/upstreams/{Upstream.objects.order_by('pk').first().pk}/",  # type: ignore[union-attr]

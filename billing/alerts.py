@@ -18,7 +18,6 @@ from functools import partial
 import httpx
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -29,6 +28,7 @@ from billing.personal import pacing_get, personal_statement_get
 from budgets.balance import current_fiscal_year, quota_get
 from budgets.fiscal import add_months
 from budgets.formatting import Number, amount_text, tokens_text, usd_text
+from budgets.mail import mail_send, page_url
 from budgets.models import Allowance, CostCenter, CostCenterSpend, Employee, Policy
 from budgets.roles import FINANCE_GROUP
 from budgets.selectors import policy_resolve_many
@@ -191,7 +191,10 @@ def alert_notify(*, alert_id: int) -> bool:
             return False
         subject = f"[Tokenbudget] {alert.get_kind_display()}"
         if alert.recipients:
-            send_mail(subject, alert.message, None, alert.recipients, fail_silently=False)
+            link = (page_url("employee", alert.employee_id) if alert.employee_id
+                    else page_url("cost-centers"))  # fmt: skip
+            mail_send(subject=subject, text=alert.message, recipients=alert.recipients,
+                      link=link, link_label="See the usage")  # fmt: skip
         _slack_post(f"{subject}: {alert.message}")
         alert.notified_at = timezone.now()
         alert.save(update_fields=["notified_at"])
@@ -224,6 +227,8 @@ def personal_statements_send_as_needed(*, now: dt.datetime) -> int:
                 f"Remaining allowance: {amount_text(st.remaining, st.allowance_unit)}."
                 + (f"\nProjected run-out: {st.projected_run_out}." if st.projected_run_out else "")
             )
-            send_mail(f"[Tokenbudget] Your usage in {st.period}", body, None, [employee.email])
+            mail_send(subject=f"[Tokenbudget] Your usage in {st.period}", text=body,
+                      recipients=[employee.email], link=page_url("my-tokens"),
+                      link_label="Open My tokens")  # fmt: skip
             sent += 1
     return sent

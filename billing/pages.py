@@ -20,6 +20,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 
 from billing import exports, page_selectors, personal, selectors, stripe_api, value_store
@@ -31,11 +32,12 @@ from billing.statements import (
     statements_close_month,
 )
 from billing.stripe_sync import statement_stripe_retry
+from budgets import page_selectors as budget_page_selectors
 from budgets import roles
 from budgets.balance import quota_get, today
 from budgets.charts import PALETTE, Bar, Series, bar_chart, line_chart
 from budgets.fiscal import fiscal_year_bounds
-from budgets.templatetags.tb_pages import money
+from budgets.formatting import label_text, ratio_text, tokens_text, usd_compact, usd_text
 from metering import page_selectors as metering_selectors
 from metering.pages import new_key_forget, new_key_take
 
@@ -101,6 +103,8 @@ def _burn_down(employee: Any, quota: Any, day: dt.date, per_day: Decimal) -> dic
 def home(request: HttpRequest) -> HttpResponse:
     """Each role lands where its work is."""
     user = request.user
+    if budget_page_selectors.pending_approvals_count(user=user):
+        return redirect("pages:approvals")  # decisions waiting on this person come first
     if roles.employee_of(user) is not None and not roles.sees_all(user):
         return redirect("pages:my-tokens")
     if roles.is_finance(user) and not roles.is_admin(user):
@@ -132,9 +136,11 @@ def my_tokens(request: HttpRequest) -> HttpResponse:
         if not rows:
             return None
         return bar_chart(
-            [Bar(r.label, r.tokens, f"${r.cost.quantize(Decimal('0.01'))}") for r in rows],
+            [Bar(r.label, r.tokens, f"{usd_text(r.cost)} cost") for r in rows],
             title=f"Tokens by {what} this fiscal year",
-            desc="; ".join(f"{r.label}: {r.tokens} tokens, ${r.cost}" for r in rows),
+            desc="; ".join(
+                f"{r.label}: {tokens_text(r.tokens)} tokens, {usd_text(r.cost)}" for r in rows
+            ),
         )
 
     new_key = new_key_take(request)
@@ -152,6 +158,7 @@ def my_tokens(request: HttpRequest) -> HttpResponse:
         "model_chart": bars(by_model, "model"),
         "intent_chart": bars(by_intent, "intent"),
         "calls": metering_selectors.recent_calls(employee=employee),
+        "budget_requests": budget_page_selectors.own_budget_requests(employee=employee),
         "keys": metering_selectors.keys_of(employee=employee),
         "new_key": new_key,
         "base_url": base_url,
@@ -377,6 +384,46 @@ VALUE_DIMENSIONS = {
 }
 
 
+def _value_charts(rows: list[dict[str, Any]], noun: str, period: dt.date) -> list[SafeString]:
+    """Two questions a finance lead asks of the month: what returns most per dollar spent, and
+    where the value is; both over the same highest-value rows, each sorted by what it shows."""
+    if not rows:
+        return []
+    by_return = sorted(
+        (r for r in rows if r["return_on_spend"] is not None),
+        key=lambda r: (-Decimal(r["return_on_spend"]), label_text(r["key"])),
+    )
+    by_value = sorted(rows, key=lambda r: (-Decimal(r["value"]), label_text(r["key"])))
+    month = f"{period:%B %Y}"
+    return [
+        bar_chart(
+            [
+                Bar(label_text(r["key"]), Decimal(r["return_on_spend"]),
+                    text=ratio_text(r["return_on_spend"]),
+                    note=f"{usd_compact(r['value'])} on {usd_compact(r['cost'])}")
+                for r in by_return
+            ],
+            title=f"Return per dollar by {noun}, {month}",
+            desc="; ".join(
+                f"{label_text(r['key'])}: {ratio_text(r['return_on_spend'])} "
+                f"({usd_text(r['value'])} value on {usd_text(r['cost'])} cost)"
+                for r in by_return
+            ),
+        ),
+        bar_chart(
+            [
+                Bar(label_text(r["key"]), Decimal(r["value"]), text=usd_compact(r["value"]),
+                    note=f"cost {usd_compact(r['cost'])}")
+                for r in by_value
+            ],
+            title=f"Value by {noun}, {month}",
+            desc="; ".join(
+                f"{label_text(r['key'])}: {usd_text(r['value'])} value" for r in by_value
+            ),
+        ),
+    ]  # fmt: skip
+
+
 @login_required
 def value_page(request: HttpRequest) -> HttpResponse:
     """Value per token for a month, grouped as asked, within what the user's role shows."""
@@ -392,17 +439,7 @@ def value_page(request: HttpRequest) -> HttpResponse:
         user=request.user,
         number=request.GET.get("page"),
     )
-    chart = None
-    if report.chart_rows:
-        bars = report.chart_rows
-        chart = bar_chart(
-            [
-                Bar(r["key"] or "(none)", Decimal(r["value"]), note=f"cost {money(r['cost'])}")
-                for r in bars
-            ],
-            title=f"Value by {VALUE_DIMENSIONS[dimension].lower()}, {period:%B %Y}",
-            desc="; ".join(f"{r['key'] or '(none)'}: value ${r['value']}" for r in bars),
-        )
+    charts = _value_charts(report.chart_rows, VALUE_DIMENSIONS[dimension].lower(), period)
     context = {
         "nav": "value",
         "period": period,
@@ -413,7 +450,7 @@ def value_page(request: HttpRequest) -> HttpResponse:
         "page": report.page,
         "query": urlencode({"period": f"{period:%Y-%m}", "dimension": dimension}),
         "served": report,
-        "chart": chart,
+        "charts": charts,
         "comparison": value_store.comparison_served(start=period, end=end, user=request.user),
     }
     return render(request, "billing/value.html", context)

@@ -36,7 +36,6 @@ from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Case, F, Q, QuerySet, Sum, When
 
@@ -44,6 +43,8 @@ from billing.models import DailyUsage, Watermark, units_to_cost
 from billing.periods import last_complete_month, local_tz
 from budgets import roles
 from budgets.fiscal import add_months
+from budgets.formatting import label_text, percent_text, ratio_text, tokens_text, usd_text
+from budgets.mail import mail_send, page_url
 from budgets.models import CostCenter, Employee
 from metering.models import Intent, ModelPrice, ModelRoute, Outcome, UsageRecord
 
@@ -456,12 +457,15 @@ def _report_recipients() -> list[str]:
 
 def value_report_text(*, start: dt.date, end: dt.date, user: Any) -> str:
     """The report by cost center as plain text, one line per cost center."""
-    lines = [f"Value per token, {start:%B %Y}, by cost center:"]
+    lines = [f"Value per token, {start:%B %Y}, by cost center:", ""]
     for row in value_report(dimension="cost_center", start=start, end=end, user=user):
+        ret, rate = row["return_on_spend"], row["acceptance_rate"]
         lines.append(
-            f"{row['key'] or '(none)'}: {row['requests']} requests, {row['tokens']} tokens, "
-            f"cost {row['cost']}, value {row['value']}, return on spend "
-            f"{row['return_on_spend'] or '-'}, acceptance {row['acceptance_rate'] or '-'}"
+            f"{label_text(row['key'])}: {row['requests']:,} requests, "
+            f"{tokens_text(row['tokens'])} tokens, cost {usd_text(row['cost'])}, "
+            f"value {usd_text(row['value'])}, return per dollar "
+            f"{ratio_text(ret) if ret is not None else '-'}, acceptance "
+            f"{percent_text(rate) if rate is not None else '-'}"
         )
     return "\n".join(lines)
 
@@ -482,7 +486,9 @@ def value_reports_send_as_needed(*, now: dt.datetime) -> dt.date | None:
         if recipients:
             everyone = get_user_model()(is_staff=True)  # the report covers every cost center
             body = value_report_text(start=period, end=add_months(period, 1), user=everyone)
-            send_mail(f"[Tokenbudget] Value per token, {period:%B %Y}", body, None, recipients)
+            mail_send(subject=f"[Tokenbudget] Value per token, {period:%B %Y}", text=body,
+                      recipients=recipients, link=page_url("value") + f"?period={period:%Y-%m}",
+                      link_label="Open the Value page")  # fmt: skip
         mark.period = period
         mark.save(update_fields=["period", "updated_at"])
     return period

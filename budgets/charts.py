@@ -11,10 +11,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from html import escape
 
 from django.utils.safestring import SafeString, mark_safe
+
+from budgets.formatting import compact
+
+__all__ = ["Bar", "Series", "bar_chart", "compact", "line_chart"]
 
 # A palette that stays distinguishable for the common colour-vision deficiencies (Okabe-Ito).
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000")
@@ -35,21 +39,7 @@ class Bar:
     label: str
     value: Number
     note: str = ""  # shown after the value, e.g. a cost next to a token count
-
-
-def compact(value: Number) -> str:
-    """1234567 -> '1.2M': axis labels must stay short; the tables carry exact figures."""
-    number = Decimal(value)
-    sign = "-" if number < 0 else ""
-    number = abs(number)
-    for limit, suffix in ((Decimal(10**9), "B"), (Decimal(10**6), "M"), (Decimal(10**3), "k")):
-        if number >= limit:
-            scaled = (number / limit).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
-            text = f"{scaled:f}".removesuffix(".0")
-            return f"{sign}{text}{suffix}"
-    if number != number.to_integral_value():
-        return f"{sign}{number.quantize(Decimal('0.01')):f}"
-    return f"{sign}{int(number)}"
+    text: str = ""  # the printed value when it is not a plain count (money: "$1.8k")
 
 
 def _nice_max(value: Decimal) -> Decimal:
@@ -64,11 +54,18 @@ def _nice_max(value: Decimal) -> Decimal:
     return base * 10
 
 
-def _svg(width: int, height: int, title: str, desc: str, body: list[str]) -> SafeString:
+def _svg(width: int, height: int, title: str, desc: str, body: list[str], kind: str) -> SafeString:
+    """The chart at its drawn size at most (so its text stays the page's size, never twice
+    it), shrinking with the card down to the CSS minimum of its kind; below that the box
+    scrolls sideways (focusable, so a keyboard can scroll it too) instead of shrinking the text
+    out of reach."""
     return mark_safe(  # every interpolated text is escaped above
-        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{escape(title)}" preserveAspectRatio="xMidYMid meet">'
-        f"<title>{escape(title)}</title><desc>{escape(desc)}</desc>{''.join(body)}</svg>"
+        f'<div class="chart-box" tabindex="0" role="group" aria-label="{escape(title)}">'
+        f'<svg class="chart {kind}" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" style="max-width:{width}px" role="img" '
+        f'aria-label="{escape(title)}" '
+        f'preserveAspectRatio="xMinYMid meet">'
+        f"<title>{escape(title)}</title><desc>{escape(desc)}</desc>{''.join(body)}</svg></div>"
     )
 
 
@@ -131,7 +128,7 @@ def line_chart(
             f'<polyline fill="none" stroke="{color}" stroke-width="2.5"{dash} points="{path}">'
             f"<title>{escape(s.label)}</title></polyline>"
         )
-    return _svg(width, height, title, desc, body)
+    return _svg(width, height, title, desc, body, "line")
 
 
 def bar_chart(
@@ -147,7 +144,7 @@ def bar_chart(
         y = 4 + index * row
         length = max(float(plot_w * Decimal(bar.value) / top_value), 1.0)
         color = PALETTE[index % len(PALETTE)]
-        value = compact(bar.value) + (f" · {bar.note}" if bar.note else "")
+        value = (bar.text or compact(bar.value)) + (f" · {bar.note}" if bar.note else "")
         body.append(
             f'<text class="bar-label" x="{label_w - 8}" y="{y + row / 2 + 4:.0f}" '
             f'text-anchor="end">{escape(bar.label[:22])}</text>'
@@ -156,4 +153,4 @@ def bar_chart(
             f'<text class="bar-value" x="{label_w + length + 6:.1f}" '
             f'y="{y + row / 2 + 4:.0f}">{escape(value)}</text>'
         )
-    return _svg(width, height, title, desc, body)
+    return _svg(width, height, title, desc, body, "bars")

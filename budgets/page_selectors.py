@@ -3,6 +3,7 @@ table (built to stay fast at 10,000 employees) and an employee's history."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -15,6 +16,7 @@ from budgets.models import (
     Adjustment,
     Allowance,
     AuditEvent,
+    BudgetRequest,
     CostCenter,
     Employee,
     Policy,
@@ -164,27 +166,65 @@ def employee_table(
     return qs.order_by(("-" if sort.startswith("-") else "") + field_name, "pk")
 
 
-def employee_history(*, employee: Employee, fiscal_year: int) -> dict[str, Any]:
+def employee_audit_filter(employee: Employee, *, with_keys: bool) -> Q:
+    """Every audit event about the employee: the employee row, their allowances, the ledger
+    adjustments on those (top-ups, corrections, approvals), their budget requests and their
+    API keys (only for readers who may see the keys: finance may not). The events name the object they changed, not the employee, so the ids are
+    gathered first (a handful of small indexed reads; the keys live in metering, reached
+    through the app registry so the import arrow stays one way)."""
+    from django.apps import apps
+
+    def ids(queryset: Any) -> list[str]:
+        return [str(pk) for pk in queryset.values_list("pk", flat=True)]
+
+    keys = apps.get_model("metering", "VirtualKey").objects.filter(employee=employee)
+    related = {
+        "budgets.employee": [str(employee.pk)],
+        "budgets.allowance": ids(employee.allowances.all()),
+        "budgets.adjustment": ids(Adjustment.objects.filter(allowance__employee=employee)),
+        "budgets.budgetrequest": ids(BudgetRequest.objects.filter(employee=employee)),
+        "metering.virtualkey": ids(keys) if with_keys else [],
+    }
+    condition = Q(pk__in=[])
+    for object_type, object_ids in related.items():
+        if object_ids:
+            condition |= Q(object_type=object_type, object_id__in=object_ids)
+    return condition
+
+
+def employee_history(
+    *, employee: Employee, fiscal_year: int, with_keys: bool = False
+) -> dict[str, Any]:
     allowance = Allowance.objects.filter(employee=employee, fiscal_year=fiscal_year).first()
     adjustments = (
         Adjustment.objects.filter(allowance__employee=employee)
         .select_related("allowance", "actor")
         .order_by("-created_at", "-id")[:50]
     )
-    related = [str(employee.pk)]
-    allowance_ids = [str(pk) for pk in employee.allowances.values_list("pk", flat=True)]
-    events = (
-        AuditEvent.objects.filter(
-            Q(object_type="budgets.employee", object_id__in=related)
-            | Q(object_type="budgets.allowance", object_id__in=allowance_ids)
-        )
+    events = list(
+        AuditEvent.objects.filter(employee_audit_filter(employee, with_keys=with_keys))
         .select_related("actor")
         .order_by("-created_at", "-id")[:50]
     )
-    events = list(events)
     for event in events:
         event.changes = audit_changes(event.before, event.after)
+        event.what = audit_what(event)
     return {"allowance": allowance, "adjustments": list(adjustments), "events": events}
+
+
+AUDIT_VERBS = {"create": "Created", "update": "Changed", "deactivate": "Deactivated",
+               "decide": "Decided", "move": "Moved", "key.create": "Created",
+               "key.revoke": "Revoked"}  # fmt: skip
+AUDIT_NOUNS = {"budgets.employee": "employee", "budgets.allowance": "allowance",
+               "budgets.adjustment": "ledger entry", "budgets.budgetrequest": "budget request",
+               "metering.virtualkey": "API key"}  # fmt: skip
+
+
+def audit_what(event: AuditEvent) -> str:
+    """'Revoked API key: demo (tb-eV4B…)' — the action in words, with the object's name."""
+    verb = AUDIT_VERBS.get(event.action, event.action.replace(".", " ").capitalize())
+    noun = AUDIT_NOUNS.get(event.object_type, event.object_type.split(".")[-1])
+    return f"{verb} {noun}" + (f": {event.object_repr}" if event.object_repr else "")
 
 
 SKIPPED_FIELDS = {"id", "created_at", "updated_at"}
@@ -239,3 +279,67 @@ def policy_audit(*, policy: Policy | None, limit: int = 20) -> list[AuditEvent]:
     for event in events:
         event.changes = audit_changes(event.before, event.after)
     return events
+
+
+def pending_approvals_count(*, user: Any) -> int:
+    """Pending budget requests the user could decide: in the subtree they manage (everything
+    for admins), never their own."""
+    if not (roles.is_admin(user) or roles.managed_cost_center_ids(user)):
+        return 0
+    from budgets.requests import budget_requests_visible
+
+    return (
+        budget_requests_visible(user)
+        .filter(status=BudgetRequest.Status.PENDING)
+        .exclude(Q(requested_by=user) | Q(employee__user=user))
+        .count()
+    )
+
+
+def own_budget_requests(*, employee: Employee, limit: int = 10) -> list[BudgetRequest]:
+    """The employee's latest budget requests with their state, newest first."""
+    return list(
+        BudgetRequest.objects.filter(employee=employee)
+        .select_related("allowance", "adjustment", "decided_by")
+        .order_by("-created_at", "-id")[:limit]
+    )
+
+
+def roster_rows(*, fiscal_year: int) -> Iterator[dict[str, Any]]:
+    """Active employees in roster columns with the fiscal year's allowance grant (None when
+    they have none), by HR id, in chunks: one query, however long the roster."""
+    return (
+        Employee.objects.filter(active=True)
+        .annotate(year=FilteredRelation("allowances", condition=Q(allowances__fiscal_year=fiscal_year)))
+        .values("employee_id", "email", "name", "cost_center__code", "start_date", "end_date",
+                amount=F("year__amount"), unit=F("year__unit"))
+        .order_by("employee_id")
+        .iterator(chunk_size=2000)
+    )  # fmt: skip
+
+
+def model_list_prices(*, names: set[str]) -> dict[str, Decimal]:
+    """Input + output dollars per million tokens now in force for each routed model name
+    (through its route's upstream model), for the policy editor's downgrade check. Prices live
+    in metering; the app registry keeps the import arrow one way."""
+    from django.apps import apps
+    from django.utils import timezone
+
+    routes = dict(
+        apps.get_model("metering", "ModelRoute")
+        .objects.filter(public_name__in=names)
+        .values_list("public_name", "upstream_model")
+    )
+    upstream = {routes.get(name, name) for name in names}
+    latest: dict[str, Decimal] = {}
+    prices = (
+        apps.get_model("metering", "ModelPrice")
+        .objects.filter(model__in=upstream, effective_from__lte=timezone.now())
+        .order_by("model", "-effective_from", "-id")
+        .values_list("model", "input_per_mtok", "output_per_mtok")
+    )
+    for model, input_price, output_price in prices:
+        latest.setdefault(model, input_price + output_price)
+    return {
+        name: latest[routes.get(name, name)] for name in names if routes.get(name, name) in latest
+    }

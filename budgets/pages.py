@@ -22,6 +22,7 @@ from django.views.decorators.http import require_POST
 from budgets import page_selectors, roles, selectors
 from budgets.balance import current_fiscal_year, quota_get
 from budgets.bulk import allowances_assign
+from budgets.formatting import ratio_text, usd_text
 from budgets.models import Adjustment, BudgetRequest, Policy, Release, Unit
 from budgets.requests import (
     budget_request_create,
@@ -154,7 +155,9 @@ def employee_detail(request: HttpRequest, pk: int) -> HttpResponse:
     year = current_fiscal_year()
     errors: dict[str, str] = {}
     form = {"amount": "", "reason": "", "kind": Adjustment.Kind.TOP_UP}
-    history = page_selectors.employee_history(employee=employee, fiscal_year=year)
+    history = page_selectors.employee_history(
+        employee=employee, fiscal_year=year, with_keys=roles.can_see_keys(user, employee)
+    )
     if request.method == "POST":
         if not roles.can_adjust_allowance(user, employee):
             raise PermissionDenied
@@ -233,6 +236,26 @@ def _diff(result: Any) -> list[tuple[str, str, list[tuple[int, str, str]]]]:
     ]
 
 
+def _unconfirmed_deactivations(request: HttpRequest, content: str) -> dict[str, Any] | None:
+    """A roster that deactivates people applies only with a confirmation naming how many:
+    a 4-row file would otherwise deactivate everyone else behind an ordinary button. When the
+    confirmation is missing or names another count, returns the preview to show again with
+    the error; None when the import may go ahead."""
+    try:
+        preview = roster_import(content=content, actor=request.user, dry_run=True)
+    except RosterInvalid:
+        return None  # the import itself refuses the file and shows every problem
+    count = preview.counts["deactivated"]
+    if count == 0 or request.POST.get("confirm_deactivate") == str(count):
+        return None
+    return {
+        "result": preview,
+        "diff": _diff(preview),
+        "filename": "the previewed file",
+        "confirm_error": f"Tick the box to confirm that {count} employees will be deactivated.",
+    }
+
+
 @login_required
 def roster(request: HttpRequest) -> HttpResponse:
     """Upload a roster CSV: a dry run shows the diff; "Apply" imports the same file."""
@@ -243,6 +266,8 @@ def roster(request: HttpRequest) -> HttpResponse:
         if not content:
             messages.error(request, "Upload the file again: its preview has expired.")
             return redirect("pages:roster")
+        if unconfirmed := _unconfirmed_deactivations(request, content):
+            return render(request, "budgets/roster.html", {**context, **unconfirmed}, status=400)
         try:
             result = roster_import(content=content, actor=request.user, source="import")
         except RosterInvalid as exc:
@@ -402,6 +427,23 @@ def _policy_data(post: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, s
     return data, form, errors
 
 
+def _pricier_downgrades(downgrades: dict[str, str]) -> list[str]:
+    """Each downgrade whose replacement lists dearer than the model asked for, in words with
+    the multiple: 'gpt-4o-mini → gpt-4o costs 16.7x as much ($0.75 → $12.50 per million
+    input + output tokens)'."""
+    prices = page_selectors.model_list_prices(names={*downgrades, *downgrades.values()})
+    out = []
+    for source_model, target in downgrades.items():
+        old, new = prices.get(source_model), prices.get(target)
+        if old is not None and new is not None and new > old:
+            multiple = ratio_text(new / old) if old else "more"
+            out.append(
+                f"{source_model} → {target} costs {multiple} as much ({usd_text(old)} → "
+                f"{usd_text(new)} per million input + output tokens)"
+            )
+    return out
+
+
 @login_required
 def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
     """Create or change one cost center's policy. Every save goes through `policy_set`, which
@@ -415,6 +457,14 @@ def policy_edit(request: HttpRequest, pk: int) -> HttpResponse:
     errors: dict[str, str] = {}
     if request.method == "POST":
         data, form, errors = _policy_data(request.POST)
+        pricier = [] if errors else _pricier_downgrades(data.get("downgrade_models") or {})
+        if pricier and request.POST.get("confirm_pricier") != "yes":
+            errors["downgrade_models"] = (
+                "A downgrade should cost less, but "
+                + "; ".join(pricier)
+                + ". Tick the box below to save it anyway."
+            )
+            form["pricier"] = pricier
         if not errors:
             unchanged = own is not None and all(getattr(own, k) == v for k, v in data.items())
             try:

@@ -21,7 +21,6 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
@@ -29,6 +28,8 @@ from django.utils import timezone
 from budgets import roles
 from budgets.audit import audit_record, snapshot
 from budgets.balance import current_fiscal_year
+from budgets.formatting import amount_text
+from budgets.mail import mail_send, page_url
 from budgets.models import Adjustment, Allowance, BudgetRequest, Employee
 from budgets.selectors import cost_center_ancestor_ids
 from budgets.services import adjustment_create, amount_check
@@ -65,11 +66,11 @@ def can_decide(user: Any, request: BudgetRequest) -> bool:
     return roles.can_adjust_allowance(user, request.employee)
 
 
-def _notify(subject: str, body: str, recipients: list[str]) -> None:
+def _notify(subject: str, body: str, recipients: list[str], link: str, label: str) -> None:
     if not recipients:
         return
     try:
-        send_mail(subject, body, None, recipients, fail_silently=False)
+        mail_send(subject=subject, text=body, recipients=recipients, link=link, link_label=label)
     except (smtplib.SMTPException, OSError):
         # The decision stands; the request and its status stay visible in the API.
         logger.exception("budget request email to %s failed", recipients)
@@ -102,10 +103,12 @@ def budget_request_create(*, user: Any, amount: Decimal, reason: str) -> BudgetR
         recipients = request_approver_emails(employee)
         transaction.on_commit(
             lambda: _notify(
-                f"[Tokenbudget] {employee.name or employee.email} asks for {amount} "
-                f"{allowance.unit}",
+                f"[Tokenbudget] {employee.name or employee.email} asks for "
+                f"{amount_text(amount, allowance.unit)}",
                 f"Reason: {request.reason}\n\nApprove or decline request {request.pk}.",
                 recipients,
+                page_url("approvals"),
+                "Review the request",
             )
         )
     return request
@@ -150,12 +153,18 @@ def budget_request_decide(
         audit_record(
             actor=actor, action="decide", obj=request, before=before, after=snapshot(request)
         )
-        granted_text = f" ({request.adjustment.amount} {request.allowance.unit})" if approve else ""
+        granted_text = (
+            f" ({amount_text(request.adjustment.amount, request.allowance.unit)})"
+            if approve
+            else ""
+        )
         transaction.on_commit(
             lambda: _notify(
                 f"[Tokenbudget] Your budget request was {request.status}{granted_text}",
                 note or f"Request {request.pk}: {request.reason}",
                 [request.employee.email],
+                page_url("my-tokens"),
+                "Open My tokens",
             )
         )
     return request

@@ -7,6 +7,7 @@ from django.urls import path
 
 from billing import pages as billing_pages
 from budgets import pages as budget_pages
+from budgets import roster_pages
 from metering import pages as metering_pages
 
 app_name = "pages"
@@ -30,6 +31,8 @@ urlpatterns = [
     path("manage/employees/assign/", budget_pages.employees_assign, name="employees-assign"),
     path("manage/employees/<int:pk>/", budget_pages.employee_detail, name="employee"),
     path("manage/roster/", budget_pages.roster, name="roster"),
+    path("manage/roster/template.csv", roster_pages.roster_template, name="roster-template"),
+    path("manage/roster/export.csv", roster_pages.roster_export, name="roster-export"),
     path("manage/policies/", budget_pages.policies, name="policies"),
     path("manage/policies/<int:pk>/", budget_pages.policy_edit, name="policy-edit"),
     path("manage/models/", metering_pages.routes, name="routes"),

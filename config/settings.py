@@ -230,6 +230,9 @@ _EMAIL_OPTIONS = (
         "use_tls": env_bool("TB_EMAIL_USE_TLS", False),
     }
     if _EMAIL_BACKEND.endswith("smtp.EmailBackend")
+    # The file outbox scripts/run.sh uses for demo mail, so it never floods the terminal.
+    else {"file_path": env_str("TB_EMAIL_FILE_PATH", "var/outbox")}
+    if _EMAIL_BACKEND.endswith("filebased.EmailBackend")
     else {}
 )
 MAILERS = {"default": {"BACKEND": _EMAIL_BACKEND, "OPTIONS": _EMAIL_OPTIONS}}
@@ -269,6 +272,10 @@ SPECTACULAR_SETTINGS = {
         "BudgetRequestStatusEnum": "budgets.models.BudgetRequest.Status",
         "StatementStatusEnum": "billing.models.ChargebackStatement.Status",
     },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "budgets.schema_examples.decimal_examples",  # readable decimal examples in the docs
+    ],
 }
 
 # The largest page a list endpoint returns (`limit` above it is cut to it).

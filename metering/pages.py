@@ -1,5 +1,5 @@
 """Pages for keys (create, revoke) and the model catalogue (upstreams, routes, price overrides;
-admins only). The proxy is metering.views."""
+admins only). The proxy is metering.proxy."""
 
 from __future__ import annotations
 

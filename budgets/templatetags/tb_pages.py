@@ -6,10 +6,11 @@ from decimal import Decimal
 from typing import Any
 
 from django import template
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
-from budgets import roles
-from budgets.charts import compact
-from budgets.formatting import usd_text
+from budgets import formatting, roles
+from budgets.formatting import compact, usd_text
 
 register = template.Library()
 
@@ -34,14 +35,26 @@ def tb_roles(context: Any) -> dict[str, bool]:
 
 @register.filter
 def num(value: Any) -> str:
-    """Group thousands and drop trailing zeros: 1234567.5000 -> '1,234,567.5'."""
+    """A figure for people: grouped, at most two decimals (three significant digits below 1)."""
     if value is None or value == "":
         return "\u2013"
-    number = Decimal(value)
-    if number == number.to_integral_value():
-        return f"{int(number):,}"
-    text = f"{number.normalize():,f}"
-    return text
+    return formatting.decimal_text(value)
+
+
+@register.filter
+def exact(value: Any) -> str:
+    """Every significant place, grouped: prices per million tokens read back as typed."""
+    if value is None or value == "":
+        return "\u2013"
+    return formatting.exact_text(value)
+
+
+@register.filter
+def tokens(value: Any) -> str:
+    """Whole tokens, grouped: '1,374,769'."""
+    if value is None or value == "":
+        return "\u2013"
+    return formatting.tokens_text(value)
 
 
 @register.filter
@@ -53,11 +66,49 @@ def money(value: Any) -> str:
 
 
 @register.filter
-def short(value: Any) -> str:
-    return compact(Decimal(value or 0))
+def short(value: Any) -> SafeString:
+    """The compact form with the exact figure on hover: <abbr title="1,234,567">1.2M</abbr>."""
+    number = Decimal(value or 0)
+    text = compact(number)
+    exact = formatting.decimal_text(number)
+    if text == exact:
+        return format_html("{}", text)
+    return format_html('<abbr title="{}">{}</abbr>', exact, text)
+
+
+@register.filter
+def pct(value: Any) -> str:
+    """A fraction as a percentage: 0.829694 -> '83.0%'."""
+    if value is None or value == "":
+        return "\u2013"
+    return formatting.percent_text(value)
+
+
+@register.filter
+def ratio(value: Any) -> str:
+    """A multiple (return on spend): 471.381141 -> '471.4x'."""
+    if value is None or value == "":
+        return "\u2013"
+    return formatting.ratio_text(value)
+
+
+@register.filter
+def day(value: Any) -> str:
+    return formatting.date_text(value)
+
+
+@register.filter
+def when(value: Any) -> str:
+    return formatting.datetime_text(value)
+
+
+@register.filter
+def label(value: Any) -> str:
+    """The one name for a missing grouping key on every page: '(untagged)'."""
+    return formatting.label_text(value)
 
 
 @register.filter
 def amount(value: Any, unit: str) -> str:
     """An allowance figure in its unit: dollars for USD allowances, whole tokens otherwise."""
-    return money(value) if unit == "usd" else num(value)
+    return money(value) if unit == "usd" else tokens(value)

@@ -39,7 +39,10 @@ def test_threshold_alerts_in_tokens_and_in_dollars(cast) -> None:  # type: ignor
     }
     alert_notify(alert_id=AlertEvent.objects.get(employee=cast["alice"]).pk)
     [sent] = mail.outbox
-    assert sent.body == messages["E1"]
+    link = f"http://127.0.0.1:8000/manage/employees/{cast['alice'].pk}/"
+    assert sent.body == f"{messages['E1']}\n\nSee the usage: {link}"
+    [(html, kind)] = sent.alternatives
+    assert kind == "text/html" and f'href="{link}"' in html and "(110 of 200 tokens)" in html
 
 
 def test_pacing_alert_prints_the_daily_pace(cast) -> None:  # type: ignore[no-untyped-def]
@@ -86,5 +89,6 @@ def test_personal_statement_mail(cast) -> None:  # type: ignore[no-untyped-def]
         "Your LLM usage in 2026-05: 2 requests, 1,350 tokens, cost $1.50.\n"
         "Top models: gpt-a ($1.50), gpt-b ($0.0012).\n"
         "Remaining allowance: 10,650 tokens.\n"
-        "Projected run-out: 2027-01-22."  # 10,650 left at May's 45 tokens a day
+        "Projected run-out: 2027-01-22.\n\n"  # 10,650 left at May's 45 tokens a day
+        "Open My tokens: http://127.0.0.1:8000/me/"
     )

@@ -13,7 +13,7 @@ from budgets.charts import Bar, Series, bar_chart, compact, line_chart
 @pytest.mark.parametrize(
     ("value", "text"),
     [(0, "0"), (999, "999"), (1000, "1k"), (1250, "1.3k"), (2_000_000, "2M"),
-     (Decimal("0.5"), "0.50"), (-1500, "-1.5k"), (3 * 10**9, "3B")],
+     (Decimal("0.5"), "0.5"), (-1500, "-1.5k"), (3 * 10**9, "3B"), (999_960, "1M")],
 )  # fmt: skip
 def test_compact(value: int | Decimal, text: str) -> None:
     assert compact(value) == text
@@ -33,10 +33,22 @@ def test_line_chart_has_an_accessible_name_and_escapes_labels() -> None:
 
 def test_bar_chart_longest_bar_is_the_largest_value() -> None:
     svg = bar_chart([Bar("a", 100), Bar("b", 50)], title="t", desc="d")
-    widths = [float(part.split('"')[0]) for part in svg.split('width="')[1:]]
+    widths = [
+        float(part.split('"')[0])
+        for part in svg.split('<rect x="150" y="')[1:]
+        for part in [part.split('width="')[1]]
+    ]
     assert widths[0] == 2 * widths[1]
+
+
+def test_chart_keeps_its_drawn_size_at_most_and_scrolls_when_narrow() -> None:
+    """Text in a chart stays the page's size: the SVG never grows past its drawn width, and a
+    narrow screen scrolls a focusable box instead of shrinking the labels."""
+    svg = bar_chart([Bar("a", 100, text="$100")], title="t", desc="d", width=520)
+    assert 'style="max-width:520px"' in svg and 'width="520"' in svg
+    assert svg.startswith('<div class="chart-box" tabindex="0"') and ">$100<" in svg
 
 
 def test_empty_data_still_draws() -> None:
     svg = line_chart([], title="t", desc="d", start=dt.date(2026, 1, 1), end=dt.date(2026, 1, 2))
-    assert svg.startswith("<svg")
+    assert "<svg" in svg and svg.endswith("</svg></div>")

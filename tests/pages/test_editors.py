@@ -11,11 +11,16 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.utils import timezone
 
-from budgets.models import AuditEvent, CostCenter, Employee, Policy
+from budgets.balance import current_fiscal_year
+from budgets.models import Adjustment, Allowance, AuditEvent, CostCenter, Employee, Policy
+from budgets.requests import budget_request_create, budget_request_decide
+from budgets.services import adjustment_create
 from metering.models import ModelPrice, ModelRoute, Upstream
+from metering.services import key_create, key_revoke
 
 SECRET = "sk-live-do-not-show-0123456789"
 
@@ -305,3 +310,128 @@ def test_admin_adds_a_price_override_in_exact_decimals(catalogue: dict[str, Any]
     response = client.post("/manage/models/prices/new/", {**form, "energy_wh_per_1k_output": "1.2"})
     assert response.status_code == 400 and b"Nothing was saved" in response.content
     assert _catalogue_state() == before
+
+
+def test_audit_trail_shows_top_ups_key_revokes_and_decisions(catalogue: dict[str, Any]) -> None:
+    admin, manager = catalogue["admin"], catalogue["manager"]
+    erin = Employee.objects.get(employee_id="E-1")
+    other = Employee.objects.create(
+        employee_id="E-2", email="e2@example.com", name="Olga", cost_center=catalogue["eng"]
+    )
+    year = current_fiscal_year()
+    allowance = Allowance.objects.create(
+        employee=erin, fiscal_year=year, amount=Decimal(1000), prorate=False
+    )
+    adjustment_create(actor=admin, allowance=allowance, kind=Adjustment.Kind.TOP_UP,
+                      amount=Decimal(500), reason="launch week", source="admin")  # fmt: skip
+    key, _ = key_create(employee=erin, name="laptop", actor=admin, source="admin")
+    key_revoke(key=key, actor=admin, source="admin")
+    request = budget_request_create(user=catalogue["employee"], amount=Decimal(200), reason="demo")
+    budget_request_decide(actor=manager, request_id=request.pk, approve=True)
+    key_create(employee=other, name="olga-key", actor=admin, source="admin")
+    assert AuditEvent.objects.count() >= 6
+
+    page = client_for(admin).get(f"/manage/employees/{erin.pk}/").content.decode()
+    trail = page.split("<h2>Audit trail</h2>")[1].split("</section>")[0]
+    assert "Nothing recorded yet" not in trail
+    assert "Created ledger entry" in trail and "launch week" in page
+    assert "Revoked API key" in trail and "laptop" in trail
+    assert "Decided budget request" in trail and "Created budget request" in trail
+    assert "olga-key" not in trail  # another employee's key is not on Erin's page
+    finance = client_for(catalogue["finance"]).get(f"/manage/employees/{erin.pk}/")
+    finance_trail = finance.content.decode().split("<h2>Audit trail</h2>")[1]
+    assert "Created ledger entry" in finance_trail and "API key" not in finance_trail
+
+    empty = client_for(admin).get(f"/manage/employees/{other.pk}/").content.decode()
+    assert "Created API key" in empty.split("<h2>Audit trail</h2>")[1]
+
+
+def test_managers_with_pending_requests_land_on_approvals_and_employees_see_their_requests(
+    catalogue: dict[str, Any],
+) -> None:
+    erin = Employee.objects.get(employee_id="E-1")
+    Allowance.objects.create(
+        employee=erin, fiscal_year=current_fiscal_year(), amount=Decimal(1000), prorate=False
+    )
+    manager, employee = catalogue["manager"], catalogue["employee"]
+    assert client_for(manager).get("/").status_code == 302  # nothing pending: the usual page
+    assert client_for(manager).get("/")["Location"] != "/manage/requests/"
+
+    asked = budget_request_create(user=employee, amount=Decimal(300), reason="a demo")
+    assert client_for(manager).get("/")["Location"] == "/manage/requests/"
+    assert client_for(employee).get("/")["Location"] == "/me/"  # never their own request
+    page = client_for(employee).get("/me/").content.decode()
+    assert 'data-testid="my-requests"' in page and "Waiting for your managers" in page
+
+    budget_request_decide(actor=manager, request_id=asked.pk, approve=False, note="Not now")
+    assert client_for(manager).get("/")["Location"] != "/manage/requests/"
+    page = client_for(employee).get("/me/").content.decode()
+    assert "Declined by manager" in page and "Not now" in page
+
+
+def test_a_roster_that_deactivates_people_needs_a_confirmation_naming_how_many(
+    catalogue: dict[str, Any],
+) -> None:
+    admin = client_for(catalogue["admin"])
+    Employee.objects.create(employee_id="E-2", email="e2@example.com", name="Olga",
+                            cost_center=catalogue["eng"])  # fmt: skip
+    roster = b"employee_id,email,name,cost_center,allowance\nN-1,n1@example.com,Nora,eng,1000\n"
+    upload = SimpleUploadedFile("roster.csv", roster, content_type="text/csv")
+    preview = admin.post("/manage/roster/", {"action": "preview", "file": upload})
+    page = preview.content.decode()
+    assert "2 to deactivate" in page and "Apply and deactivate 2" in page
+    assert 'name="confirm_deactivate" value="2"' in page
+
+    refused = admin.post("/manage/roster/", {"action": "apply"})
+    assert refused.status_code == 400 and "confirm that 2 employees" in refused.content.decode()
+    wrong = admin.post("/manage/roster/", {"action": "apply", "confirm_deactivate": "1"})
+    assert wrong.status_code == 400
+    assert Employee.objects.filter(active=True).count() == 2  # nothing changed
+    assert not Employee.objects.filter(employee_id="N-1").exists()
+
+    done = admin.post("/manage/roster/", {"action": "apply", "confirm_deactivate": "2"})
+    assert done.status_code == 302
+    assert set(Employee.objects.filter(active=True).values_list("employee_id", flat=True)) == {
+        "N-1"
+    }
+
+
+def test_roster_template_and_export_reimport_as_no_change(catalogue: dict[str, Any]) -> None:
+    erin = Employee.objects.get(employee_id="E-1")
+    Allowance.objects.create(employee=erin, fiscal_year=current_fiscal_year(),
+                             amount=Decimal("250000.0000000000"), prorate=False)  # fmt: skip
+    admin = client_for(catalogue["admin"])
+    template = admin.get("/manage/roster/template.csv").content.decode()
+    assert template.splitlines()[0] == (
+        "employee_id,email,name,cost_center,allowance,unit,start_date,end_date"
+    )
+    export = b"".join(admin.get("/manage/roster/export.csv").streaming_content).decode()
+    assert export.splitlines()[1] == "E-1,e1@example.com,Erin,eng,250000,tokens,,"
+    assert client_for(catalogue["employee"]).get("/manage/roster/export.csv").status_code == 403
+
+    upload = SimpleUploadedFile("roster.csv", export.encode(), content_type="text/csv")
+    page = admin.post("/manage/roster/", {"action": "preview", "file": upload}).content.decode()
+    assert "0 to create" in page and "0 to update" in page and "0 to deactivate" in page
+
+
+def test_a_downgrade_to_a_dearer_model_warns_and_saves_only_when_confirmed(
+    catalogue: dict[str, Any],
+) -> None:
+    ModelPrice.objects.create(
+        model="gpt-4o-mini", input_per_mtok=Decimal("0.15"), output_per_mtok=Decimal("0.6"),
+        effective_from=timezone.now() - dt.timedelta(days=30), source="catalog",
+    )  # fmt: skip
+    admin, eng = client_for(catalogue["admin"]), catalogue["eng"]
+    path = f"/manage/policies/{eng.pk}/"
+    assert admin.post(path, GOOD_POLICY).status_code == 302  # gpt-4o → mini: cheaper, no question
+
+    upside_down = {**GOOD_POLICY, "downgrade_from": ["gpt-4o-mini"], "downgrade_to": ["gpt-4o"]}
+    warned = admin.post(path, upside_down)
+    page = warned.content.decode()
+    assert warned.status_code == 400
+    assert "gpt-4o-mini → gpt-4o costs 16.7x as much ($0.75 → $12.50 per million" in page
+    assert 'name="confirm_pricier"' in page
+    assert Policy.objects.get(cost_center=eng).downgrade_models == {"gpt-4o": "gpt-4o-mini"}
+
+    assert admin.post(path, {**upside_down, "confirm_pricier": "yes"}).status_code == 302
+    assert Policy.objects.get(cost_center=eng).downgrade_models == {"gpt-4o-mini": "gpt-4o"}

@@ -61,7 +61,7 @@ def test_decline_writes_no_adjustment(api, django_capture_on_commit_callbacks) -
     assert response.data["status"] == "declined"
     assert remaining(api("employee")) == before
     assert not Adjustment.objects.filter(kind="request").exists()
-    assert mail.outbox[-1].body == "Not this quarter"
+    assert mail.outbox[-1].body == "Not this quarter\n\nOpen My tokens: http://127.0.0.1:8000/me/"
 
 
 @pytest.mark.parametrize(("persona", "code"), [("employee", 403), ("finance", 403),

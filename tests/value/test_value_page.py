@@ -20,7 +20,7 @@ def test_value_page_shows_the_report_and_definitions(cast, recorded) -> None:  #
     html = page(cast.users["admin"], dimension="model")
     assert "big" in html and "small" in html
     assert "$15.50" in html  # big's value: 12.5 + 3
-    assert "19.84127" in html  # tokens per dollar per watt of big
+    assert "19.84" in html  # tokens per dollar per watt of big (19.84127), two places
     assert "What the figures mean" in html
     assert 'role="img"' in html  # the value chart
 

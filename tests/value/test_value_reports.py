@@ -196,7 +196,8 @@ def test_monthly_value_mail_is_sent_once(cast, recorded, settings) -> None:
     assert value_reports_send_as_needed(now=now) is None
     (message,) = mail.outbox
     assert sorted(message.to) == sorted([cast.users["admin"].email, cast.users["finance"].email])
-    assert "eng-ml: 3 requests, 3000 tokens, cost 0.0410000000, value 17.0000000000" in message.body
+    assert "eng-ml: 3 requests, 3,000 tokens, cost $0.04, value $17.00" in message.body
+    assert message.body.endswith("Open the Value page: http://127.0.0.1:8000/value/?period=2026-03")
 
 
 @given(n=st.integers(min_value=1, max_value=5000), data=st.data())

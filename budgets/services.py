@@ -62,7 +62,7 @@ __all__ = [
     "policy_set",
 ]
 
-Source = Literal["api", "admin", "import", "command", "system"]
+Source = Literal["api", "admin", "import", "command", "system", "sso", "scim"]
 type Actor = Any  # a user, a label such as "command:import_roster", or None
 
 

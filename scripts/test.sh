@@ -12,9 +12,9 @@ export TB_REDIS_TEST_URL="${TB_REDIS_TEST_URL:-redis://127.0.0.1:6379/9}"
 .venv/bin/ruff format --check .
 # Type checks (django-stubs, djangorestframework-stubs; config in pyproject.toml) on the packages
 # typed so far.
-.venv/bin/mypy billing budgets/selectors.py config/celery.py config/management \
-    metering/apis.py metering/catalog_services.py metering/selectors.py metering/serializers.py \
-    metering/services.py
+.venv/bin/mypy billing budgets/selectors.py config/celery.py config/management identity \
+    metering/apis.py metering/catalog_services.py metering/quota metering/selectors.py \
+    metering/serializers.py metering/services.py
 
 echo "== SQLite =="
 env -u DATABASE_URL .venv/bin/pytest "$@"

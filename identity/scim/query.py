@@ -17,7 +17,10 @@ from identity.scim.schemas import ENTERPRISE
 
 # --- filters (RFC 7644 3.4.2.2) ---------------------------------------------------------------
 
-USER_FILTERS = {
+# (attribute, sub-attribute, schema URN) -> column: the attribute map scim2-filter-parser reads.
+type AttrMap = dict[tuple[str, str | None, str | None], str]
+
+USER_FILTERS: AttrMap = {
     ("userName", None, None): "identity_scimuser.user_name",
     ("externalId", None, None): "identity_scimuser.external_id",
     ("id", None, None): "budgets_employee.id",
@@ -30,7 +33,7 @@ USER_FILTERS = {
     ("active", None, None): "budgets_employee.active",
     ("employeeNumber", None, ENTERPRISE): "budgets_employee.employee_id",
 }
-GROUP_FILTERS = {
+GROUP_FILTERS: AttrMap = {
     ("displayName", None, None): "identity_scimgroup.display_name",
     ("externalId", None, None): "identity_scimgroup.external_id",
     ("id", None, None): "identity_scimgroup.id",
@@ -94,7 +97,7 @@ def _copy_path(source: dict[str, Any], into: dict[str, Any], attribute: str) -> 
         ]
 
 
-def filter_apply(queryset: QuerySet, expression: str, attr_map: dict) -> QuerySet:
+def filter_apply(queryset: QuerySet, expression: str, attr_map: AttrMap) -> QuerySet:
     """The queryset narrowed by a SCIM filter, through scim2-filter-parser's SQL transpiler
     (bound parameters only). An attribute this server cannot filter on is a 400."""
     try:

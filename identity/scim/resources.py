@@ -149,7 +149,8 @@ def user_data(document: Any, current: Employee | None) -> ScimUserData:
         validate_email(email)
     except ValidationError as exc:
         raise ScimError(400, f"No valid email address ({email!r}).", "invalidValue") from exc
-    name = document.get("name") if isinstance(document.get("name"), dict) else {}
+    raw_name = document.get("name")
+    name = raw_name if isinstance(raw_name, dict) else {}
     display = document.get("displayName") or name.get("formatted")
     if not display and (name.get("givenName") or name.get("familyName")):
         display = f"{name.get('givenName') or ''} {name.get('familyName') or ''}".strip()

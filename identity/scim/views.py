@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -24,6 +25,12 @@ from identity.scim import query, resources, schemas
 from identity.scim.resources import ScimError
 
 CONTENT_TYPE = "application/scim+json"
+
+
+class ScimRequest(HttpRequest):
+    """A request past `scim_view`'s token check: the actor its changes are recorded under."""
+
+    scim_actor: str
 
 
 def _json(data: Any, status: int = 200, location: str | None = None) -> HttpResponse:
@@ -56,7 +63,8 @@ def scim_view(*methods: str) -> Callable:
 
     def wrap(handler: Callable) -> Callable:
         @csrf_exempt
-        def view(request: HttpRequest, **kwargs: Any) -> HttpResponse:
+        # Typed as what the handler receives: the actor is set before the handler runs.
+        def view(request: ScimRequest, **kwargs: Any) -> HttpResponse:
             header = request.headers.get("Authorization", "")
             scheme, _, raw = header.partition(" ")
             token = services.scim_token_check(raw.strip()) if scheme.lower() == "bearer" else None
@@ -104,11 +112,19 @@ def _one(request: HttpRequest, document: dict[str, Any], status: int = 200) -> H
     return _json(query.project(document, attributes, excluded), status, location)
 
 
-def _page(request: HttpRequest, queryset: Any, render: Callable, params: Any) -> HttpResponse:
+@dataclass(frozen=True)
+class _Resource:
+    """A resource type as a listing needs it: its rows' documents and its filter attributes."""
+
+    render: Callable[[Any, str], dict[str, Any]]  # (row, base URL) -> SCIM document
+    filters: query.AttrMap
+
+
+def _page(request: HttpRequest, queryset: Any, resource: _Resource, params: Any) -> HttpResponse:
     """A ListResponse (RFC 7644 3.4.2): `params` are the query string, or a .search body."""
     expression = params.get("filter")
     if expression:
-        queryset = query.filter_apply(queryset, str(expression), render.attr_map)
+        queryset = query.filter_apply(queryset, str(expression), resource.filters)
     try:
         start = max(int(params.get("startIndex", 1)), 1)
         count = int(params.get("count", settings.TB_SCIM_MAX_RESULTS))
@@ -125,16 +141,18 @@ def _page(request: HttpRequest, queryset: Any, render: Callable, params: Any) ->
             "totalResults": total,
             "startIndex": start,
             "itemsPerPage": len(rows),
-            "Resources": [query.project(render(row, base), attributes, excluded) for row in rows],
+            "Resources": [
+                query.project(resource.render(row, base), attributes, excluded) for row in rows
+            ],
         }
     )
 
 
-def _search(request: HttpRequest, queryset: Any, render: Callable) -> HttpResponse:
+def _search(request: HttpRequest, queryset: Any, resource: _Resource) -> HttpResponse:
     body = _body(request)
     if not isinstance(body, dict):
         raise ScimError(400, "A SearchRequest is a JSON object.", "invalidSyntax")
-    return _page(request, queryset, render, body)
+    return _page(request, queryset, resource, body)
 
 
 # --- discovery ----------------------------------------------------------------------------------
@@ -176,14 +194,14 @@ def root_search(request: HttpRequest) -> HttpResponse:
     base = _base(request)
     found: list[dict[str, Any]] = []
     parsed = False
-    for queryset, render in ((_employees(), _render_user), (_groups(), _render_group)):
+    for queryset, resource in ((_employees(), _USERS), (_groups(), _GROUPS)):
         if body.get("filter"):
             try:
-                queryset = query.filter_apply(queryset, str(body["filter"]), render.attr_map)
+                queryset = query.filter_apply(queryset, str(body["filter"]), resource.filters)
             except ScimError:
                 continue
             parsed = True
-        found.extend(render(row, base) for row in queryset[: settings.TB_SCIM_MAX_RESULTS])
+        found.extend(resource.render(row, base) for row in queryset[: settings.TB_SCIM_MAX_RESULTS])
     if body.get("filter") and not parsed:
         raise ScimError(
             400, "The filter names no attribute this server filters on.", "invalidFilter"
@@ -261,7 +279,7 @@ def _render_user(employee: Employee, base: str) -> dict[str, Any]:
     return resources.user_document(employee, base)
 
 
-_render_user.attr_map = query.USER_FILTERS  # type: ignore[attr-defined]
+_USERS = _Resource(_render_user, query.USER_FILTERS)
 
 
 def _user_name_free(user_name: str, employee: Employee | None) -> None:
@@ -273,9 +291,9 @@ def _user_name_free(user_name: str, employee: Employee | None) -> None:
 
 
 @scim_view("GET", "POST")
-def users(request: HttpRequest) -> HttpResponse:
+def users(request: ScimRequest) -> HttpResponse:
     if request.method == "GET":
-        return _page(request, _employees(), _render_user, request.GET)
+        return _page(request, _employees(), _USERS, request.GET)
     data = resources.user_data(_body(request), None)
     returning = Employee.objects.filter(employee_id=data.employee_id, scim__deleted=True).first()
     _user_name_free(data.user_name, returning)
@@ -298,11 +316,11 @@ def users(request: HttpRequest) -> HttpResponse:
 
 @scim_view("POST")
 def users_search(request: HttpRequest) -> HttpResponse:
-    return _search(request, _employees(), _render_user)
+    return _search(request, _employees(), _USERS)
 
 
 @scim_view("GET", "PUT", "PATCH", "DELETE")
-def user_detail(request: HttpRequest, pk: str) -> HttpResponse:
+def user_detail(request: ScimRequest, pk: str) -> HttpResponse:
     employee = _employee(pk)
     base = _base(request)
     if request.method == "GET":
@@ -338,7 +356,7 @@ def _render_group(group: ScimGroup, base: str) -> dict[str, Any]:
     return resources.group_document(group, base)
 
 
-_render_group.attr_map = query.GROUP_FILTERS  # type: ignore[attr-defined]
+_GROUPS = _Resource(_render_group, query.GROUP_FILTERS)
 
 
 def _group_name_free(display_name: str, group: ScimGroup | None) -> None:
@@ -352,7 +370,7 @@ def _group_name_free(display_name: str, group: ScimGroup | None) -> None:
 @scim_view("GET", "POST")
 def groups(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
-        return _page(request, _groups(), _render_group, request.GET)
+        return _page(request, _groups(), _GROUPS, request.GET)
     display_name, external_id, members = resources.group_data(_body(request))
     _group_name_free(display_name, None)
     group = services.scim_group_save(
@@ -363,7 +381,7 @@ def groups(request: HttpRequest) -> HttpResponse:
 
 @scim_view("POST")
 def groups_search(request: HttpRequest) -> HttpResponse:
-    return _search(request, _groups(), _render_group)
+    return _search(request, _groups(), _GROUPS)
 
 
 @scim_view("GET", "PUT", "PATCH", "DELETE")

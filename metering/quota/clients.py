@@ -68,7 +68,7 @@ def process_id() -> str:
 
 async def beat(client: aioredis.Redis, owner: str) -> None:
     """Renew the liveness key with the list of holds in hand (one script run)."""
-    listed = [int(time.time()), *open_holds]
+    listed: list[int | str] = [int(time.time()), *open_holds]
     await client.eval(
         scripts.BEAT, 2, keys.live_key(owner), keys.open_key(owner), LIVE_TTL, *listed
     )

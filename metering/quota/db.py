@@ -262,9 +262,14 @@ def _close_hold(
                 return False
             # The sweeper already gave the hold back: charge without un-reserving again.
             hold = dataclasses.replace(hold, amount=Decimal(0), cost=Decimal(0))
-        used, reserved = sql.locked_row(
+        row = sql.locked_row(
             cursor, f"SELECT used, reserved FROM {_ALLOWANCE} WHERE id = %s", [hold.allowance_id]
         )
+        if row is None:
+            # Deleting an allowance deletes its holds, so only a late charge of a swept hold
+            # gets here; the close fails (and rolls back) rather than charge nobody.
+            raise Allowance.DoesNotExist(f"Allowance {hold.allowance_id} is gone.")
+        used, reserved = row
         cursor.execute(
             f"UPDATE {_ALLOWANCE} SET used = %s, reserved = %s WHERE id = %s",
             [

@@ -64,7 +64,7 @@ class _Handover:
         """Forget everything (a new process's state; tests start from it)."""
         self.seen: dict[str, tuple[int, float]] = {}  # counter -> (used + reserved, when)
         self.outstanding: dict[str, int] = {}  # counter -> Redis-side amount the database lacks
-        self._bases: dict[str, asyncio.Future] = {}
+        self._bases: dict[str, asyncio.Future[None]] = {}
         self.database_holds: dict[uuid.UUID, _DatabaseHold] = {}
         self.closes: list[Close] = []
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
@@ -104,7 +104,7 @@ class _Handover:
             if pending is None:
                 pending = asyncio.ensure_future(self._base(counter))
                 self._bases[counter] = pending
-                pending.add_done_callback(lambda _, name=counter: self._bases.pop(name, None))
+                pending.add_done_callback(lambda _: self._bases.pop(counter, None))
             await asyncio.shield(pending)
         return self.outstanding.get(counter, 0)
 

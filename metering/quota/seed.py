@@ -32,8 +32,10 @@ def counter_database_value(name: str) -> int | None:
             return None
         return to_units(row["used"], row["unit"], up=True)
     if counter.kind == "key":
-        row = VirtualKey.objects.filter(pk=counter.ident).values("used_tokens").first()
-        return None if row is None else row["used_tokens"]
+        key_row = VirtualKey.objects.filter(pk=counter.ident).values("used_tokens").first()
+        return None if key_row is None else key_row["used_tokens"]
+    if counter.fiscal_year is None:  # counter_parse gives every cost center counter its year
+        return None
     spend = CostCenterSpend.objects.filter(
         cost_center_id=counter.ident, fiscal_year=counter.fiscal_year
     ).first()
@@ -42,20 +44,23 @@ def counter_database_value(name: str) -> int | None:
     return to_units(spend.spent, "usd", up=True)
 
 
-_seeding: dict[str, asyncio.Future] = {}
+_seeding: dict[str, asyncio.Future[None]] = {}
 
 
 async def seed_missing(budgets: list[redis_backend.Budget]) -> None:
     """Seed the missing counters from the database (see the module docstring)."""
-    waits = []
-    for budget in budgets:
-        pending = _seeding.get(budget.counter)
-        if pending is None:
-            pending = asyncio.ensure_future(_seed_one(budget))
-            _seeding[budget.counter] = pending
-            pending.add_done_callback(lambda _, name=budget.counter: _seeding.pop(name, None))
-        waits.append(asyncio.shield(pending))
-    await asyncio.gather(*waits)
+    await asyncio.gather(*[asyncio.shield(_seed_pending(budget)) for budget in budgets])
+
+
+def _seed_pending(budget: redis_backend.Budget) -> asyncio.Future[None]:
+    """This process's one load of the budget's counter: the running one, or a new one."""
+    name = budget.counter
+    pending = _seeding.get(name)
+    if pending is None:
+        pending = asyncio.ensure_future(_seed_one(budget))
+        _seeding[name] = pending
+        pending.add_done_callback(lambda _: _seeding.pop(name, None))
+    return pending
 
 
 async def _seed_one(budget: redis_backend.Budget) -> None:

@@ -152,11 +152,14 @@ def alias_choice(info: KeyInfo, intent: str, requested: str, candidates: Sequenc
 
 
 def check_route(info: KeyInfo, parsed: ParsedRequest, route: RouteInfo | None) -> RouteInfo:
-    """The route for `parsed.model` (None: no such route), if this key may call it here."""
+    """The route for `parsed.model` (None: no such route), if this key may call it here.
+
+    The key's and the policy's model lists name routes by their public name: a route's alias
+    is as usable as the route, and no more."""
     model = parsed.model
     if route is None:
         raise errors.model_not_found(f"The model '{model}' does not exist.")
-    if not info.may_use(model):
+    if not info.may_use(route.public_name):
         raise errors.model_not_allowed(f"Your key may not use the model '{model}'.")
     anthropic = route.target.kind == "anthropic"
     if parsed.endpoint == "messages" and not anthropic:

@@ -180,6 +180,22 @@ def test_route_checks(
 
 
 @pytest.mark.parametrize(
+    ("allowed", "status"),
+    [({"m"}, None), ({"m-alias"}, 403), ({"other"}, 403)],
+)
+def test_an_alias_is_allowed_by_its_routes_public_name(allowed: set, status: int | None) -> None:
+    """The route found for the alias "m-alias" is "m": the key's list is checked against "m"."""
+    the_route = route("openai")
+    request = parsed("chat", model="m-alias")
+    if status is None:
+        assert core.check_route(info(allowed=allowed), request, the_route) is the_route
+        return
+    with pytest.raises(ProxyError) as caught:
+        core.check_route(info(allowed=allowed), request, the_route)
+    assert caught.value.status == status
+
+
+@pytest.mark.parametrize(
     ("candidates", "allowed", "chosen", "code"),
     [
         (("a", "b"), None, "a", None),

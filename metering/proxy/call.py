@@ -35,6 +35,7 @@ from metering.providers.base import (
 from metering.proxy import errors
 from metering.proxy.errors import Headers
 from metering.selectors import KeyInfo, RouteInfo
+from metering.translate import limits
 
 log = logging.getLogger("tokenbudget.proxy")
 
@@ -255,7 +256,18 @@ def per_choice(call: Call) -> int:
 
 
 def upstream_body(call: Call, encoded: EncodedBody) -> bytes:
-    limit = per_choice(call) if call.endpoint != "embeddings" else None
+    """The body sent upstream; when the proxy sets a lower output limit than the client asked
+    (a clamp, a cap, or no limit asked), the limits that must stay below it are lowered too, or
+    the call is refused (429) when none fits."""
+    if call.endpoint == "embeddings":
+        return encoded.finish(upstream_model=call.route.upstream_model, max_output_tokens=None)
+    limit = per_choice(call)
+    asked = call.parsed.max_output_tokens
+    if asked is None or limit < asked:
+        dependent = limits.dependent_limits(call.endpoint, call.parsed.body, limit)
+        if dependent.refusal is not None:
+            raise errors.limits_unfit(dependent.refusal)
+        encoded = encoded.with_fields(dependent.updates)
     return encoded.finish(upstream_model=call.route.upstream_model, max_output_tokens=limit)
 
 

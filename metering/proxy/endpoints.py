@@ -43,6 +43,7 @@ chat_completions = _endpoint("chat")
 responses = _endpoint("responses")
 embeddings = _endpoint("embeddings")
 messages = _endpoint("messages")
+count_tokens = _endpoint("count_tokens")
 
 
 async def models(request: HttpRequest, model_id: str = "") -> HttpResponse:

@@ -32,7 +32,7 @@ from metering.providers.anthropic import PROVIDER as ANTHROPIC
 from metering.providers.base import EncodedBody, Provider, RequestError
 from metering.providers.openai import PROVIDER as OPENAI
 from metering.proxy import call as core
-from metering.proxy import errors, surface
+from metering.proxy import counting, errors, surface
 from metering.proxy.call import Call
 from metering.proxy.errors import Headers, ProxyError
 from metering.proxy.hold import HoldOwner, Reserved
@@ -49,12 +49,14 @@ PROVIDERS: dict[str, Provider] = {
     "responses": OPENAI,
     "embeddings": OPENAI,
     "messages": ANTHROPIC,
+    counting.ENDPOINT: ANTHROPIC,
 }
 ENDPOINT_PATHS: dict[str, str] = {
     "/v1/chat/completions": "chat",
     "/v1/responses": "responses",
     "/v1/embeddings": "embeddings",
     "/v1/messages": "messages",
+    counting.PATH: counting.ENDPOINT,
 }
 MODELS_PATH = surface.MODELS_PATH
 
@@ -117,10 +119,30 @@ async def handle(inbound: Inbound, endpoint: str) -> Reply:
     request_id = request_id_new()
     REQUEST_ID.set(request_id)
     started = time.perf_counter()
-    reply = await _handle(inbound, endpoint, request_id)
+    if endpoint == counting.ENDPOINT:
+        reply = await _count(inbound, request_id)
+    else:
+        reply = await _handle(inbound, endpoint, request_id)
     metrics.LATENCY.labels(endpoint).observe(time.perf_counter() - started)
     metrics.REQUESTS.labels(endpoint, str(reply.status)).inc()
     return reply
+
+
+async def _count(inbound: Inbound, request_id: str) -> Reply:
+    """POST /v1/messages/count_tokens: never held, never charged (see `counting`)."""
+    try:
+        if inbound.method != "POST":
+            raise errors.method_not_allowed()
+        limit = settings.TB_MAX_BODY_BYTES
+        body = core.check_body_size(inbound.headers.get("content-length"), inbound.body, limit)
+        info = inbound.key_info or await authenticate(inbound.headers)
+        status, headers, content = await counting.count(inbound.headers, body, info, request_id)
+    except ProxyError as error:
+        return error_reply(counting.ENDPOINT, error, request_id)
+    except Exception:
+        log.exception("token count failed", extra={"request_id": request_id})
+        return error_reply(counting.ENDPOINT, errors.internal(), request_id)
+    return Reply(status, headers, content)
 
 
 async def _handle(inbound: Inbound, endpoint: str, request_id: str) -> Reply:

@@ -18,6 +18,7 @@ urlpatterns = [
     path("v1/embeddings", endpoints.embeddings, name="proxy-embeddings"),
     path("v1/messages", endpoints.messages, name="proxy-messages"),
     path("v1/messages/count_tokens", endpoints.count_tokens, name="proxy-count-tokens"),
+    path("v1/budget", endpoints.budget, name="proxy-budget"),
     path("v1/models", endpoints.models, name="proxy-models"),
     path("v1/models/<path:model_id>", endpoints.models, name="proxy-model"),
     path("healthz", ops.healthz, name="healthz"),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 import uuid
@@ -26,7 +25,6 @@ from django.utils import timezone
 from budgets import ledger
 from metering import cache, metrics, routing, upstream, validation
 from metering.body import prompt_estimate, request_parse, sized_work
-from metering.dbpool import in_db_thread
 from metering.logs import REQUEST_ID
 from metering.providers.anthropic import PROVIDER as ANTHROPIC
 from metering.providers.base import EncodedBody, Provider, RequestError
@@ -39,7 +37,7 @@ from metering.proxy.hold import HoldOwner, Reserved
 from metering.proxy.relay import Relay
 from metering.quota import interface as quotas
 from metering.quota import redis_backend as quota_redis
-from metering.selectors import KeyInfo, aliases_for_key, key_hash, routes_for_key
+from metering.selectors import KeyInfo, key_hash
 
 log = logging.getLogger("tokenbudget.proxy")
 
@@ -59,9 +57,6 @@ ENDPOINT_PATHS: dict[str, str] = {
     counting.PATH: counting.ENDPOINT,
 }
 MODELS_PATH = surface.MODELS_PATH
-
-_routes_for_key = in_db_thread(routes_for_key)
-_aliases_for_key = in_db_thread(aliases_for_key)
 
 
 def provider_for(endpoint: str | None) -> Provider:
@@ -347,45 +342,3 @@ async def _whole(
         ("content-length", str(len(content))),
     ]
     return Reply(status, headers + core.budget_headers(call, remaining), content)
-
-
-async def models(inbound: Inbound, model_id: str = "") -> Reply:
-    """GET /v1/models (the routes and aliases this key may call) or /v1/models/{id}, in
-    OpenAI's shape or, for Anthropic's SDKs, Anthropic's."""
-    request_id = request_id_new()
-    anthropic = surface.looks_anthropic(inbound.headers)
-    provider = ANTHROPIC if anthropic else OPENAI
-    try:
-        if inbound.method not in ("GET", "HEAD"):
-            raise surface.wrong_method(inbound.method, surface.MODELS_PATH, "GET")
-        info = inbound.key_info or await authenticate(inbound.headers)
-    except ProxyError as error:
-        return _rendered(provider, error, request_id)
-    routes = await _routes_for_key(info)
-    aliases = await _aliases_for_key(info, [route.public_name for route in routes])
-    entries = [(route.public_name, route.upstream.kind) for route in routes]
-    entries += [(alias, "tokenbudget") for alias in aliases]
-    if model_id:
-        owners = dict(entries)
-        if model_id not in owners:
-            return _rendered(provider, surface.unknown_model(model_id), request_id)
-        body = json.dumps(surface.model_object(model_id, owners[model_id], anthropic)).encode()
-    else:
-        body = surface.models_body(entries, anthropic)
-    headers: Headers = [
-        ("content-type", "application/json"),
-        ("content-length", str(len(body))),
-        ("x-request-id", request_id),
-    ]
-    return Reply(200, headers, body)
-
-
-def _rendered(provider: Provider, error: ProxyError, request_id: str) -> Reply:
-    status, headers, body = errors.render(provider, error, request_id)
-    return Reply(status, headers, body)
-
-
-def unknown_path(inbound: Inbound, path: str) -> Reply:
-    """Any other path under /v1/: a JSON 404 in the shape the request looks like."""
-    provider = ANTHROPIC if surface.looks_anthropic(inbound.headers) else OPENAI
-    return _rendered(provider, surface.not_found(inbound.method, path), request_id_new())

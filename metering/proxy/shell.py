@@ -27,10 +27,10 @@ from metering import cache, metrics, routing, upstream, validation
 from metering.body import prompt_estimate, request_parse, sized_work
 from metering.logs import REQUEST_ID
 from metering.providers.anthropic import PROVIDER as ANTHROPIC
-from metering.providers.base import EncodedBody, Provider, RequestError
+from metering.providers.base import EncodedBody, Provider, RequestError, StreamMeter
 from metering.providers.openai import PROVIDER as OPENAI
 from metering.proxy import call as core
-from metering.proxy import counting, errors, surface
+from metering.proxy import counting, crossing, errors, surface
 from metering.proxy.call import Call
 from metering.proxy.errors import Headers, ProxyError
 from metering.proxy.hold import HoldOwner, Reserved
@@ -221,7 +221,8 @@ async def _prepare(
 async def _take_hold(owner: HoldOwner, provider: Provider) -> None:
     """Reserve (and maybe downgrade); raises ProxyError for a refusal or a rate limit."""
     call = owner.call
-    minimum = core.min_output(provider, call.endpoint, call.parsed.choices)
+    sent = crossing.provider_of(call.sent_endpoint) if call.upstream_endpoint else provider
+    minimum = core.min_output(sent, call.sent_endpoint, call.parsed.choices)
     stand_in = call.info.downgrade_for(call.route.public_name)
     result = await owner.reserve(min_output_tokens=minimum, wait=stand_in is None)
     if stand_in is not None:
@@ -277,7 +278,7 @@ async def _forward(
     try:
         response = await upstream.send(
             target,
-            endpoint=call.endpoint,
+            endpoint=call.sent_endpoint,
             upstream_model=call.route.upstream_model,
             body=core.upstream_body(call, encoded),
             headers=headers,
@@ -299,11 +300,23 @@ def _stream(owner: HoldOwner, response: upstream.UpstreamResponse, provider: Pro
     """Hand the hold to the relay. If the relay never runs (the client left before the first
     byte was sent), the owner's fallback closes the upstream and the hold as the relay would."""
     call = owner.call
-    strip = core.forces_usage(call) and not call.parsed.include_usage_requested
-    relay = Relay(owner, response, provider.stream_meter(call.endpoint, strip_usage_chunk=strip))
+    meter: StreamMeter
+    if call.upstream_endpoint:
+        meter = crossing.stream_meter(
+            call.endpoint,
+            call.upstream_endpoint,
+            call.route.upstream_model,
+            call.parsed.include_usage_requested,
+        )
+        content_type = "text/event-stream"
+    else:
+        strip = core.forces_usage(call) and not call.parsed.include_usage_requested
+        meter = provider.stream_meter(call.endpoint, strip_usage_chunk=strip)
+        content_type = response.headers.get("content-type", "text/event-stream")
+    relay = Relay(owner, response, meter)
     owner.fallback = relay.abandon
     headers: Headers = [
-        ("content-type", response.headers.get("content-type", "text/event-stream")),
+        ("content-type", content_type),
         ("cache-control", "no-cache"),
         ("x-accel-buffering", "no"),
     ]
@@ -324,7 +337,8 @@ async def _whole(
     finally:
         await response.aclose()
     status = response.status_code
-    usage = core.whole_usage(provider, call.endpoint, status, content)
+    sent = crossing.provider_of(call.sent_endpoint) if call.upstream_endpoint else provider
+    usage = core.whole_usage(sent, call.sent_endpoint, status, content)
     if status >= 400:
         metrics.UPSTREAM_ERRORS.labels(f"http_{status}").inc()
     if usage is None:
@@ -337,8 +351,23 @@ async def _whole(
         record = call.record(usage=usage, status=status, source="provider", ttft=None)
         await asyncio.shield(owner.settle(record))
         remaining = core.remaining_after(call, core.charge_of(call, usage, record))
+    content_type = response.headers.get("content-type", "application/json")
+    if call.upstream_endpoint:
+        content, content_type = _translated(call, provider, status, content), "application/json"
     headers: Headers = [
-        ("content-type", response.headers.get("content-type", "application/json")),
+        ("content-type", content_type),
         ("content-length", str(len(content))),
     ]
     return Reply(status, headers + core.budget_headers(call, remaining), content)
+
+
+def _translated(call: Call, client: Provider, status: int, content: bytes) -> bytes:
+    """A cross-protocol call's whole answer (or error) in the client's protocol; the call is
+    already settled or released from the upstream's own answer."""
+    if status >= 400:
+        return crossing.error_answer(client, status, content)
+    try:
+        return crossing.whole_answer(call.endpoint, content)
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        log.warning("answer not translatable", extra={"request_id": call.request_id})
+        raise errors.upstream_broken() from None

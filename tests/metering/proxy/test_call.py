@@ -163,8 +163,10 @@ def test_choices_limit(choices: int, body: dict, param: str | None) -> None:
         ("messages", "anthropic", None, True, None, None),
         ("chat", "openai", None, False, 404, "model_not_found"),
         ("chat", "openai", {"other"}, True, 403, "model_not_allowed"),
-        ("messages", "openai", None, True, 400, "wrong_endpoint"),
+        ("messages", "openai", None, True, None, None),  # translated to chat
+        ("chat", "anthropic", None, True, None, None),  # translated to messages
         ("responses", "anthropic", None, True, 400, "wrong_endpoint"),
+        ("embeddings", "anthropic", None, True, 400, "wrong_endpoint"),
     ],
 )
 def test_route_checks(

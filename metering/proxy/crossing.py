@@ -100,10 +100,8 @@ class CrossingMeter:
         self.inner = inner
         self.translator = translator
         self.splitter = SSESplitter(keep_raw=False)
-
-    @property
-    def state(self) -> StreamState:
-        return self.inner.state
+        # The inner meter's own state object (made once, updated in place).
+        self.state: StreamState = inner.state
 
     def feed(self, chunk: bytes) -> bytes:
         self.inner.feed(chunk)

@@ -29,7 +29,7 @@ from django.http import HttpRequest, HttpResponse
 
 from metering import metrics, tokens
 from metering.body import BadContentLength, BodyTooLarge, body_read, declared_length
-from metering.proxy import errors, shell, surface
+from metering.proxy import budget, errors, listing, shell, surface
 from metering.proxy.errors import ProxyError
 
 log = logging.getLogger("tokenbudget.proxy")
@@ -164,10 +164,12 @@ class ProxyApplication:
         try:
             if endpoint is not None:
                 return await shell.handle(inbound, endpoint)
+            if path == budget.PATH:
+                return await listing.budget_view(inbound)
             model_id = surface.model_id_of(path)
             if model_id is not None:
-                return await shell.models(inbound, model_id)
-            return shell.unknown_path(inbound, path)
+                return await listing.models(inbound, model_id)
+            return listing.unknown_path(inbound, path)
         except BaseException as exc:
             # A Rust extension's panic is a BaseException; any other one (cancellation,
             # exit) is not this handler's to swallow.

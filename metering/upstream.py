@@ -105,6 +105,7 @@ def upstream_url(target: UpstreamTarget, endpoint: str, upstream_model: str) -> 
         "responses": "responses",
         "embeddings": "embeddings",
         "messages": "messages",
+        "count_tokens": "messages/count_tokens",
     }[endpoint]
     return f"{base}/{path}"
 

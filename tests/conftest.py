@@ -58,6 +58,7 @@ DATE_SENSITIVE = (
     "tests/billing/test_rollup.py",
     "tests/billing/test_statements.py",
     "tests/budgets/",
+    "tests/metering/proxy/test_budget.py",
     "tests/metering/test_apis.py",
     "tests/pages/test_editors.py",
     "tests/pages/test_seed_demo_history.py",

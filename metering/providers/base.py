@@ -7,6 +7,7 @@ or an SSE stream, chunk by chunk) to a meter that finds the usage.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -86,6 +87,15 @@ class EncodedBody:
             return cls(dumps_bytes(rest), limit_fields, kept)
         except (UnicodeEncodeError, RecursionError, ValueError) as exc:
             raise BodyEncodingError(str(exc)) from None
+
+    def with_fields(self, updates: dict[str, Any]) -> EncodedBody:
+        """The body with top-level `updates` merged in (limit fields go through `finish`).
+        Re-encodes the rest: for the rare call whose dependent limits a clamp lowers."""
+        extra = {k: v for k, v in updates.items() if k not in self.limit_fields and k != "model"}
+        if not extra:
+            return self
+        rest = {**json.loads(self.rest), **extra}
+        return dataclasses.replace(self, rest=dumps_bytes(rest))
 
     def finish(self, *, upstream_model: str, max_output_tokens: int | None) -> bytes:
         head: dict[str, Any] = {"model": upstream_model}

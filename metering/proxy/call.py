@@ -32,9 +32,10 @@ from metering.providers.base import (
     StreamState,
     Usage,
 )
-from metering.proxy import errors
+from metering.proxy import crossing, errors
 from metering.proxy.errors import Headers
 from metering.selectors import KeyInfo, RouteInfo
+from metering.translate import limits
 
 log = logging.getLogger("tokenbudget.proxy")
 
@@ -59,6 +60,18 @@ class Call:
     # The model the client asked for, when routing served another (alias or downgrade).
     requested_model: str = ""
     downgraded: bool = False
+    # A cross-protocol call: the upstream's endpoint ("" for a native call) and the request
+    # translated into its protocol (see `metering.proxy.crossing`).
+    upstream_endpoint: str = ""
+    sent: ParsedRequest | None = None
+
+    @property
+    def sent_endpoint(self) -> str:
+        return self.upstream_endpoint or self.endpoint
+
+    @property
+    def sent_request(self) -> ParsedRequest:
+        return self.sent or self.parsed
 
     def record(
         self, *, usage: Usage, status: int, source: str, ttft: float | None, error: str = ""
@@ -152,17 +165,19 @@ def alias_choice(info: KeyInfo, intent: str, requested: str, candidates: Sequenc
 
 
 def check_route(info: KeyInfo, parsed: ParsedRequest, route: RouteInfo | None) -> RouteInfo:
-    """The route for `parsed.model` (None: no such route), if this key may call it here."""
+    """The route for `parsed.model` (None: no such route), if this key may call it here.
+
+    The key's and the policy's model lists name routes by their public name: a route's alias
+    is as usable as the route, and no more."""
     model = parsed.model
     if route is None:
         raise errors.model_not_found(f"The model '{model}' does not exist.")
-    if not info.may_use(model):
+    if not info.may_use(route.public_name):
         raise errors.model_not_allowed(f"Your key may not use the model '{model}'.")
-    anthropic = route.target.kind == "anthropic"
-    if parsed.endpoint == "messages" and not anthropic:
-        raise errors.wrong_endpoint(f"'{model}' is not served on /v1/messages.")
-    if parsed.endpoint != "messages" and anthropic:
-        raise errors.wrong_endpoint(f"'{model}' is served on /v1/messages only.")
+    try:
+        crossing.upstream_endpoint(parsed.endpoint, route.target.kind)
+    except errors.ProxyError as error:
+        raise errors.wrong_endpoint(f"'{model}': {error.message}") from None
     return route
 
 
@@ -224,15 +239,23 @@ def estimate(
 
 def forces_usage(call: Call) -> bool:
     """A chat stream is sent upstream with `include_usage` set, whatever the client asked."""
-    return call.endpoint == "chat" and call.parsed.stream
+    return call.sent_endpoint == "chat" and call.parsed.stream
 
 
 def encode(call: Call, provider: Provider) -> EncodedBody:
-    """The upstream body without the fields the hold decides; 400 when it cannot be sent."""
+    """The upstream body without the fields the hold decides; 400 when it cannot be sent.
+    A call to an upstream of the other protocol is translated into it first."""
+    call.upstream_endpoint = crossing.upstream_endpoint(call.endpoint, call.route.target.kind)
+    call.sent = None
+    if call.upstream_endpoint:
+        call.sent = crossing.upstream_request(call.parsed, call.upstream_endpoint)
+        provider = crossing.provider_of(call.upstream_endpoint)
     limit_field = "max_tokens" if call.route.target.kind == "openai_compatible" else None
     try:
         return provider.encode_upstream_body(
-            call.parsed, force_include_usage=forces_usage(call), default_limit_field=limit_field
+            call.sent_request,
+            force_include_usage=forces_usage(call),
+            default_limit_field=limit_field,
         )
     except BodyEncodingError as exc:
         raise errors.unencodable_body() from exc
@@ -252,7 +275,18 @@ def per_choice(call: Call) -> int:
 
 
 def upstream_body(call: Call, encoded: EncodedBody) -> bytes:
-    limit = per_choice(call) if call.endpoint != "embeddings" else None
+    """The body sent upstream; when the proxy sets a lower output limit than the client asked
+    (a clamp, a cap, or no limit asked), the limits that must stay below it are lowered too, or
+    the call is refused (429) when none fits."""
+    if call.endpoint == "embeddings":
+        return encoded.finish(upstream_model=call.route.upstream_model, max_output_tokens=None)
+    limit = per_choice(call)
+    asked = call.parsed.max_output_tokens
+    if asked is None or limit < asked:
+        dependent = limits.dependent_limits(call.sent_endpoint, call.sent_request.body, limit)
+        if dependent.refusal is not None:
+            raise errors.limits_unfit(dependent.refusal)
+        encoded = encoded.with_fields(dependent.updates)
     return encoded.finish(upstream_model=call.route.upstream_model, max_output_tokens=limit)
 
 

@@ -8,7 +8,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from metering.proxy import shell
+from metering.proxy import listing, shell
 
 
 def _inbound(request: HttpRequest) -> shell.Inbound:
@@ -43,7 +43,12 @@ chat_completions = _endpoint("chat")
 responses = _endpoint("responses")
 embeddings = _endpoint("embeddings")
 messages = _endpoint("messages")
+count_tokens = _endpoint("count_tokens")
 
 
 async def models(request: HttpRequest, model_id: str = "") -> HttpResponse:
-    return django_response(await shell.models(_inbound(request), model_id))
+    return django_response(await listing.models(_inbound(request), model_id))
+
+
+async def budget(request: HttpRequest) -> HttpResponse:
+    return django_response(await listing.budget_view(_inbound(request)))

@@ -165,6 +165,17 @@ def refusal(refused: ledger.Refusal) -> ProxyError:
     )
 
 
+def limits_unfit(reason: str) -> ProxyError:
+    """The output limit left for the call is too small for a limit that must stay below it."""
+    return ProxyError(
+        429,
+        "quota",
+        f"Budget too low for this call's settings: {reason}",
+        "dependent_limit_unfit",
+        "max_tokens",
+    )
+
+
 def rate_limited(scope: str, kind: str, retry_after: int) -> ProxyError:
     whose = "this key" if scope == "key" else "your account"
     return ProxyError(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 import uuid
@@ -26,20 +25,19 @@ from django.utils import timezone
 from budgets import ledger
 from metering import cache, metrics, routing, upstream, validation
 from metering.body import prompt_estimate, request_parse, sized_work
-from metering.dbpool import in_db_thread
 from metering.logs import REQUEST_ID
 from metering.providers.anthropic import PROVIDER as ANTHROPIC
-from metering.providers.base import EncodedBody, Provider, RequestError
+from metering.providers.base import EncodedBody, Provider, RequestError, StreamMeter
 from metering.providers.openai import PROVIDER as OPENAI
 from metering.proxy import call as core
-from metering.proxy import errors, surface
+from metering.proxy import counting, crossing, errors, surface
 from metering.proxy.call import Call
 from metering.proxy.errors import Headers, ProxyError
 from metering.proxy.hold import HoldOwner, Reserved
 from metering.proxy.relay import Relay
 from metering.quota import interface as quotas
 from metering.quota import redis_backend as quota_redis
-from metering.selectors import KeyInfo, aliases_for_key, key_hash, routes_for_key
+from metering.selectors import KeyInfo, key_hash
 
 log = logging.getLogger("tokenbudget.proxy")
 
@@ -49,17 +47,16 @@ PROVIDERS: dict[str, Provider] = {
     "responses": OPENAI,
     "embeddings": OPENAI,
     "messages": ANTHROPIC,
+    counting.ENDPOINT: ANTHROPIC,
 }
 ENDPOINT_PATHS: dict[str, str] = {
     "/v1/chat/completions": "chat",
     "/v1/responses": "responses",
     "/v1/embeddings": "embeddings",
     "/v1/messages": "messages",
+    counting.PATH: counting.ENDPOINT,
 }
 MODELS_PATH = surface.MODELS_PATH
-
-_routes_for_key = in_db_thread(routes_for_key)
-_aliases_for_key = in_db_thread(aliases_for_key)
 
 
 def provider_for(endpoint: str | None) -> Provider:
@@ -117,10 +114,30 @@ async def handle(inbound: Inbound, endpoint: str) -> Reply:
     request_id = request_id_new()
     REQUEST_ID.set(request_id)
     started = time.perf_counter()
-    reply = await _handle(inbound, endpoint, request_id)
+    if endpoint == counting.ENDPOINT:
+        reply = await _count(inbound, request_id)
+    else:
+        reply = await _handle(inbound, endpoint, request_id)
     metrics.LATENCY.labels(endpoint).observe(time.perf_counter() - started)
     metrics.REQUESTS.labels(endpoint, str(reply.status)).inc()
     return reply
+
+
+async def _count(inbound: Inbound, request_id: str) -> Reply:
+    """POST /v1/messages/count_tokens: never held, never charged (see `counting`)."""
+    try:
+        if inbound.method != "POST":
+            raise errors.method_not_allowed()
+        limit = settings.TB_MAX_BODY_BYTES
+        body = core.check_body_size(inbound.headers.get("content-length"), inbound.body, limit)
+        info = inbound.key_info or await authenticate(inbound.headers)
+        status, headers, content = await counting.count(inbound.headers, body, info, request_id)
+    except ProxyError as error:
+        return error_reply(counting.ENDPOINT, error, request_id)
+    except Exception:
+        log.exception("token count failed", extra={"request_id": request_id})
+        return error_reply(counting.ENDPOINT, errors.internal(), request_id)
+    return Reply(status, headers, content)
 
 
 async def _handle(inbound: Inbound, endpoint: str, request_id: str) -> Reply:
@@ -204,7 +221,8 @@ async def _prepare(
 async def _take_hold(owner: HoldOwner, provider: Provider) -> None:
     """Reserve (and maybe downgrade); raises ProxyError for a refusal or a rate limit."""
     call = owner.call
-    minimum = core.min_output(provider, call.endpoint, call.parsed.choices)
+    sent = crossing.provider_of(call.sent_endpoint) if call.upstream_endpoint else provider
+    minimum = core.min_output(sent, call.sent_endpoint, call.parsed.choices)
     stand_in = call.info.downgrade_for(call.route.public_name)
     result = await owner.reserve(min_output_tokens=minimum, wait=stand_in is None)
     if stand_in is not None:
@@ -260,7 +278,7 @@ async def _forward(
     try:
         response = await upstream.send(
             target,
-            endpoint=call.endpoint,
+            endpoint=call.sent_endpoint,
             upstream_model=call.route.upstream_model,
             body=core.upstream_body(call, encoded),
             headers=headers,
@@ -282,11 +300,23 @@ def _stream(owner: HoldOwner, response: upstream.UpstreamResponse, provider: Pro
     """Hand the hold to the relay. If the relay never runs (the client left before the first
     byte was sent), the owner's fallback closes the upstream and the hold as the relay would."""
     call = owner.call
-    strip = core.forces_usage(call) and not call.parsed.include_usage_requested
-    relay = Relay(owner, response, provider.stream_meter(call.endpoint, strip_usage_chunk=strip))
+    meter: StreamMeter
+    if call.upstream_endpoint:
+        meter = crossing.stream_meter(
+            call.endpoint,
+            call.upstream_endpoint,
+            call.route.upstream_model,
+            call.parsed.include_usage_requested,
+        )
+        content_type = "text/event-stream"
+    else:
+        strip = core.forces_usage(call) and not call.parsed.include_usage_requested
+        meter = provider.stream_meter(call.endpoint, strip_usage_chunk=strip)
+        content_type = response.headers.get("content-type", "text/event-stream")
+    relay = Relay(owner, response, meter)
     owner.fallback = relay.abandon
     headers: Headers = [
-        ("content-type", response.headers.get("content-type", "text/event-stream")),
+        ("content-type", content_type),
         ("cache-control", "no-cache"),
         ("x-accel-buffering", "no"),
     ]
@@ -307,7 +337,8 @@ async def _whole(
     finally:
         await response.aclose()
     status = response.status_code
-    usage = core.whole_usage(provider, call.endpoint, status, content)
+    sent = crossing.provider_of(call.sent_endpoint) if call.upstream_endpoint else provider
+    usage = core.whole_usage(sent, call.sent_endpoint, status, content)
     if status >= 400:
         metrics.UPSTREAM_ERRORS.labels(f"http_{status}").inc()
     if usage is None:
@@ -320,50 +351,23 @@ async def _whole(
         record = call.record(usage=usage, status=status, source="provider", ttft=None)
         await asyncio.shield(owner.settle(record))
         remaining = core.remaining_after(call, core.charge_of(call, usage, record))
+    content_type = response.headers.get("content-type", "application/json")
+    if call.upstream_endpoint:
+        content, content_type = _translated(call, provider, status, content), "application/json"
     headers: Headers = [
-        ("content-type", response.headers.get("content-type", "application/json")),
+        ("content-type", content_type),
         ("content-length", str(len(content))),
     ]
     return Reply(status, headers + core.budget_headers(call, remaining), content)
 
 
-async def models(inbound: Inbound, model_id: str = "") -> Reply:
-    """GET /v1/models (the routes and aliases this key may call) or /v1/models/{id}, in
-    OpenAI's shape or, for Anthropic's SDKs, Anthropic's."""
-    request_id = request_id_new()
-    anthropic = surface.looks_anthropic(inbound.headers)
-    provider = ANTHROPIC if anthropic else OPENAI
+def _translated(call: Call, client: Provider, status: int, content: bytes) -> bytes:
+    """A cross-protocol call's whole answer (or error) in the client's protocol; the call is
+    already settled or released from the upstream's own answer."""
+    if status >= 400:
+        return crossing.error_answer(client, status, content)
     try:
-        if inbound.method not in ("GET", "HEAD"):
-            raise surface.wrong_method(inbound.method, surface.MODELS_PATH, "GET")
-        info = inbound.key_info or await authenticate(inbound.headers)
-    except ProxyError as error:
-        return _rendered(provider, error, request_id)
-    routes = await _routes_for_key(info)
-    aliases = await _aliases_for_key(info, [route.public_name for route in routes])
-    entries = [(route.public_name, route.upstream.kind) for route in routes]
-    entries += [(alias, "tokenbudget") for alias in aliases]
-    if model_id:
-        owners = dict(entries)
-        if model_id not in owners:
-            return _rendered(provider, surface.unknown_model(model_id), request_id)
-        body = json.dumps(surface.model_object(model_id, owners[model_id], anthropic)).encode()
-    else:
-        body = surface.models_body(entries, anthropic)
-    headers: Headers = [
-        ("content-type", "application/json"),
-        ("content-length", str(len(body))),
-        ("x-request-id", request_id),
-    ]
-    return Reply(200, headers, body)
-
-
-def _rendered(provider: Provider, error: ProxyError, request_id: str) -> Reply:
-    status, headers, body = errors.render(provider, error, request_id)
-    return Reply(status, headers, body)
-
-
-def unknown_path(inbound: Inbound, path: str) -> Reply:
-    """Any other path under /v1/: a JSON 404 in the shape the request looks like."""
-    provider = ANTHROPIC if surface.looks_anthropic(inbound.headers) else OPENAI
-    return _rendered(provider, surface.not_found(inbound.method, path), request_id_new())
+        return crossing.whole_answer(call.endpoint, content)
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        log.warning("answer not translatable", extra={"request_id": call.request_id})
+        raise errors.upstream_broken() from None

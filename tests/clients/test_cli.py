@@ -62,7 +62,6 @@ def test_claude_code_default_model_with_a_tool_round_trip(
     assert all(r.cost > 0 for r in records)
 
 
-@pytest.mark.xfail(strict=True, reason="the proxy has no POST /v1/messages/count_tokens yet")
 def test_token_counting_is_answered_and_never_billed(client_world: World) -> None:
     client = anthropic.Anthropic(
         base_url=client_world.proxy, api_key=client_world.key, max_retries=0

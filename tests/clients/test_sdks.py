@@ -125,7 +125,6 @@ def test_langchain_anthropic(client_world: World) -> None:
     assert all(r.cached_input_tokens > 0 for r in records)  # the route's cached upstream model
 
 
-@pytest.mark.xfail(strict=True, reason="cross-protocol calls are not wired in the proxy yet")
 def test_langchain_openai_with_a_claude_model(client_world: World) -> None:
     from langchain_openai import ChatOpenAI
 
@@ -172,7 +171,6 @@ def test_pydantic_ai_agent(client_world: World, protocol: str, path: str) -> Non
     assert usage.output_tokens == sum(r.output_tokens for r in records)
 
 
-@pytest.mark.xfail(strict=True, reason="the proxy has no GET /v1/models/{id} yet")
 def test_openai_models_retrieve(client_world: World) -> None:
     client = openai.OpenAI(
         base_url=client_world.proxy + "/v1", api_key=client_world.key, max_retries=0

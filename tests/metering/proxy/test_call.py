@@ -163,8 +163,10 @@ def test_choices_limit(choices: int, body: dict, param: str | None) -> None:
         ("messages", "anthropic", None, True, None, None),
         ("chat", "openai", None, False, 404, "model_not_found"),
         ("chat", "openai", {"other"}, True, 403, "model_not_allowed"),
-        ("messages", "openai", None, True, 400, "wrong_endpoint"),
+        ("messages", "openai", None, True, None, None),  # translated to chat
+        ("chat", "anthropic", None, True, None, None),  # translated to messages
         ("responses", "anthropic", None, True, 400, "wrong_endpoint"),
+        ("embeddings", "anthropic", None, True, 400, "wrong_endpoint"),
     ],
 )
 def test_route_checks(
@@ -177,6 +179,22 @@ def test_route_checks(
     with pytest.raises(ProxyError) as caught:
         core.check_route(info(allowed=allowed), parsed(endpoint), the_route)
     assert (caught.value.status, caught.value.code) == (status, code)
+
+
+@pytest.mark.parametrize(
+    ("allowed", "status"),
+    [({"m"}, None), ({"m-alias"}, 403), ({"other"}, 403)],
+)
+def test_an_alias_is_allowed_by_its_routes_public_name(allowed: set, status: int | None) -> None:
+    """The route found for the alias "m-alias" is "m": the key's list is checked against "m"."""
+    the_route = route("openai")
+    request = parsed("chat", model="m-alias")
+    if status is None:
+        assert core.check_route(info(allowed=allowed), request, the_route) is the_route
+        return
+    with pytest.raises(ProxyError) as caught:
+        core.check_route(info(allowed=allowed), request, the_route)
+    assert caught.value.status == status
 
 
 @pytest.mark.parametrize(

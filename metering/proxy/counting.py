@@ -1,0 +1,172 @@
+"""POST /v1/messages/count_tokens (Anthropic's shape): how many input tokens a messages request
+would be charged for, never charged and never reserved.
+
+Authenticated with the employee's key and rate-limited like calls (it counts as a request in
+the key's and the employee's per-minute windows); for a model routed to an Anthropic upstream
+the upstream's own count endpoint answers, for any other route the proxy counts locally with
+`metering.tokens` and says so in the `x-tokenbudget-estimated: true` header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from django.conf import settings
+
+from metering import cache, routing, tokens, upstream
+from metering.body import request_parse, sized_work
+from metering.jsonwire import dumps_bytes
+from metering.providers import anthropic
+from metering.providers.base import ParsedRequest, RequestError
+from metering.proxy import call as core
+from metering.proxy import errors
+from metering.proxy.errors import Headers
+from metering.quota import clients
+from metering.quota.down import redis_health
+from metering.quota.keys import rate_window
+from metering.selectors import KeyInfo, RouteInfo
+
+log = logging.getLogger("tokenbudget.proxy")
+
+ENDPOINT = "count_tokens"
+PATH = "/v1/messages/count_tokens"
+ESTIMATED_HEADER = "x-tokenbudget-estimated"
+_PLACEHOLDER_LIMIT = 1  # the messages parser wants a max_tokens; a count has none
+
+
+class _CountParser:
+    """The messages parser for a body without `max_tokens` (the count endpoint takes none)."""
+
+    @staticmethod
+    def parse_request(endpoint: str, body: bytes) -> ParsedRequest:
+        data = anthropic.decode_body(body)
+        asked = "max_tokens" in data
+        data.setdefault("max_tokens", _PLACEHOLDER_LIMIT)
+        parsed = anthropic.parse_request(endpoint, dumps_bytes(data))
+        if not asked:
+            parsed.body.pop("max_tokens", None)
+            parsed.max_output_tokens = None
+        return parsed
+
+
+def local_count(parsed: ParsedRequest) -> int:
+    """The o200k count of the request's prompt with the per-message framing, no margin."""
+    return tokens.estimate_prompt_tokens(
+        parsed.prompt_text,
+        messages=parsed.message_count,
+        extra_tokens=parsed.extra_prompt_tokens,
+        margin_percent=0,
+    )
+
+
+def count_route(info: KeyInfo, model: str, route: RouteInfo | None) -> RouteInfo:
+    """The route counted for, if this key may call it (any endpoint kind: nothing is sent)."""
+    if route is None:
+        raise errors.model_not_found(f"The model '{model}' does not exist.")
+    if not info.may_use(route.public_name):
+        raise errors.model_not_allowed(f"Your key may not use the model '{model}'.")
+    return route
+
+
+def _window_over(values: list[Any], rpm: int, tpm: int) -> str | None:
+    requests, used = (int(v or 0) for v in values)
+    if rpm and requests + 1 > rpm:
+        return "requests"
+    if tpm and used >= tpm:
+        return "tokens"
+    return None
+
+
+async def rate_check(info: KeyInfo) -> None:
+    """Count the request in the key's and the employee's minute windows (Redis), as a call's
+    reserve does; a 429 when either is full. Without Redis (or with it down) calls are not
+    rate-limited either, and neither is counting."""
+    rpm, tpm = info.requests_per_minute or 0, info.tokens_per_minute or 0
+    if not (rpm or tpm) or not settings.REDIS_URL or info.limits is None:
+        return
+    if not redis_health.usable():
+        return
+    now = time.time()
+    windows = [
+        ("key", rate_window("k", info.key_id, now)),
+        ("employee", rate_window("e", info.employee_id, now)),
+    ]
+    client, _ = clients.async_client()
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for _, window in windows:
+                pipe.hmget(window, "n", "t")
+            seen = await pipe.execute()
+        for (scope, _), values in zip(windows, seen, strict=True):
+            over = _window_over(values, rpm, tpm)
+            if over is not None:
+                raise errors.rate_limited(scope, over, max(1, 60 - int(now) % 60))
+        async with client.pipeline(transaction=False) as pipe:
+            for _, window in windows:
+                pipe.hincrby(window, "n", 1)
+                pipe.expire(window, 120)
+            await pipe.execute()
+    except clients.UNAVAILABLE as exc:
+        redis_health.failed(exc)
+
+
+def _reply_parts(
+    status: int, body: bytes, request_id: str, estimated: bool
+) -> tuple[int, Headers, bytes]:
+    headers: Headers = [
+        ("content-type", "application/json"),
+        ("content-length", str(len(body))),
+        ("x-request-id", request_id),
+    ]
+    if estimated:
+        headers.append((ESTIMATED_HEADER, "true"))
+    return status, headers, body
+
+
+async def count(
+    inbound_headers: Mapping[str, str], body: bytes, info: KeyInfo, request_id: str
+) -> tuple[int, Headers, bytes]:
+    """The count's status, headers and body; raises ProxyError for a refusal."""
+    try:
+        parsed = await request_parse(_CountParser(), "messages", body)
+    except RequestError as exc:
+        raise errors.invalid_request(exc.message, exc.param) from exc
+    requested = parsed.model
+    alias = routing.alias_intent(requested)
+    if alias is not None:
+        target = await routing.intents.aget(alias) if alias else None
+        candidates = target.candidates if target is not None else ()
+        parsed.model = core.alias_choice(info, alias, requested, candidates)
+    route = count_route(info, parsed.model, await cache.routes.aget(parsed.model))
+    await rate_check(info)
+    if route.target.kind != "anthropic":
+        counted = await sized_work(len(parsed.prompt_text), local_count, parsed)
+        answer = json.dumps({"input_tokens": counted}).encode()
+        return _reply_parts(200, answer, request_id, estimated=True)
+    encoded = anthropic.encode_upstream_body(parsed)
+    headers = upstream.upstream_headers(route.target, inbound_headers, request_id)
+    try:
+        response = await upstream.send(
+            route.target,
+            endpoint=ENDPOINT,
+            upstream_model=route.upstream_model,
+            body=encoded.finish(upstream_model=route.upstream_model, max_output_tokens=None),
+            headers=headers,
+        )
+        try:
+            content = await response.aread()
+        finally:
+            await response.aclose()
+    except upstream.UpstreamTimeout:
+        raise errors.upstream_timeout() from None
+    except upstream.UpstreamError as exc:
+        log.warning(
+            "count upstream unreachable",
+            extra={"request_id": request_id, "error": type(exc).__name__},
+        )
+        raise errors.upstream_unreachable() from None
+    return _reply_parts(response.status_code, content, request_id, estimated=False)

@@ -1,0 +1,140 @@
+"""Cross-protocol calls (pure): an OpenAI chat call to a model routed to Anthropic, and an
+Anthropic messages call to a model routed to an OpenAI-kind upstream.
+
+The call is metered as a native one in the upstream's protocol: the upstream body is the
+translated request (`metering.translate`), the hold and the dependent limits apply to it, and
+the usage comes from the upstream provider's own normaliser (the record and the cost are as
+exact as a native call's). Only what the client sees is translated back: the whole answer,
+an upstream error (in the client's error shape), and a stream, frame by frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+from metering.providers.anthropic import PROVIDER as ANTHROPIC
+from metering.providers.base import ParsedRequest, Provider, StreamMeter, StreamState
+from metering.providers.openai import PROVIDER as OPENAI
+from metering.proxy import errors
+from metering.sse import SSESplitter
+from metering.translate import TranslationError
+from metering.translate.anthropic_to_openai import (
+    chat_response_to_messages,
+    messages_request_to_chat,
+)
+from metering.translate.openai_to_anthropic import (
+    chat_request_to_messages,
+    messages_response_to_chat,
+)
+from metering.translate.streams import ChatToMessages, MessagesToChat
+
+OPENAI_KINDS = frozenset({"openai", "openai_compatible", "azure_openai"})
+_STATUS_KINDS = {400: "invalid", 401: "auth", 403: "permission", 404: "not_found"}
+_STATUS_KINDS |= {413: "too_large", 429: "rate"}
+UPSTREAM_REFUSED = "The upstream provider refused the call."
+
+
+def upstream_endpoint(endpoint: str, kind: str) -> str:
+    """The upstream's endpoint for a client `endpoint` on an upstream of `kind` ("" when the
+    call is native); a 400 wrong_endpoint when the protocols do not map."""
+    anthropic = kind == "anthropic"
+    if endpoint == "messages" and not anthropic:
+        if kind in OPENAI_KINDS:
+            return "chat"
+        raise errors.wrong_endpoint("This model is not served on /v1/messages.")
+    if endpoint == "chat" and anthropic:
+        return "messages"
+    if endpoint != "messages" and anthropic:
+        raise errors.wrong_endpoint(
+            "This model is served on /v1/messages and /v1/chat/completions only."
+        )
+    return ""
+
+
+def provider_of(endpoint: str) -> Provider:
+    return ANTHROPIC if endpoint == "messages" else OPENAI
+
+
+def upstream_request(parsed: ParsedRequest, to: str) -> ParsedRequest:
+    """The client's request as one in the upstream's protocol (`to`: "messages" or "chat");
+    a 400 for what the upstream's protocol cannot carry."""
+    try:
+        if to == "messages":
+            body = chat_request_to_messages(parsed.body)
+        else:
+            body = messages_request_to_chat(parsed.body)
+    except TranslationError as exc:
+        raise errors.invalid_request(exc.message, exc.param) from exc
+    return dataclasses.replace(parsed, endpoint=to, body=body)
+
+
+def whole_answer(endpoint: str, content: bytes) -> bytes:
+    """An upstream's whole (2xx) answer as the client's protocol has it."""
+    data = json.loads(content)
+    if endpoint == "chat":
+        return json.dumps(messages_response_to_chat(data, created=int(time.time()))).encode()
+    return json.dumps(chat_response_to_messages(data)).encode()
+
+
+def error_answer(client: Provider, status: int, content: bytes) -> bytes:
+    """An upstream's error in the client's error shape, its message kept."""
+    message = UPSTREAM_REFUSED
+    try:
+        error = json.loads(content).get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            message = error["message"]
+    except (ValueError, AttributeError):
+        pass
+    kind = _STATUS_KINDS.get(status, "upstream" if status >= 500 else "invalid")
+    wire = errors.WIRE_TYPES[client.name][kind]
+    return client.error_body(status, message, wire, code="upstream_error")
+
+
+class CrossingMeter:
+    """The upstream's own stream meter (it alone decides the usage), with the client's frames
+    made from the same upstream events by a `metering.translate.streams` translator."""
+
+    def __init__(self, inner: StreamMeter, translator: MessagesToChat | ChatToMessages) -> None:
+        self.inner = inner
+        self.translator = translator
+        self.splitter = SSESplitter(keep_raw=False)
+        # The inner meter's own state object (made once, updated in place).
+        self.state: StreamState = inner.state
+
+    def feed(self, chunk: bytes) -> bytes:
+        self.inner.feed(chunk)
+        frames: list[bytes] = []
+        for event in self.splitter.feed(chunk):
+            data = event.data
+            if data is None or not data.strip():
+                continue
+            if data.strip() == "[DONE]":
+                if isinstance(self.translator, ChatToMessages):
+                    frames += self.translator.done()
+                continue
+            try:
+                decoded = json.loads(data)
+            except ValueError:
+                continue  # the upstream meter records a broken stream; nothing to translate
+            if isinstance(decoded, dict):
+                frames += self.translator.feed(decoded)
+        return b"".join(frames)
+
+    def close(self) -> bytes:
+        self.inner.close()
+        return b""
+
+
+def stream_meter(endpoint: str, sent: str, model: str, include_usage: bool) -> CrossingMeter:
+    """The meter of a crossing stream: client `endpoint`, upstream endpoint `sent`."""
+    inner = provider_of(sent).stream_meter(sent, strip_usage_chunk=False)
+    translator: MessagesToChat | ChatToMessages
+    if endpoint == "chat":
+        translator = MessagesToChat(
+            model=model, created=int(time.time()), include_usage=include_usage
+        )
+    else:
+        translator = ChatToMessages(model=model)
+    return CrossingMeter(inner, translator)

@@ -31,7 +31,7 @@ from metering.quota import keys
 from tests import servers
 from tests.e2e.conftest import PROVIDER_KEY, World, make_world
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.production]
 PROMPT = [{"role": "user", "content": "Count the beans in the ledger please"}]
 
 

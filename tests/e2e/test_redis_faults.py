@@ -38,7 +38,7 @@ from tests.e2e.test_production import (  # noqa: F401  (fixtures)
     wait_for_records,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.production]
 
 CALLS = 200
 BEFORE = 60  # calls started over the 0.8 s before Redis stops

@@ -100,11 +100,11 @@ class ProxyApplication:
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] == "http":
             path = scope.get("path", "")
-            if path.startswith(PREFIX):
+            if path.startswith(PREFIX) and not surface.gemini_call_of(path):
                 # The whole /v1/ surface answers in the providers' shapes, unknown paths too.
                 await self._proxy(scope, receive, send, shell.ENDPOINT_PATHS.get(path))
                 return
-            if path.startswith(surface.GEMINI_PREFIX):
+            if path.startswith(surface.GEMINI_PREFIX) or path.startswith(PREFIX):
                 await self._gemini(scope, receive, send, path)
                 return
             view = self.views.get(path)

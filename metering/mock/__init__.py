@@ -56,7 +56,8 @@ Test hooks, by upstream model name (so they work through a proxy route) or per r
     stream-error-at (an error event once that many output tokens were streamed; 0: before any)
     (header spelling with dashes, metadata with underscores)
 
-With `expected_key` set, `Authorization: Bearer <key>`, `x-api-key`, `api-key` or `x-goog-api-key` must carry it,
+With `expected_key` set, `Authorization: Bearer <key>`, `x-api-key`, `api-key` or
+`x-goog-api-key` must carry it,
 otherwise 401: this proves a proxy sends the provider key, not the client's own key.
 """
 

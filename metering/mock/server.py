@@ -210,16 +210,14 @@ class MockUpstream:
             conn.send(200, anthropic_answers.count_tokens_body(parsed))
             return
         protocol: Any = anthropic_protocol if anthropic else openai_protocol
-        if anthropic is None:
-            protocol = gemini_protocol
+        gemini_call = _gemini_call(path)
+        if gemini_call is not None:
+            protocol = gemini_protocol.PROVIDER.for_call(*gemini_call)
         try:
             parsed = protocol.parse_request(endpoint, body)
         except RequestError as exc:
             fail(400, exc.message, "invalid_request_error", exc.param)
             return
-        gemini_call = _gemini_call(path)
-        if gemini_call is not None:
-            parsed.model, parsed.stream = gemini_call
         plan = make_plan(parsed, headers)
         if self.settings.latency_ms:
             await asyncio.sleep(self.settings.latency_ms / 1000)

@@ -348,14 +348,25 @@ def error_body(
 
 
 class GeminiProtocol:
-    """This module as a `metering.providers.base.Provider`."""
+    """This module as a `metering.providers.base.Provider`; `for_call` binds the model and
+    the streaming that a call's path names, so its parsed request carries them."""
 
     name = "gemini"
     endpoints = ENDPOINTS
     min_output_tokens = MIN_OUTPUT_TOKENS
 
+    def __init__(self, model: str = "", stream: bool = False) -> None:
+        self.model = model
+        self.stream = stream
+
+    def for_call(self, model: str, stream: bool) -> GeminiProtocol:
+        return GeminiProtocol(model, stream)
+
     def parse_request(self, endpoint: str, body: bytes) -> ParsedRequest:
-        return parse_request(endpoint, body)
+        parsed = parse_request(endpoint, body)
+        if self.model:
+            parsed.model, parsed.stream = self.model, self.stream
+        return parsed
 
     def encode_upstream_body(
         self, parsed: ParsedRequest, *, force_include_usage: bool, default_limit_field: str | None

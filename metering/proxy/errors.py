@@ -109,7 +109,7 @@ def missing_key() -> ProxyError:
     return ProxyError(
         401,
         "auth",
-        "Missing API key: send Authorization: Bearer <key>, x-api-key or x-goog-api-key.",
+        "Missing API key: send Authorization: Bearer <key> or x-api-key.",
         "invalid_api_key",
     )
 

@@ -189,13 +189,13 @@ async def _prepare(
     limit = settings.TB_MAX_BODY_BYTES
     body = core.check_body_size(inbound.headers.get("content-length"), inbound.body, limit)
     info = inbound.key_info or await authenticate(inbound.headers)
+    if endpoint == gemini.ENDPOINT:
+        # The Gemini surface names the model (checked as a body's would be) in the path.
+        provider = GEMINI.for_call(inbound.model, inbound.stream)
     try:
         parsed = await request_parse(provider, endpoint, body)
         header = inbound.headers.get("x-intent")
         tagged = validation.header_text(header, name="x-intent") if header else parsed.intent
-        if endpoint == gemini.ENDPOINT:
-            validation.label_check(inbound.model, param="model")
-            parsed.model, parsed.stream = inbound.model, inbound.stream
     except RequestError as exc:
         raise errors.invalid_request(exc.message, exc.param) from exc
     core.check_choices(parsed, settings.TB_MAX_CHOICES)

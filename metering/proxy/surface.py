@@ -68,16 +68,18 @@ def wrong_method(method: str, path: str, allowed: str) -> errors.ProxyError:
 # --- the Gemini API surface: /v1beta/models/{model}:generateContent ----------------------------
 
 GEMINI_PREFIX = "/v1beta/"
-GEMINI_MODELS = "/v1beta/models/"
+# google-genai asks for /v1beta or (its default) /v1; the methods are the same on both.
+GEMINI_MODELS = ("/v1beta/models/", "/v1/models/")
 GEMINI_METHODS = {"generateContent": False, "streamGenerateContent": True}
 
 
 def gemini_call_of(path: str) -> tuple[str, bool] | None:
-    """(model, stream) for `/v1beta/models/{model}:generateContent` or `:streamGenerateContent`,
-    else None."""
-    if not path.startswith(GEMINI_MODELS):
+    """(model, stream) for `/v1beta/models/{model}:generateContent` or `:streamGenerateContent`
+    (or the same under /v1/), else None."""
+    prefix = next((p for p in GEMINI_MODELS if path.startswith(p)), None)
+    if prefix is None:
         return None
-    model, sep, method = path[len(GEMINI_MODELS) :].rpartition(":")
+    model, sep, method = path[len(prefix) :].rpartition(":")
     if not sep or not model or method not in GEMINI_METHODS:
         return None
     return model, GEMINI_METHODS[method]

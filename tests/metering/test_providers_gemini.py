@@ -441,3 +441,34 @@ def test_stream_to_messages() -> None:
     assert delta["delta"]["stop_reason"] == "end_turn"
     assert delta["usage"]["input_tokens"] + delta["usage"]["cache_read_input_tokens"] == 12
     assert delta["usage"]["output_tokens"] == 10
+
+
+# --- the surface's paths -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/v1beta/models/gemini-2.5-flash:generateContent", ("gemini-2.5-flash", False)),
+        ("/v1beta/models/gemini-2.5-flash:streamGenerateContent", ("gemini-2.5-flash", True)),
+        ("/v1/models/gemini-2.5-flash:generateContent", ("gemini-2.5-flash", False)),
+        ("/v1beta/models/a:b:generateContent", ("a:b", False)),
+        ("/v1beta/models/gemini-2.5-flash:countTokens", None),
+        ("/v1beta/models/:generateContent", None),
+        ("/v1beta/models/gemini-2.5-flash", None),
+        ("/v1/models/gpt-6", None),
+        ("/v1/chat/completions", None),
+    ],
+)
+def test_gemini_paths(path: str, expected: tuple[str, bool] | None) -> None:
+    from metering.proxy import surface
+
+    assert surface.gemini_call_of(path) == expected
+
+
+def test_the_stream_format_must_be_sse() -> None:
+    from metering.proxy import surface
+
+    assert surface.gemini_stream_format({"alt": "sse"}) is None
+    refused = surface.gemini_stream_format({})
+    assert refused is not None and refused.status == 400 and refused.param == "alt"

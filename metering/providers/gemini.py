@@ -17,6 +17,7 @@ reasoning = thoughts. Each stream chunk carries the counts so far; the chunk wit
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +70,7 @@ def _config(data: dict[str, Any]) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise RequestError("generationConfig: must be an object.", param=CONFIG)
-    return {_SNAKE.get(k, k): v for k, v in raw.items()}
+    return {str(_SNAKE.get(k) or k): v for k, v in raw.items()}
 
 
 def _positive(config: dict[str, Any], name: str) -> int | None:
@@ -352,8 +353,8 @@ class GeminiProtocol:
     the streaming that a call's path names, so its parsed request carries them."""
 
     name = "gemini"
-    endpoints = ENDPOINTS
-    min_output_tokens = MIN_OUTPUT_TOKENS
+    endpoints: tuple[str, ...] = ENDPOINTS
+    min_output_tokens: Mapping[str, int] = MIN_OUTPUT_TOKENS
 
     def __init__(self, model: str = "", stream: bool = False) -> None:
         self.model = model

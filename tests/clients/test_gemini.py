@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from decimal import Decimal
 
 import anthropic
@@ -348,3 +349,33 @@ def test_the_mock_speaks_gemini_as_google_genai_reads_it(
         lambda: client.models.generate_content(model="mock-error-429", contents="Hi")
     )
     assert (failed.code, failed.status) == (429, "RESOURCE_EXHAUSTED")
+
+
+def test_a_stream_broken_mid_way_is_charged_what_was_produced(gemini_world: World) -> None:
+    """An error event after half the output: the input is Gemini's own count from the chunks
+    so far, the output the text relayed, as the mock's own ledger of cut streams has them."""
+    upstream = Upstream.objects.get(name="mock-gemini")
+    ModelRoute.objects.create(
+        public_name="gemini-flaky", upstream=upstream, upstream_model="mock-gemini-stream-error"
+    )
+    ModelPrice.objects.create(
+        model="mock-gemini-stream-error",
+        input_per_mtok=Decimal("1"),
+        output_per_mtok=Decimal("2"),
+        effective_from=timezone.now() - dt.timedelta(days=30),
+        source="catalog",
+    )
+    client = google(gemini_world)
+    text = ""
+    with pytest.raises(genai_errors.APIError):
+        for chunk in client.models.generate_content_stream(model="gemini-flaky", contents="Hi"):
+            text += chunk.text or ""
+    assert text == " the quick brown fox jumps over a lazy dog and"
+    cut = ledger(gemini_world)["cut"]
+    deadline = time.monotonic() + 10
+    while not UsageRecord.objects.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (record,) = UsageRecord.objects.all()
+    assert cut == {record.request_id: [record.input_tokens, record.output_tokens, "stream_error"]}
+    assert (record.usage_source, record.error_type) == ("estimated", "UNAVAILABLE")
+    assert record.cost == (record.input_tokens * 1 + record.output_tokens * 2) / Decimal(10**6)

@@ -90,7 +90,9 @@ class ProxyApplication:
 
         self.django_app = django_app
         self.views: dict[str, View] = {
-            p: v for p, v in views_by_path().items() if not p.startswith(PREFIX)
+            p: v
+            for p, v in views_by_path().items()
+            if not p.startswith((PREFIX, surface.GEMINI_PREFIX))
         }
         self.handler = ASGIHandler()  # its request parsing and response sending, not its chain
         # The vocabulary takes half a second to load, the interpreter held for much of it: load

@@ -253,8 +253,9 @@ class GenerateStreamMeter(PassThroughMeter):
     """Meters a `streamGenerateContent?alt=sse` stream (each event a GenerateContentResponse).
     Relays the bytes unchanged.
 
-    Every chunk's `usageMetadata` is the count so far (input exact, output growing): it goes to
-    `state.partial_usage`; the usage is final with the chunk that carries a `finishReason`. A
+    Every chunk's `usageMetadata` is the count so far (input exact, output growing): the first
+    goes to `state.partial_usage`; the usage is final with the chunk that carries a
+    `finishReason`. A
     stream cut before that is charged on its input and the text relayed. An `error` object sets
     `state.error` (its status)."""
 
@@ -270,12 +271,16 @@ class GenerateStreamMeter(PassThroughMeter):
             for part in parts if isinstance(parts, list) else []:
                 self._on_part(part)
         metadata = obj.get("usageMetadata")
-        usage = gemini_usage(metadata) if isinstance(metadata, dict) else None
-        if usage is not None:
-            self.state.partial_usage = usage
+        if not isinstance(metadata, dict):
+            metadata = None
         if _finished(obj):
-            self.state.usage = usage or self.state.partial_usage
+            final = gemini_usage(metadata) if metadata is not None else None
+            self.state.usage = final or self.state.partial_usage
             self.state.finished = True
+        elif metadata is not None and self.state.partial_usage is None:
+            # The input is known from the first chunk on; a cut stream's output is counted
+            # from the text relayed (`call.produced`), so later counts need not be kept.
+            self.state.partial_usage = gemini_usage(metadata)
 
     def _on_part(self, part: Any) -> None:
         if not isinstance(part, dict):

@@ -4,8 +4,9 @@
 
 A typical agent turn (system prompt, a tool, a tool round-trip in the history, ~4 KB of
 text) is translated both ways: OpenAI chat -> Anthropic request plus the Message back, and
-Anthropic -> OpenAI chat request plus the completion back; for streams, a reply of
---stream-tokens text deltas, a tool call and the final usage through the stream translator.
+Anthropic -> OpenAI chat request plus the completion back, and both to Gemini
+(generateContent) with its answer back; for streams, a reply of --stream-tokens text deltas,
+a tool call and the final usage through the stream translator.
 Only process CPU time is counted (time.process_time), one core, no I/O.
 """
 
@@ -18,6 +19,14 @@ from collections.abc import Callable
 from metering.translate.anthropic_to_openai import (
     chat_response_to_messages,
     messages_request_to_chat,
+)
+from metering.translate.gemini import (
+    GeminiToChat,
+    GeminiToMessages,
+    chat_request_to_gemini,
+    gemini_response_to_chat,
+    gemini_response_to_messages,
+    messages_request_to_gemini,
 )
 from metering.translate.openai_to_anthropic import (
     chat_request_to_messages,
@@ -91,6 +100,30 @@ COMPLETION = {
     ],
     "usage": {"prompt_tokens": 1000, "completion_tokens": 80, "total_tokens": 1080},
 }
+
+
+GEMINI_ANSWER = {
+    "candidates": [
+        {"content": {"role": "model", "parts": [{"text": TEXT[:400]}]}, "finishReason": "STOP"}
+    ],
+    "usageMetadata": {"promptTokenCount": 1000, "cachedContentTokenCount": 100,
+                      "candidatesTokenCount": 80},
+    "responseId": "r",
+}  # fmt: skip
+
+
+def _gemini_chunks(tokens: int) -> list[dict]:
+    def chunk(part: dict, visible: int, finish: str | None = None) -> dict:
+        candidate: dict = {"content": {"role": "model", "parts": [part]}}
+        if finish:
+            candidate["finishReason"] = finish
+        metadata = {"promptTokenCount": 900, "candidatesTokenCount": visible}
+        return {"candidates": [candidate], "usageMetadata": metadata, "responseId": "r"}
+
+    chunks = [chunk({"text": " word"}, i + 1) for i in range(tokens)]
+    call = {"functionCall": {"name": "read", "args": {"path": "a.py"}}}
+    chunks.append(chunk(call, tokens + 10, "STOP"))
+    return chunks
 
 
 def _anthropic_events(tokens: int) -> list[dict]:
@@ -190,6 +223,28 @@ def main() -> None:
             translator.feed(chunk)
         translator.done()
 
+    gemini_chunks = _gemini_chunks(args.stream_tokens)
+
+    def chat_via_gemini() -> None:
+        chat_request_to_gemini(CHAT_REQUEST)
+        gemini_response_to_chat(GEMINI_ANSWER, model="m", created=0)
+
+    def messages_via_gemini() -> None:
+        messages_request_to_gemini(MESSAGES_REQUEST)
+        gemini_response_to_messages(GEMINI_ANSWER, model="m")
+
+    def chat_stream_via_gemini() -> None:
+        chat_request_to_gemini(CHAT_REQUEST)
+        translator = GeminiToChat(model="m", created=0, include_usage=True)
+        for chunk in gemini_chunks:
+            translator.feed(chunk)
+
+    def messages_stream_via_gemini() -> None:
+        messages_request_to_gemini(MESSAGES_REQUEST)
+        translator = GeminiToMessages(model="m")
+        for chunk in gemini_chunks:
+            translator.feed(chunk)
+
     stream_calls = max(1, args.calls // 20)
     rows = [
         ("chat -> anthropic, not streamed", _per_call_us(chat_via_anthropic, args.calls)),
@@ -201,6 +256,16 @@ def main() -> None:
         (
             f"messages -> openai, stream of {args.stream_tokens} deltas",
             _per_call_us(messages_stream_via_openai, stream_calls),
+        ),
+        ("chat -> gemini, not streamed", _per_call_us(chat_via_gemini, args.calls)),
+        ("messages -> gemini, not streamed", _per_call_us(messages_via_gemini, args.calls)),
+        (
+            f"chat -> gemini, stream of {args.stream_tokens} deltas",
+            _per_call_us(chat_stream_via_gemini, stream_calls),
+        ),
+        (
+            f"messages -> gemini, stream of {args.stream_tokens} deltas",
+            _per_call_us(messages_stream_via_gemini, stream_calls),
         ),
     ]
     for name, us in rows:

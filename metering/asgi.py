@@ -21,6 +21,7 @@ import io
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
@@ -29,6 +30,7 @@ from django.http import HttpRequest, HttpResponse
 
 from metering import metrics, tokens
 from metering.body import BadContentLength, BodyTooLarge, body_read, declared_length
+from metering.providers import gemini
 from metering.proxy import budget, errors, listing, shell, surface
 from metering.proxy.errors import ProxyError
 
@@ -88,7 +90,9 @@ class ProxyApplication:
 
         self.django_app = django_app
         self.views: dict[str, View] = {
-            p: v for p, v in views_by_path().items() if not p.startswith(PREFIX)
+            p: v
+            for p, v in views_by_path().items()
+            if not p.startswith((PREFIX, surface.GEMINI_PREFIX))
         }
         self.handler = ASGIHandler()  # its request parsing and response sending, not its chain
         # The vocabulary takes half a second to load, the interpreter held for much of it: load
@@ -98,9 +102,12 @@ class ProxyApplication:
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] == "http":
             path = scope.get("path", "")
-            if path.startswith(PREFIX):
+            if path.startswith(PREFIX) and not surface.gemini_call_of(path):
                 # The whole /v1/ surface answers in the providers' shapes, unknown paths too.
                 await self._proxy(scope, receive, send, shell.ENDPOINT_PATHS.get(path))
+                return
+            if path.startswith(surface.GEMINI_PREFIX) or path.startswith(PREFIX):
+                await self._gemini(scope, receive, send, path)
                 return
             view = self.views.get(path)
             if view is not None:
@@ -108,10 +115,42 @@ class ProxyApplication:
                 return
         await self.django_app(scope, receive, send)
 
-    async def _proxy(
-        self, scope: dict[str, Any], receive: Callable, send: Callable, endpoint: str | None
+    async def _gemini(
+        self, scope: dict[str, Any], receive: Callable, send: Callable, path: str
     ) -> None:
+        """The Gemini API surface: generateContent and streamGenerateContent (alt=sse), the
+        key in `x-goog-api-key` or `?key=`; every answer and refusal in Google's shape."""
+        target = surface.gemini_call_of(path)
+        method = scope.get("method", "GET")
+        if target is None:
+            error = surface.not_found(method, path)
+            await self._refuse(error, gemini.ENDPOINT, send)
+            return
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         headers = scope_headers(scope)
+        if "key" in query and "x-goog-api-key" not in headers:
+            headers["x-goog-api-key"] = query["key"]
+        model, stream = target
+        refusal = surface.gemini_stream_format(query) if stream else None
+        if refusal is not None:
+            await self._refuse(refusal, gemini.ENDPOINT, send)
+            return
+        await self._proxy(
+            scope, receive, send, gemini.ENDPOINT, headers=headers, model=model, stream=stream
+        )
+
+    async def _proxy(
+        self,
+        scope: dict[str, Any],
+        receive: Callable,
+        send: Callable,
+        endpoint: str | None,
+        *,
+        headers: dict[str, str] | None = None,
+        model: str = "",
+        stream: bool = False,
+    ) -> None:
+        headers = scope_headers(scope) if headers is None else headers
         method = scope.get("method", "GET")
         try:
             key_info = await self._admit(scope, headers, method, endpoint)
@@ -124,7 +163,7 @@ class ProxyApplication:
             return
         except RequestAborted:
             return
-        inbound = shell.Inbound(method, headers, body, key_info)
+        inbound = shell.Inbound(method, headers, body, key_info, model=model, stream=stream)
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._disconnect(receive))

@@ -50,6 +50,7 @@ class Upstream(models.Model):
         ANTHROPIC = "anthropic", "Anthropic"
         AZURE_OPENAI = "azure_openai", "Azure OpenAI"
         OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible (vLLM, Ollama, …)"
+        GEMINI = "gemini", "Google Gemini API"
 
     name = models.SlugField(max_length=64, unique=True)
     kind = models.CharField(max_length=24, choices=Kind.choices)

@@ -31,6 +31,7 @@ _KIND_TO_PROVIDER = {
     Upstream.Kind.OPENAI: "openai",
     Upstream.Kind.AZURE_OPENAI: "openai",
     Upstream.Kind.ANTHROPIC: "anthropic",
+    Upstream.Kind.GEMINI: "google",
 }
 
 

@@ -20,7 +20,18 @@ urlpatterns = [
     path("v1/messages/count_tokens", endpoints.count_tokens, name="proxy-count-tokens"),
     path("v1/budget", endpoints.budget, name="proxy-budget"),
     path("v1/models", endpoints.models, name="proxy-models"),
+    path(
+        "v1/models/<str:target>:generateContent",
+        endpoints.generate_content,
+        name="proxy-gemini-v1",
+    ),
+    path(
+        "v1/models/<str:target>:streamGenerateContent",
+        endpoints.generate_content,
+        name="proxy-gemini-stream-v1",
+    ),
     path("v1/models/<path:model_id>", endpoints.models, name="proxy-model"),
+    path("v1beta/models/<str:target>", endpoints.generate_content, name="proxy-gemini"),
     path("healthz", ops.healthz, name="healthz"),
     path("readyz", ops.readyz, name="readyz"),
     path("metrics", ops.metrics_view, name="metrics"),

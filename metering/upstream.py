@@ -91,8 +91,17 @@ def session() -> aiohttp.ClientSession:
     return existing
 
 
-def upstream_url(target: UpstreamTarget, endpoint: str, upstream_model: str) -> str:
+def upstream_url(
+    target: UpstreamTarget, endpoint: str, upstream_model: str, stream: bool = False
+) -> str:
     base = target.base_url.rstrip("/")
+    if target.kind == "gemini":
+        # The Gemini API names the model and the streaming in the path.
+        if not base.endswith("/v1beta"):
+            base = f"{base}/v1beta"
+        if stream:
+            return f"{base}/models/{upstream_model}:streamGenerateContent?alt=sse"
+        return f"{base}/models/{upstream_model}:generateContent"
     if target.kind == "azure_openai":
         path = {"chat": "chat/completions", "responses": "responses", "embeddings": "embeddings"}[
             endpoint
@@ -141,6 +150,9 @@ def upstream_headers(
     elif target.kind == "azure_openai":
         if secret:
             headers["api-key"] = secret
+    elif target.kind == "gemini":
+        if secret:
+            headers["x-goog-api-key"] = secret
     elif secret:
         headers["authorization"] = f"Bearer {secret}"
     return headers
@@ -153,14 +165,16 @@ async def send(
     upstream_model: str,
     body: bytes,
     headers: dict[str, str],
+    stream: bool = False,
 ) -> UpstreamResponse:
-    """Start the upstream call and return once its status and headers are in."""
+    """Start the upstream call and return once its status and headers are in (`stream`: the
+    call streams, which Gemini's URL says)."""
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=target.connect_timeout, sock_read=target.read_timeout
     )
     try:
         response = await session().post(
-            upstream_url(target, endpoint, upstream_model),
+            upstream_url(target, endpoint, upstream_model, stream),
             data=body,
             headers=headers,
             timeout=timeout,

@@ -1,10 +1,11 @@
-"""A fast, deterministic stand-in for the OpenAI and Anthropic APIs (demo, tests, benchmark).
+"""A fast, deterministic stand-in for the OpenAI, Anthropic and Gemini APIs (demo, tests,
+benchmark).
 
 A small HTTP/1.1 server on raw asyncio streams (keep-alive, Content-Length and chunked bodies);
 no framework, no database, so it serves thousands of requests per second on one core and can
 be the benchmark's upstream. Start it with `manage.py mock_upstream --port 8001`, or in tests
 with `start_in_thread()`. Split by protocol: `common.py` (the plan), `script.py` (scripted
-answers), `openai.py`, `anthropic.py`, `ledger.py`, `server.py`.
+answers), `openai.py`, `anthropic.py`, `gemini.py`, `ledger.py`, `server.py`.
 
 Endpoints (matched by path suffix, so `/v1/...`, Azure's `/openai/deployments/<d>/...` and a
 bare prefix all work):
@@ -16,6 +17,11 @@ bare prefix all work):
   POST .../messages           Anthropic Messages, stream and not, with cache usage fields
   POST .../messages/count_tokens  {"input_tokens": N}, N as a call would be charged; never
                               in the ledger (its "counted" says how many were answered)
+  POST .../models/{model}:generateContent         Gemini, whole; usageMetadata with the
+  POST .../models/{model}:streamGenerateContent   cached part inside promptTokenCount and
+                              thoughts apart (thoughtsTokenCount); the stream (SSE, any `alt`)
+                              carries the counts so far in every chunk, the final ones with
+                              the finishReason; errors in Google's shape
   GET  /_mock/last            the last API request seen: method, path, headers, body, outcome
   GET  /_mock/requests        the last 200 of them, oldest first; DELETE clears the list
   GET  /_mock/ledger          every answer served in full, by the x-request-id it came with:
@@ -50,7 +56,8 @@ Test hooks, by upstream model name (so they work through a proxy route) or per r
     stream-error-at (an error event once that many output tokens were streamed; 0: before any)
     (header spelling with dashes, metadata with underscores)
 
-With `expected_key` set, `Authorization: Bearer <key>`, `x-api-key` or `api-key` must carry it,
+With `expected_key` set, `Authorization: Bearer <key>`, `x-api-key`, `api-key` or
+`x-goog-api-key` must carry it,
 otherwise 401: this proves a proxy sends the provider key, not the client's own key.
 """
 

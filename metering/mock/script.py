@@ -31,6 +31,7 @@ def answer_for(parsed: ParsedRequest) -> Answer:
     if (
         tools
         and body.get("tool_choice") not in ("none", {"type": "none"})
+        and not _gemini_tools_off(body)
         and not _after_tool(endpoint, body)
     ):
         return _tool_call(tools, parsed.prompt_text, thinking)
@@ -38,6 +39,11 @@ def answer_for(parsed: ParsedRequest) -> Answer:
     if schema is not None:
         return Answer(kind="json", json_text=DUMP(example(schema)), thinking=thinking)
     return Answer(thinking=thinking)
+
+
+def _gemini_tools_off(body: dict[str, Any]) -> bool:
+    config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    return isinstance(config, dict) and config.get("mode") == "NONE"
 
 
 def _thinking_on(thinking: Any) -> bool:
@@ -57,6 +63,11 @@ def _tools(endpoint: str, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
             found[str(tool.get("name"))] = tool.get("parameters") or {}
         elif endpoint == "messages" and "input_schema" in tool:
             found[str(tool.get("name"))] = tool.get("input_schema") or {}
+        elif endpoint == "generate_content":
+            for function in tool.get("functionDeclarations") or []:
+                if isinstance(function, dict):
+                    schema = function.get("parametersJsonSchema", function.get("parameters"))
+                    found[str(function.get("name"))] = schema or {}
     return found
 
 
@@ -66,6 +77,12 @@ def _after_tool(endpoint: str, body: dict[str, Any]) -> bool:
         messages = body.get("messages") or []
         return (
             bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
+        )
+    if endpoint == "generate_content":
+        contents = body.get("contents") or []
+        parts = contents[-1].get("parts") if contents and isinstance(contents[-1], dict) else []
+        return isinstance(parts, list) and any(
+            isinstance(part, dict) and "functionResponse" in part for part in parts
         )
     if endpoint == "responses":
         items = body.get("input")
@@ -101,6 +118,12 @@ def _output_schema(endpoint: str, body: dict[str, Any]) -> dict[str, Any] | None
         if isinstance(fmt, dict) and fmt.get("type") == "json_object":
             return {"type": "object", "properties": {"answer": {"type": "string"}}}
         return None
+    if endpoint == "generate_content":
+        config = body.get("generationConfig") or {}
+        if config.get("responseMimeType") != "application/json":
+            return None
+        schema = config.get("responseJsonSchema", config.get("responseSchema"))
+        return schema if isinstance(schema, dict) else {"type": "object"}
     if endpoint == "responses":
         text = body.get("text")
         fmt = text.get("format") if isinstance(text, dict) else None

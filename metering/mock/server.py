@@ -12,10 +12,12 @@ from typing import Any
 
 from metering import tokens
 from metering.mock import anthropic as anthropic_answers
+from metering.mock import gemini as gemini_answers
 from metering.mock import openai as openai_answers
 from metering.mock.common import DUMP, MockSettings, make_plan, models_body, request_id
 from metering.mock.ledger import Ledger, Record
 from metering.providers import anthropic as anthropic_protocol
+from metering.providers import gemini as gemini_protocol
 from metering.providers import openai as openai_protocol
 from metering.providers.base import RequestError
 
@@ -158,6 +160,8 @@ class MockUpstream:
         record = Record(method, path, headers, _decode(body))
         self.book.saw(record)
         anthropic = path.endswith("/messages") or path.endswith("/messages/count_tokens")
+        if _gemini_call(path) is not None:
+            anthropic = None  # Google's shapes
         try:
             await self._answer(conn, record, method, path, headers, body, anthropic)
             record.completed = True
@@ -173,11 +177,13 @@ class MockUpstream:
         path: str,
         headers: dict[str, str],
         body: bytes,
-        anthropic: bool,
+        anthropic: bool | None,
     ) -> None:
         def fail(status: int, message: str, kind: str, param: str | None = None) -> None:
             record.status = status
-            if anthropic:
+            if anthropic is None:
+                conn.send(status, gemini_protocol.error_body(status, message))
+            elif anthropic:
                 conn.send(status, anthropic_protocol.error_body(status, message, kind))
             else:
                 conn.send(status, openai_protocol.error_body(status, message, kind, None, param))
@@ -203,7 +209,10 @@ class MockUpstream:
             self.book.counted += 1
             conn.send(200, anthropic_answers.count_tokens_body(parsed))
             return
-        protocol = anthropic_protocol if anthropic else openai_protocol
+        protocol: Any = anthropic_protocol if anthropic else openai_protocol
+        gemini_call = _gemini_call(path)
+        if gemini_call is not None:
+            protocol = gemini_protocol.PROVIDER.for_call(*gemini_call)
         try:
             parsed = protocol.parse_request(endpoint, body)
         except RequestError as exc:
@@ -246,7 +255,8 @@ class MockUpstream:
             return True
         auth = headers.get("authorization", "")
         offered = auth[7:] if auth[:7].lower() == "bearer " else ""
-        return expected in (offered, headers.get("x-api-key"), headers.get("api-key"))
+        given = (offered, headers.get("x-api-key"), headers.get("api-key"))
+        return expected in (*given, headers.get("x-goog-api-key"))
 
     def _introspect(self, conn: Connection, method: str, path: str) -> None:
         if path == "/_mock/last":
@@ -310,7 +320,17 @@ def _with_limit(body: bytes) -> bytes:
     return body
 
 
+def _gemini_call(path: str) -> tuple[str, bool] | None:
+    """(model, stream) of a Gemini API path `.../models/{model}:generateContent`."""
+    head, sep, method = path.rpartition(":")
+    if not sep or method not in ("generateContent", "streamGenerateContent"):
+        return None
+    return head.rpartition("/models/")[2], method == "streamGenerateContent"
+
+
 def _endpoint(path: str) -> str | None:
+    if _gemini_call(path) is not None:
+        return gemini_protocol.ENDPOINT
     for suffix, endpoint in (
         ("/chat/completions", "chat"),
         ("/responses", "responses"),
@@ -328,12 +348,14 @@ _BODIES = {
     "responses": openai_answers.responses_body,
     "embeddings": openai_answers.embeddings_body,
     "messages": anthropic_answers.messages_body,
+    gemini_protocol.ENDPOINT: gemini_answers.generate_body,
 }
 _STREAMS = {
     "chat": openai_answers.chat_stream,
     "responses": openai_answers.responses_stream,
     "embeddings": openai_answers.no_stream,
     "messages": anthropic_answers.messages_stream,
+    gemini_protocol.ENDPOINT: gemini_answers.generate_stream,
 }
 
 

@@ -128,11 +128,12 @@ def check_body_size(declared: str | None, body: bytes | None, limit: int) -> byt
 
 
 def raw_key(headers: Any) -> str | None:
-    """The client's key from `Authorization: Bearer` or `x-api-key` (lower-case names)."""
+    """The client's key from `Authorization: Bearer`, `x-api-key` or `x-goog-api-key` (Google's
+    clients; the Gemini surface's `?key=` arrives as this header) (lower-case names)."""
     auth = headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip() or None
-    return headers.get("x-api-key") or None
+    return headers.get("x-api-key") or headers.get("x-goog-api-key") or None
 
 
 def check_choices(parsed: ParsedRequest, limit: int) -> None:

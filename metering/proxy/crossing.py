@@ -1,5 +1,6 @@
-"""Cross-protocol calls (pure): an OpenAI chat call to a model routed to Anthropic, and an
-Anthropic messages call to a model routed to an OpenAI-kind upstream.
+"""Cross-protocol calls (pure): an OpenAI chat call to a model routed to Anthropic, an
+Anthropic messages call to a model routed to an OpenAI-kind upstream, and either to a model
+routed to Gemini (`metering.translate.gemini`).
 
 The call is metered as a native one in the upstream's protocol: the upstream body is the
 translated request (`metering.translate`), the hold and the dependent limits apply to it, and
@@ -14,8 +15,10 @@ import dataclasses
 import json
 import time
 
+from metering.providers import gemini
 from metering.providers.anthropic import PROVIDER as ANTHROPIC
 from metering.providers.base import ParsedRequest, Provider, StreamMeter, StreamState
+from metering.providers.gemini import PROVIDER as GEMINI
 from metering.providers.openai import PROVIDER as OPENAI
 from metering.proxy import errors
 from metering.sse import SSESplitter
@@ -24,11 +27,21 @@ from metering.translate.anthropic_to_openai import (
     chat_response_to_messages,
     messages_request_to_chat,
 )
+from metering.translate.gemini import (
+    GeminiToChat,
+    GeminiToMessages,
+    chat_request_to_gemini,
+    gemini_response_to_chat,
+    gemini_response_to_messages,
+    messages_request_to_gemini,
+)
 from metering.translate.openai_to_anthropic import (
     chat_request_to_messages,
     messages_response_to_chat,
 )
 from metering.translate.streams import ChatToMessages, MessagesToChat
+
+Translator = MessagesToChat | ChatToMessages | GeminiToChat | GeminiToMessages
 
 OPENAI_KINDS = frozenset({"openai", "openai_compatible", "azure_openai"})
 _STATUS_KINDS = {400: "invalid", 401: "auth", 403: "permission", 404: "not_found"}
@@ -39,6 +52,19 @@ UPSTREAM_REFUSED = "The upstream provider refused the call."
 def upstream_endpoint(endpoint: str, kind: str) -> str:
     """The upstream's endpoint for a client `endpoint` on an upstream of `kind` ("" when the
     call is native); a 400 wrong_endpoint when the protocols do not map."""
+    if kind == "gemini":
+        if endpoint in ("chat", "messages"):
+            return gemini.ENDPOINT
+        if endpoint != gemini.ENDPOINT:
+            raise errors.wrong_endpoint(
+                "This model is served on /v1/chat/completions, /v1/messages and "
+                "/v1beta/models/{model}:generateContent only."
+            )
+        return ""
+    if endpoint == gemini.ENDPOINT:
+        raise errors.wrong_endpoint(
+            "This model is not a Gemini model: call it on /v1/chat/completions or /v1/messages."
+        )
     anthropic = kind == "anthropic"
     if endpoint == "messages" and not anthropic:
         if kind in OPENAI_KINDS:
@@ -54,6 +80,8 @@ def upstream_endpoint(endpoint: str, kind: str) -> str:
 
 
 def provider_of(endpoint: str) -> Provider:
+    if endpoint == gemini.ENDPOINT:
+        return GEMINI
     return ANTHROPIC if endpoint == "messages" else OPENAI
 
 
@@ -61,7 +89,12 @@ def upstream_request(parsed: ParsedRequest, to: str) -> ParsedRequest:
     """The client's request as one in the upstream's protocol (`to`: "messages" or "chat");
     a 400 for what the upstream's protocol cannot carry."""
     try:
-        if to == "messages":
+        if to == gemini.ENDPOINT:
+            if parsed.endpoint == "messages":
+                body = messages_request_to_gemini(parsed.body)
+            else:
+                body = chat_request_to_gemini(parsed.body)
+        elif to == "messages":
             body = chat_request_to_messages(parsed.body)
         else:
             body = messages_request_to_chat(parsed.body)
@@ -70,9 +103,15 @@ def upstream_request(parsed: ParsedRequest, to: str) -> ParsedRequest:
     return dataclasses.replace(parsed, endpoint=to, body=body)
 
 
-def whole_answer(endpoint: str, content: bytes) -> bytes:
-    """An upstream's whole (2xx) answer as the client's protocol has it."""
+def whole_answer(endpoint: str, sent: str, content: bytes, model: str) -> bytes:
+    """An upstream's whole (2xx) answer (to `sent`) as the client's protocol has it."""
     data = json.loads(content)
+    if sent == gemini.ENDPOINT:
+        if endpoint == "chat":
+            answer = gemini_response_to_chat(data, model=model, created=int(time.time()))
+        else:
+            answer = gemini_response_to_messages(data, model=model)
+        return json.dumps(answer).encode()
     if endpoint == "chat":
         return json.dumps(messages_response_to_chat(data, created=int(time.time()))).encode()
     return json.dumps(chat_response_to_messages(data)).encode()
@@ -96,7 +135,7 @@ class CrossingMeter:
     """The upstream's own stream meter (it alone decides the usage), with the client's frames
     made from the same upstream events by a `metering.translate.streams` translator."""
 
-    def __init__(self, inner: StreamMeter, translator: MessagesToChat | ChatToMessages) -> None:
+    def __init__(self, inner: StreamMeter, translator: Translator) -> None:
         self.inner = inner
         self.translator = translator
         self.splitter = SSESplitter(keep_raw=False)
@@ -130,8 +169,15 @@ class CrossingMeter:
 def stream_meter(endpoint: str, sent: str, model: str, include_usage: bool) -> CrossingMeter:
     """The meter of a crossing stream: client `endpoint`, upstream endpoint `sent`."""
     inner = provider_of(sent).stream_meter(sent, strip_usage_chunk=False)
-    translator: MessagesToChat | ChatToMessages
-    if endpoint == "chat":
+    translator: Translator
+    if sent == gemini.ENDPOINT:
+        if endpoint == "chat":
+            translator = GeminiToChat(
+                model=model, created=int(time.time()), include_usage=include_usage
+            )
+        else:
+            translator = GeminiToMessages(model=model)
+    elif endpoint == "chat":
         translator = MessagesToChat(
             model=model, created=int(time.time()), include_usage=include_usage
         )

@@ -8,7 +8,8 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from metering.proxy import listing, shell
+from metering.providers import gemini
+from metering.proxy import listing, shell, surface
 
 
 def _inbound(request: HttpRequest) -> shell.Inbound:
@@ -52,3 +53,24 @@ async def models(request: HttpRequest, model_id: str = "") -> HttpResponse:
 
 async def budget(request: HttpRequest) -> HttpResponse:
     return django_response(await listing.budget_view(_inbound(request)))
+
+
+@csrf_exempt
+async def generate_content(request: HttpRequest, target: str) -> HttpResponse:
+    """The Gemini surface: `{model}:generateContent` or `:streamGenerateContent?alt=sse`."""
+    found = surface.gemini_call_of(request.path)
+    request_id = shell.request_id_new()
+    if found is None:
+        error = surface.not_found(request.method or "GET", request.path)
+        return django_response(shell.error_reply(gemini.ENDPOINT, error, request_id))
+    model, stream = found
+    refusal = surface.gemini_stream_format(request.GET) if stream else None
+    if refusal is not None:
+        return django_response(shell.error_reply(gemini.ENDPOINT, refusal, request_id))
+    inbound = _inbound(request)
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    key = request.GET.get("key")
+    if key and "x-goog-api-key" not in headers:
+        headers["x-goog-api-key"] = key
+    inbound = shell.Inbound(inbound.method, headers, inbound.body, model=model, stream=stream)
+    return django_response(await shell.handle(inbound, gemini.ENDPOINT))

@@ -63,6 +63,19 @@ WIRE_TYPES: dict[str, dict[str, str]] = {
         "upstream": "api_error",
         "timeout": "api_error",
     },
+    # google.rpc.Code names, as the Gemini API puts them in `error.status`.
+    "gemini": {
+        "auth": "UNAUTHENTICATED",
+        "permission": "PERMISSION_DENIED",
+        "not_found": "NOT_FOUND",
+        "invalid": "INVALID_ARGUMENT",
+        "too_large": "INVALID_ARGUMENT",
+        "quota": "RESOURCE_EXHAUSTED",
+        "rate": "RESOURCE_EXHAUSTED",
+        "unavailable": "UNAVAILABLE",
+        "upstream": "UNAVAILABLE",
+        "timeout": "DEADLINE_EXCEEDED",
+    },
 }
 
 

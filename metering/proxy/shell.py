@@ -26,8 +26,10 @@ from budgets import ledger
 from metering import cache, metrics, routing, upstream, validation
 from metering.body import prompt_estimate, request_parse, sized_work
 from metering.logs import REQUEST_ID
+from metering.providers import gemini
 from metering.providers.anthropic import PROVIDER as ANTHROPIC
 from metering.providers.base import EncodedBody, Provider, RequestError, StreamMeter
+from metering.providers.gemini import PROVIDER as GEMINI
 from metering.providers.openai import PROVIDER as OPENAI
 from metering.proxy import call as core
 from metering.proxy import counting, crossing, errors, surface
@@ -48,6 +50,7 @@ PROVIDERS: dict[str, Provider] = {
     "embeddings": OPENAI,
     "messages": ANTHROPIC,
     counting.ENDPOINT: ANTHROPIC,
+    gemini.ENDPOINT: GEMINI,
 }
 ENDPOINT_PATHS: dict[str, str] = {
     "/v1/chat/completions": "chat",
@@ -72,6 +75,9 @@ class Inbound:
     headers: Mapping[str, str]  # lower-case names
     body: bytes | None  # None: over a limit the server enforced itself
     key_info: KeyInfo | None = None  # already checked from the headers, before the body
+    # The Gemini surface names the model and whether to stream in the path.
+    model: str = ""
+    stream: bool = False
 
 
 @dataclass
@@ -183,6 +189,9 @@ async def _prepare(
     limit = settings.TB_MAX_BODY_BYTES
     body = core.check_body_size(inbound.headers.get("content-length"), inbound.body, limit)
     info = inbound.key_info or await authenticate(inbound.headers)
+    if endpoint == gemini.ENDPOINT:
+        # The Gemini surface names the model (checked as a body's would be) in the path.
+        provider = GEMINI.for_call(inbound.model, inbound.stream)
     try:
         parsed = await request_parse(provider, endpoint, body)
         header = inbound.headers.get("x-intent")
@@ -282,6 +291,7 @@ async def _forward(
             upstream_model=call.route.upstream_model,
             body=core.upstream_body(call, encoded),
             headers=headers,
+            stream=call.parsed.stream,
         )
     except upstream.UpstreamTimeout:
         raise errors.upstream_timeout() from None
@@ -367,7 +377,9 @@ def _translated(call: Call, client: Provider, status: int, content: bytes) -> by
     if status >= 400:
         return crossing.error_answer(client, status, content)
     try:
-        return crossing.whole_answer(call.endpoint, content)
+        return crossing.whole_answer(
+            call.endpoint, call.upstream_endpoint, content, call.route.upstream_model
+        )
     except (ValueError, TypeError, AttributeError, RecursionError):
         log.warning("answer not translatable", extra={"request_id": call.request_id})
         raise errors.upstream_broken() from None

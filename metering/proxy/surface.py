@@ -63,3 +63,37 @@ def wrong_method(method: str, path: str, allowed: str) -> errors.ProxyError:
     return errors.ProxyError(
         405, "invalid", f"{method} is not allowed on {path}: use {allowed}.", "method_not_allowed"
     )
+
+
+# --- the Gemini API surface: /v1beta/models/{model}:generateContent ----------------------------
+
+GEMINI_PREFIX = "/v1beta/"
+# google-genai asks for /v1beta or (its default) /v1; the methods are the same on both.
+GEMINI_MODELS = ("/v1beta/models/", "/v1/models/")
+GEMINI_METHODS = {"generateContent": False, "streamGenerateContent": True}
+
+
+def gemini_call_of(path: str) -> tuple[str, bool] | None:
+    """(model, stream) for `/v1beta/models/{model}:generateContent` or `:streamGenerateContent`
+    (or the same under /v1/), else None."""
+    prefix = next((p for p in GEMINI_MODELS if path.startswith(p)), None)
+    if prefix is None:
+        return None
+    model, sep, method = path[len(prefix) :].rpartition(":")
+    if not sep or not model or method not in GEMINI_METHODS:
+        return None
+    return model, GEMINI_METHODS[method]
+
+
+def gemini_stream_format(query: Mapping[str, str]) -> errors.ProxyError | None:
+    """Streams are served as server-sent events (`alt=sse`, what Google's SDKs ask for); the
+    other format (one JSON array) is refused."""
+    if query.get("alt") == "sse":
+        return None
+    return errors.ProxyError(
+        400,
+        "invalid",
+        "streamGenerateContent is served with alt=sse only.",
+        "unsupported_stream_format",
+        "alt",
+    )

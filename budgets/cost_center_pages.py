@@ -41,12 +41,12 @@ def _form_of(center: CostCenter | None) -> dict[str, str]:
 
 def _read(
     post: Any, *, parents: list[CostCenter]
-) -> tuple[dict[str, str], dict[str, Any], dict[str, str]]:
+) -> tuple[dict[str, str], CostCenterData, dict[str, str]]:
     """(the form as posted, CostCenterData for the services, errors of values that are not even
     well-formed: an unknown parent, a cap that is no amount, a username nobody has)."""
     form = {name: post.get(name, "").strip() for name in FIELDS}
     errors: dict[str, str] = {}
-    data: dict[str, Any] = {"code": form["code"], "name": form["name"], "gl_code": form["gl_code"]}
+    data = CostCenterData(code=form["code"], name=form["name"], gl_code=form["gl_code"])
     by_pk = {str(c.pk): c for c in parents}
     if form["parent"] and form["parent"] not in by_pk:
         errors["parent"] = "Choose a cost center from the list."
@@ -126,7 +126,10 @@ def cost_center_edit(request: HttpRequest, pk: int) -> HttpResponse:
         if not errors:
             try:
                 cost_center_update(
-                    actor=user, cost_center=center, data=CostCenterData(**data), source="admin"
+                    actor=user,
+                    cost_center=center,
+                    data=data,
+                    source="admin",
                 )
             except ValidationError as exc:
                 errors = _service_errors(exc)

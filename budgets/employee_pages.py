@@ -127,9 +127,11 @@ def employee_invite_page(request: HttpRequest, pk: int) -> HttpResponse:
         messages.success(
             request, f"Login {login.username} made; the invitation went to {employee.email}."
         )
-    elif not employee.user.has_usable_password() and employee.active:
-        invitation_send(user=employee.user)
-        messages.success(request, f"The invitation went again to {employee.user.email}.")
+    elif (
+        (login := employee.user) is not None and not login.has_usable_password() and employee.active
+    ):
+        invitation_send(user=login)
+        messages.success(request, f"The invitation went again to {login.email}.")
     else:
         messages.error(request, "This employee already signs in; nothing was sent.")
     return redirect("pages:employee", pk=employee.pk)

@@ -150,7 +150,11 @@ def measure() -> list[tuple[str, str, float, float]]:
         "bench-employee": ["/me/", "/value/?period=2026-01"],
         "bench-admin": [
             "/manage/cost-centers/",
+            "/manage/cost-centers/new/",
+            f"/manage/cost-centers/{leaf.pk}/",  # the editor with its parent choices and audit
             "/manage/employees/",
+            "/manage/employees/new/",
+            f"/manage/employees/{someone.pk}/deactivate/",
             "/manage/employees/?page=150",
             "/manage/employees/?sort=-used",
             "/manage/employees/?q=Employee+99",

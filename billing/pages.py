@@ -160,6 +160,8 @@ def my_tokens(request: HttpRequest) -> HttpResponse:
         "calls": metering_selectors.recent_calls(employee=employee),
         "budget_requests": budget_page_selectors.own_budget_requests(employee=employee),
         "keys": metering_selectors.keys_of(employee=employee),
+        "key_models": metering_selectors.key_model_choices(employee=employee),
+        "today": day,
         "new_key": new_key,
         "base_url": base_url,
         "statements": [

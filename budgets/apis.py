@@ -8,6 +8,9 @@ Who may do what (roles from budgets.roles):
   of their subtree, and may add adjustments (top-ups, corrections, approved requests) to the
   allowances of employees in it. Granting or changing the allowance itself stays with admins,
   so the base grant matches HR's roster while managers steer the year with adjustments.
+- a manager may also create cost centers below the ones they manage and rename, re-cap,
+  re-staff or move those below (within their subtree); the cost centers they manage
+  themselves are changed from above.
 - nobody grants, changes or adjusts their own allowance (a manager's comes from the manager
   above or an admin). Each rule is one `budgets.roles.can_*` function, shared with the pages.
 - employee: reads only their own record, allowances, adjustments, cost center and its policy.
@@ -98,6 +101,18 @@ class AdjustmentPermission(BasePermission):
         return roles.is_admin(request.user) or bool(roles.managed_cost_center_ids(request.user))
 
 
+class CostCenterPermission(BasePermission):
+    """Reads for any signed-in user; writes for admins and managers, each write then checked
+    against `roles.can_place_cost_center` / `roles.can_edit_cost_center`."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        if not request.user or not request.user.is_authenticated:
+            return False
+        if request.method in SAFE_METHODS:
+            return True
+        return roles.is_admin(request.user) or bool(roles.managed_cost_center_ids(request.user))
+
+
 def _actor(request: Request) -> Any:
     return request.user
 
@@ -140,16 +155,28 @@ class CostCenterViewSet(BudgetViewSet):
     ordering_fields = ["code", "name", "created_at"]
     ordering = ["code"]
 
+    permission_classes = [CostCenterPermission]
+
     def get_queryset(self) -> QuerySet[CostCenter]:
         return selectors.cost_center_list(user=self.request.user)
 
     def perform_create(self, serializer: Any) -> None:
+        if not roles.can_place_cost_center(
+            self.request.user, serializer.validated_data.get("parent")
+        ):
+            raise PermissionDenied("You may create cost centers only below those you manage.")
         with service_errors():
             serializer.instance = services.cost_center_create(
                 actor=_actor(self.request), source="api", **serializer.validated_data
             )
 
     def perform_update(self, serializer: Any) -> None:
+        user = self.request.user
+        data = serializer.validated_data
+        if not roles.can_edit_cost_center(user, serializer.instance) or (
+            "parent" in data and not roles.can_place_cost_center(user, data["parent"])
+        ):
+            raise PermissionDenied("You may change only cost centers below those you manage.")
         with service_errors():
             serializer.instance = services.cost_center_update(
                 actor=_actor(self.request),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db.models import Count, DecimalField, F, FilteredRelation, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 
@@ -343,3 +344,57 @@ def model_list_prices(*, names: set[str]) -> dict[str, Decimal]:
     return {
         name: latest[routes.get(name, name)] for name in names if routes.get(name, name) in latest
     }
+
+
+def cost_center_parent_choices(*, user: Any, moving: CostCenter | None) -> list[CostCenter]:
+    """Where the user may put a cost center (new, or `moving`): the visible ones they may place
+    under, without `moving` and its own subtree (a cost center never sits below itself)."""
+    centers = [c for c in cost_center_choices(user=user) if roles.can_place_cost_center(user, c)]
+    if moving is None or moving.pk is None:
+        return centers
+    below = roles.subtree_ids({moving.pk})
+    return [c for c in centers if c.pk not in below]
+
+
+def editable_cost_center_ids(*, user: Any, centers: list[CostCenter]) -> set[int]:
+    """Which of `centers` the user may edit (one query for the managers they are one of)."""
+    if roles.is_admin(user):
+        return {c.pk for c in centers}
+    managed = roles.managed_cost_center_ids(user)
+    own = set(user.managed_cost_centers.values_list("id", flat=True))
+    return {c.pk for c in centers if c.pk in managed and c.pk not in own}
+
+
+def users_by_username(*, names: set[str]) -> dict[str, Any]:
+    """The logins with these usernames, by username (a name not found is absent)."""
+    users = get_user_model().objects.filter(username__in=names).only("pk", "username")
+    return {u.username: u for u in users}
+
+
+def cost_center_audit(*, cost_center: CostCenter, limit: int = 20) -> list[AuditEvent]:
+    """The latest audit events of one cost center, each with a readable `changes` line."""
+    events = list(
+        AuditEvent.objects.filter(object_type="budgets.costcenter", object_id=str(cost_center.pk))
+        .select_related("actor")
+        .order_by("-created_at", "-id")[:limit]
+    )
+    for event in events:
+        event.changes = audit_changes(event.before, event.after)
+    return events
+
+
+def live_key_names(*, employee: Employee) -> list[str]:
+    """Names of the employee's keys that work today (not revoked, not expired)."""
+    from django.utils import timezone
+
+    keys = employee.keys.filter(revoked_at__isnull=True).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
+    )
+    return list(keys.order_by("name").values_list("name", flat=True))
+
+
+def managed_by(*, user: Any) -> list[CostCenter]:
+    """The cost centers `user` manages directly (none for no user)."""
+    if user is None:
+        return []
+    return list(user.managed_cost_centers.order_by("code"))

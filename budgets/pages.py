@@ -64,9 +64,20 @@ def cost_centers(request: HttpRequest) -> HttpResponse:
     _require_reader(request.user)
     year = current_fiscal_year()
     nodes = page_selectors.cost_center_tree(user=request.user, fiscal_year=year)
-    return render(
-        request, "budgets/cost_centers.html", {"nav": "cost-centers", "nodes": nodes, "year": year}
-    )
+    context = {
+        "nav": "cost-centers",
+        "nodes": nodes,
+        "year": year,
+        "editable": page_selectors.editable_cost_center_ids(
+            user=request.user, centers=[n.center for n in nodes]
+        ),
+        "placeable": {
+            c.pk for c in page_selectors.cost_center_parent_choices(user=request.user, moving=None)
+        },
+        "can_create": roles.is_admin(request.user)
+        or bool(roles.managed_cost_center_ids(request.user)),
+    }
+    return render(request, "budgets/cost_centers.html", context)
 
 
 @login_required
@@ -108,6 +119,7 @@ def employees(request: HttpRequest) -> HttpResponse:
         "sort_links": sort_links,
         # The bulk form is for admins: managers steer the year with top-ups, not the grant.
         "can_assign": roles.is_admin(user),
+        "can_create": roles.can_edit_employees(user),
         "units": Unit.choices,
     }
     return render(request, "budgets/employees.html", context)
@@ -196,6 +208,7 @@ def employee_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "can_adjust": roles.can_adjust_allowance(user, employee),
         "can_see_keys": roles.can_see_keys(user, employee),
         "can_manage_keys": roles.can_manage_keys(user, employee),
+        "can_edit_employee": roles.can_edit_employees(user) and not roles.is_self(user, employee),
         "form": form,
         "errors": errors,
         "kinds": [(Adjustment.Kind.TOP_UP, "Top-up"), (Adjustment.Kind.CORRECTION, "Correction")],

@@ -139,3 +139,32 @@ def can_see_keys(user: Any, employee: Employee) -> bool:
 def can_manage_keys(user: Any, employee: Employee) -> bool:
     """Create or revoke the employee's keys: whoever may see them."""
     return can_see_keys(user, employee)
+
+
+# Cost centers: admins shape the whole tree; a manager shapes only what lies below the cost
+# centers they manage. The cost center they manage themselves (its cap, name, managers, place)
+# is set from above, so nobody raises their own team's ceiling.
+
+
+def can_place_cost_center(user: Any, parent: CostCenter | None) -> bool:
+    """Create a cost center under `parent`, or move one there: admins anywhere (a root too),
+    managers only under a cost center of their subtree."""
+    if is_admin(user):
+        return True
+    return parent is not None and parent.pk in managed_cost_center_ids(user)
+
+
+def can_edit_cost_center(user: Any, cost_center: CostCenter) -> bool:
+    """Rename, re-cap, re-staff or move `cost_center`: admins, and managers of a cost center
+    above it (never the ones they manage themselves)."""
+    if is_admin(user):
+        return True
+    if cost_center.pk not in managed_cost_center_ids(user):
+        return False
+    return not cost_center.managers.filter(pk=user.pk).exists()
+
+
+def can_edit_employees(user: Any) -> bool:
+    """Create employees, give them a login, deactivate them: admins (HR's roster owns the
+    people; managers steer their allowances with top-ups)."""
+    return is_admin(user)

@@ -18,7 +18,9 @@ Columns: `employee_id,email,name,cost_center,allowance` (required, in any order)
 - A new employee is linked to the Django user with the same email, if exactly one such user
   exists and is not linked yet.
 - Every row is validated first; any error refuses the whole file (row numbers count the header
-  as row 1, as a spreadsheet shows them). A real run writes everything in one transaction with
+  as row 1, as a spreadsheet shows them). One pass reports every problem of every row: a bad
+  cell, a repeated id or email, an unknown cost center, an email owned by someone else, so a
+  file is fixed in one round. Only a broken header or a file that is not CSV stops early. A real run writes everything in one transaction with
   bulk statements; a dry run computes the same diff and writes nothing. Importing the same file
   again finds everything unchanged.
 """
@@ -89,6 +91,9 @@ class RosterRow:
     unit: str | None
     start_date: dt.date | None
     end_date: dt.date | None
+    # False when a cell of the row is wrong: the row is still checked against the database
+    # (cost center, email owner) so every problem is reported at once, but never planned.
+    valid: bool = True
 
 
 @dataclass
@@ -132,6 +137,15 @@ class RosterResult:
 
 def roster_parse(content: bytes | str) -> RosterFile:
     """Read and validate the file's shape and every cell; raise RosterInvalid on any error."""
+    roster, errors = roster_read(content)
+    if errors:
+        raise RosterInvalid(errors)
+    return roster
+
+
+def roster_read(content: bytes | str) -> tuple[RosterFile, list[RowError]]:
+    """The file's rows, the wrong ones included (marked `valid=False`), and every cell error.
+    Raises RosterInvalid only when the rows cannot be read at all (encoding, header, CSV)."""
     if isinstance(content, bytes):
         try:
             content = content.decode("utf-8-sig")  # spreadsheets often prepend a BOM
@@ -161,17 +175,13 @@ def roster_parse(content: bytes | str) -> RosterFile:
                 continue
             values = dict(zip(columns, cells, strict=False))
             row = _parse_row(number, values, errors)
-            if row is None:
-                continue
             _check_unique(row, seen_ids, seen_emails, errors)
             rows.append(row)
     except csv.Error as exc:
         raise RosterInvalid([RowError(reader.line_num, None, f"Not valid CSV: {exc}.")]) from exc
     if not rows and not errors:
         errors.append(RowError(2, None, "The file has no employee rows."))
-    if errors:
-        raise RosterInvalid(errors)
-    return RosterFile(rows=rows, columns=frozenset(columns))
+    return RosterFile(rows=rows, columns=frozenset(columns)), errors
 
 
 def _check_header(columns: list[str]) -> list[RowError]:
@@ -188,7 +198,9 @@ def _check_header(columns: list[str]) -> list[RowError]:
     return errors
 
 
-def _parse_row(number: int, values: dict[str, str], errors: list[RowError]) -> RosterRow | None:
+def _parse_row(number: int, values: dict[str, str], errors: list[RowError]) -> RosterRow:
+    """The row with its good cells (a wrong cell reads as empty) and `valid` telling whether
+    any cell was wrong; the problems are appended to `errors`."""
     before = len(errors)
 
     def error(column: str, message: str) -> None:
@@ -220,8 +232,6 @@ def _parse_row(number: int, values: dict[str, str], errors: list[RowError]) -> R
     end_date = _parse_date(values.get("end_date") or "", "end_date", error)
     if start_date and end_date and end_date < start_date:
         error("end_date", "The end date is before the start date.")
-    if len(errors) > before:
-        return None
     return RosterRow(
         row=number,
         employee_id=employee_id,
@@ -232,6 +242,7 @@ def _parse_row(number: int, values: dict[str, str], errors: list[RowError]) -> R
         unit=unit,
         start_date=start_date,
         end_date=end_date,
+        valid=len(errors) == before,
     )
 
 
@@ -271,12 +282,18 @@ def _parse_date(raw: str, column: str, error: Any) -> dt.date | None:
 def _check_unique(
     row: RosterRow, seen_ids: dict[str, int], seen_emails: dict[str, int], errors: list[RowError]
 ) -> None:
-    if row.employee_id in seen_ids:
+    if not row.employee_id:
+        pass  # already reported as required
+    elif row.employee_id in seen_ids:
         errors.append(RowError(row.row, "employee_id", f"Repeats row {seen_ids[row.employee_id]}."))
+        row.valid = False
     else:
         seen_ids[row.employee_id] = row.row
-    if row.email in seen_emails:
+    if not row.email:
+        pass
+    elif row.email in seen_emails:
         errors.append(RowError(row.row, "email", f"Repeats row {seen_emails[row.email]}."))
+        row.valid = False
     else:
         seen_emails[row.email] = row.row
 
@@ -295,10 +312,19 @@ class _Plan:
     changed_allowances: list[tuple[Allowance, dict[str, Any]]] = field(default_factory=list)
 
 
-def _plan(roster: RosterFile, *, dry_run: bool, day: dt.date, actor_id: int | None = None) -> _Plan:
+def _plan(
+    roster: RosterFile,
+    *,
+    dry_run: bool,
+    day: dt.date,
+    actor_id: int | None = None,
+    errors: list[RowError] | None = None,
+) -> _Plan:
+    """The diff of a roster; `errors` (the cell errors of `roster_read`) are reported together
+    with the database checks, all in one RosterInvalid."""
     fiscal_year = current_fiscal_year(day)
     plan = _Plan(result=RosterResult(dry_run=dry_run, fiscal_year=fiscal_year))
-    errors: list[RowError] = []
+    errors = list(errors or [])
     codes = dict(CostCenter.objects.values_list("id", "code"))
     centers = {code: pk for pk, code in codes.items()}
     # The whole table: employees missing from the file are deactivated, and every email must
@@ -307,18 +333,23 @@ def _plan(roster: RosterFile, *, dry_run: bool, day: dt.date, actor_id: int | No
     email_owner = {e.email.lower(): e.employee_id for e in existing.values()}
     allowances = {a.employee_id: a for a in Allowance.objects.filter(fiscal_year=fiscal_year)}
     policies = policy_resolve_many(set(codes))
-    users = _users_by_email({row.email for row in roster.rows if row.employee_id not in existing})
+    users = _users_by_email(
+        {row.email for row in roster.rows if row.valid and row.employee_id not in existing}
+    )
 
+    # One problem per cell: a repeated email is not also reported as someone else's.
+    reported = {(error.row, error.column) for error in errors}
     for row in roster.rows:
         center_id = centers.get(row.cost_center)
-        if center_id is None:
+        if center_id is None and row.cost_center:
             errors.append(
                 RowError(row.row, "cost_center", f"Unknown cost center {row.cost_center!r}.")
             )
-            continue
         owner = email_owner.get(row.email)
-        if owner is not None and owner != row.employee_id:
+        if owner is not None and owner != row.employee_id and (row.row, "email") not in reported:
             errors.append(RowError(row.row, "email", f"Already the email of employee {owner}."))
+            continue
+        if center_id is None or not row.valid:
             continue
         target = {
             "email": row.email,
@@ -347,7 +378,7 @@ def _plan(roster: RosterFile, *, dry_run: bool, day: dt.date, actor_id: int | No
         if granted and actor_id is not None and owner_id == actor_id:
             # Segregation of duties holds for the roster too: another admin imports this row.
             errors.append(RowError(row.row, "allowance", "You may not set your own allowance."))
-    listed = {row.employee_id for row in roster.rows}
+    listed = {row.employee_id for row in roster.rows if row.employee_id}
     for employee_id in sorted(existing):
         employee = existing[employee_id]
         if employee.active and employee_id not in listed:
@@ -561,10 +592,12 @@ def roster_import(
     Raises RosterInvalid (nothing written) when any row is wrong.
     """
     day = day or today()
-    roster = roster_parse(content)
+    roster, errors = roster_read(content)
     actor_id = actor.pk if getattr(actor, "is_authenticated", False) else None
-    if dry_run:
-        return _plan(roster, dry_run=True, day=day, actor_id=actor_id).result
+    if dry_run or errors:
+        # A file with wrong cells is still planned, read-only, so the database's objections
+        # (unknown cost centers, taken emails) come in the same report.
+        return _plan(roster, dry_run=True, day=day, actor_id=actor_id, errors=errors).result
     with transaction.atomic():
         plan = _plan(roster, dry_run=False, day=day, actor_id=actor_id)
         changing = sorted(allowance.pk for allowance, _ in plan.changed_allowances)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import path, reverse_lazy
 
 from billing import pages as billing_pages
+from budgets import cost_center_pages, employee_pages, roster_pages
 from budgets import pages as budget_pages
-from budgets import roster_pages
 from metering import pages as metering_pages
 
 app_name = "pages"
@@ -20,6 +20,19 @@ urlpatterns = [
         name="login",
     ),
     path("accounts/logout/", auth_views.LogoutView.as_view(next_page="pages:login"), name="logout"),
+    # The invitation of a new hire (budgets.onboarding): Django's one-time password-reset token.
+    path(
+        "accounts/password/<uidb64>/<token>/",
+        auth_views.PasswordResetConfirmView.as_view(
+            success_url=reverse_lazy("pages:password-set-done")
+        ),
+        name="password-set",
+    ),
+    path(
+        "accounts/password/done/",
+        auth_views.PasswordResetCompleteView.as_view(),
+        name="password-set-done",
+    ),
     path("me/", billing_pages.my_tokens, name="my-tokens"),
     path("me/keys/", metering_pages.key_new, name="key-new"),
     path("me/requests/", budget_pages.budget_request_new, name="request-new"),
@@ -27,8 +40,25 @@ urlpatterns = [
     path("manage/requests/<int:pk>/", budget_pages.approval_decide, name="approval-decide"),
     path("keys/<int:pk>/revoke/", metering_pages.key_remove, name="key-revoke"),
     path("manage/cost-centers/", budget_pages.cost_centers, name="cost-centers"),
+    path("manage/cost-centers/new/", cost_center_pages.cost_center_new, name="cost-center-new"),
+    path(
+        "manage/cost-centers/<int:pk>/",
+        cost_center_pages.cost_center_edit,
+        name="cost-center-edit",
+    ),
     path("manage/employees/", budget_pages.employees, name="employees"),
     path("manage/employees/assign/", budget_pages.employees_assign, name="employees-assign"),
+    path("manage/employees/new/", employee_pages.employee_new, name="employee-new"),
+    path(
+        "manage/employees/<int:pk>/deactivate/",
+        employee_pages.employee_deactivate_page,
+        name="employee-deactivate",
+    ),
+    path(
+        "manage/employees/<int:pk>/invite/",
+        employee_pages.employee_invite_page,
+        name="employee-invite",
+    ),
     path("manage/employees/<int:pk>/", budget_pages.employee_detail, name="employee"),
     path("manage/roster/", budget_pages.roster, name="roster"),
     path("manage/roster/template.csv", roster_pages.roster_template, name="roster-template"),

@@ -91,15 +91,18 @@ class EmployeeKeysViewSet(
             return Response(
                 {"expires_at": ["Must be in the future."]}, status=status.HTTP_400_BAD_REQUEST
             )
-        key, raw = services.key_create(
-            employee=employee,
-            name=data["name"],
-            actor=request.user,
-            expires_at=expires_at,
-            allowed_models=data.get("allowed_models"),
-            cap_tokens=data.get("cap_tokens"),
-            default_intent=data.get("default_intent", ""),
-        )
+        try:
+            key, raw = services.key_create(
+                employee=employee,
+                name=data["name"],
+                actor=request.user,
+                expires_at=expires_at,
+                allowed_models=data.get("allowed_models"),
+                cap_tokens=data.get("cap_tokens"),
+                default_intent=data.get("default_intent", ""),
+            )
+        except DjangoValidationError as exc:
+            raise _service_errors(exc) from exc
         key.key = raw  # type: ignore[attr-defined]  # shown this once, never stored
         return Response(CreatedKeySerializer(key).data, status=status.HTTP_201_CREATED)
 

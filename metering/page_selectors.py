@@ -20,6 +20,17 @@ def keys_of(*, employee: Employee) -> QuerySet[VirtualKey]:
     return employee.keys.order_by("revoked_at", "-created_at")
 
 
+def key_model_choices(*, employee: Employee) -> list[str]:
+    """Models a new key of the employee may be narrowed to: those their policy allows, or every
+    routed model when the policy allows all."""
+    from budgets.selectors import policy_resolve
+
+    policy = policy_resolve(employee.cost_center)
+    allowed = list(policy.allowed_models or []) if policy is not None else []
+    routed = list(ModelRoute.objects.order_by("public_name").values_list("public_name", flat=True))
+    return sorted(allowed) if allowed else routed
+
+
 def recent_calls(*, employee: Employee, limit: int = RECENT_CALLS) -> list[UsageRecord]:
     """The latest calls without any prompt or completion text (the proxy never stores them; the
     `only()` keeps it that way should a column be added)."""

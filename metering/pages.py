@@ -22,7 +22,7 @@ from django.views.decorators.http import require_POST
 
 from budgets import roles
 from budgets.pages import form_decimal, require_admin
-from metering import page_selectors, validation
+from metering import page_selectors
 from metering.catalog_services import (
     PriceData,
     RouteData,
@@ -90,22 +90,70 @@ def new_key_forget(request: HttpRequest, response: HttpResponse) -> None:
         response.delete_cookie(NEW_KEY_COOKIE, path=NEW_KEY_COOKIE_PATH, samesite="Strict")
 
 
+def _key_terms(post: Any, *, choices: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """The key form's cap, expiry and model scope as `key_create` takes them, and the problems
+    of values that are not even well-formed (the service checks the rest)."""
+    problems: list[str] = []
+    terms: dict[str, Any] = {"cap_tokens": None, "expires_at": None, "allowed_models": []}
+    cap = post.get("cap_tokens", "").replace(",", "").replace("_", "").strip()
+    if cap:
+        if cap.isdigit():
+            terms["cap_tokens"] = int(cap)
+        else:
+            problems.append("The cap is a whole number of tokens, e.g. 500000, or empty.")
+    expires = post.get("expires_on", "").strip()
+    if expires:
+        try:
+            day = dt.date.fromisoformat(expires)
+        except ValueError:
+            problems.append("The expiry is a date (YYYY-MM-DD), or empty for none.")
+        else:
+            # The key works through the whole chosen day, in the site's time zone.
+            terms["expires_at"] = timezone.make_aware(
+                dt.datetime.combine(day + dt.timedelta(days=1), dt.time.min)
+            )
+    models_ = [m for m in post.getlist("allowed_models") if m]
+    unknown = [m for m in models_ if m not in choices]
+    if unknown:
+        problems.append(f"Not a model you may use: {', '.join(unknown)}.")
+    terms["allowed_models"] = models_
+    return terms, problems
+
+
+KEY_FIELD_LABELS = {"name": "Name", "expires_at": "Expiry", "cap_tokens": "Cap"}
+
+
+def key_form_errors(exc: ValidationError) -> list[str]:
+    """The service's refusal as sentences, each led by the form field it is about."""
+    return [
+        f"{KEY_FIELD_LABELS[field]}: {' '.join(problems)}"
+        if field in KEY_FIELD_LABELS
+        else " ".join(problems)
+        for field, problems in exc.message_dict.items()
+    ]
+
+
 @login_required
 @require_POST
 def key_new(request: HttpRequest) -> HttpResponse:
-    """Mint a key for the signed-in employee; the raw key is shown once, on the next page."""
+    """Mint a key for the signed-in employee, with an optional lifetime cap, expiry date and
+    model scope (a subset of what the policy allows); the raw key is shown once, on the next
+    page. Any problem mints nothing and says why."""
     employee = roles.employee_of(request.user)
     if employee is None or not employee.active:
         raise PermissionDenied
     name = request.POST.get("name", "").strip()[:100]
-    if not name:
-        messages.error(request, "Give the key a name, e.g. the tool or laptop that will use it.")
+    choices = page_selectors.key_model_choices(employee=employee)
+    terms, problems = _key_terms(request.POST, choices=choices)
+    try:
+        if problems:
+            raise ValidationError({"form": problems})
+        key, raw = key_create(
+            employee=employee, name=name, actor=request.user, source="admin", **terms
+        )
+    except ValidationError as exc:
+        messages.error(request, "No key was created. " + " ".join(key_form_errors(exc)))
         return redirect("pages:my-tokens")
-    problem = validation.label_problem(name)
-    if problem is not None:
-        messages.error(request, f"The key name contains {problem}; use plain text.")
-        return redirect("pages:my-tokens")
-    key, raw = key_create(employee=employee, name=name, actor=request.user, source="admin")
     # The key crosses one redirect (so a reload cannot mint another) and the landing page takes
     # it, so it is rendered exactly once.
     response = redirect("pages:my-tokens")
@@ -119,8 +167,12 @@ def key_remove(request: HttpRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(VirtualKey.objects.select_related("employee"), pk=pk)
     if not roles.can_manage_keys(request.user, key.employee):
         raise PermissionDenied
-    key_revoke(key=key, actor=request.user, source="admin")
-    messages.success(request, f"Key “{key.name}” revoked; it stops working within seconds.")
+    if request.POST.get("confirm") != key.prefix:
+        # The revoke form names the key and sends its prefix; without it nothing is revoked.
+        messages.error(request, f"Confirm the revoke of key “{key.name}” ({key.prefix}…) first.")
+    else:
+        key_revoke(key=key, actor=request.user, source="admin")
+        messages.success(request, f"Key “{key.name}” revoked; it stops working within seconds.")
     target = request.POST.get("next", "")
     if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
         target = "pages:my-tokens"

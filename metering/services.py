@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -23,7 +24,7 @@ from budgets import ledger, sql
 from budgets.audit import audit_record, snapshot
 from budgets.invalidation import invalidation_publish
 from budgets.models import Employee
-from metering import cache
+from metering import cache, validation
 from metering.models import UsageRecord, VirtualKey
 from metering.quota.db import Hold, quota_release, quota_reserve, quota_settle
 from metering.selectors import KeyInfo, key_hash
@@ -31,6 +32,35 @@ from metering.selectors import KeyInfo, key_hash
 KEY_PREFIX = "tb-"
 LAST_USED_WRITE_INTERVAL = 60.0  # seconds; last-used is informative, not worth a write per call
 _last_used_written: dict[int, float] = {}
+
+
+KEY_CAP_MAX = 10**15  # a lifetime cap beyond any real use; keeps the column's range
+
+
+def key_check(
+    *,
+    name: str,
+    expires_at: Any = None,
+    allowed_models: list[str] | None = None,
+    cap_tokens: int | None = None,
+) -> None:
+    """Refuse a key the proxy could never honour, with a field -> messages ValidationError:
+    an empty or unprintable name, an expiry not in the future, a cap below one token, an empty
+    or unprintable model name. Models need not be routed yet: the key only narrows the policy."""
+    errors: dict[str, list[str]] = {}
+    if not name.strip():
+        errors["name"] = ["Give the key a name, e.g. the tool or laptop that will use it."]
+    elif (problem := validation.label_problem(name)) is not None:
+        errors["name"] = [f"The name contains {problem}; use plain text."]
+    if expires_at is not None and expires_at <= timezone.now():
+        errors["expires_at"] = ["Must be in the future."]
+    if cap_tokens is not None and not 1 <= cap_tokens <= KEY_CAP_MAX:
+        errors["cap_tokens"] = [f"A whole number of tokens from 1 to {KEY_CAP_MAX:,}."]
+    for model in allowed_models or []:
+        if not model or validation.label_problem(model) is not None:
+            errors["allowed_models"] = ["A list of model names."]
+    if errors:
+        raise ValidationError(errors)
 
 
 def key_create(
@@ -44,7 +74,11 @@ def key_create(
     default_intent: str = "",
     source: str = "api",
 ) -> tuple[VirtualKey, str]:
-    """Mint a key: 32 random bytes, returned once; only its hash is stored."""
+    """Mint a key: 32 random bytes, returned once; only its hash is stored. Raises
+    ValidationError (nothing written) when `key_check` refuses the terms."""
+    key_check(
+        name=name, expires_at=expires_at, allowed_models=allowed_models, cap_tokens=cap_tokens
+    )
     raw = KEY_PREFIX + secrets.token_urlsafe(32)
     with transaction.atomic():
         key = VirtualKey.objects.create(

@@ -81,11 +81,23 @@ MATRIX: dict[str, tuple[Call, dict[str, int]]] = {
     ),
     "cost-center update": (
         Call("patch", lambda c: "/api/v1/cost-centers/eng-ml/", lambda c: {"name": "ML"}),
-        _only_admin(200),
+        {**_only_admin(200), "manager": 200},  # eng-ml is below the manager's eng
+    ),
+    "cost-center update of one's own": (
+        Call("patch", lambda c: "/api/v1/cost-centers/eng/", lambda c: {"annual_cap": "9"}),
+        _only_admin(200),  # the manager of eng may not raise eng's own cap
+    ),
+    "cost-center create below one's own": (
+        Call(
+            "post",
+            lambda c: "/api/v1/cost-centers/",
+            lambda c: {"code": "eng-ops", "name": "Ops", "parent": "eng"},
+        ),
+        _only_admin(201) | {"manager": 201},
     ),
     "cost-center delete": (
         Call("delete", lambda c: "/api/v1/cost-centers/eng-ml/"),
-        _only_admin(405),
+        {**_only_admin(405), "manager": 405},  # nobody deletes; managers may write, not this
     ),
     "cost-center effective policy": (
         Call("get", lambda c: "/api/v1/cost-centers/eng/policy/"),

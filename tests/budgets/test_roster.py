@@ -251,3 +251,34 @@ def test_import_roster_command_reports_errors(cast: Cast, tmp_path) -> None:
         call_command("import_roster", str(path), stderr=err)
     assert "row 7, column email" in err.getvalue()
     assert row_counts() == before
+
+
+def test_every_problem_of_every_row_is_reported_in_one_pass(cast: Cast) -> None:
+    """A file with a bad email, a bad number, a duplicate, an unknown cost center and an email
+    owned by someone else reports all of them at once (the unknown cost center, a database
+    check, comes even on a row whose other cells are wrong), and writes nothing."""
+    roster = (
+        ROSTER.replace("S-200,other@example.com,Person S-200,sales,300000\n", "")
+        + "N-3,not-an-email,Bad Mail,sales,1\n"  # row 6
+        + "N-4,n4@example.com,Bad Number,sales,lots\n"  # row 7
+        + "N-1,n5@example.com,Repeated Id,sales,1\n"  # row 8
+        + "N-6,n6@example.com,Unknown Center,nowhere,1\n"  # row 9
+        + "N-7,other@example.com,Taken Mail,sales,1\n"  # row 10
+        + "N-8,n8@example.com,Two Problems,atlantis,-5\n"  # row 11
+    )
+    before = row_counts()
+    for dry_run in (True, False):
+        with pytest.raises(RosterInvalid) as exc:
+            roster_import(content=roster, actor=cast.users["admin"], dry_run=dry_run)
+        assert [(e.row, e.column, e.message) for e in exc.value.errors] == [
+            (6, "email", "'not-an-email' is not a valid email address."),
+            (7, "allowance", "'lots' is not a number."),
+            (8, "employee_id", "Repeats row 4."),
+            (9, "cost_center", "Unknown cost center 'nowhere'."),
+            (10, "email", "Already the email of employee S-200."),
+            (11, "allowance", "Must not be negative."),
+            (11, "cost_center", "Unknown cost center 'atlantis'."),
+        ]
+        assert exc.value.total == 7
+    assert row_counts() == before
+    assert not AuditEvent.objects.filter(source="import").exists()

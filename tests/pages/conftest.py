@@ -68,7 +68,15 @@ def mock_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def live_url(django_db_setup: None, django_db_blocker: Any, mock_url: str) -> Iterator[str]:
+def outbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The live server's mail, one file per message (Django's file backend)."""
+    return tmp_path_factory.mktemp("outbox")
+
+
+@pytest.fixture(scope="session")
+def live_url(
+    django_db_setup: None, django_db_blocker: Any, mock_url: str, outbox: Path
+) -> Iterator[str]:
     from django.db import connection
 
     port = servers.free_port()
@@ -80,6 +88,8 @@ def live_url(django_db_setup: None, django_db_blocker: Any, mock_url: str) -> It
         "TB_SERVE_STATIC": "1",
         "TB_PUBLIC_BASE_URL": url,
         "TB_UPSTREAM_KEY_TEST": PROVIDER_KEY,
+        "TB_EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+        "TB_EMAIL_FILE_PATH": str(outbox),
     }
     process = servers.start_proxy(port, env)
     yield url

@@ -136,7 +136,7 @@ def test_a_key_is_shown_once_and_only_its_owner_or_manager_revokes_it(
     foreign.refresh_from_db()
     assert foreign.revoked_at is None
     response = client_for(people["manager"]).post(
-        f"/keys/{key.pk}/revoke/", {"next": "https://evil.example/"}
+        f"/keys/{key.pk}/revoke/", {"next": "https://evil.example/", "confirm": key.prefix}
     )
     assert response.status_code == 302 and response["Location"] == "/me/"
     key.refresh_from_db()

@@ -129,8 +129,8 @@ def test_employee_creates_a_key_calls_the_proxy_and_sees_the_call(
     expect(calls).not_to_contain_text("Say hello")  # prompts never shown (nor stored)
     employee.shot("employee-my-tokens-after-call")
 
-    employee.page.once("dialog", lambda dialog: dialog.accept())
-    employee.page.get_by_role("button", name="Revoke").click()
+    employee.page.locator("summary", has_text="Revoke").click()
+    employee.page.get_by_role("button", name="Revoke “laptop”").click()
     expect(employee.page.locator(".messages")).to_contain_text("revoked")
     assert VirtualKey.objects.get(employee=cast.employee).revoked_at is not None
 

@@ -64,6 +64,10 @@ class Call:
     # translated into its protocol (see `metering.proxy.crossing`).
     upstream_endpoint: str = ""
     sent: ParsedRequest | None = None
+    # The candidates to try, best first (`candidates_of`), and how many were tried so far.
+    plan: list[Candidate] = dataclasses.field(default_factory=list)
+    attempts: int = 0
+    last_failure: str = ""  # what the latest failed attempt ended with (deployments' kinds)
 
     @property
     def sent_endpoint(self) -> str:
@@ -89,6 +93,8 @@ class Call:
             provider=self.route.target.kind,
             model=self.route.public_name,
             upstream_model=self.route.upstream_model,
+            deployment_id=self.route.deployment.id if self.route.deployment else None,
+            attempts=max(self.attempts, 1),
             endpoint=self.endpoint,
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
@@ -195,6 +201,54 @@ def quote(route: RouteInfo, info: KeyInfo, at: Any) -> pricing.PriceQuote:
             f"No price is in force for '{route.public_name}'; ask an admin to set one."
         )
     return pricing.quote_from(price)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to serve the call: a route as served by one of its deployments, and its price."""
+
+    route: RouteInfo
+    quote: pricing.PriceQuote
+
+
+def candidates_of(
+    info: KeyInfo, route: RouteInfo, ordered: Sequence[Any], endpoint: str, at: Any
+) -> tuple[list[Candidate], errors.ProxyError | None]:
+    """The route's deployments `ordered` as candidates, with the error of the first one left
+    out (no price in force, or a kind of upstream that cannot serve `endpoint`)."""
+    found: list[Candidate] = []
+    first_error: errors.ProxyError | None = None
+    for deployment in ordered or (None,):
+        served = route if deployment is None else route.for_deployment(deployment)
+        try:
+            crossing.upstream_endpoint(endpoint, served.target.kind)
+            found.append(Candidate(served, quote(served, info, at)))
+        except errors.ProxyError as error:
+            first_error = first_error or error
+    return found, first_error
+
+
+def hold_estimate(
+    parsed: ParsedRequest, candidates: Sequence[Candidate], info: KeyInfo, prompt: int
+) -> ledger.CallEstimate:
+    """The worst case over every candidate: the most output any may produce at the highest
+    rates any charges, so whichever serves, the hold covers it."""
+    worst: ledger.CallEstimate | None = None
+    for candidate in candidates:
+        one = estimate(parsed, candidate.route, info, candidate.quote, prompt)
+        if worst is None:
+            worst = one
+        elif one != worst:
+            worst = ledger.CallEstimate(
+                prompt_tokens=prompt,
+                max_output_tokens=max(worst.max_output_tokens, one.max_output_tokens),
+                input_price_per_token=max(worst.input_price_per_token, one.input_price_per_token),
+                output_price_per_token=max(
+                    worst.output_price_per_token, one.output_price_per_token
+                ),
+            )
+    assert worst is not None, "a call has a candidate"
+    return worst
 
 
 def estimate(
@@ -380,6 +434,8 @@ def budget_headers(call: Call, remaining: Decimal) -> Headers:
     ]
     if hold.clamped:
         headers.append(("x-tokenbudget-max-tokens-clamped", str(per_choice(call))))
+    if call.attempts:
+        headers.append(("x-tokenbudget-attempts", str(call.attempts)))
     if call.requested_model:
         headers.append(("x-tokenbudget-model", call.route.public_name))
         if call.downgraded:

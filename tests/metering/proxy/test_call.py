@@ -49,6 +49,7 @@ def route(kind: str = "openai", **kw: Any) -> Any:
         "target": SimpleNamespace(kind=kind),
         "default_max_output_tokens": 1000,
         "unmetered_cost": False,
+        "deployment": None,
         "price_at": lambda at: SimpleNamespace(
             model="m",
             input_per_mtok=Decimal("2"),

@@ -34,7 +34,7 @@ from metering.providers.base import (
 )
 from metering.proxy import crossing, errors
 from metering.proxy.errors import Headers
-from metering.selectors import KeyInfo, RouteInfo
+from metering.selectors import KeyInfo, RouteInfo, pick_price
 from metering.translate import limits
 
 log = logging.getLogger("tokenbudget.proxy")
@@ -203,29 +203,74 @@ def quote(route: RouteInfo, info: KeyInfo, at: Any) -> pricing.PriceQuote:
     return pricing.quote_from(price)
 
 
-@dataclass(frozen=True)
 class Candidate:
-    """One way to serve the call: a route as served by one of its deployments, and its price."""
+    """One way to serve the call: a route as served by one of its deployments, and its price.
+    The route specialised for the deployment is built on first use (most calls try one)."""
 
-    route: RouteInfo
-    quote: pricing.PriceQuote
+    __slots__ = ("_route", "base", "deployment", "quote")
+
+    def __init__(self, base: RouteInfo, quote: pricing.PriceQuote, deployment: Any = None) -> None:
+        self.base = base
+        self.quote = quote
+        self.deployment = deployment
+        self._route: RouteInfo | None = None if deployment is not None else base
+
+    @property
+    def route(self) -> RouteInfo:
+        if self._route is None:
+            self._route = self.base.for_deployment(self.deployment)
+        return self._route
 
 
 def candidates_of(
     info: KeyInfo, route: RouteInfo, ordered: Sequence[Any], endpoint: str, at: Any
 ) -> tuple[list[Candidate], errors.ProxyError | None]:
     """The route's deployments `ordered` as candidates, with the error of the first one left
-    out (no price in force, or a kind of upstream that cannot serve `endpoint`)."""
+    out (no price in force, or a kind of upstream that cannot serve `endpoint`). Deployments
+    of one upstream model share their price rows, so each distinct model is priced once."""
+    if not ordered:
+        return [Candidate(route, quote(route, info, at))], None
     found: list[Candidate] = []
     first_error: errors.ProxyError | None = None
-    for deployment in ordered or (None,):
-        served = route if deployment is None else route.for_deployment(deployment)
-        try:
-            crossing.upstream_endpoint(endpoint, served.target.kind)
-            found.append(Candidate(served, quote(served, info, at)))
-        except errors.ProxyError as error:
-            first_error = first_error or error
+    quotes: dict[int, pricing.PriceQuote | errors.ProxyError] = {}
+    kinds: dict[str, bool] = {}
+    for deployment in ordered:
+        kind = deployment.target.kind
+        serves = kinds.get(kind)
+        if serves is None:
+            try:
+                crossing.upstream_endpoint(endpoint, kind)
+                serves = True
+            except errors.ProxyError as error:
+                first_error = first_error or error
+                serves = False
+            kinds[kind] = serves
+        if not serves:
+            continue
+        priced = quotes.get(id(deployment.prices))
+        if priced is None:
+            try:
+                priced = _quote_of(route, deployment.prices, info, at)
+            except errors.ProxyError as error:
+                priced = error
+            quotes[id(deployment.prices)] = priced
+        if isinstance(priced, errors.ProxyError):
+            first_error = first_error or priced
+            continue
+        found.append(Candidate(route, priced, deployment))
     return found, first_error
+
+
+def _quote_of(route: RouteInfo, prices: Any, info: KeyInfo, at: Any) -> pricing.PriceQuote:
+    """`quote` for the route served under price rows `prices`."""
+    if route.unmetered_cost or prices is route.prices:
+        return quote(route, info, at)
+    price = pick_price(prices, at)
+    if price is None:
+        raise errors.model_not_priced(
+            f"No price is in force for '{route.public_name}'; ask an admin to set one."
+        )
+    return pricing.quote_from(price)
 
 
 def hold_estimate(
@@ -233,12 +278,20 @@ def hold_estimate(
 ) -> ledger.CallEstimate:
     """The worst case over every candidate: the most output any may produce at the highest
     rates any charges, so whichever serves, the hold covers it."""
-    worst: ledger.CallEstimate | None = None
-    for candidate in candidates:
-        one = estimate(parsed, candidate.route, info, candidate.quote, prompt)
-        if worst is None:
-            worst = one
-        elif one != worst:
+    first = candidates[0]
+    worst = estimate(parsed, first.base, info, first.quote, prompt)
+    for candidate in candidates[1:]:
+        if candidate.base is first.base:
+            if candidate.quote == first.quote:
+                continue
+            one = dataclasses.replace(
+                worst,
+                input_price_per_token=pricing.worst_input_rate(candidate.quote),
+                output_price_per_token=candidate.quote.output,
+            )
+        else:
+            one = estimate(parsed, candidate.base, info, candidate.quote, prompt)
+        if one != worst:
             worst = ledger.CallEstimate(
                 prompt_tokens=prompt,
                 max_output_tokens=max(worst.max_output_tokens, one.max_output_tokens),
@@ -247,7 +300,6 @@ def hold_estimate(
                     worst.output_price_per_token, one.output_price_per_token
                 ),
             )
-    assert worst is not None, "a call has a candidate"
     return worst
 
 

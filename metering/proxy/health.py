@@ -91,9 +91,25 @@ def finished(d: DeploymentInfo) -> None:
         in_flight.pop(d.key, None)
 
 
+_metric_children: dict[str, tuple] = {}
+
+
+def _children(key: str) -> tuple:
+    """The deployment's "ok" counter and latency histogram (looked up once per deployment)."""
+    found = _metric_children.get(key)
+    if found is None:
+        found = (
+            metrics.DEPLOYMENT_REQUESTS.labels(key, "ok"),
+            metrics.DEPLOYMENT_LATENCY.labels(key),
+        )
+        _metric_children[key] = found
+    return found
+
+
 def succeeded(d: DeploymentInfo, seconds: float) -> None:
-    metrics.DEPLOYMENT_REQUESTS.labels(d.key, "ok").inc()
-    metrics.DEPLOYMENT_LATENCY.labels(d.key).observe(seconds)
+    ok, latency = _children(d.key)
+    ok.inc()
+    latency.observe(seconds)
     if breakers().success(d.key):
         metrics.BREAKER_OPEN.labels(d.key).set(0)
         log.info("deployment breaker closed", extra={"deployment": d.key})
@@ -103,7 +119,7 @@ def succeeded(d: DeploymentInfo, seconds: float) -> None:
 
 def failed(d: DeploymentInfo, kind: str, seconds: float) -> None:
     metrics.DEPLOYMENT_REQUESTS.labels(d.key, kind).inc()
-    metrics.DEPLOYMENT_LATENCY.labels(d.key).observe(seconds)
+    _children(d.key)[1].observe(seconds)
     now = time.time()
     if breakers().failure(d.key, now):
         _opened(d.key)

@@ -318,18 +318,20 @@ async def _maybe_downgrade(
 
 
 async def _stand_in_plan(call: Call, route: RouteInfo, hold: Any) -> list[core.Candidate]:
-    """The stand-in's deployments whose worst case fits the hold taken (its first one always)."""
+    """The stand-in's deployments whose worst case fits the hold taken (else the stand-in as
+    checked against the hold, served by its first deployment)."""
     prompt = call.estimate.prompt_tokens
     ordered = health.plan(route.deployments, _tokens(call.parsed, route, prompt))
     found, _ = core.candidates_of(call.info, route, ordered, call.endpoint, call.at)
-    plan = [core.Candidate(call.route, call.quote)]
-    for candidate in found:
-        if candidate.route.deployment == call.route.deployment:
-            continue
-        one = core.estimate(call.parsed, candidate.route, call.info, candidate.quote, prompt)
-        if hold is None or routing.fits_in_hold(hold, one):
-            plan.append(candidate)
-    return plan[: settings.TB_ROUTE_MAX_ATTEMPTS]
+    plan = [
+        candidate
+        for candidate in found
+        if hold is None
+        or routing.fits_in_hold(
+            hold, core.estimate(call.parsed, route, call.info, candidate.quote, prompt)
+        )
+    ]
+    return plan[: settings.TB_ROUTE_MAX_ATTEMPTS] or [core.Candidate(call.route, call.quote)]
 
 
 async def _forward(

@@ -20,6 +20,7 @@ from metering import catalog_services
 from metering.models import Deployment, ModelPrice, ModelRoute, Upstream, UsageRecord
 from tests import servers
 from tests.e2e.conftest import PROVIDER_KEY, World, make_world
+from tests.e2e.test_production import redis_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
 HELLO = [{"role": "user", "content": "hi"}]
@@ -282,3 +283,42 @@ def test_when_every_attempt_fails_the_last_answer_is_the_client_s_and_nothing_is
     record = UsageRecord.objects.get()
     assert record.cost == 0 and record.attempts == 2
     assert Allowance.objects.get(pk=world.allowance.pk).used == 0
+
+
+def test_with_redis_a_breaker_opened_by_one_process_rests_the_deployment_in_another(
+    transactional_db,
+    redis_server,  # noqa: F811 (the fixture imported above)
+    mock_upstream_url: str,
+) -> None:
+    """Two proxy processes on one Redis: the first sees the failures and opens the breaker;
+    the second, after one failure of its own (below the threshold), rests the deployment too."""
+    from django.db import connection
+
+    redis_server.client().flushdb()
+    env = {
+        "DATABASE_URL": servers.database_url_of(connection.settings_dict),
+        "REDIS_URL": redis_server.url,
+        "TB_KEY_CACHE_SECONDS": "0",
+        "TB_MOCK_UPSTREAM_URL": mock_upstream_url,
+        "TB_SERVE_STATIC": "0",
+        "TB_UPSTREAM_KEY_TEST": PROVIDER_KEY,
+        **BREAKER_ENV,
+        "TB_BREAKER_COOLDOWN_SECONDS": "30",
+    }
+    ports = [servers.free_port(), servers.free_port()]
+    processes = [servers.start_proxy(port, env) for port in ports]
+    try:
+        world = make_world(f"http://127.0.0.1:{ports[0]}", mock_upstream_url)
+        bad = upstream(world, "shared-500")
+        pool(world, "pool-shared", (bad, "mock-error-500"))
+        first = [call(world, "pool-shared")[0]["x-tokenbudget-attempts"] for _ in range(3)]
+        assert first == ["2", "2", "1"]
+        assert redis_server.client().exists("tb:breaker:open:pool-shared@shared-500/mock-error-500")
+        world.proxy = f"http://127.0.0.1:{ports[1]}"
+        seen = [call(world, "pool-shared")[0]["x-tokenbudget-attempts"]]
+        time.sleep(0.3)  # the background read of the shared breakers
+        seen += [call(world, "pool-shared")[0]["x-tokenbudget-attempts"] for _ in range(2)]
+        assert seen == ["2", "1", "1"]
+    finally:
+        for process in processes:
+            servers.stop(process)

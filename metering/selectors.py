@@ -284,7 +284,7 @@ def route_info_load(public_name: str) -> RouteInfo | None:
     if route is None:
         return None
     now = timezone.now()
-    rows = [
+    rows: list[tuple[int | None, Upstream, str, int, int, int | None, int | None]] = [
         (d.pk, d.upstream, d.upstream_model, d.weight, d.priority, d.rpm, d.tpm)
         for d in Deployment.objects.select_related("upstream").filter(
             route=route, upstream__active=True

@@ -21,8 +21,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
+import redis.asyncio as aioredis
 from django.conf import settings
 
 from metering import metrics
@@ -135,13 +137,13 @@ def _opened(key: str) -> None:
 # --- sharing through Redis (background tasks only) -------------------------------------------
 
 
-def _spawn(coro: object) -> None:
-    task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+def _spawn(coro: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.ensure_future(coro)
     _background.add(task)
     task.add_done_callback(_background.discard)
 
 
-def _client() -> object:
+def _client() -> aioredis.Redis:
     from metering.quota import clients
 
     return clients.async_client()[0]
@@ -151,15 +153,13 @@ async def _shared_failure(key: str, now: float) -> None:
     state = breakers()
     try:
         client = _client()
-        async with client.pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
+        async with client.pipeline(transaction=False) as pipe:
             pipe.incr(FAIL_PREFIX + key)
             pipe.pexpire(FAIL_PREFIX + key, int(state.window * 1000), nx=True)
             count, _ = await pipe.execute()
         if count >= state.threshold:
-            await client.set(  # type: ignore[attr-defined]
-                OPEN_PREFIX + key, repr(now), px=int(state.cooldown * 1000), nx=True
-            )
-            await client.delete(FAIL_PREFIX + key)  # type: ignore[attr-defined]
+            await client.set(OPEN_PREFIX + key, repr(now), px=int(state.cooldown * 1000), nx=True)
+            await client.delete(FAIL_PREFIX + key)
             if state.state(key, now) == "closed":
                 state.opened_elsewhere(key, now)
                 _opened(key)
@@ -169,7 +169,7 @@ async def _shared_failure(key: str, now: float) -> None:
 
 async def _shared_close(key: str) -> None:
     try:
-        await _client().delete(OPEN_PREFIX + key, FAIL_PREFIX + key)  # type: ignore[attr-defined]
+        await _client().delete(OPEN_PREFIX + key, FAIL_PREFIX + key)
     except Exception as exc:
         log.debug("breaker close not shared", extra={"error": str(exc)})
 
@@ -184,7 +184,7 @@ def _refresh_soon(deployments: Sequence[DeploymentInfo], now: float) -> None:
 
 async def _refresh(keys: list[str]) -> None:
     try:
-        values = await _client().mget([OPEN_PREFIX + key for key in keys])  # type: ignore[attr-defined]
+        values = await _client().mget([OPEN_PREFIX + key for key in keys])
     except Exception as exc:
         log.debug("breakers not refreshed", extra={"error": str(exc)})
         return

@@ -142,6 +142,13 @@ class Breakers:
         if breaker is not None and breaker.opened_at is not None:
             breaker.probing = True
 
+    def probe_over(self, key: str) -> None:
+        """The call sent to `key` is over; if it was a probe that ended with neither a success
+        nor a failure (the client left first), the next call may probe instead."""
+        breaker = self._breakers.get(key)
+        if breaker is not None:
+            breaker.probing = False
+
     def success(self, key: str) -> bool:
         """The deployment answered; True when that closed its breaker."""
         breaker = self._breakers.get(key)

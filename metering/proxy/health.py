@@ -86,6 +86,7 @@ def started(d: DeploymentInfo, tokens: int) -> None:
 
 
 def finished(d: DeploymentInfo) -> None:
+    breakers().probe_over(d.key)
     left = in_flight.get(d.key, 0) - 1
     if left > 0:
         in_flight[d.key] = left

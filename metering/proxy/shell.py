@@ -424,8 +424,8 @@ async def _attempt(
             health.succeeded(deployment, time.perf_counter() - started)
         else:
             health.failed(deployment, failure, time.perf_counter() - started)
-    if failure is None or final:
-        return response
+    if failure is None or final or time.perf_counter() >= deadline:
+        return response  # the answer, or the last failure's: the client's
     metrics.UPSTREAM_ERRORS.labels(failure).inc()
     await response.aclose()
     call.last_failure = failure

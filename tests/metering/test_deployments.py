@@ -194,3 +194,12 @@ def test_minute_limits(rpm, tpm, sent, tokens, room) -> None:
         limits.count(d, count, 30.0)
     assert limits.room(d, tokens, 31.0) is room
     assert limits.room(d, tokens, 61.0) is True  # the next minute starts afresh
+
+
+def test_a_probe_that_ends_without_an_outcome_lets_the_next_call_probe() -> None:
+    breakers = Breakers(failures=1, window=10.0, cooldown=5.0)
+    breakers.failure("a", 0.0)
+    breakers.started("a", 5.0)
+    assert breakers.healthy("a", 5.5) is False
+    breakers.probe_over("a")  # the client left before the deployment answered
+    assert breakers.healthy("a", 5.6) is True

@@ -322,3 +322,29 @@ def test_with_redis_a_breaker_opened_by_one_process_rests_the_deployment_in_anot
     finally:
         for process in processes:
             servers.stop(process)
+
+
+def test_a_fallback_model_of_the_other_protocol_is_sent_in_its_own(world: World) -> None:
+    """An OpenAI chat call whose route fails falls back to an Anthropic route: the request is
+    translated for it, and the record is the Anthropic model's, at its price."""
+    bad = upstream(world, "broken-x")
+    catalog_services.route_create(
+        actor=None,
+        data={
+            "public_name": "primary-x",
+            "upstream": bad,
+            "upstream_model": "mock-error-500",
+            "fallback_models": ["claude-sonnet-4-5"],
+        },
+    )
+    headers, _ = call(world, "primary-x")
+    assert headers["x-tokenbudget-attempts"] == "2"
+    record = UsageRecord.objects.get()
+    assert (record.model, record.provider, record.upstream_model) == (
+        "claude-sonnet-4-5",
+        "anthropic",
+        "claude-sonnet-4-5-cached",
+    )
+    last = httpx.get(f"{world.mock}/_mock/last", timeout=5).json()
+    assert last["path"].endswith("/messages")
+    assert_charged_once(world)

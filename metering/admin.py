@@ -112,22 +112,21 @@ class ModelRouteAdmin(admin.ModelAdmin):
         catalog_services.route_update(actor=request.user, route=obj, data=data, source="admin")
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        super().save_related(request, form, formsets, change)
-        route = form.instance
-        rows = [
-            {
-                "upstream": d.upstream,
-                "upstream_model": d.upstream_model,
-                "weight": d.weight,
-                "priority": d.priority,
-                "rpm": d.rpm,
-                "tpm": d.tpm,
-            }
-            for d in route.deployments.select_related("upstream")
-        ]
+        """The inline rows are not saved as they are: the service replaces the route's
+        deployments with them (validated, audited, caches invalidated)."""
+        form.save_m2m()
+        rows = []
+        for formset in formsets:
+            for row in formset.forms:
+                data = getattr(row, "cleaned_data", None)
+                if not data or data.get("DELETE") or not data.get("upstream_model"):
+                    continue
+                rows.append({name: data.get(name) for name in DeploymentInline.fields})
+            # What the admin's change message reads after a formset's own save.
+            formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
         catalog_services.route_deployments_set(
             actor=request.user,
-            route=route,
+            route=form.instance,
             deployments=rows,  # type: ignore[arg-type]
             source="admin",
         )

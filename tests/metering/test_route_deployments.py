@@ -275,3 +275,5 @@ def test_the_admin_edits_deployments_inline(setup: dict[str, Any]) -> None:
     route.refresh_from_db()
     assert (route.upstream_id, route.upstream_model) == (setup["azure"].pk, "gpt-4o-eu")
     assert route.deployments.count() == 2
+    event = AuditEvent.objects.get(action="route.deployments")
+    assert event.source == "admin" and len(event.after["deployments"]) == 2

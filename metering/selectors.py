@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from budgets.balance import LimitRule, current_fiscal_year
@@ -355,9 +356,14 @@ def prices_relevant(model: str, now: dt.datetime) -> list[ModelPrice]:
 
 
 def routes_for_key(info: KeyInfo) -> list[ModelRoute]:
+    """The active routes the key may use that some active upstream serves."""
+    served = Q(upstream__active=True, deployments__isnull=True) | Q(
+        deployments__upstream__active=True
+    )
     routes = (
         ModelRoute.objects.select_related("upstream")
-        .filter(active=True, upstream__active=True)
+        .filter(served, active=True)
+        .distinct()
         .order_by("public_name")
     )
     return [route for route in routes if info.may_use(route.public_name)]

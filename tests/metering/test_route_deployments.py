@@ -277,3 +277,24 @@ def test_the_admin_edits_deployments_inline(setup: dict[str, Any]) -> None:
     assert route.deployments.count() == 2
     event = AuditEvent.objects.get(action="route.deployments")
     assert event.source == "admin" and len(event.after["deployments"]) == 2
+
+
+def test_the_model_list_has_routes_some_active_upstream_serves(setup: dict[str, Any]) -> None:
+    from types import SimpleNamespace
+
+    anyone: Any = SimpleNamespace(may_use=lambda model: True)
+    catalog_services.route_deployments_set(
+        actor=None,
+        route=setup["route"],
+        deployments=[
+            {"upstream": setup["openai"], "upstream_model": "gpt-4o"},
+            {"upstream": setup["azure"], "upstream_model": "gpt-4o-eu", "priority": 1},
+        ],
+    )
+    ModelRoute.objects.create(public_name="bare", upstream=setup["openai"], upstream_model="m")
+    names = [r.public_name for r in selectors.routes_for_key(anyone)]
+    assert names == ["bare", "gpt-4o"]
+    Upstream.objects.filter(pk=setup["openai"].pk).update(active=False)
+    assert [r.public_name for r in selectors.routes_for_key(anyone)] == ["gpt-4o"]
+    Upstream.objects.filter(pk=setup["azure"].pk).update(active=False)
+    assert selectors.routes_for_key(anyone) == []

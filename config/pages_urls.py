@@ -68,6 +68,11 @@ urlpatterns = [
     path("manage/models/", metering_pages.routes, name="routes"),
     path("manage/models/routes/new/", metering_pages.route_new, name="route-new"),
     path("manage/models/routes/<int:pk>/", metering_pages.route_edit, name="route-edit"),
+    path(
+        "manage/models/routes/<int:pk>/deployments/",
+        metering_pages.route_deployments,
+        name="route-deployments",
+    ),
     path("manage/models/upstreams/<int:pk>/", metering_pages.upstream_edit, name="upstream-edit"),
     path("manage/models/prices/new/", metering_pages.price_new, name="price-new"),
     path("value/", billing_pages.value_page, name="value"),

@@ -170,6 +170,16 @@ TB_HOLD_WAIT_SECONDS = env_int("TB_HOLD_WAIT_SECONDS", 30, minimum=0, maximum=60
 TB_KEY_CACHE_SECONDS = env_int("TB_KEY_CACHE_SECONDS", 2, minimum=0, maximum=4)
 TB_UPSTREAM_CONNECT_TIMEOUT = env_decimal("TB_UPSTREAM_CONNECT_TIMEOUT", "10")
 TB_UPSTREAM_READ_TIMEOUT = env_decimal("TB_UPSTREAM_READ_TIMEOUT", "600")
+# Fallbacks (metering.deployments): deployments tried per call at most, and the call's deadline
+# for reaching an answer's head across all of them (an attempt's timeouts are cut to what is
+# left of it).
+TB_ROUTE_MAX_ATTEMPTS = env_int("TB_ROUTE_MAX_ATTEMPTS", 3, minimum=1, maximum=10)
+TB_ROUTE_DEADLINE_SECONDS = float(env_decimal("TB_ROUTE_DEADLINE_SECONDS", "600"))
+# Circuit breaker per deployment: open after this many failures within the window, one probe
+# call after the cool-down. Shared by every proxy process through Redis when it is configured.
+TB_BREAKER_FAILURES = env_int("TB_BREAKER_FAILURES", 5, minimum=1, maximum=1000)
+TB_BREAKER_WINDOW_SECONDS = float(env_decimal("TB_BREAKER_WINDOW_SECONDS", "30"))
+TB_BREAKER_COOLDOWN_SECONDS = float(env_decimal("TB_BREAKER_COOLDOWN_SECONDS", "30"))
 # The environment variables an upstream may read its provider key from (credential_env): any
 # name with this prefix, and these names. Nothing else, so no upstream can be pointed at
 # TB_SECRET_KEY or DATABASE_URL.

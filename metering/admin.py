@@ -1,4 +1,9 @@
-"""Admin for the intent catalogue, outcomes and usage dead letters.
+"""Admin for the intent catalogue, model routes' deployments, outcomes and usage dead letters.
+
+A route's deployments are edited inline; the saved set goes through
+`catalog_services.route_deployments_set` (validated, audited, caches invalidated, the route's
+own upstream and model set to the first deployment's). Routes are created on the Models page
+or through the API.
 
 Intents are saved through `metering.outcomes.intent_save` (the same validation as the API: a
 default model must be a model route); the recommended model is the value report job's to
@@ -16,8 +21,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.utils.html import format_html
 
-from metering import outcomes
-from metering.models import Intent, Outcome, UsageDeadLetter
+from metering import catalog_services, outcomes
+from metering.models import Deployment, Intent, ModelRoute, Outcome, UsageDeadLetter
 from metering.usage_stream import dead_letters_replay
 from metering.usage_stream.poison import payload_text, text_storable
 
@@ -65,6 +70,66 @@ class IntentAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # outcomes and usage refer to intents by name; keep the catalogue whole
+
+
+class DeploymentInline(admin.TabularInline):
+    model = Deployment
+    extra = 0
+    min_num = 1
+    fields = ["upstream", "upstream_model", "weight", "priority", "rpm", "tpm"]
+
+
+@admin.register(ModelRoute)
+class ModelRouteAdmin(admin.ModelAdmin):
+    list_display = ["public_name", "upstream", "upstream_model", "active"]
+    search_fields = ["public_name", "upstream_model"]
+    fields = ["public_name", "upstream", "upstream_model", "default_max_output_tokens",
+              "unmetered_cost", "active", "fallback_models"]  # fmt: skip
+    readonly_fields = ["upstream", "upstream_model"]  # the first deployment's
+    inlines = [DeploymentInline]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ValidationError as exc:
+            self.message_user(request, "Not saved: " + " ".join(exc.messages), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        data = {name: form.cleaned_data[name] for name in form.changed_data}
+        catalog_services.route_update(actor=request.user, route=obj, data=data, source="admin")
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        """The inline rows are not saved as they are: the service replaces the route's
+        deployments with them (validated, audited, caches invalidated)."""
+        form.save_m2m()
+        rows = []
+        for formset in formsets:
+            for row in formset.forms:
+                data = getattr(row, "cleaned_data", None)
+                if not data or data.get("DELETE") or not data.get("upstream_model"):
+                    continue
+                rows.append({name: data.get(name) for name in DeploymentInline.fields})
+            # What the admin's change message reads after a formset's own save.
+            formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
+        catalog_services.route_deployments_set(
+            actor=request.user,
+            route=form.instance,
+            deployments=rows,  # type: ignore[arg-type]
+            source="admin",
+        )
 
 
 @admin.register(Outcome)

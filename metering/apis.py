@@ -196,7 +196,9 @@ class UpstreamViewSet(CatalogViewSet):
 
 
 class ModelRouteViewSet(CatalogViewSet):
-    queryset = ModelRoute.objects.select_related("upstream").prefetch_related("aliases")
+    queryset = ModelRoute.objects.select_related("upstream").prefetch_related(
+        "aliases", "deployments__upstream"
+    )
     serializer_class = ModelRouteSerializer
     permission_classes = [IsBudgetAdmin]
     lookup_field = "public_name"
@@ -204,13 +206,19 @@ class ModelRouteViewSet(CatalogViewSet):
 
     def _create(self, data: dict[str, Any]) -> ModelRoute:
         aliases = data.pop("aliases", None)
+        deployments = data.pop("deployments", None)
+        if deployments and "upstream" not in data:
+            data["upstream"] = deployments[0]["upstream"]
+            data["upstream_model"] = deployments[0].get("upstream_model", "")
         with transaction.atomic():
             route = catalog_services.route_create(actor=self.request.user, data=data)  # type: ignore[arg-type]
             self._aliases_set(route, aliases)
+            self._deployments_set(route, deployments)
         return route
 
     def _update(self, instance: ModelRoute, data: dict[str, Any]) -> ModelRoute:
         aliases = data.pop("aliases", None)
+        deployments = data.pop("deployments", None)
         with transaction.atomic():
             route = catalog_services.route_update(
                 actor=self.request.user,
@@ -218,7 +226,18 @@ class ModelRouteViewSet(CatalogViewSet):
                 data=data,  # type: ignore[arg-type]
             )
             self._aliases_set(route, aliases)
+            self._deployments_set(route, deployments)
         return route
+
+    def _deployments_set(self, route: ModelRoute, deployments: list[dict] | None) -> None:
+        """Deployments replace the route's own, in the route's transaction (its upstream and
+        upstream model become the first deployment's)."""
+        if deployments is not None:
+            catalog_services.route_deployments_set(
+                actor=self.request.user,
+                route=route,
+                deployments=deployments,  # type: ignore[arg-type]
+            )
 
     def _aliases_set(self, route: ModelRoute, aliases: list[str] | None) -> None:
         """Aliases are written by their own service (audited, clashes refused), in the route's

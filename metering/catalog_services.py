@@ -34,7 +34,7 @@ from django.utils import timezone
 from budgets.audit import audit_record, snapshot
 from budgets.invalidation import invalidation_publish
 from metering import cache
-from metering.models import ModelPrice, ModelRoute, ModelRouteAlias, Upstream
+from metering.models import Deployment, ModelPrice, ModelRoute, ModelRouteAlias, Upstream
 from metering.upstream import credential_env_allowed
 
 MAX_CONNECT_TIMEOUT = Decimal(120)  # seconds; beyond this a dead upstream holds workers too long
@@ -59,6 +59,16 @@ class RouteData(TypedDict, total=False):
     default_max_output_tokens: int
     unmetered_cost: bool
     active: bool
+    fallback_models: list[str]
+
+
+class DeploymentData(TypedDict, total=False):
+    upstream: Upstream
+    upstream_model: str
+    weight: int
+    priority: int
+    rpm: int | None
+    tpm: int | None
 
 
 class PriceData(TypedDict, total=False):
@@ -75,6 +85,7 @@ class PriceData(TypedDict, total=False):
 
 UPSTREAM_FIELDS = tuple(UpstreamData.__annotations__)
 ROUTE_FIELDS = tuple(RouteData.__annotations__)
+DEPLOYMENT_FIELDS = tuple(DeploymentData.__annotations__)
 PRICE_FIELDS = tuple(PriceData.__annotations__)
 
 
@@ -155,12 +166,14 @@ def upstream_delete(*, actor: Any, upstream: Upstream, source: str = "api") -> N
     (the routes' foreign key protects it, so a route added meanwhile refuses the delete too)."""
 
     def in_use() -> UpstreamInUse:
-        names = upstream.routes.order_by("public_name").values_list("public_name", flat=True)
-        return UpstreamInUse(upstream, list(names))
+        names = ModelRoute.objects.filter(
+            models.Q(upstream=upstream) | models.Q(deployments__upstream=upstream)
+        ).values_list("public_name", flat=True)
+        return UpstreamInUse(upstream, sorted(set(names)))
 
     try:
         with transaction.atomic():
-            if upstream.routes.exists():
+            if upstream.routes.exists() or upstream.deployments.exists():
                 raise in_use()
             _delete(upstream, "upstream.delete", actor, source)
     except ProtectedError:
@@ -232,17 +245,140 @@ def _check_route(route: ModelRoute) -> None:
         raise _invalid("public_name", "Already an alias of another route.")
     if not 0 < route.default_max_output_tokens <= 1_000_000:
         raise _invalid("default_max_output_tokens", "From 1 to 1,000,000 tokens.")
+    _check_fallbacks(route)
+
+
+def _check_fallbacks(route: ModelRoute) -> None:
+    """Fallback models: public names of other routes, each once, at most MAX_FALLBACKS."""
+    names = route.fallback_models
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _invalid("fallback_models", "A list of model names.")
+    names = [n.strip() for n in names]
+    if len(names) > MAX_FALLBACKS or len(set(names)) != len(names):
+        raise _invalid("fallback_models", f"At most {MAX_FALLBACKS} different model names.")
+    if route.public_name in names:
+        raise _invalid("fallback_models", "A route cannot fall back to itself.")
+    known = set(
+        ModelRoute.objects.filter(public_name__in=names).values_list("public_name", flat=True)
+    )
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise _invalid("fallback_models", "No route named " + ", ".join(missing))
+    route.fallback_models = names
+
+
+MAX_FALLBACKS = 5
+MAX_DEPLOYMENTS = 20
 
 
 def route_create(*, actor: Any, data: RouteData, source: str = "api") -> ModelRoute:
+    """Create a route and its first deployment (its upstream and upstream model)."""
     _known(data, ROUTE_FIELDS)
-    return _create(ModelRoute(**data), _check_route, "route.create", actor, source)
+    with transaction.atomic():
+        route = _create(ModelRoute(**data), _check_route, "route.create", actor, source)
+        Deployment.objects.create(
+            route=route, upstream=route.upstream, upstream_model=route.upstream_model
+        )
+    return route
 
 
 def route_update(
     *, actor: Any, route: ModelRoute, data: RouteData, source: str = "api"
 ) -> ModelRoute:
-    return _update(route, dict(data), ROUTE_FIELDS, _check_route, "route.update", actor, source)
+    """Update a route; a new upstream or upstream model is its first deployment's too."""
+    with transaction.atomic():
+        updated = _update(
+            route, dict(data), ROUTE_FIELDS, _check_route, "route.update", actor, source
+        )
+        first = updated.deployments.first()
+        if first is None:
+            Deployment.objects.create(
+                route=updated, upstream=updated.upstream, upstream_model=updated.upstream_model
+            )
+        elif (first.upstream_id, first.upstream_model) != (
+            updated.upstream_id,
+            updated.upstream_model,
+        ):
+            first.upstream, first.upstream_model = updated.upstream, updated.upstream_model
+            first.save(update_fields=["upstream", "upstream_model"])
+    return updated
+
+
+def _deployment_row(route: ModelRoute, index: int, data: DeploymentData) -> Deployment:
+    _known(data, DEPLOYMENT_FIELDS)
+    field = f"deployments[{index}]"
+    upstream = data.get("upstream")
+    if not isinstance(upstream, Upstream):
+        raise _invalid(field, "Choose an upstream.")
+    model = str(data.get("upstream_model") or "").strip()
+    if not model or len(model) > 200:
+        raise _invalid(field, "Give the model name the upstream expects (at most 200 characters).")
+    weight, priority = data.get("weight", 1), data.get("priority", 0)
+    if not isinstance(weight, int) or not 1 <= weight <= 1000:
+        raise _invalid(field, "A weight from 1 to 1000.")
+    if not isinstance(priority, int) or not 0 <= priority <= 100:
+        raise _invalid(field, "A priority from 0 (first) to 100.")
+    for name in ("rpm", "tpm"):
+        value = data.get(name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise _invalid(field, f"{name}: a positive whole number, or none.")
+    return Deployment(
+        route=route,
+        upstream=upstream,
+        upstream_model=model,
+        weight=weight,
+        priority=priority,
+        rpm=data.get("rpm"),
+        tpm=data.get("tpm"),
+    )
+
+
+def _deployments_snapshot(route: ModelRoute) -> list[dict[str, Any]]:
+    return [
+        {
+            "upstream": d.upstream_id,
+            "upstream_model": d.upstream_model,
+            "weight": d.weight,
+            "priority": d.priority,
+            "rpm": d.rpm,
+            "tpm": d.tpm,
+        }
+        for d in route.deployments.all()
+    ]
+
+
+def route_deployments_set(
+    *, actor: Any, route: ModelRoute, deployments: list[DeploymentData], source: str = "api"
+) -> list[Deployment]:
+    """Replace the route's deployments (at least one). The route's own upstream and upstream
+    model become the first deployment's (best priority, then the order given)."""
+    if not deployments:
+        raise _invalid("deployments", "A route needs at least one deployment.")
+    if len(deployments) > MAX_DEPLOYMENTS:
+        raise _invalid("deployments", f"At most {MAX_DEPLOYMENTS} deployments.")
+    with transaction.atomic():
+        locked = ModelRoute.objects.select_for_update().get(pk=route.pk)
+        rows = [_deployment_row(locked, i, data) for i, data in enumerate(deployments)]
+        before = _deployments_snapshot(locked)
+        locked.deployments.all().delete()
+        Deployment.objects.bulk_create(rows)
+        after = _deployments_snapshot(locked)
+        first = locked.deployments.first()
+        assert first is not None
+        if (locked.upstream_id, locked.upstream_model) != (first.upstream_id, first.upstream_model):
+            locked.upstream_id, locked.upstream_model = first.upstream_id, first.upstream_model
+            locked.save(update_fields=["upstream", "upstream_model"])
+        if before != after:
+            audit_record(
+                actor=actor,
+                action="route.deployments",
+                obj=locked,
+                before={"deployments": before},
+                after={"deployments": after},
+                source=source,
+            )
+        _routes_changed()
+    return list(locked.deployments.select_related("upstream"))
 
 
 def route_delete(*, actor: Any, route: ModelRoute, source: str = "api") -> None:

@@ -40,6 +40,24 @@ REFUSALS = Counter("tokenbudget_refusals_total", "Calls refused, by reason", ["r
 UPSTREAM_ERRORS = Counter(
     "tokenbudget_upstream_errors_total", "Upstream failures, by kind", ["kind"]
 )
+# Per deployment ("<route>@<upstream>/<upstream model>": bounded by the catalogue).
+DEPLOYMENT_REQUESTS = Counter(
+    "tokenbudget_deployment_requests_total",
+    "Attempts sent to each deployment, by outcome (ok, connect, timeout, http_NNN)",
+    ["deployment", "outcome"],
+)
+DEPLOYMENT_LATENCY = Histogram(
+    "tokenbudget_deployment_seconds",
+    "Time from an attempt's start to its answer's head (or its failure), per deployment",
+    ["deployment"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+BREAKER_OPEN = Gauge(
+    "tokenbudget_deployment_breaker_open",
+    "1 while a deployment's circuit breaker is open (or half-open) in this process",
+    ["deployment"],
+    multiprocess_mode="max",
+)
 STREAM_PENDING = Gauge(
     "tokenbudget_usage_stream_pending",
     "Usage events not yet in the database (undelivered + unacknowledged)",

@@ -75,7 +75,11 @@ class Upstream(models.Model):
 
 
 class ModelRoute(models.Model):
-    """A public model name clients ask for, served by one upstream under its own model name."""
+    """A public model name clients ask for, served by one or more deployments (`Deployment`).
+
+    `upstream` and `upstream_model` are the route's first deployment (best priority, then
+    oldest), kept equal to it by `catalog_services`; a route without deployment rows (one made
+    straight through the ORM) is served by them alone."""
 
     public_name = models.CharField(max_length=200, unique=True)
     upstream = models.ForeignKey(Upstream, on_delete=models.PROTECT, related_name="routes")
@@ -88,12 +92,41 @@ class ModelRoute(models.Model):
         help_text="Self-hosted: no price needed; only token allowances may use it.",
     )
     active = models.BooleanField(default=True)
+    fallback_models = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Public names of other routes tried, in order, once every deployment failed.",
+    )
 
     class Meta:
         ordering = ["public_name"]
 
     def __str__(self) -> str:
         return f"{self.public_name} -> {self.upstream_id}:{self.upstream_model}"
+
+
+class Deployment(models.Model):
+    """One way a route is served: an upstream under its own model name. The proxy picks among
+    the healthy deployments of the best (lowest) priority by weight, least in flight on equal
+    weights, and falls back to the next on a connect error, a timeout, a 429 or a 5xx."""
+
+    route = models.ForeignKey(ModelRoute, on_delete=models.CASCADE, related_name="deployments")
+    upstream = models.ForeignKey(Upstream, on_delete=models.PROTECT, related_name="deployments")
+    upstream_model = models.CharField(max_length=200)
+    weight = models.PositiveIntegerField(default=1)
+    priority = models.PositiveSmallIntegerField(default=0, help_text="Lower is tried first.")
+    rpm = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests per minute this deployment takes (per process)."
+    )
+    tpm = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens per minute this deployment takes (per process)."
+    )
+
+    class Meta:
+        ordering = ["route", "priority", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.route_id}: {self.upstream_id}:{self.upstream_model} (p{self.priority})"
 
 
 class ModelRouteAlias(models.Model):
@@ -172,6 +205,13 @@ class UsageRecord(models.Model):
     provider = models.CharField(max_length=24, blank=True)
     model = models.CharField(max_length=200)
     upstream_model = models.CharField(max_length=200, blank=True)
+    # The deployment that served (None: a route served by its own fields, or one deleted since).
+    deployment = models.ForeignKey(
+        "Deployment", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    attempts = models.PositiveSmallIntegerField(
+        default=1, help_text="Deployments tried for this call, the serving one included."
+    )
     endpoint = models.CharField(max_length=32)
     input_tokens = models.PositiveBigIntegerField(
         default=0, help_text="All input, cached included."

@@ -6,7 +6,7 @@ import datetime as dt
 import os
 from dataclasses import dataclass
 
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from budgets.models import Employee
 from metering.models import ModelPrice, ModelRoute, Upstream, UsageRecord, VirtualKey
@@ -77,7 +77,11 @@ def catalogue_view(*, now: dt.datetime) -> Catalogue:
         upstream.credential_set = bool(
             upstream.credential_env and os.environ.get(upstream.credential_env)
         )
-    routes = list(ModelRoute.objects.select_related("upstream").order_by("public_name"))
+    routes = list(
+        ModelRoute.objects.select_related("upstream")
+        .annotate(deployment_count=Count("deployments"))
+        .order_by("public_name")
+    )
     routed = {r.upstream_model for r in routes} | {r.public_name for r in routes}
     prices = list(
         ModelPrice.objects.filter(

@@ -24,11 +24,13 @@ from budgets import roles
 from budgets.pages import form_decimal, require_admin
 from metering import page_selectors
 from metering.catalog_services import (
+    DeploymentData,
     PriceData,
     RouteData,
     UpstreamData,
     price_override_create,
     route_create,
+    route_deployments_set,
     route_update,
     upstream_update,
 )
@@ -220,6 +222,7 @@ def _route_form(route: ModelRoute) -> dict[str, Any]:
         "default_max_output_tokens": str(route.default_max_output_tokens),
         "unmetered_cost": route.unmetered_cost,
         "active": route.active,
+        "fallback_models": ", ".join(route.fallback_models or ()),
     }
 
 
@@ -228,11 +231,13 @@ def _route_data(post: Any) -> tuple[RouteData, dict[str, Any], dict[str, str]]:
     form["unmetered_cost"] = post.get("unmetered_cost") == "on"
     form["active"] = post.get("active") == "on"
     errors: dict[str, str] = {}
+    form["fallback_models"] = post.get("fallback_models", "").strip()
     data: RouteData = {
         "public_name": form["public_name"],
         "upstream_model": form["upstream_model"],
         "unmetered_cost": form["unmetered_cost"],
         "active": form["active"],
+        "fallback_models": [n.strip() for n in form["fallback_models"].split(",") if n.strip()],
     }
     upstream = {str(u.pk): u for u in page_selectors.upstreams()}.get(form["upstream"])
     if upstream is None:
@@ -248,7 +253,13 @@ def _route_data(post: Any) -> tuple[RouteData, dict[str, Any], dict[str, str]]:
 
 
 def _route_page(
-    request: HttpRequest, route: ModelRoute | None, form: dict[str, Any], errors: dict[str, str]
+    request: HttpRequest,
+    route: ModelRoute | None,
+    form: dict[str, Any],
+    errors: dict[str, str],
+    *,
+    deployment_rows: list[dict[str, str]] | None = None,
+    deployment_errors: dict[str, str] | None = None,
 ) -> HttpResponse:
     context = {
         "nav": "routes",
@@ -257,8 +268,91 @@ def _route_page(
         "errors": errors,
         "upstreams": page_selectors.upstreams(),
         "cache_note": _cache_note(),
+        "deployment_rows": deployment_rows
+        if deployment_rows is not None
+        else _deployment_rows(route),
+        "deployment_errors": deployment_errors or {},
     }
-    return render(request, "metering/route_form.html", context, status=400 if errors else 200)
+    failed = errors or deployment_errors
+    return render(request, "metering/route_form.html", context, status=400 if failed else 200)
+
+
+DEPLOYMENT_FORM = ("upstream", "upstream_model", "weight", "priority", "rpm", "tpm")
+BLANK_DEPLOYMENT_ROWS = 2
+
+
+def _deployment_rows(route: ModelRoute | None) -> list[dict[str, str]]:
+    """The route's deployments as form rows, and blank rows to add more."""
+    rows = []
+    if route is not None:
+        for d in route.deployments.all():
+            rows.append(
+                {
+                    "upstream": str(d.upstream_id),
+                    "upstream_model": d.upstream_model,
+                    "weight": str(d.weight),
+                    "priority": str(d.priority),
+                    "rpm": "" if d.rpm is None else str(d.rpm),
+                    "tpm": "" if d.tpm is None else str(d.tpm),
+                }
+            )
+    blank = {name: "" for name in DEPLOYMENT_FORM}
+    return rows + [dict(blank, weight="1", priority="0") for _ in range(BLANK_DEPLOYMENT_ROWS)]
+
+
+def _deployments_data(
+    post: Any,
+) -> tuple[list[DeploymentData], list[dict[str, str]], dict[str, str]]:
+    """The posted rows (those with an upstream model), as service data, form rows and errors."""
+    upstreams = {str(u.pk): u for u in page_selectors.upstreams()}
+    count = min(int(post.get("deployment_count", "0") or 0), 50)
+    data: list[DeploymentData] = []
+    rows: list[dict[str, str]] = []
+    errors: dict[str, str] = {}
+    for index in range(count):
+        row = {name: post.get(f"d{index}-{name}", "").strip() for name in DEPLOYMENT_FORM}
+        rows.append(row)
+        if not row["upstream_model"]:
+            continue
+        upstream = upstreams.get(row["upstream"])
+        numbers: dict[str, int | None] = {}
+        for name in ("weight", "priority", "rpm", "tpm"):
+            text = row[name].replace(",", "").replace("_", "")
+            if not text and name in ("rpm", "tpm"):
+                numbers[name] = None
+            elif text.isdigit():
+                numbers[name] = int(text)
+            else:
+                errors[f"row{index}"] = f"{name}: a whole number."
+        if upstream is None:
+            errors[f"row{index}"] = "Choose an upstream."
+        if f"row{index}" in errors:
+            continue
+        data.append({"upstream": upstream, "upstream_model": row["upstream_model"], **numbers})  # type: ignore[typeddict-item]
+    if not data and not errors:
+        errors["form"] = "A route needs at least one deployment."
+    return data, rows, errors
+
+
+@login_required
+@require_POST
+def route_deployments(request: HttpRequest, pk: int) -> HttpResponse:
+    """Replace a route's deployments (the route's own upstream and model become the first's)."""
+    require_admin(request.user)
+    route = get_object_or_404(ModelRoute.objects.select_related("upstream"), pk=pk)
+    data, rows, errors = _deployments_data(request.POST)
+    if not errors:
+        try:
+            route_deployments_set(actor=request.user, route=route, deployments=data, source="admin")
+        except ValidationError as exc:
+            errors = {"form": " ".join(exc.messages)}
+        else:
+            messages.success(request, f"Deployments of {route.public_name} saved.")
+            return redirect("pages:route-edit", pk=route.pk)
+    rows += [dict.fromkeys(DEPLOYMENT_FORM, "") for _ in range(BLANK_DEPLOYMENT_ROWS)]
+    return _route_page(
+        request, route, _route_form(route), {}, deployment_rows=rows, deployment_errors=errors
+    )
 
 
 @login_required

@@ -20,7 +20,7 @@ from typing import Any
 
 from django.db import transaction
 
-from metering.models import ModelPrice, ModelRoute, Upstream
+from metering.models import Deployment, ModelPrice, ModelRoute, Upstream
 
 CATALOG_PROVIDERS = ("openai", "anthropic")
 # Undated catalogue prices are entered as in force from this moment, so usage recorded before
@@ -188,13 +188,18 @@ def prices_sync(*, now: dt.datetime) -> SyncResult:
     """Bring catalogue rows up to date with the bundled catalogue, as of `now`.
 
     Covers every OpenAI and Anthropic model in the catalogue and every upstream model name in
-    ModelRoute (matched by the catalogue's own model-name rules, so a dated snapshot name finds
+    ModelRoute and Deployment (matched by the catalogue's own model-name rules, so a dated snapshot name finds
     its family's price). Adds rows only; returns them, and the routed names with no price."""
     now = now.replace(microsecond=0)
     routes = [
         (route.upstream_model, _KIND_TO_PROVIDER.get(route.upstream.kind))
         for route in ModelRoute.objects.select_related("upstream")
     ]
+    routes += [
+        (d.upstream_model, _KIND_TO_PROVIDER.get(d.upstream.kind))
+        for d in Deployment.objects.select_related("upstream")
+    ]
+    routes = list(dict.fromkeys(routes))
     models, unmatched = catalog_models(routes)
     added: list[ModelPrice] = []
     with transaction.atomic():

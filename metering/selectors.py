@@ -6,6 +6,7 @@ so the hot path never touches the ORM while the cache is warm.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 from collections.abc import Iterable
@@ -13,12 +14,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from budgets.balance import LimitRule, current_fiscal_year
 from budgets.models import Allowance, CostCenter, Employee, Policy
 from budgets.selectors import policy_nearest
-from metering.models import Intent, ModelPrice, ModelRoute, VirtualKey
+from metering.deployments import DeploymentInfo
+from metering.models import Deployment, Intent, ModelPrice, ModelRoute, Upstream, VirtualKey
 from metering.upstream import UpstreamTarget
 
 
@@ -227,6 +230,23 @@ class RouteInfo:
     default_max_output_tokens: int
     unmetered_cost: bool
     prices: tuple[ModelPrice, ...]  # in force now or later, ascending effective_from
+    # Every deployment of the route; the fields above are the first one's (or, once the proxy
+    # chose one, the chosen one's: `for_deployment`).
+    deployments: tuple[DeploymentInfo, ...] = ()
+    fallback_models: tuple[str, ...] = ()
+    deployment: DeploymentInfo | None = None
+
+    def for_deployment(self, d: DeploymentInfo) -> RouteInfo:
+        """This route as served by `d`: its upstream, model and prices."""
+        return dataclasses.replace(
+            self,
+            upstream_id=d.upstream_id,
+            upstream_name=d.upstream_name,
+            upstream_model=d.upstream_model,
+            target=d.target,
+            prices=d.prices,
+            deployment=d,
+        )
 
     def price_at(self, at: dt.datetime) -> ModelPrice | None:
         return pick_price(self.prices, at)
@@ -258,31 +278,67 @@ def price_in_force(model: str, at: dt.datetime) -> ModelPrice | None:
 def route_info_load(public_name: str) -> RouteInfo | None:
     """The route a client's model name is served by: its public name, else one of its aliases
     (the entry then carries the route's own public name, which the record keeps)."""
-    routes = ModelRoute.objects.select_related("upstream").filter(
-        active=True, upstream__active=True
-    )
+    routes = ModelRoute.objects.select_related("upstream").filter(active=True)
     route = routes.filter(public_name=public_name).first()
     if route is None:
         route = routes.filter(aliases__name=public_name).first()
     if route is None:
         return None
-    upstream = route.upstream
+    now = timezone.now()
+    rows: list[tuple[int | None, Upstream, str, int, int, int | None, int | None]] = [
+        (d.pk, d.upstream, d.upstream_model, d.weight, d.priority, d.rpm, d.tpm)
+        for d in Deployment.objects.select_related("upstream").filter(
+            route=route, upstream__active=True
+        )
+    ]
+    if not rows and not Deployment.objects.filter(route=route).exists() and route.upstream.active:
+        rows = [(None, route.upstream, route.upstream_model, 1, 0, None, None)]
+    if not rows:
+        return None  # every deployment's upstream is switched off
+    prices: dict[str, tuple[ModelPrice, ...]] = {}
+    deployments = []
+    for pk, upstream, model, weight, priority, rpm, tpm in rows:
+        if model not in prices:
+            prices[model] = tuple(prices_relevant(model, now))
+        deployments.append(
+            DeploymentInfo(
+                key=f"{route.public_name}@{upstream.name}/{model}",
+                id=pk,
+                upstream_id=upstream.pk,
+                upstream_name=upstream.name,
+                upstream_model=model,
+                target=upstream_target(upstream),
+                prices=prices[model],
+                weight=weight,
+                priority=priority,
+                rpm=rpm,
+                tpm=tpm,
+            )
+        )
+    first = deployments[0]
+    fallbacks = route.fallback_models if isinstance(route.fallback_models, list) else []
     return RouteInfo(
         public_name=route.public_name,
-        upstream_id=upstream.pk,
-        upstream_name=upstream.name,
-        upstream_model=route.upstream_model,
-        target=UpstreamTarget(
-            kind=upstream.kind,
-            base_url=upstream.base_url,
-            credential_env=upstream.credential_env,
-            api_version=upstream.api_version,
-            connect_timeout=float(upstream.connect_timeout),
-            read_timeout=float(upstream.read_timeout),
-        ),
+        upstream_id=first.upstream_id,
+        upstream_name=first.upstream_name,
+        upstream_model=first.upstream_model,
+        target=first.target,
         default_max_output_tokens=route.default_max_output_tokens,
         unmetered_cost=route.unmetered_cost,
-        prices=tuple(prices_relevant(route.upstream_model, timezone.now())),
+        prices=first.prices,
+        deployments=tuple(deployments),
+        fallback_models=tuple(m for m in fallbacks if isinstance(m, str) and m),
+    )
+
+
+def upstream_target(upstream: Upstream) -> UpstreamTarget:
+    return UpstreamTarget(
+        kind=upstream.kind,
+        base_url=upstream.base_url,
+        credential_env=upstream.credential_env,
+        api_version=upstream.api_version,
+        connect_timeout=float(upstream.connect_timeout),
+        read_timeout=float(upstream.read_timeout),
     )
 
 
@@ -300,9 +356,14 @@ def prices_relevant(model: str, now: dt.datetime) -> list[ModelPrice]:
 
 
 def routes_for_key(info: KeyInfo) -> list[ModelRoute]:
+    """The active routes the key may use that some active upstream serves."""
+    served = Q(upstream__active=True, deployments__isnull=True) | Q(
+        deployments__upstream__active=True
+    )
     routes = (
         ModelRoute.objects.select_related("upstream")
-        .filter(active=True, upstream__active=True)
+        .filter(served, active=True)
+        .distinct()
         .order_by("public_name")
     )
     return [route for route in routes if info.may_use(route.public_name)]

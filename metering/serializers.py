@@ -4,6 +4,7 @@ from rest_framework import serializers
 
 from metering import validation
 from metering.models import (
+    Deployment,
     ModelPrice,
     ModelRoute,
     ModelRouteAlias,
@@ -100,10 +101,27 @@ class UpstreamSerializer(serializers.ModelSerializer):
         return bool(upstream.credential_env and os.environ.get(upstream.credential_env))
 
 
-class ModelRouteSerializer(serializers.ModelSerializer):
+class DeploymentSerializer(serializers.ModelSerializer):
     upstream = serializers.SlugRelatedField(slug_field="name", queryset=Upstream.objects.all())
+
+    class Meta:
+        model = Deployment
+        fields = ["id", "upstream", "upstream_model", "weight", "priority", "rpm", "tpm"]
+        read_only_fields = ["id"]
+
+
+class ModelRouteSerializer(serializers.ModelSerializer):
+    # Optional when `deployments` are given: the route's own are the first deployment's.
+    upstream = serializers.SlugRelatedField(
+        slug_field="name", queryset=Upstream.objects.all(), required=False
+    )
     aliases = serializers.ListField(
         child=serializers.CharField(max_length=200), required=False, max_length=50, write_only=True
+    )
+    # Written through `catalog_services.route_deployments_set`; read back with their ids.
+    deployments = DeploymentSerializer(many=True, required=False)
+    fallback_models = serializers.ListField(
+        child=serializers.CharField(max_length=200), required=False, max_length=5
     )
 
     def validate_public_name(self, value: str) -> str:
@@ -127,7 +145,10 @@ class ModelRouteSerializer(serializers.ModelSerializer):
             "unmetered_cost",
             "active",
             "aliases",
+            "deployments",
+            "fallback_models",
         ]
+        extra_kwargs = {"upstream_model": {"required": False}}
 
 
 class ModelPriceSerializer(serializers.ModelSerializer):
@@ -164,6 +185,8 @@ class UsageRecordSerializer(serializers.ModelSerializer):
             "provider",
             "model",
             "upstream_model",
+            "deployment",
+            "attempts",
             "endpoint",
             "input_tokens",
             "output_tokens",

@@ -34,7 +34,7 @@ from metering.providers.base import (
 )
 from metering.proxy import crossing, errors
 from metering.proxy.errors import Headers
-from metering.selectors import KeyInfo, RouteInfo
+from metering.selectors import KeyInfo, RouteInfo, pick_price
 from metering.translate import limits
 
 log = logging.getLogger("tokenbudget.proxy")
@@ -64,6 +64,10 @@ class Call:
     # translated into its protocol (see `metering.proxy.crossing`).
     upstream_endpoint: str = ""
     sent: ParsedRequest | None = None
+    # The candidates to try, best first (`candidates_of`), and how many were tried so far.
+    plan: list[Candidate] = dataclasses.field(default_factory=list)
+    attempts: int = 0
+    last_failure: str = ""  # what the latest failed attempt ended with (deployments' kinds)
 
     @property
     def sent_endpoint(self) -> str:
@@ -89,6 +93,8 @@ class Call:
             provider=self.route.target.kind,
             model=self.route.public_name,
             upstream_model=self.route.upstream_model,
+            deployment_id=self.route.deployment.id if self.route.deployment else None,
+            attempts=max(self.attempts, 1),
             endpoint=self.endpoint,
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
@@ -196,6 +202,106 @@ def quote(route: RouteInfo, info: KeyInfo, at: Any) -> pricing.PriceQuote:
             f"No price is in force for '{route.public_name}'; ask an admin to set one."
         )
     return pricing.quote_from(price)
+
+
+class Candidate:
+    """One way to serve the call: a route as served by one of its deployments, and its price.
+    The route specialised for the deployment is built on first use (most calls try one)."""
+
+    __slots__ = ("_route", "base", "deployment", "quote")
+
+    def __init__(self, base: RouteInfo, quote: pricing.PriceQuote, deployment: Any = None) -> None:
+        self.base = base
+        self.quote = quote
+        self.deployment = deployment
+        self._route: RouteInfo | None = None if deployment is not None else base
+
+    @property
+    def route(self) -> RouteInfo:
+        if self._route is None:
+            self._route = self.base.for_deployment(self.deployment)
+        return self._route
+
+
+def candidates_of(
+    info: KeyInfo, route: RouteInfo, ordered: Sequence[Any], endpoint: str, at: Any
+) -> tuple[list[Candidate], errors.ProxyError | None]:
+    """The route's deployments `ordered` as candidates, with the error of the first one left
+    out (no price in force, or a kind of upstream that cannot serve `endpoint`). Deployments
+    of one upstream model share their price rows, so each distinct model is priced once."""
+    if not ordered:
+        return [Candidate(route, quote(route, info, at))], None
+    found: list[Candidate] = []
+    first_error: errors.ProxyError | None = None
+    quotes: dict[int, pricing.PriceQuote | errors.ProxyError] = {}
+    kinds: dict[str, bool] = {}
+    for deployment in ordered:
+        kind = deployment.target.kind
+        serves = kinds.get(kind)
+        if serves is None:
+            try:
+                crossing.upstream_endpoint(endpoint, kind)
+                serves = True
+            except errors.ProxyError as error:
+                first_error = first_error or error
+                serves = False
+            kinds[kind] = serves
+        if not serves:
+            continue
+        priced = quotes.get(id(deployment.prices))
+        if priced is None:
+            try:
+                priced = _quote_of(route, deployment.prices, info, at)
+            except errors.ProxyError as error:
+                priced = error
+            quotes[id(deployment.prices)] = priced
+        if isinstance(priced, errors.ProxyError):
+            first_error = first_error or priced
+            continue
+        found.append(Candidate(route, priced, deployment))
+    return found, first_error
+
+
+def _quote_of(route: RouteInfo, prices: Any, info: KeyInfo, at: Any) -> pricing.PriceQuote:
+    """`quote` for the route served under price rows `prices`."""
+    if route.unmetered_cost or prices is route.prices:
+        return quote(route, info, at)
+    price = pick_price(prices, at)
+    if price is None:
+        raise errors.model_not_priced(
+            f"No price is in force for '{route.public_name}'; ask an admin to set one."
+        )
+    return pricing.quote_from(price)
+
+
+def hold_estimate(
+    parsed: ParsedRequest, candidates: Sequence[Candidate], info: KeyInfo, prompt: int
+) -> ledger.CallEstimate:
+    """The worst case over every candidate: the most output any may produce at the highest
+    rates any charges, so whichever serves, the hold covers it."""
+    first = candidates[0]
+    worst = estimate(parsed, first.base, info, first.quote, prompt)
+    for candidate in candidates[1:]:
+        if candidate.base is first.base:
+            if candidate.quote == first.quote:
+                continue
+            one = dataclasses.replace(
+                worst,
+                input_price_per_token=pricing.worst_input_rate(candidate.quote),
+                output_price_per_token=candidate.quote.output,
+            )
+        else:
+            one = estimate(parsed, candidate.base, info, candidate.quote, prompt)
+        if one != worst:
+            worst = ledger.CallEstimate(
+                prompt_tokens=prompt,
+                max_output_tokens=max(worst.max_output_tokens, one.max_output_tokens),
+                input_price_per_token=max(worst.input_price_per_token, one.input_price_per_token),
+                output_price_per_token=max(
+                    worst.output_price_per_token, one.output_price_per_token
+                ),
+            )
+    return worst
 
 
 def estimate(
@@ -381,6 +487,8 @@ def budget_headers(call: Call, remaining: Decimal) -> Headers:
     ]
     if hold.clamped:
         headers.append(("x-tokenbudget-max-tokens-clamped", str(per_choice(call))))
+    if call.attempts:
+        headers.append(("x-tokenbudget-attempts", str(call.attempts)))
     if call.requested_model:
         headers.append(("x-tokenbudget-model", call.route.public_name))
         if call.downgraded:

@@ -130,6 +130,8 @@ class HoldOwner:
         self.call = call
         self.closing: asyncio.Task | None = None
         self.fallback: Callable[[], Awaitable[object]] | None = None
+        # Run once the close has finished (the serving deployment's call is no longer in flight).
+        self.on_closed: Callable[[], None] | None = None
 
     async def reserve(self, *, min_output_tokens: int, wait: bool = True) -> Reserved:
         """Reserve the call's estimate and adopt the hold with no await in between, so no hold
@@ -157,7 +159,13 @@ class HoldOwner:
     def close(self, closer: Callable[[], Awaitable[object]]) -> asyncio.Task:
         if self.closing is None:
             self.closing = spawn(closer())
+            self.closing.add_done_callback(self._closed)
         return self.closing
+
+    def _closed(self, task: asyncio.Future) -> None:
+        done, self.on_closed = self.on_closed, None
+        if done is not None:
+            done()
 
     def settle(self, record: UsageRecord) -> asyncio.Task:
         return self.close(lambda: write(held=self.call.held, record=record, charged=True))

@@ -18,28 +18,36 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
 
 from budgets import ledger
-from metering import cache, metrics, routing, upstream, validation
+from metering import cache, deployments, metrics, routing, upstream, validation
 from metering.body import prompt_estimate, request_parse, sized_work
 from metering.logs import REQUEST_ID
 from metering.providers import gemini
 from metering.providers.anthropic import PROVIDER as ANTHROPIC
-from metering.providers.base import EncodedBody, Provider, RequestError, StreamMeter
+from metering.providers.base import (
+    EncodedBody,
+    ParsedRequest,
+    Provider,
+    RequestError,
+    StreamMeter,
+)
 from metering.providers.gemini import PROVIDER as GEMINI
 from metering.providers.openai import PROVIDER as OPENAI
 from metering.proxy import call as core
-from metering.proxy import counting, crossing, errors, surface
+from metering.proxy import counting, crossing, errors, health, surface
 from metering.proxy.call import Call
 from metering.proxy.errors import Headers, ProxyError
 from metering.proxy.hold import HoldOwner, Reserved
 from metering.proxy.relay import Relay
 from metering.quota import interface as quotas
 from metering.quota import redis_backend as quota_redis
-from metering.selectors import KeyInfo, key_hash
+from metering.selectors import KeyInfo, RouteInfo, key_hash
+from metering.services import CallHold
 
 log = logging.getLogger("tokenbudget.proxy")
 
@@ -167,7 +175,10 @@ async def _handle(inbound: Inbound, endpoint: str, request_id: str) -> Reply:
     except ProxyError as error:
         if owner.held:
             await asyncio.shield(owner.release(status=error.status, error=error.code or error.kind))
-        return error_reply(endpoint, error, request_id)
+        reply = error_reply(endpoint, error, request_id)
+        if call.attempts:
+            reply.headers.append(("x-tokenbudget-attempts", str(call.attempts)))
+        return reply
     except Exception:
         log.exception("proxy call failed", extra={"request_id": request_id})
         if owner.held:
@@ -207,8 +218,9 @@ async def _prepare(
         parsed.model = core.alias_choice(info, alias, requested, candidates)
     route = core.check_route(info, parsed, await cache.routes.aget(parsed.model))
     at = timezone.now()
-    quote = core.quote(route, info, at)
-    estimate = core.estimate(parsed, route, info, quote, await prompt_estimate(parsed))
+    prompt = await prompt_estimate(parsed)
+    plan = await _plan(info, parsed, route, at, prompt)
+    estimate = core.hold_estimate(parsed, plan, info, prompt)
     intent = (tagged or alias or info.default_intent)[:100]
     call = Call(
         request_id,
@@ -217,14 +229,48 @@ async def _prepare(
         endpoint,
         info,
         parsed,
-        route,
-        quote,
+        plan[0].route,
+        plan[0].quote,
         estimate,
         intent,
         requested_model=requested if alias is not None else "",
+        plan=plan,
     )
     # Encoding a large body runs off the event loop, like its parse.
     return call, await sized_work(len(body), core.encode, call, provider)
+
+
+def _tokens(parsed: ParsedRequest, route: RouteInfo, prompt: int) -> int:
+    """What a call counts against a deployment's tokens per minute: its prompt and output limit."""
+    return prompt + (parsed.max_output_tokens or route.default_max_output_tokens) * parsed.choices
+
+
+async def _plan(
+    info: KeyInfo, parsed: ParsedRequest, route: RouteInfo, at: Any, prompt: int
+) -> list[core.Candidate]:
+    """The candidates to try, best first: the route's deployments (healthy ones of the best
+    priority first), then each fallback model's, at most TB_ROUTE_MAX_ATTEMPTS. A route none
+    of whose deployments can be priced is refused with the first one's error."""
+    tokens = _tokens(parsed, route, prompt)
+    ordered = health.plan(route.deployments, tokens)
+    plan, error = core.candidates_of(info, route, ordered, parsed.endpoint, at)
+    limit = settings.TB_ROUTE_MAX_ATTEMPTS
+    for name in route.fallback_models:
+        if len(plan) >= limit:
+            break
+        try:
+            wanted = dataclasses.replace(parsed, model=name)
+            other = core.check_route(info, wanted, await cache.routes.aget(name))
+        except ProxyError as refused:
+            log.info("fallback model unusable", extra={"model": name, "error": refused.code})
+            continue
+        ordered = health.plan(other.deployments, tokens)
+        more, _ = core.candidates_of(info, other, ordered, parsed.endpoint, at)
+        plan += more
+    if not plan:
+        assert error is not None
+        raise error
+    return plan[:limit]
 
 
 async def _take_hold(owner: HoldOwner, provider: Provider) -> None:
@@ -272,18 +318,95 @@ async def _maybe_downgrade(
         result = await owner.reserve(min_output_tokens=minimum)
         if isinstance(result, ledger.Refusal):
             return result
+    held = result.hold if isinstance(result, CallHold | quota_redis.RedisHold) else None
+    call.plan = await _stand_in_plan(call, route, held)
     call.requested_model = call.requested_model or call.parsed.model
     call.parsed.model = stand_in
     call.downgraded = True
     return result
 
 
+async def _stand_in_plan(call: Call, route: RouteInfo, hold: Any) -> list[core.Candidate]:
+    """The stand-in's deployments whose worst case fits the hold taken (else the stand-in as
+    checked against the hold, served by its first deployment)."""
+    prompt = call.estimate.prompt_tokens
+    ordered = health.plan(route.deployments, _tokens(call.parsed, route, prompt))
+    found, _ = core.candidates_of(call.info, route, ordered, call.endpoint, call.at)
+    plan = [
+        candidate
+        for candidate in found
+        if hold is None
+        or routing.fits_in_hold(
+            hold, core.estimate(call.parsed, route, call.info, candidate.quote, prompt)
+        )
+    ]
+    return plan[: settings.TB_ROUTE_MAX_ATTEMPTS] or [core.Candidate(call.route, call.quote)]
+
+
 async def _forward(
     owner: HoldOwner, inbound: Inbound, encoded: EncodedBody, provider: Provider
 ) -> Reply:
+    """Send the call to its candidates in turn until one answers: a connect error, a timeout
+    before the answer's head, a 429 or a 5xx moves on to the next while attempts and the
+    deadline last (`deployments.may_try_next`); the last one's failure is the client's answer.
+    Once an answer is taken nothing is retried, so no byte reaches the client twice."""
     call = owner.call
+    plan = call.plan or [core.Candidate(call.route, call.quote)]
+    deadline = call.started + settings.TB_ROUTE_DEADLINE_SECONDS
+    kind = call.route.target.kind
+    for index, candidate in enumerate(plan):
+        if index and not deployments.may_try_next(
+            attempts=index,
+            max_attempts=settings.TB_ROUTE_MAX_ATTEMPTS,
+            left=deadline - time.perf_counter(),
+            candidates_left=len(plan) - index,
+        ):
+            break
+        call.route, call.quote, call.attempts = candidate.route, candidate.quote, index + 1
+        if candidate.route.target.kind != kind:
+            kind = candidate.route.target.kind
+            encoded = core.encode(call, provider)
+        final = index + 1 >= min(len(plan), settings.TB_ROUTE_MAX_ATTEMPTS)
+        response = await _attempt(owner, inbound, encoded, deadline, final)
+        if response is not None:
+            break
+    else:
+        response = None
+    if response is None:
+        raise call_failure(call)
+    if response.status_code >= 400 or not call.parsed.stream:
+        return await _whole(owner, response, provider)
+    return _stream(owner, response, provider)
+
+
+def call_failure(call: Call) -> ProxyError:
+    """The error of a call none of whose attempts got an answer (the last one's)."""
+    if call.last_failure == deployments.TIMEOUT:
+        return errors.upstream_timeout()
+    return errors.upstream_unreachable()
+
+
+async def _attempt(
+    owner: HoldOwner, inbound: Inbound, encoded: EncodedBody, deadline: float, final: bool
+) -> upstream.UpstreamResponse | None:
+    """One attempt on the call's current candidate: its answer, or None to try the next (a
+    failed attempt's answer is closed unread). A `final` attempt's failing answer is kept: it
+    is the client's."""
+    call = owner.call
+    deployment = call.route.deployment
     target = call.route.target
+    left = deadline - time.perf_counter()
+    if left < target.connect_timeout or left < target.read_timeout:
+        target = dataclasses.replace(
+            target,
+            connect_timeout=min(target.connect_timeout, left),
+            read_timeout=min(target.read_timeout, left),
+        )
     headers = upstream.upstream_headers(target, inbound.headers, call.request_id)
+    started = time.perf_counter()
+    if deployment is not None:
+        health.started(deployment, call.estimate.prompt_tokens + call.estimate.max_output_tokens)
+        owner.on_closed = lambda: health.finished(deployment)
     try:
         response = await upstream.send(
             target,
@@ -293,17 +416,33 @@ async def _forward(
             headers=headers,
             stream=call.parsed.stream,
         )
-    except upstream.UpstreamTimeout:
-        raise errors.upstream_timeout() from None
     except upstream.UpstreamError as exc:
+        kind = deployments.TIMEOUT if isinstance(exc, upstream.UpstreamTimeout) else "connect"
         log.warning(
             "upstream unreachable",
-            extra={"request_id": call.request_id, "error": type(exc).__name__},
+            extra={"request_id": call.request_id, "error": type(exc).__name__, "kind": kind},
         )
-        raise errors.upstream_unreachable() from None
-    if response.status_code >= 400 or not call.parsed.stream:
-        return await _whole(owner, response, provider)
-    return _stream(owner, response, provider)
+        call.last_failure = kind
+        if deployment is not None:
+            health.failed(deployment, kind, time.perf_counter() - started)
+            health.finished(deployment)
+            owner.on_closed = None
+        return None
+    failure = deployments.failure_of_status(response.status_code)
+    if deployment is not None:
+        if failure is None:
+            health.succeeded(deployment, time.perf_counter() - started)
+        else:
+            health.failed(deployment, failure, time.perf_counter() - started)
+    if failure is None or final or time.perf_counter() >= deadline:
+        return response  # the answer, or the last failure's: the client's
+    metrics.UPSTREAM_ERRORS.labels(failure).inc()
+    await response.aclose()
+    call.last_failure = failure
+    if deployment is not None:
+        health.finished(deployment)
+        owner.on_closed = None
+    return None
 
 
 def _stream(owner: HoldOwner, response: upstream.UpstreamResponse, provider: Provider) -> Reply:

@@ -86,6 +86,7 @@ def _call(info: Any) -> Call:
         target=SimpleNamespace(kind="openai"),
         public_name="gpt-4o-mini",
         upstream_model="gpt-4o-mini",
+        deployment=None,
     )
     parsed = ParsedRequest(endpoint="chat", model="gpt-4o-mini", body={}, stream=True)
     return Call(

@@ -49,6 +49,7 @@ def route(kind: str = "openai", **kw: Any) -> Any:
         "target": SimpleNamespace(kind=kind),
         "default_max_output_tokens": 1000,
         "unmetered_cost": False,
+        "deployment": None,
         "price_at": lambda at: SimpleNamespace(
             model="m",
             input_per_mtok=Decimal("2"),
@@ -526,3 +527,35 @@ def test_when_a_downgrade_is_due(refused: bool, has_hold: bool, reached: bool, d
     key = info(downgrade_at_percent=50 if reached else 99, limits=limits)
     the_hold = hold(remaining=Decimal(300), amount=Decimal(100)) if has_hold else None  # 60 % used
     assert core.downgrade_due(key, the_hold, refused) is due
+
+
+@pytest.mark.parametrize(
+    ("rates", "fallback_output", "expected"),
+    [
+        # (input, output) per million of each candidate, the fallback route's default output
+        # limit (None: no fallback route), and the hold's (input, output) rates and output.
+        ([("2", "8")], None, ("2", "8", 1000)),
+        ([("2", "8"), ("3", "6")], None, ("3", "8", 1000)),
+        ([("1", "1"), ("2", "8"), ("1", "9")], None, ("2", "9", 1000)),
+        ([("2", "8")], 4000, ("2", "8", 4000)),
+    ],
+)
+def test_the_hold_covers_every_candidate(rates, fallback_output, expected) -> None:
+    base = route()
+    candidates = [
+        core.Candidate(
+            base, pricing.PriceQuote.per_million("m", input=Decimal(i), output=Decimal(o))
+        )
+        for i, o in rates
+    ]
+    if fallback_output is not None:
+        other = route(public_name="other", default_max_output_tokens=fallback_output)
+        candidates.append(core.Candidate(other, candidates[0].quote))
+    worst = core.hold_estimate(parsed(), candidates, info(), 100)
+    per_token = Decimal(1_000_000)
+    assert (
+        worst.input_price_per_token * per_token,
+        worst.output_price_per_token * per_token,
+        worst.max_output_tokens,
+    ) == (Decimal(expected[0]), Decimal(expected[1]), expected[2])
+    assert worst.prompt_tokens == 100

@@ -3,7 +3,7 @@ full-page screenshot of each (artifacts/screenshots/<role>-<page>-<width>.png), 
 serious or critical violation, and no sideways scroll of the whole page on a phone.
 
 PAGES is the one list to extend when a page is added: its path (with `{name}` placeholders for
-the demo rows in `demo_ids`) and the roles that open it.
+the demo rows that `seed_demo` returns), the roles that open it and the status it answers.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class Page:
     name: str
     path: str
     roles: tuple[str, ...]
+    status: int = 200
 
 
 EVERYONE = ("admin", "manager", "finance", "employee")
@@ -56,6 +57,8 @@ PAGES = [
     Page("value", "/value/", EVERYONE),
     Page("statements", "/finance/statements/", READERS),
     Page("statement", "/finance/statements/{statement}/", READERS),
+    Page("forbidden", "/manage/roster/", ("employee",), status=403),
+    Page("not-found", "/manage/employees/0/", ("admin",), status=404),
 ]
 
 
@@ -126,7 +129,7 @@ def test_every_page_of_a_role_is_accessible_and_fits(
             name = f"{role}-{spec.name}-{width}"
             response = page.goto(live_url + spec.path.format(**ids))
             page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-            found = [] if response.status == 200 else [f"HTTP {response.status}"]
+            found = [] if response.status == spec.status else [f"HTTP {response.status}"]
             found += page_problems(page, width)
             if found:
                 problems[name] = found

@@ -24,12 +24,13 @@ document.addEventListener("submit", (event) => {
 // take the focus, and a screen reader names it after its section's heading. Only boxes that
 // really overflow become tab stops, so narrow tables add none. Charts carry their own.
 function labelScrollers() {
-  document.querySelectorAll(".table-wrap").forEach((box) => {
+  // A key or code snippet (.secret) keeps its own content as its name: focusable only.
+  document.querySelectorAll(".table-wrap, .secret").forEach((box) => {
     const scrolls = box.scrollWidth > box.clientWidth + 1;
     if (scrolls && !box.hasAttribute("tabindex")) {
       box.setAttribute("tabindex", "0");
       box.dataset.scroller = "";
-      if (!box.hasAttribute("aria-label")) {
+      if (box.classList.contains("table-wrap") && !box.hasAttribute("aria-label")) {
         const heading = box.closest("section, .card")?.querySelector("h2, h3");
         box.setAttribute("role", "region");
         box.setAttribute("aria-label", `${heading ? heading.textContent.trim() : "Table"} (scrolls sideways)`);
@@ -44,3 +45,4 @@ function labelScrollers() {
 }
 document.addEventListener("DOMContentLoaded", labelScrollers);
 window.addEventListener("resize", labelScrollers);
+document.addEventListener("toggle", labelScrollers, true);  // a <details> opened

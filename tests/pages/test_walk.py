@@ -3,11 +3,13 @@ full-page screenshot of each (artifacts/screenshots/<role>-<page>-<width>.png), 
 serious or critical violation, and no sideways scroll of the whole page on a phone.
 
 PAGES is the one list to extend when a page is added: its path (with `{name}` placeholders for
-the demo rows that `seed_demo` returns), the roles that open it and the status it answers.
+the demo rows that `seed_demo` returns), the roles that open it, the status it answers and,
+for a state reached on the page (a new key shown once, a roster preview), the steps to it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import StringIO
 from typing import Any
@@ -36,17 +38,42 @@ class Page:
     path: str
     roles: tuple[str, ...]
     status: int = 200
+    then: Callable[[Any], None] | None = None  # steps on the page that lead to the state shown
+
+
+ROSTER = (
+    "employee_id,email,name,cost_center,allowance\n"
+    "E1001,ada@example.com,Ada Lovelace,eng-platform,2500000\n"
+    "N-1,nora.new@example.com,Nora New,eng,\n"
+)
+
+
+def create_a_key(page: Any) -> None:
+    page.get_by_label("New key name").fill("walk laptop")
+    page.get_by_role("button", name="Create key").click()
+    page.wait_for_load_state()
+
+
+def preview_a_roster(page: Any) -> None:
+    page.set_input_files(
+        "#roster-file",
+        files=[{"name": "roster.csv", "mimeType": "text/csv", "buffer": ROSTER.encode()}],
+    )
+    page.get_by_role("button", name="Preview changes").click()
+    page.wait_for_load_state()
 
 
 EVERYONE = ("admin", "manager", "finance", "employee")
 READERS = ("admin", "manager", "finance")
 PAGES = [
     Page("my-tokens", "/me/", ("manager", "finance", "employee")),
+    Page("my-tokens-new-key", "/me/", ("employee",), then=create_a_key),
     Page("approvals", "/manage/requests/", READERS),
     Page("cost-centers", "/manage/cost-centers/", READERS),
     Page("employees", "/manage/employees/", READERS),
     Page("employee", "/manage/employees/{employee}/", READERS),
     Page("roster", "/manage/roster/", ("admin",)),
+    Page("roster-preview", "/manage/roster/", ("admin",), then=preview_a_roster),
     Page("policies", "/manage/policies/", READERS),
     Page("policy-edit", "/manage/policies/{policy}/", ("admin",)),
     Page("models", "/manage/models/", ("admin",)),
@@ -128,6 +155,8 @@ def test_every_page_of_a_role_is_accessible_and_fits(
                 continue
             name = f"{role}-{spec.name}-{width}"
             response = page.goto(live_url + spec.path.format(**ids))
+            if spec.then is not None:
+                spec.then(page)
             page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
             found = [] if response.status == spec.status else [f"HTTP {response.status}"]
             found += page_problems(page, width)

@@ -54,6 +54,12 @@ def _nice_max(value: Decimal) -> Decimal:
     return base * 10
 
 
+def _text_width(text: str, size: int = 13) -> int:
+    """A generous estimate of the drawn width of `text` at `size` px in the page's sans-serif
+    (digits and most letters are about 0.6 em; no font metrics on the server)."""
+    return round(len(text) * size * 0.6)
+
+
 def _svg(width: int, height: int, title: str, desc: str, body: list[str], kind: str) -> SafeString:
     """The chart at its drawn size at most (so its text stays the page's size, never twice
     it), shrinking with the card down to the CSS minimum of its kind; below that the box
@@ -134,9 +140,13 @@ def line_chart(
 def bar_chart(
     bars: Sequence[Bar], *, title: str, desc: str, width: int = 520, row: int = 30
 ) -> SafeString:
-    """Horizontal bars, largest first as given, each labelled with its value."""
-    label_w, value_w = 150, 120
-    plot_w = width - label_w - value_w
+    """Horizontal bars, largest first as given, each labelled with its value; the bars leave
+    room for the longest value text, so the largest bar's value is never cut off."""
+    values = [(b.text or compact(b.value)) + (f" · {b.note}" if b.note else "") for b in bars]
+    label_w = 150
+    value_w = max(120, _text_width(max(values, key=len, default="")) + 12)
+    plot_w = max(width - label_w - value_w, 60)
+    width = label_w + plot_w + value_w
     height = max(row * len(bars), row) + 8
     top_value = max((Decimal(b.value) for b in bars), default=Decimal(0)) or Decimal(1)
     body: list[str] = []
@@ -144,7 +154,7 @@ def bar_chart(
         y = 4 + index * row
         length = max(float(plot_w * Decimal(bar.value) / top_value), 1.0)
         color = PALETTE[index % len(PALETTE)]
-        value = (bar.text or compact(bar.value)) + (f" · {bar.note}" if bar.note else "")
+        value = values[index]
         body.append(
             f'<text class="bar-label" x="{label_w - 8}" y="{y + row / 2 + 4:.0f}" '
             f'text-anchor="end">{escape(bar.label[:22])}</text>'

@@ -41,6 +41,15 @@ def test_bar_chart_longest_bar_is_the_largest_value() -> None:
     assert widths[0] == 2 * widths[1]
 
 
+def test_the_largest_bar_leaves_room_for_its_value() -> None:
+    note = "cost $1,234.56 over 12 months"
+    svg = bar_chart([Bar("a", 100, note=note), Bar("b", 50)], title="t", desc="d", width=520)
+    drawn = int(svg.split('viewBox="0 0 ')[1].split(" ")[0])
+    first = svg.split('<rect x="150" y="')[1]
+    end_of_bar = 150 + float(first.split('width="')[1].split('"')[0])
+    assert drawn - end_of_bar - 6 >= len(f"100 · {note}") * 13 * 0.6
+
+
 def test_chart_keeps_its_drawn_size_at_most_and_scrolls_when_narrow() -> None:
     """Text in a chart stays the page's size: the SVG never grows past its drawn width, and a
     narrow screen scrolls a focusable box instead of shrinking the labels."""

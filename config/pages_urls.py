@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from billing import dashboards
 from billing import pages as billing_pages
 from budgets import pages as budget_pages
 from budgets import roster_pages
@@ -21,6 +22,9 @@ urlpatterns = [
     ),
     path("accounts/logout/", auth_views.LogoutView.as_view(next_page="pages:login"), name="logout"),
     path("me/", billing_pages.my_tokens, name="my-tokens"),
+    path("manage/overview/", dashboards.admin_dashboard, name="dashboard-admin"),
+    path("manage/team/", dashboards.team_dashboard, name="dashboard-team"),
+    path("finance/", dashboards.finance_dashboard, name="dashboard-finance"),
     path("me/keys/", metering_pages.key_new, name="key-new"),
     path("me/requests/", budget_pages.budget_request_new, name="request-new"),
     path("manage/requests/", budget_pages.approvals, name="approvals"),

@@ -312,40 +312,37 @@ VALUE_DIMENSIONS = {
 
 
 def _value_charts(rows: list[dict[str, Any]], noun: str, period: dt.date) -> list[SafeString]:
-    """Two questions a finance lead asks of the month: what returns most per dollar spent, and
-    where the value is; both over the same highest-value rows, each sorted by what it shows."""
+    """Two questions a finance lead asks of the month: where the value is, and what each of
+    those groups returns per dollar spent; both over the highest-value rows in the table's own
+    order (most value first), so a bar and its table row are found in the same place."""
     if not rows:
         return []
-    by_return = sorted(
-        (r for r in rows if r["return_on_spend"] is not None),
-        key=lambda r: (-Decimal(r["return_on_spend"]), label_text(r["key"])),
-    )
-    by_value = sorted(rows, key=lambda r: (-Decimal(r["value"]), label_text(r["key"])))
+    with_return = [r for r in rows if r["return_on_spend"] is not None]
     month = f"{period:%B %Y}"
     return [
         bar_chart(
             [
+                Bar(label_text(r["key"]), Decimal(r["value"]), text=usd_compact(r["value"]),
+                    note=f"on {usd_compact(r['cost'])} cost")
+                for r in rows
+            ],
+            title=f"Value by {noun}, {month}",
+            desc="; ".join(
+                f"{label_text(r['key'])}: {usd_text(r['value'])} value on {usd_text(r['cost'])} cost"
+                for r in rows
+            ),
+        ),
+        bar_chart(
+            [
                 Bar(label_text(r["key"]), Decimal(r["return_on_spend"]),
-                    text=ratio_text(r["return_on_spend"]),
-                    note=f"{usd_compact(r['value'])} on {usd_compact(r['cost'])}")
-                for r in by_return
+                    text=ratio_text(r["return_on_spend"]))
+                for r in with_return
             ],
             title=f"Return per dollar by {noun}, {month}",
             desc="; ".join(
                 f"{label_text(r['key'])}: {ratio_text(r['return_on_spend'])} "
                 f"({usd_text(r['value'])} value on {usd_text(r['cost'])} cost)"
-                for r in by_return
-            ),
-        ),
-        bar_chart(
-            [
-                Bar(label_text(r["key"]), Decimal(r["value"]), text=usd_compact(r["value"]),
-                    note=f"cost {usd_compact(r['cost'])}")
-                for r in by_value
-            ],
-            title=f"Value by {noun}, {month}",
-            desc="; ".join(
-                f"{label_text(r['key'])}: {usd_text(r['value'])} value" for r in by_value
+                for r in with_return
             ),
         ),
     ]  # fmt: skip

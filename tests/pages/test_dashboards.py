@@ -150,7 +150,7 @@ def test_admin_dashboard_compares_the_month_and_lists_cost_centers_alerts_and_ch
     assert "$5.70" in top and "$2.00" in top  # Engineering, against its same days of February
     assert "Allowance threshold crossed (80%)" in page
     imports = page.split('data-testid="roster-imports"')[1].split("</section>")[0]
-    assert "admin" in imports and "<td class=\"n\">1</td>" in imports  # Nora, created
+    assert "admin" in imports and '<td class="n">1</td>' in imports  # Nora, created
 
 
 def test_admin_dashboard_reads_a_past_month_whole(org: dict[str, Any]) -> None:
@@ -200,7 +200,7 @@ def test_finance_dashboard_shows_the_close_drafts_exports_stripe_and_trend(
     assert "TB_STRIPE_SECRET_KEY" in page  # not configured in tests
     assert "$5.75" in page.split('data-testid="month-to-date"')[1].split("</section>")[0]
     trend = page.split('data-testid="spend-trend"')[1].split("</section>")[0]
-    assert "<svg" in trend and "February 2026</td><td class=\"n\">$2.80" in trend
+    assert "<svg" in trend and 'February 2026</td><td class="n">$2.80' in trend
 
 
 def test_employee_page_shows_usage_history_from_the_rollup(org: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
-"""Reads for the role dashboards. Every figure of spend comes from the daily rollup
-(DailyUsage, one row per day x employee x cost center x model x intent) or from the monthly
-statements, never from raw usage records, so a dashboard costs the same at ten million calls
-as at ten thousand: the month's rows are summed by the (day) and (cost_center, day) indexes."""
+"""Reads for the role dashboards. Every figure of spend comes from the rollups or the monthly
+statements, never from raw usage records: a month of spend per day or per cost center from
+CostCenterDay (days x cost centers, a few thousand rows a month whatever the number of calls),
+a person's pace from DailyUsage through its (employee, day, ...) key, so a dashboard costs about
+the same at ten million calls a month as at ten thousand."""
 
 from __future__ import annotations
 
@@ -13,15 +14,21 @@ from typing import Any
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncMinute
 
-from billing.models import AlertEvent, ChargebackStatement, DailyUsage, units_to_cost
+from billing.models import (
+    AlertEvent,
+    ChargebackStatement,
+    CostCenterDay,
+    DailyUsage,
+    units_to_cost,
+)
 from billing.personal import PACING_DAYS, run_out_date
 from budgets.fiscal import add_months
 from budgets.models import Allowance, AuditEvent, BudgetRequest, CostCenter, Unit
 from budgets.page_selectors import audit_changes, audit_what
 
 
-def _usage(cost_center_ids: set[int] | None) -> QuerySet[DailyUsage]:
-    qs = DailyUsage.objects.all()
+def _usage(cost_center_ids: set[int] | None) -> QuerySet[CostCenterDay]:
+    qs = CostCenterDay.objects.all()
     return qs if cost_center_ids is None else qs.filter(cost_center_id__in=cost_center_ids)
 
 
@@ -65,7 +72,7 @@ def top_cost_centers(
     """The cost centers that spent most in [start, end), with their spend in the previous span
     beside it (the cost center the call was charged to, as on the statements)."""
     rows = list(
-        DailyUsage.objects.filter(day__gte=start, day__lt=end)
+        CostCenterDay.objects.filter(day__gte=start, day__lt=end)
         .order_by()
         .values("cost_center_id")
         .annotate(c=Sum("cost_units"), i=Sum("input_tokens"), o=Sum("output_tokens"))
@@ -73,7 +80,7 @@ def top_cost_centers(
     )
     ids = [r["cost_center_id"] for r in rows]
     before = dict(
-        DailyUsage.objects.filter(
+        CostCenterDay.objects.filter(
             cost_center_id__in=ids, day__gte=previous_start, day__lt=previous_end
         )
         .order_by()

@@ -113,6 +113,26 @@ class DailyUsage(TokenCounts):
         return f"{self.day} {self.employee_id} {self.model}: {self.cost}"
 
 
+class CostCenterDay(TokenCounts):
+    """Usage per local day x cost center: the daily rollup folded once more, by billing.rollup
+    in the same transaction as DailyUsage (so the two always agree). The dashboards read a
+    month of spend here: a few thousand rows (days x cost centers) instead of the month's
+    DailyUsage rows (about two million at ten million calls a month)."""
+
+    day = models.DateField()
+    cost_center = models.ForeignKey(
+        CostCenter, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["day", "cost_center"], name="cost_center_day_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.cost_center_id}: {self.cost}"
+
+
 class ChargebackStatement(models.Model):
     """One month's chargeback for one cost center. Only drafts change; see billing.statements."""
 

@@ -86,7 +86,7 @@ def test_manager_lands_on_the_team_decides_in_place_and_sees_who_runs_out(
     asked.refresh_from_db()
     assert asked.status == BudgetRequest.Status.APPROVED
 
-    running.get_by_role("link", name="Top up").click()
+    running.get_by_role("link", name="Top up Erin Employee").click()
     expect(manager.page.get_by_test_id("usage-history")).to_be_visible()
     expect(manager.page.locator("#amount")).to_be_visible()  # the top-up form is right there
 
@@ -115,7 +115,7 @@ def test_finance_lands_on_the_close_closes_the_month_and_exports_it(
     with finance.page.expect_download() as download:
         finance.page.get_by_role("link", name="Lines (CSV)").click()
     assert download.value.suggested_filename == f"chargeback-{month:%Y-%m}.csv"
-    drafts.get_by_role("link", name="Review").click()
+    drafts.get_by_role("link", name=f"Review Sales, {month:%B %Y}").click()
     expect(finance.page.locator("h1")).to_contain_text("Sales")
     finance.goto("/finance/")
     finance.shot("finance-dashboard-closed")

@@ -208,6 +208,9 @@ def finance_dashboard(request: HttpRequest) -> HttpResponse:
     closable = last_complete_month(now)
     drafts_count, drafts = reads.drafts_to_finalize(until=closable)
     trend = reads.monthly_totals(end=closable)
+    # Months before the first spend only lengthen the chart; keep at least a quarter.
+    first = next((i for i, (_, v) in enumerate(trend) if v), len(trend))
+    trend = trend[min(first, len(trend) - 3) :]
     month_to_date = sum(
         reads.daily_cost(start=month_start(day), end=day + dt.timedelta(days=1)).values(),
         Decimal(0),
@@ -217,6 +220,7 @@ def finance_dashboard(request: HttpRequest) -> HttpResponse:
         trend_chart = bar_chart(
             [Bar(f"{p:%b %Y}", v, text=usd_compact(v)) for p, v in reversed(trend)],
             title=f"Spend per month on the statements, to {closable:%B %Y}",
+            color=THIS_COLOR,
             desc="; ".join(f"{p:%B %Y}: {usd_text(v)}" for p, v in trend),
         )
     context = {

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
+from budgets.formatting import label_text
 from budgets.models import CostCenter, Employee
 
 COST_SCALE = 10**10
@@ -383,7 +384,7 @@ class ValueReport(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.period} {self.dimension} {self.key or '(none)'}"
+        return f"{self.period} {self.dimension} {label_text(self.key)}"
 
     @property
     def cost(self) -> Decimal:

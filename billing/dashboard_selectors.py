@@ -142,8 +142,8 @@ def allowance_totals(
         AllowanceTotals(
             unit=r["unit"],
             employees=r["n"],
-            allowance=(r["a"] or 0) + (r["j"] or 0),
-            used=(r["u"] or 0) + (r["r"] or 0),
+            allowance=Decimal(r["a"] or 0) + Decimal(r["j"] or 0),
+            used=Decimal(r["u"] or 0) + Decimal(r["r"] or 0),
         )
         for r in rows
     ]
@@ -189,18 +189,38 @@ def recent_roster_imports(*, since: dt.datetime, limit: int = 5) -> list[RosterI
     ]
 
 
-def recent_changes(*, limit: int = 12) -> list[AuditEvent]:
-    """The latest audit events outside roster imports, each with `what` and `changes` read
-    for people (the imports have their own summary)."""
-    events = list(
+@dataclass(frozen=True)
+class Change:
+    at: dt.datetime
+    what: str  # "Changed allowance: …", in words
+    by: str
+    source: str
+    changes: str  # "amount: 1,000 → 2,000"
+
+
+def recent_changes(*, limit: int = 12) -> list[Change]:
+    """The latest audit events outside roster imports, read for people (the imports have
+    their own summary)."""
+    events = (
         AuditEvent.objects.exclude(source="import")
         .select_related("actor")
         .order_by("-created_at", "-id")[:limit]
     )
-    for event in events:
-        event.what = audit_what(event)
-        event.changes = audit_changes(event.before, event.after)
-    return events
+    return [
+        Change(
+            at=event.created_at,
+            what=audit_what(event),
+            by=(event.actor.username if event.actor else "") or event.actor_label or "system",
+            source=event.source,
+            changes=audit_changes(event.before, event.after),
+        )
+        for event in events
+    ]
+
+
+def managed_roots(*, user: Any) -> list[CostCenter]:
+    """The cost centers the user manages directly (their subtrees are the team), by code."""
+    return list(CostCenter.objects.filter(managers__pk=user.pk).order_by("code"))
 
 
 # --- the team (a manager's subtree) -------------------------------------------------------------

@@ -185,9 +185,7 @@ def team_dashboard(request: HttpRequest) -> HttpResponse:
         "pending": _pending(user),
         "year": year,
         "period_end": period_end - dt.timedelta(days=1),
-        "centers": roles.visible_cost_centers(user)
-        .filter(pk__in=user.managed_cost_centers.values("pk"))
-        .order_by("code"),
+        "centers": reads.managed_roots(user=user),
         "burns": [_team_burn_down(ids, t, year, day) for t in totals],
         "pacing": reads.team_pacing(
             cost_center_ids=ids, fiscal_year=year, day=day, period_end=period_end

@@ -37,6 +37,7 @@ def prepare(args: argparse.Namespace) -> None:
 
     from billing.rollup import daily_usage_rollup
     from billing.statements import statements_close_month
+    from budgets.models import CostCenter
 
     t = time.perf_counter()
     generate(args.records, args.employees, args.cost_centers)
@@ -63,12 +64,18 @@ def prepare(args: argparse.Namespace) -> None:
     statements_close_month(
         period=dt.date(2026, 1, 1), now=dt.datetime(2026, 2, 1, 6, tzinfo=dt.UTC)
     )
+    with connection.cursor() as cur:
+        cur.execute("ANALYZE")  # as autovacuum would after the rollup: plans see the new rows
     print(f"rollup and close in {time.perf_counter() - t:.1f} s", flush=True)
     users = get_user_model()
     admin = users.objects.create_superuser("bench-admin", "admin@example.com", "x")
     catalogue(admin)
     finance = users.objects.create_user("bench-finance", "finance@example.com", "x")
     finance.groups.add(Group.objects.get_or_create(name="finance")[0])
+    manager = users.objects.create_user("bench-manager", "manager@example.com", "x")
+    # The manager of the first parent cost center: a team of ten cost centers (a twentieth of
+    # the employees and of the usage).
+    CostCenter.objects.filter(parent__isnull=True).order_by("id").first().managers.add(manager)
     employee = users.objects.create_user("bench-employee", "e0@example.com", "x")
     with connection.cursor() as cur:
         cur.execute(
@@ -145,10 +152,20 @@ def measure() -> list[tuple[str, str, float, float]]:
     parent = CostCenter.objects.filter(parent__isnull=True).order_by("id").first()
     leaf = CostCenter.objects.filter(parent__isnull=False).order_by("-id").first()
     route = ModelRoute.objects.order_by("id").first()
+    team_member = (
+        Employee.objects.filter(
+            cost_center__in=CostCenter.objects.filter(parent=parent)
+            | CostCenter.objects.filter(pk=parent.pk)
+        )
+        .order_by("id")
+        .first()
+    )
     upstream = Upstream.objects.order_by("id").first()
     pages = {
         "bench-employee": ["/me/", "/value/?period=2026-01"],
         "bench-admin": [
+            "/manage/overview/",
+            "/manage/overview/?month=2026-01",  # the generated month: every record in it
             "/manage/cost-centers/",
             "/manage/cost-centers/new/",
             f"/manage/cost-centers/{leaf.pk}/",  # the editor with its parent choices and audit
@@ -168,7 +185,9 @@ def measure() -> list[tuple[str, str, float, float]]:
             f"/manage/models/upstreams/{upstream.pk}/",
             "/manage/models/prices/new/",
         ],
+        "bench-manager": ["/manage/team/", f"/manage/employees/{team_member.pk}/"],
         "bench-finance": [
+            "/finance/",
             "/finance/statements/?period=2026-01",
             "/value/?period=2026-01",
             "/value/?period=2026-01&dimension=employee",

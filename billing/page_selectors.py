@@ -11,6 +11,7 @@ from django.db.models import F, QuerySet, Sum
 
 from billing.models import ChargebackStatement, DailyUsage, units_to_cost
 from budgets.fiscal import add_months
+from budgets.formatting import label_text
 from budgets.models import CostCenter, Employee
 
 
@@ -55,7 +56,7 @@ def usage_breakdown(*, queryset: QuerySet[DailyUsage], key: str, limit: int = 8)
     )
     return [
         Breakdown(
-            label=r[key] or "(untagged)",
+            label=label_text(r[key]),
             requests=r["r"] or 0,
             tokens=(r["i"] or 0) + (r["o"] or 0),
             cost=units_to_cost(r["c"]),

@@ -23,7 +23,15 @@ from django.utils import timezone
 from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 
-from billing import exports, page_selectors, personal, selectors, stripe_api, value_store
+from billing import (
+    exports,
+    page_selectors,
+    personal,
+    selectors,
+    stripe_api,
+    usage_history,
+    value_store,
+)
 from billing.models import ChargebackStatement, StatementLine
 from billing.periods import last_complete_month
 from billing.statements import (
@@ -34,10 +42,9 @@ from billing.statements import (
 from billing.stripe_sync import statement_stripe_retry
 from budgets import page_selectors as budget_page_selectors
 from budgets import roles
-from budgets.balance import quota_get, today
+from budgets.balance import today as budget_today
 from budgets.charts import PALETTE, Bar, Series, bar_chart, line_chart
-from budgets.fiscal import fiscal_year_bounds
-from budgets.formatting import label_text, ratio_text, tokens_text, usd_compact, usd_text
+from budgets.formatting import label_text, ratio_text, usd_compact, usd_text
 from metering import page_selectors as metering_selectors
 from metering.pages import new_key_forget, new_key_take
 
@@ -46,74 +53,22 @@ def _fraction(part: Decimal, whole: Decimal) -> int:
     return 0 if whole <= 0 else max(0, min(100, int(part * 100 / whole)))
 
 
-def _burn_down(employee: Any, quota: Any, day: dt.date, per_day: Decimal) -> dict[str, Any]:
-    """Remaining allowance per day since the fiscal year began, and the projection onward."""
-    start, end = fiscal_year_bounds(quota.fiscal_year, settings.TB_FISCAL_YEAR_START_MONTH)
-    spent = page_selectors.daily_spend(employee=employee, start=start, end=end, unit=quota.unit)
-    # Yesterday's rollup may trail the live ledger: anchor today's point on the ledger and spread
-    # the difference nowhere (the line simply steps to the live figure today).
-    points: list[tuple[dt.date, Decimal]] = [(start, quota.allowance)]
-    remaining = quota.allowance
-    for when, amount in spent:
-        if when >= day:
-            break
-        remaining -= amount
-        points.append((when, remaining))
-    live = quota.allowance - quota.used - quota.reserved
-    points.append((day, live))
-    projection: list[tuple[dt.date, Decimal]] = []
-    run_out = None
-    if per_day > 0 and live > 0:
-        run_out = personal.run_out_date(day=day, remaining=live, per_day=per_day)
-        stop = min(run_out or end, end - dt.timedelta(days=1))
-        projection = [(day, live), (stop, max(live - per_day * (stop - day).days, Decimal(0)))]
-    series = [Series("Remaining", points, color="#0072B2")]
-    if projection:
-        series.append(
-            Series("Projected at the current pace", projection, dashed=True, color="#D55E00")
-        )
-    marks = [(day, "today")]
-    if run_out and run_out < end:
-        marks.append((run_out, f"runs out {run_out:%d %b}"))
-    unit = "tokens" if quota.unit == "tokens" else "USD"
-    chart = line_chart(
-        series,
-        title=f"Allowance remaining over fiscal year {quota.fiscal_year}",
-        desc=(
-            f"Starts at {quota.allowance} {unit}; {live} {unit} remain today."
-            + (f" At the current pace it runs out on {run_out}." if run_out else "")
-        ),
-        start=start,
-        end=end - dt.timedelta(days=1),
-        marks=marks,
-        prefix="$" if quota.unit == "usd" else "",
-    )
-    monthly: dict[dt.date, Decimal] = {}
-    for when, amount in spent:
-        monthly[when.replace(day=1)] = monthly.get(when.replace(day=1), Decimal(0)) + amount
-    return {
-        "chart": chart,
-        "run_out": run_out,
-        "runs_out_early": run_out is not None and run_out < end,
-        "monthly": sorted(monthly.items()),
-    }
+LANDING = {
+    roles.ADMIN_DASHBOARD: "pages:dashboard-admin",
+    roles.FINANCE_DASHBOARD: "pages:dashboard-finance",
+    roles.TEAM_DASHBOARD: "pages:dashboard-team",
+    roles.EMPLOYEE_DASHBOARD: "pages:my-tokens",
+}
 
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    """Each role lands where its work is."""
-    user = request.user
-    if budget_page_selectors.pending_approvals_count(user=user):
-        return redirect("pages:approvals")  # decisions waiting on this person come first
-    if roles.employee_of(user) is not None and not roles.sees_all(user):
-        return redirect("pages:my-tokens")
-    if roles.is_finance(user) and not roles.is_admin(user):
-        return redirect("pages:statements")
-    if roles.is_admin(user) or roles.managed_cost_center_ids(user):
-        return redirect("pages:cost-centers")
-    if roles.employee_of(user) is not None:
-        return redirect("pages:my-tokens")
-    raise PermissionDenied
+    """Each role lands on its dashboard (budgets.roles.landing_dashboard decides which); the
+    dashboards of those who decide budget requests lead with the pending ones."""
+    name = roles.landing_dashboard(request.user)
+    if name is None:
+        raise PermissionDenied
+    return redirect(LANDING[name])
 
 
 @login_required
@@ -121,42 +76,16 @@ def my_tokens(request: HttpRequest) -> HttpResponse:
     employee = roles.employee_of(request.user)
     if employee is None:
         raise PermissionDenied
-    day = today()
-    quota = quota_get(employee, day=day)
-    pacing = personal.pacing_get(
-        employee=employee, day=day, remaining=quota.remaining, unit=quota.unit
-    )
-    start, end = fiscal_year_bounds(quota.fiscal_year, settings.TB_FISCAL_YEAR_START_MONTH)
-    usage = page_selectors.employee_usage(employee=employee, start=start, end=end)
-    by_model = page_selectors.usage_breakdown(queryset=usage, key="model")
-    by_intent = page_selectors.usage_breakdown(queryset=usage, key="intent")
-    unit_word = "tokens" if quota.unit == "tokens" else "USD"
-
-    def bars(rows: list[page_selectors.Breakdown], what: str) -> Any:
-        if not rows:
-            return None
-        return bar_chart(
-            [Bar(r.label, r.tokens, f"{usd_text(r.cost)} cost") for r in rows],
-            title=f"Tokens by {what} this fiscal year",
-            desc="; ".join(
-                f"{r.label}: {tokens_text(r.tokens)} tokens, {usd_text(r.cost)}" for r in rows
-            ),
-        )
-
+    day = budget_today()
+    history = usage_history.employee_usage_history(employee=employee, day=day)
+    quota = history["quota"]
     new_key = new_key_take(request)
     base_url = settings.TB_PUBLIC_BASE_URL.rstrip("/")
     context = {
         "nav": "me",
         "employee": employee,
-        "quota": quota,
-        "unit_word": unit_word,
+        **history,
         "used_percent": _fraction(quota.used + quota.reserved, quota.released),
-        "pacing": pacing,
-        "burn": _burn_down(employee, quota, day, pacing.per_day) if quota.allowance_id else None,
-        "by_model": by_model,
-        "by_intent": by_intent,
-        "model_chart": bars(by_model, "model"),
-        "intent_chart": bars(by_intent, "intent"),
         "calls": metering_selectors.recent_calls(employee=employee),
         "budget_requests": budget_page_selectors.own_budget_requests(employee=employee),
         "keys": metering_selectors.keys_of(employee=employee),
@@ -387,40 +316,37 @@ VALUE_DIMENSIONS = {
 
 
 def _value_charts(rows: list[dict[str, Any]], noun: str, period: dt.date) -> list[SafeString]:
-    """Two questions a finance lead asks of the month: what returns most per dollar spent, and
-    where the value is; both over the same highest-value rows, each sorted by what it shows."""
+    """Two questions a finance lead asks of the month: where the value is, and what each of
+    those groups returns per dollar spent; both over the highest-value rows in the table's own
+    order (most value first), so a bar and its table row are found in the same place."""
     if not rows:
         return []
-    by_return = sorted(
-        (r for r in rows if r["return_on_spend"] is not None),
-        key=lambda r: (-Decimal(r["return_on_spend"]), label_text(r["key"])),
-    )
-    by_value = sorted(rows, key=lambda r: (-Decimal(r["value"]), label_text(r["key"])))
+    with_return = [r for r in rows if r["return_on_spend"] is not None]
     month = f"{period:%B %Y}"
     return [
         bar_chart(
             [
+                Bar(label_text(r["key"]), Decimal(r["value"]), text=usd_compact(r["value"]),
+                    note=f"on {usd_compact(r['cost'])} cost")
+                for r in rows
+            ],
+            title=f"Value by {noun}, {month}",
+            desc="; ".join(
+                f"{label_text(r['key'])}: {usd_text(r['value'])} value on {usd_text(r['cost'])} cost"
+                for r in rows
+            ),
+        ),
+        bar_chart(
+            [
                 Bar(label_text(r["key"]), Decimal(r["return_on_spend"]),
-                    text=ratio_text(r["return_on_spend"]),
-                    note=f"{usd_compact(r['value'])} on {usd_compact(r['cost'])}")
-                for r in by_return
+                    text=ratio_text(r["return_on_spend"]))
+                for r in with_return
             ],
             title=f"Return per dollar by {noun}, {month}",
             desc="; ".join(
                 f"{label_text(r['key'])}: {ratio_text(r['return_on_spend'])} "
                 f"({usd_text(r['value'])} value on {usd_text(r['cost'])} cost)"
-                for r in by_return
-            ),
-        ),
-        bar_chart(
-            [
-                Bar(label_text(r["key"]), Decimal(r["value"]), text=usd_compact(r["value"]),
-                    note=f"cost {usd_compact(r['cost'])}")
-                for r in by_value
-            ],
-            title=f"Value by {noun}, {month}",
-            desc="; ".join(
-                f"{label_text(r['key'])}: {usd_text(r['value'])} value" for r in by_value
+                for r in with_return
             ),
         ),
     ]  # fmt: skip

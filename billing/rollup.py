@@ -37,7 +37,7 @@ from django.db import connection, transaction
 from django.db.models import BigIntegerField, Count, DecimalField, F, Func, Q, Sum, Value
 from django.db.models.functions import Cast, Round, TruncDate
 
-from billing.models import COST_SCALE, TOKEN_KINDS, DailyUsage, Watermark
+from billing.models import COST_SCALE, TOKEN_KINDS, CostCenterDay, DailyUsage, Watermark
 from billing.periods import local_tz
 from metering.models import UsageRecord
 
@@ -45,6 +45,8 @@ WATERMARK_NAME = "daily_usage"
 KEY_COLUMNS = ("day", "employee_id", "cost_center_id", "model", "intent")
 INDEX_ORDER = ("employee_id", "day", "cost_center_id", "model", "intent")  # the unique key
 SUM_COLUMNS = ("requests", *TOKEN_KINDS, "cost_units")
+# The second fold, per day and cost center, for the dashboards (its unique key, in this order).
+CENTER_KEY_COLUMNS = ("day", "cost_center_id")
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class RollupResult:
     groups: int  # rows inserted or updated in DailyUsage
 
 
-def _aggregate_query(condition: Q):
+def _aggregate_query(condition: Q, keys: tuple[str, ...] = KEY_COLUMNS):
     """The grouped SELECT over usage records matching `condition`, columns in KEY+SUM order."""
     scale = Value(COST_SCALE, output_field=DecimalField(max_digits=30, decimal_places=0))
     cost_units: Func
@@ -69,20 +71,26 @@ def _aggregate_query(condition: Q):
         UsageRecord.objects.filter(condition)
         .annotate(day=TruncDate("created_at", tzinfo=local_tz()))
         .order_by()
-        .values(*KEY_COLUMNS)
+        .values(*keys)
         .annotate(requests=Count("id"), **sums, cost_units=cost_units)
-        .values_list(*KEY_COLUMNS, *SUM_COLUMNS)
+        .values_list(*keys, *SUM_COLUMNS)
     )
 
 
-def _upsert(condition: Q) -> int:
-    """Fold the records matching `condition` into DailyUsage with one INSERT ... SELECT."""
-    select_sql, params = _aggregate_query(condition).query.sql_with_params()
-    table = DailyUsage._meta.db_table
+def _upsert(
+    condition: Q,
+    model: type[DailyUsage] | type[CostCenterDay] = DailyUsage,
+    keys: tuple[str, ...] = KEY_COLUMNS,
+    index_order: tuple[str, ...] = INDEX_ORDER,
+) -> int:
+    """Fold the records matching `condition` into `model` (DailyUsage, or CostCenterDay with
+    its own keys) with one INSERT ... SELECT."""
+    select_sql, params = _aggregate_query(condition, keys).query.sql_with_params()
+    table = model._meta.db_table
     qn = connection.ops.quote_name
-    columns = ", ".join(qn(c) for c in (*KEY_COLUMNS, *SUM_COLUMNS))
-    conflict = ", ".join(qn(c) for c in INDEX_ORDER)
-    order = ", ".join(qn(c) for c in INDEX_ORDER)
+    columns = ", ".join(qn(c) for c in (*keys, *SUM_COLUMNS))
+    conflict = ", ".join(qn(c) for c in index_order)
+    order = ", ".join(qn(c) for c in index_order)
     updates = ", ".join(f"{qn(c)} = {table}.{qn(c)} + excluded.{qn(c)}" for c in SUM_COLUMNS)
     # "WHERE true" keeps SQLite's parser from reading ON CONFLICT as a join constraint.
     sql = (
@@ -98,6 +106,12 @@ def _upsert(condition: Q) -> int:
             cursor.execute("SELECT set_config('work_mem', %s, true)", [work_mem])
         cursor.execute(sql, params)
         return max(cursor.rowcount, 0)
+
+
+def _upsert_centers(condition: Q) -> int:
+    """The same records folded per day and cost center (CostCenterDay), in the same
+    transaction, so the dashboards' month of spend is a few thousand rows."""
+    return _upsert(condition, CostCenterDay, CENTER_KEY_COLUMNS, CENTER_KEY_COLUMNS)
 
 
 def _lock_watermark() -> Watermark:
@@ -176,6 +190,7 @@ def daily_usage_rollup() -> RollupResult:
         groups = 0
         if upper > start:
             groups = _upsert(Q(id__gt=start, id__lte=upper))
+            _upsert_centers(Q(id__gt=start, id__lte=upper))
             mark.position = upper
         mark.save(update_fields=["position", "pending_position", "pending_xids", "updated_at"])
     return RollupResult(from_id=start, to_id=max(start, upper), groups=groups)
@@ -193,4 +208,7 @@ def daily_usage_rebuild(*, start: dt.date, end: dt.date) -> int:
     with transaction.atomic():
         mark = _lock_watermark()
         DailyUsage.objects.filter(day__gte=start, day__lt=end).delete()
-        return _upsert(Q(id__lte=mark.position, created_at__gte=lower, created_at__lt=upper))
+        CostCenterDay.objects.filter(day__gte=start, day__lt=end).delete()
+        condition = Q(id__lte=mark.position, created_at__gte=lower, created_at__lt=upper)
+        _upsert_centers(condition)
+        return _upsert(condition)

@@ -294,7 +294,9 @@ def comparison_served(*, start: dt.date, end: dt.date, user: Any) -> list[dict[s
 @dataclass(frozen=True)
 class ReportPage:
     """One page of a report for the Value page: its rows, the rows worth charting (the most
-    valuable, whatever page), and where the figures come from."""
+    valuable, whatever page), and where the figures come from. The page, its charts and its
+    table share one order: most value first, then dearest first (the API and the exports keep
+    the report order, dearest first)."""
 
     page: Page
     rows: list[dict[str, Any]]
@@ -314,8 +316,9 @@ def value_report_page(
         header = ValueReportPeriod.objects.filter(since=start, until=end).first()
     if header is not None:
         stored = header.rows.filter(dimension=dimension)
-        stored_page = Paginator(stored.order_by("-cost_units", "key"), per_page).get_page(number)
-        valued = stored.filter(value_units__gt=0).order_by("-value_units", "key")[:CHART_ROWS]
+        ordered = stored.order_by("-value_units", "-cost_units", "key")
+        stored_page = Paginator(ordered, per_page).get_page(number)
+        valued = ordered.filter(value_units__gt=0)[:CHART_ROWS]
         return ReportPage(
             page=stored_page,
             rows=[row_group(r).as_dict() for r in stored_page.object_list],
@@ -325,12 +328,13 @@ def value_report_page(
             complete=header.complete,
         )
     served = value_report_served(dimension=dimension, start=start, end=end, user=user, fresh=True)
-    page = Paginator(served.rows, per_page).get_page(number)
-    chart = [r for r in served.rows if Decimal(r["value"]) > 0]
+    # Report order (dearest first) within equal values, as the stored ordering above.
+    ordered_rows = sorted(served.rows, key=lambda r: -Decimal(r["value"]))
+    page = Paginator(ordered_rows, per_page).get_page(number)
     return ReportPage(
         page=page,
         rows=list(page.object_list),
-        chart_rows=sorted(chart, key=lambda r: -Decimal(r["value"]))[:CHART_ROWS],
+        chart_rows=[r for r in ordered_rows if Decimal(r["value"]) > 0][:CHART_ROWS],
         stored=False,
         computed_at=served.computed_at,
         complete=served.complete,

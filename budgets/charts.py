@@ -46,8 +46,9 @@ def _nice_max(value: Decimal) -> Decimal:
     """Round the axis maximum up to 1, 2 or 5 times a power of ten."""
     if value <= 0:
         return Decimal(1)
-    exponent = len(str(int(value))) - 1 if value >= 1 else -len(str(value).split(".")[1])
-    base = Decimal(10) ** exponent
+    # The place of the leading digit, whatever trailing zeros the Decimal carries (a ledger's
+    # Decimal('0.4000000000') is 0.4, not a figure in the tenth decimal place).
+    base = Decimal(10) ** value.adjusted()
     for step in (1, 2, 5, 10):
         if value <= base * step:
             return base * step
@@ -117,12 +118,17 @@ def line_chart(
                 f'text-anchor="middle">{month:%b}</text>'
             )
         month = (month + dt.timedelta(days=32)).replace(day=1)
-    for day, label in marks:
+    for index, (day, label) in enumerate(marks):
         if start <= day <= end:
+            # Labels in the last quarter read leftwards so the card's edge never cuts them;
+            # each further mark drops a line so two close marks do not print over each other.
+            late = x(day) > left + plot_w * 3 / 4
+            label_x = x(day) - 4 if late else x(day) + 4
+            anchor = ' text-anchor="end"' if late else ""
             body.append(
                 f'<line class="mark" x1="{x(day):.1f}" x2="{x(day):.1f}" y1="{top}" '
-                f'y2="{top + plot_h}"/><text class="mark-label" x="{x(day) + 4:.1f}" '
-                f'y="{top + 12}">{escape(label)}</text>'
+                f'y2="{top + plot_h}"/><text class="mark-label" x="{label_x:.1f}" '
+                f'y="{top + 12 + 14 * index}"{anchor}>{escape(label)}</text>'
             )
     for index, s in enumerate(series):
         if not s.points:
@@ -138,10 +144,17 @@ def line_chart(
 
 
 def bar_chart(
-    bars: Sequence[Bar], *, title: str, desc: str, width: int = 520, row: int = 30
+    bars: Sequence[Bar],
+    *,
+    title: str,
+    desc: str,
+    width: int = 520,
+    row: int = 30,
+    color: str = "",
 ) -> SafeString:
-    """Horizontal bars, largest first as given, each labelled with its value; the bars leave
-    room for the longest value text, so the largest bar's value is never cut off."""
+    """Horizontal bars in the order given, each labelled with its value; one `color` for bars
+    of one series (months of a trend), else a colour per bar. The bars leave room for the
+    longest value text, so the largest bar's value is never cut off."""
     values = [(b.text or compact(b.value)) + (f" · {b.note}" if b.note else "") for b in bars]
     label_w = 150
     value_w = max(120, _text_width(max(values, key=len, default="")) + 12)
@@ -153,13 +166,13 @@ def bar_chart(
     for index, bar in enumerate(bars):
         y = 4 + index * row
         length = max(float(plot_w * Decimal(bar.value) / top_value), 1.0)
-        color = PALETTE[index % len(PALETTE)]
+        fill = color or PALETTE[index % len(PALETTE)]
         value = values[index]
         body.append(
             f'<text class="bar-label" x="{label_w - 8}" y="{y + row / 2 + 4:.0f}" '
             f'text-anchor="end">{escape(bar.label[:22])}</text>'
             f'<rect x="{label_w}" y="{y + 4}" width="{length:.1f}" height="{row - 10}" '
-            f'rx="3" fill="{color}"><title>{escape(bar.label)}: {escape(value)}</title></rect>'
+            f'rx="3" fill="{fill}"><title>{escape(bar.label)}: {escape(value)}</title></rect>'
             f'<text class="bar-value" x="{label_w + length + 6:.1f}" '
             f'y="{y + row / 2 + 4:.0f}">{escape(value)}</text>'
         )

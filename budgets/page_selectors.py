@@ -13,6 +13,7 @@ from django.db.models import Count, DecimalField, F, FilteredRelation, Q, QueryS
 from django.db.models.functions import Coalesce
 
 from budgets import roles
+from budgets.formatting import decimal_text
 from budgets.models import (
     Adjustment,
     Allowance,
@@ -231,14 +232,21 @@ def audit_what(event: AuditEvent) -> str:
 SKIPPED_FIELDS = {"id", "created_at", "updated_at"}
 
 
-def _plain(value: Any) -> Any:
-    """'500000.0000000000' -> '500000': audit snapshots keep the database's decimal places."""
-    if isinstance(value, str) and value.replace(".", "", 1).lstrip("-").isdigit():
-        return format(Decimal(value).normalize(), "f")
-    if isinstance(value, dict):  # a policy's downgrade map
-        return "{" + ", ".join(f"{k} → {v}" for k, v in value.items()) + "}"
+def _plain(value: Any, name: str = "") -> Any:
+    """A snapshot value for people: '500000.0000000000' -> '500,000', 0.062502 -> '0.0625'
+    (audit snapshots keep the database's decimal places); ids stay as they are."""
+    if name == "id" or name.endswith("_id"):
+        return value
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float) or (
+        isinstance(value, str) and value.replace(".", "", 1).lstrip("-").isdigit()
+    ):
+        return decimal_text(Decimal(str(value)))
+    if isinstance(value, dict):  # a policy's downgrade map, a price's energy estimate
+        return "{" + ", ".join(f"{k} → {_plain(v, str(k))}" for k, v in value.items()) + "}"
     if isinstance(value, list):
-        return "[" + ", ".join(str(item) for item in value) + "]"
+        return "[" + ", ".join(str(_plain(item)) for item in value) + "]"
     return value
 
 
@@ -249,7 +257,7 @@ def audit_changes(before: dict | None, after: dict | None) -> str:
     for name in sorted(set(before) | set(after)):
         if name in SKIPPED_FIELDS or before.get(name) == after.get(name):
             continue
-        old, new = _plain(before.get(name)), _plain(after.get(name))
+        old, new = _plain(before.get(name), name), _plain(after.get(name), name)
         parts.append(f"{name}: {old} → {new}" if name in before else f"{name}: {new}")
     return "; ".join(parts)
 

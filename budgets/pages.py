@@ -556,16 +556,22 @@ def approvals(request: HttpRequest) -> HttpResponse:
     return render(request, "budgets/approvals.html", context)
 
 
+DECIDE_RETURNS = ("/manage/overview/", "/manage/team/")
+
+
 @login_required
 @require_POST
 def approval_decide(request: HttpRequest, pk: int) -> HttpResponse:
     target = get_object_or_404(budget_requests_visible(request.user), pk=pk)
+    # The dashboards decide in place and return there; anything else goes back to Approvals.
+    back = request.POST.get("next", "")
+    back = back if back in DECIDE_RETURNS else reverse("pages:approvals")
     approve = request.POST.get("decision") == "approve"
     raw = request.POST.get("amount", "").strip()
     amount = form_decimal(raw) if raw else None
     if raw and amount is None:
         messages.error(request, "Give the approved amount as a number, or leave it empty.")
-        return redirect("pages:approvals")
+        return redirect(back)
     try:
         decided = budget_request_decide(
             actor=request.user,
@@ -578,4 +584,4 @@ def approval_decide(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, "Not decided. " + _service_message(exc))
     else:
         messages.success(request, f"Request of {decided.employee.name} {decided.status}.")
-    return redirect("pages:approvals")
+    return redirect(back)

@@ -168,3 +168,46 @@ def can_edit_employees(user: Any) -> bool:
     """Create employees, give them a login, deactivate them: admins (HR's roster owns the
     people; managers steer their allowances with top-ups)."""
     return is_admin(user)
+
+
+# --- dashboards: one per role, each the landing page of its role ------------------------------
+#
+# A person may hold several roles (an admin who also manages a team): each dashboard asks its
+# own rule, and `landing_dashboard` picks the one the person lands on, widest role first.
+
+ADMIN_DASHBOARD = "admin"
+FINANCE_DASHBOARD = "finance"
+TEAM_DASHBOARD = "team"
+EMPLOYEE_DASHBOARD = "me"
+
+
+def can_see_admin_dashboard(user: Any) -> bool:
+    """Spend against allowances, top cost centers, alerts, imports and changes: admins."""
+    return is_admin(user)
+
+
+def can_see_team_dashboard(user: Any) -> bool:
+    """The team's burn-down, pacing and pending approvals: whoever manages a cost center."""
+    return bool(managed_cost_center_ids(user))
+
+
+def can_see_finance_dashboard(user: Any) -> bool:
+    """Month close, drafts, exports, Stripe state and the spend trend: finance and admins."""
+    return is_finance(user) or is_admin(user)
+
+
+def dashboards_of(user: Any) -> list[str]:
+    """Every dashboard the user may open, in landing order."""
+    rules = (
+        (ADMIN_DASHBOARD, can_see_admin_dashboard),
+        (FINANCE_DASHBOARD, can_see_finance_dashboard),
+        (TEAM_DASHBOARD, can_see_team_dashboard),
+        (EMPLOYEE_DASHBOARD, lambda u: employee_of(u) is not None),
+    )
+    return [name for name, rule in rules if rule(user)]
+
+
+def landing_dashboard(user: Any) -> str | None:
+    """The dashboard the user lands on (None: no role here)."""
+    found = dashboards_of(user)
+    return found[0] if found else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
+from billing import dashboards
 from billing import pages as billing_pages
 from budgets import cost_center_pages, employee_pages, roster_pages
 from budgets import pages as budget_pages
@@ -34,6 +35,9 @@ urlpatterns = [
         name="password-set-done",
     ),
     path("me/", billing_pages.my_tokens, name="my-tokens"),
+    path("manage/overview/", dashboards.admin_dashboard, name="dashboard-admin"),
+    path("manage/team/", dashboards.team_dashboard, name="dashboard-team"),
+    path("finance/", dashboards.finance_dashboard, name="dashboard-finance"),
     path("me/keys/", metering_pages.key_new, name="key-new"),
     path("me/requests/", budget_pages.budget_request_new, name="request-new"),
     path("manage/requests/", budget_pages.approvals, name="approvals"),

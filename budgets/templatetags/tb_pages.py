@@ -112,3 +112,11 @@ def label(value: Any) -> str:
 def amount(value: Any, unit: str) -> str:
     """An allowance figure in its unit: dollars for USD allowances, whole tokens otherwise."""
     return money(value) if unit == "usd" else tokens(value)
+
+
+@register.filter
+def amount_words(value: Any, unit: str) -> str:
+    """An allowance figure with its unit named: '$12.50' or '1,200 tokens'."""
+    if value is None or value == "":
+        return "\u2013"
+    return formatting.amount_text(value, unit)

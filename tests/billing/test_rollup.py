@@ -11,7 +11,7 @@ from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billing.models import DailyUsage, units_to_cost
+from billing.models import CostCenterDay, DailyUsage, units_to_cost
 from billing.rollup import daily_usage_rebuild, daily_usage_rollup
 from metering.models import UsageRecord
 from tests.billing.factories import CostCenterFactory, EmployeeFactory, usage
@@ -230,3 +230,46 @@ def test_uncommitted_smaller_id_holds_the_watermark_back() -> None:
         assert DailyUsage.objects.get().requests == 2
     finally:
         slow.close()
+
+
+def _per_center_from_daily() -> list[tuple]:
+    """DailyUsage summed per day and cost center: what CostCenterDay must hold."""
+    return [
+        tuple(row.values())
+        for row in DailyUsage.objects.order_by("day", "cost_center_id")
+        .values("day", "cost_center_id")
+        .annotate(r=Sum("requests"), i=Sum("input_tokens"), o=Sum("output_tokens"),
+                  c=Sum("cached_input_tokens"), w=Sum("cache_write_tokens"),
+                  x=Sum("reasoning_tokens"), u=Sum("cost_units"))
+    ]  # fmt: skip
+
+
+def _per_center() -> list[tuple]:
+    return list(
+        CostCenterDay.objects.order_by("day", "cost_center_id").values_list(
+            "day", "cost_center_id", "requests", "input_tokens", "output_tokens",
+            "cached_input_tokens", "cache_write_tokens", "reasoning_tokens", "cost_units",
+        )
+    )  # fmt: skip
+
+
+def test_the_per_cost_center_fold_always_equals_the_daily_rollup_summed() -> None:
+    """Incremental runs (a day folded in several runs, a person moved to another cost center
+    mid-month) and a rebuild keep CostCenterDay equal to DailyUsage grouped by day and cost
+    center, to the last 1e-10 of a dollar."""
+    alice, bob = EmployeeFactory(), EmployeeFactory()
+    other = CostCenterFactory()
+    for day in range(1, 6):
+        usage(alice, at=local(2026, 3, day, 9), cost=f"0.{day}", input_tokens=day * 10)
+        usage(bob, at=local(2026, 3, day, 10), model="m2", cost="0.0000000003")
+        if day == 3:
+            usage(alice, at=local(2026, 3, day, 11), cost="1.5", cost_center=other)
+        daily_usage_rollup()
+        usage(alice, at=local(2026, 3, day, 23), cost="0.25")  # folded by the next run
+    daily_usage_rollup()
+    assert _per_center() == _per_center_from_daily()
+    assert CostCenterDay.objects.filter(cost_center=other).get().cost == Decimal("1.5")
+
+    daily_usage_rebuild(start=dt.date(2026, 3, 2), end=dt.date(2026, 3, 4))
+    assert _per_center() == _per_center_from_daily()
+    assert len(_per_center()) == 11  # 5 days x 2 cost centers, and the move on the 3rd

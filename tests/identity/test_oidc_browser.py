@@ -119,12 +119,12 @@ def test_each_role_lands_on_its_page_and_signs_out(
 
     page = sign_in(chromium, site, idp, {"sub": "u-ada", "email": "ada@example.com",
                                          "groups": ["tb-admins"]})  # fmt: skip
-    assert page.url == f"{site}/manage/cost-centers/"
+    assert page.url == f"{site}/manage/overview/"
     sign_out(page, site, idp)
 
     page = sign_in(chromium, site, idp, {"sub": "u-mia", "email": "mia@example.com",
                                          "groups": ["tb-managers"]})  # fmt: skip
-    assert page.url == f"{site}/me/"  # a manager who is an employee lands on their own tokens
+    assert page.url == f"{site}/manage/team/"  # a manager lands on the team, not their own tokens
     page.goto(f"{site}/manage/cost-centers/")
     text = page.inner_text("main")
     assert "Engineering" in text and "Machine learning" in text and "Sales" not in text
@@ -133,7 +133,7 @@ def test_each_role_lands_on_its_page_and_signs_out(
     # Erin's groups changed at the IdP: the new role holds from the next sign-in.
     page = sign_in(chromium, site, idp, {"sub": "u-erin", "email": "erin@example.com",
                                          "groups": ["tb-finance"]})  # fmt: skip
-    assert page.url == f"{site}/finance/statements/"
+    assert page.url == f"{site}/finance/"
     sign_out(page, site, idp)
     page = sign_in(chromium, site, idp, {"sub": "u-erin", "email": "erin@example.com"})
     assert page.url == f"{site}/me/"

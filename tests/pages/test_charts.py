@@ -61,3 +61,20 @@ def test_chart_keeps_its_drawn_size_at_most_and_scrolls_when_narrow() -> None:
 def test_empty_data_still_draws() -> None:
     svg = line_chart([], title="t", desc="d", start=dt.date(2026, 1, 1), end=dt.date(2026, 1, 2))
     assert "<svg" in svg and svg.endswith("</svg></div>")
+
+
+@pytest.mark.parametrize(
+    ("top", "axis_max"),
+    [(Decimal("0.4000000000"), "0.5"), (Decimal("0.40"), "0.5"), (Decimal(1234), "2000"),
+     (Decimal("7.5"), "10"), (Decimal("0.0012"), "0.002"), (Decimal(0), "1")],
+)  # fmt: skip
+def test_the_axis_ends_at_a_round_figure_above_the_largest_value(
+    top: Decimal, axis_max: str
+) -> None:
+    """Ledger amounts carry ten decimal places: the axis follows the value, not its zeros."""
+    start = dt.date(2026, 1, 1)
+    svg = line_chart(
+        [Series("spend", [(start, top)])], title="t", desc="d", start=start,
+        end=dt.date(2026, 1, 31),
+    )  # fmt: skip
+    assert f">{compact(Decimal(axis_max))}</text>" in svg

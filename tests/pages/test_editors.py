@@ -346,7 +346,7 @@ def test_audit_trail_shows_top_ups_key_revokes_and_decisions(catalogue: dict[str
     assert "Created API key" in empty.split("<h2>Audit trail</h2>")[1]
 
 
-def test_managers_with_pending_requests_land_on_approvals_and_employees_see_their_requests(
+def test_managers_land_on_their_team_dashboard_led_by_pending_requests_and_employees_see_theirs(
     catalogue: dict[str, Any],
 ) -> None:
     erin = Employee.objects.get(employee_id="E-1")
@@ -354,17 +354,22 @@ def test_managers_with_pending_requests_land_on_approvals_and_employees_see_thei
         employee=erin, fiscal_year=current_fiscal_year(), amount=Decimal(1000), prorate=False
     )
     manager, employee = catalogue["manager"], catalogue["employee"]
-    assert client_for(manager).get("/").status_code == 302  # nothing pending: the usual page
-    assert client_for(manager).get("/")["Location"] != "/manage/requests/"
 
+    def pending_on_landing() -> str:
+        landing = client_for(manager).get("/", follow=True)
+        assert landing.redirect_chain == [("/manage/team/", 302)]
+        page = landing.content.decode()
+        return page.split('data-testid="pending-approvals"')[1].split("</section>")[0]
+
+    assert "Nothing waiting." in pending_on_landing()
     asked = budget_request_create(user=employee, amount=Decimal(300), reason="a demo")
-    assert client_for(manager).get("/")["Location"] == "/manage/requests/"
+    assert "a demo" in pending_on_landing()
     assert client_for(employee).get("/")["Location"] == "/me/"  # never their own request
     page = client_for(employee).get("/me/").content.decode()
     assert 'data-testid="my-requests"' in page and "Waiting for your managers" in page
 
     budget_request_decide(actor=manager, request_id=asked.pk, approve=False, note="Not now")
-    assert client_for(manager).get("/")["Location"] != "/manage/requests/"
+    assert "Nothing waiting." in pending_on_landing()
     page = client_for(employee).get("/me/").content.decode()
     assert "Declined by manager" in page and "Not now" in page
 

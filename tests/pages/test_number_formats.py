@@ -92,12 +92,13 @@ def _page_urls() -> dict[str, list[str]]:
         f"/manage/models/routes/{ModelRoute.objects.order_by('pk').first().pk}/",  # type: ignore[union-attr]
         f"/manage/models/upstreams/{Upstream.objects.order_by('pk').first().pk}/",  # type: ignore[union-attr]
         "/manage/requests/", "/finance/statements/", f"/finance/statements/{statement.pk}/",
-        *value,
+        "/manage/overview/", "/finance/", *value,
     ]  # fmt: skip
     return {
         "admin": admin,
-        "grace": ["/", "/me/", "/manage/requests/", "/manage/employees/", "/manage/cost-centers/"],
-        "frank": ["/", "/me/", "/finance/statements/", f"/finance/statements/{statement.pk}/",
+        "grace": ["/", "/me/", "/manage/requests/", "/manage/employees/", "/manage/cost-centers/",
+                  "/manage/team/", f"/manage/employees/{employee.pk}/"],
+        "frank": ["/", "/me/", "/finance/", "/finance/statements/", f"/finance/statements/{statement.pk}/",
                   *value],
         "ada": ["/", "/me/"],
     }  # fmt: skip

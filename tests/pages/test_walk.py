@@ -19,7 +19,7 @@ from axe_playwright_python.sync_playwright import Axe
 from django.core.management import call_command
 
 from billing.models import ChargebackStatement
-from budgets.models import Employee, Policy
+from budgets.models import CostCenter, Employee, Policy
 from metering.models import ModelRoute, Upstream
 from tests.pages.conftest import PASSWORD, SCREENSHOTS
 
@@ -66,12 +66,20 @@ def preview_a_roster(page: Any) -> None:
 EVERYONE = ("admin", "manager", "finance", "employee")
 READERS = ("admin", "manager", "finance")
 PAGES = [
+    Page("home", "/", EVERYONE),
+    Page("overview", "/manage/overview/", ("admin",)),
+    Page("team", "/manage/team/", ("manager",)),
+    Page("finance", "/finance/", ("admin", "finance")),
     Page("my-tokens", "/me/", ("manager", "finance", "employee")),
     Page("my-tokens-new-key", "/me/", ("employee",), then=create_a_key),
     Page("approvals", "/manage/requests/", READERS),
     Page("cost-centers", "/manage/cost-centers/", READERS),
     Page("employees", "/manage/employees/", READERS),
     Page("employee", "/manage/employees/{employee}/", READERS),
+    Page("employee-new", "/manage/employees/new/", ("admin",)),
+    Page("employee-deactivate", "/manage/employees/{employee}/deactivate/", ("admin",)),
+    Page("cost-center-new", "/manage/cost-centers/new/", ("admin",)),
+    Page("cost-center-edit", "/manage/cost-centers/{center}/", ("admin",)),
     Page("roster", "/manage/roster/", ("admin",)),
     Page("roster-preview", "/manage/roster/", ("admin",), then=preview_a_roster),
     Page("policies", "/manage/policies/", READERS),
@@ -96,6 +104,7 @@ def seed_demo() -> dict[str, int]:
     return {
         "employee": Employee.objects.get(employee_id="E1001").pk,  # Engineering: grace's team
         "policy": Policy.objects.get(cost_center__code="sales").cost_center_id,
+        "center": CostCenter.objects.get(code="sales").pk,
         "route": ModelRoute.objects.order_by("pk").first().pk,
         "upstream": Upstream.objects.order_by("pk").first().pk,
         "statement": ChargebackStatement.objects.get(cost_center__code="eng", status="draft").pk,

@@ -183,6 +183,7 @@ async def send(
     )
     url: str | yarl.URL = upstream_url(target, endpoint, upstream_model, stream)
     if target.kind == "bedrock":
+        await aws_credentials_ready()
         headers = sign_bedrock(target, str(url), body, headers)
         # Sent as signed: the model id's escapes (`%3A`) stay as they are.
         url = yarl.URL(str(url), encoded=True)
@@ -215,6 +216,17 @@ def aws_credentials() -> object | None:
 
         _aws["credentials"] = botocore.session.get_session().get_credentials()
     return _aws["credentials"]
+
+
+async def aws_credentials_ready() -> None:
+    """Resolve the credentials (which may read files or ask an instance role) and refresh
+    expiring ones in a worker thread, so that signing on the event loop never waits on I/O."""
+    if "credentials" not in _aws:
+        await asyncio.to_thread(aws_credentials)
+    credentials = _aws.get("credentials")
+    refresh_needed = getattr(credentials, "refresh_needed", None)
+    if refresh_needed is not None and refresh_needed():
+        await asyncio.to_thread(credentials.get_frozen_credentials)  # type: ignore[union-attr]
 
 
 def reset_aws_credentials() -> None:

@@ -265,3 +265,26 @@ def test_the_mock_tool_use_through_boto3(mock_server: MockServer) -> None:
     assert block["toolUse"]["name"] == "weather"
     assert block["toolUse"]["input"] == {"city": "Oslo"}
     assert answer["stopReason"] == "tool_use"
+
+
+def test_credentials_resolve_off_the_event_loop(aws_env: None) -> None:
+    import asyncio
+    import threading
+
+    seen: list[str] = []
+    real = upstream.aws_credentials
+
+    def spy() -> object | None:
+        seen.append(threading.current_thread().name)
+        return real()
+
+    async def main() -> None:
+        upstream.aws_credentials = spy  # type: ignore[assignment]
+        try:
+            await upstream.aws_credentials_ready()
+        finally:
+            upstream.aws_credentials = real  # type: ignore[assignment]
+
+    asyncio.run(main())
+    assert seen and seen[0] != threading.main_thread().name
+    assert upstream.aws_credentials() is not None

@@ -51,6 +51,7 @@ class Upstream(models.Model):
         AZURE_OPENAI = "azure_openai", "Azure OpenAI"
         OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible (vLLM, Ollama, …)"
         GEMINI = "gemini", "Google Gemini API"
+        BEDROCK = "bedrock", "AWS Bedrock (Converse)"
 
     name = models.SlugField(max_length=64, unique=True)
     kind = models.CharField(max_length=24, choices=Kind.choices)
@@ -62,7 +63,9 @@ class Upstream(models.Model):
         blank=True,
         help_text="Environment variable holding the provider key (never the key itself).",
     )
-    api_version = models.CharField(max_length=32, blank=True, help_text="Azure api-version.")
+    api_version = models.CharField(
+        max_length=32, blank=True, help_text="Azure api-version; a Bedrock upstream's AWS region."
+    )
     connect_timeout = models.DecimalField(max_digits=6, decimal_places=2, default=Decimal(10))
     read_timeout = models.DecimalField(max_digits=7, decimal_places=2, default=Decimal(600))
     active = models.BooleanField(default=True)

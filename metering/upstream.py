@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import aiohttp
+import yarl
 
 # Request headers a client may pass through to the provider. Everything else (the client's
 # Authorization / x-api-key, cookies, hop-by-hop headers, organisation headers) is dropped.
@@ -102,6 +105,10 @@ def upstream_url(
         if stream:
             return f"{base}/models/{upstream_model}:streamGenerateContent?alt=sse"
         return f"{base}/models/{upstream_model}:generateContent"
+    if target.kind == "bedrock":
+        # Converse names the model and the streaming in the path.
+        model = urllib.parse.quote(upstream_model, safe="")
+        return f"{base}/model/{model}/{'converse-stream' if stream else 'converse'}"
     if target.kind == "azure_openai":
         path = {"chat": "chat/completions", "responses": "responses", "embeddings": "embeddings"}[
             endpoint
@@ -153,6 +160,8 @@ def upstream_headers(
     elif target.kind == "gemini":
         if secret:
             headers["x-goog-api-key"] = secret
+    elif target.kind == "bedrock":
+        pass  # signed with SigV4 in `send`, once the URL and the body are final
     elif secret:
         headers["authorization"] = f"Bearer {secret}"
     return headers
@@ -172,9 +181,15 @@ async def send(
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=target.connect_timeout, sock_read=target.read_timeout
     )
+    url: str | yarl.URL = upstream_url(target, endpoint, upstream_model, stream)
+    if target.kind == "bedrock":
+        await aws_credentials_ready()
+        headers = sign_bedrock(target, str(url), body, headers)
+        # Sent as signed: the model id's escapes (`%3A`) stay as they are.
+        url = yarl.URL(str(url), encoded=True)
     try:
         response = await session().post(
-            upstream_url(target, endpoint, upstream_model, stream),
+            url,
             data=body,
             headers=headers,
             timeout=timeout,
@@ -185,3 +200,68 @@ async def send(
     except aiohttp.ClientError as exc:
         raise UpstreamError(str(exc)) from exc
     return UpstreamResponse(response)
+
+
+# --- AWS Bedrock: SigV4 ----------------------------------------------------------------------
+
+_REGION_IN_HOST = re.compile(r"bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com")
+_aws: dict[str, object] = {}
+
+
+def aws_credentials() -> object | None:
+    """The process's AWS credentials from botocore's chain (environment variables, shared
+    files, container or instance roles), resolved once and kept: never from a client."""
+    if "credentials" not in _aws:
+        import botocore.session
+
+        _aws["credentials"] = botocore.session.get_session().get_credentials()
+    return _aws["credentials"]
+
+
+async def aws_credentials_ready() -> None:
+    """Resolve the credentials (which may read files or ask an instance role) and refresh
+    expiring ones in a worker thread, so that signing on the event loop never waits on I/O."""
+    if "credentials" not in _aws:
+        await asyncio.to_thread(aws_credentials)
+    credentials = _aws.get("credentials")
+    refresh_needed = getattr(credentials, "refresh_needed", None)
+    if refresh_needed is not None and refresh_needed():
+        await asyncio.to_thread(credentials.get_frozen_credentials)  # type: ignore[union-attr]
+
+
+def reset_aws_credentials() -> None:
+    """Forget the resolved credentials (tests; a rotated key in the environment)."""
+    _aws.clear()
+
+
+def bedrock_region(target: UpstreamTarget) -> str:
+    """The upstream's region: its `api_version` field, else the one in a
+    `bedrock-runtime.{region}.amazonaws.com` base URL, else AWS_REGION / AWS_DEFAULT_REGION."""
+    if target.api_version:
+        return target.api_version
+    found = _REGION_IN_HOST.search(urllib.parse.urlsplit(target.base_url).netloc)
+    if found:
+        return found.group(1)
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        raise UpstreamError("The Bedrock upstream has no region (set its api_version field).")
+    return region
+
+
+def sign_bedrock(
+    target: UpstreamTarget, url: str, body: bytes, headers: dict[str, str]
+) -> dict[str, str]:
+    """`headers` with the SigV4 signature of a POST of `body` to `url` (service "bedrock").
+
+    Pure CPU (an HMAC chain and two SHA-256 digests, tens of microseconds), so it runs on the
+    event loop; the credentials are resolved once (`aws_credentials`), not per call."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    credentials = aws_credentials()
+    if credentials is None:
+        raise UpstreamError("No AWS credentials for the Bedrock upstream.")
+    frozen = credentials.get_frozen_credentials()  # type: ignore[attr-defined]
+    request = AWSRequest(method="POST", url=url, data=body, headers=dict(headers))
+    SigV4Auth(frozen, "bedrock", bedrock_region(target)).add_auth(request)
+    return dict(request.headers.items())

@@ -22,6 +22,10 @@ bare prefix all work):
                               thoughts apart (thoughtsTokenCount); the stream (SSE, any `alt`)
                               carries the counts so far in every chunk, the final ones with
                               the finishReason; errors in Google's shape
+  POST .../model/{modelId}/converse         Bedrock Converse, whole; usage with inputTokens
+  POST .../model/{modelId}/converse-stream  apart from cacheRead/WriteInputTokens; the stream
+                              is AWS's binary event stream (messageStart, contentBlockDelta,
+                              messageStop, metadata with the usage)
   GET  /_mock/last            the last API request seen: method, path, headers, body, outcome
   GET  /_mock/requests        the last 200 of them, oldest first; DELETE clears the list
   GET  /_mock/ledger          every answer served in full, by the x-request-id it came with:

@@ -53,6 +53,13 @@ def _thinking_on(thinking: Any) -> bool:
 def _tools(endpoint: str, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Offered tool name -> its input schema (function / client tools only)."""
     found: dict[str, dict[str, Any]] = {}
+    if endpoint == "converse":
+        config = body.get("toolConfig")
+        for tool in (config.get("tools") or []) if isinstance(config, dict) else []:
+            spec = tool.get("toolSpec") if isinstance(tool, dict) else None
+            if isinstance(spec, dict):
+                found[str(spec.get("name"))] = (spec.get("inputSchema") or {}).get("json") or {}
+        return found
     for tool in body.get("tools") or []:
         if not isinstance(tool, dict):
             continue
@@ -77,6 +84,12 @@ def _after_tool(endpoint: str, body: dict[str, Any]) -> bool:
         messages = body.get("messages") or []
         return (
             bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
+        )
+    if endpoint == "converse":
+        messages = body.get("messages") or []
+        blocks = messages[-1].get("content") if messages and isinstance(messages[-1], dict) else []
+        return isinstance(blocks, list) and any(
+            isinstance(block, dict) and "toolResult" in block for block in blocks
         )
     if endpoint == "generate_content":
         contents = body.get("contents") or []

@@ -6,17 +6,20 @@ import asyncio
 import contextlib
 import json
 import threading
+import urllib.parse
 from collections import deque
 from http import HTTPStatus
 from typing import Any
 
 from metering import tokens
 from metering.mock import anthropic as anthropic_answers
+from metering.mock import bedrock as bedrock_answers
 from metering.mock import gemini as gemini_answers
 from metering.mock import openai as openai_answers
 from metering.mock.common import DUMP, MockSettings, make_plan, models_body, request_id
 from metering.mock.ledger import Ledger, Record
 from metering.providers import anthropic as anthropic_protocol
+from metering.providers import bedrock as bedrock_protocol
 from metering.providers import gemini as gemini_protocol
 from metering.providers import openai as openai_protocol
 from metering.providers.base import RequestError
@@ -56,12 +59,12 @@ class Connection:
             + body
         )
 
-    def start_stream(self) -> None:
+    def start_stream(self, content_type: str = "text/event-stream; charset=utf-8") -> None:
         self.writer.write(
             self.head(
                 200,
                 [
-                    ("content-type", "text/event-stream; charset=utf-8"),
+                    ("content-type", content_type),
                     ("cache-control", "no-cache"),
                     ("transfer-encoding", "chunked"),
                     ("x-request-id", _request_id()),
@@ -160,8 +163,8 @@ class MockUpstream:
         record = Record(method, path, headers, _decode(body))
         self.book.saw(record)
         anthropic = path.endswith("/messages") or path.endswith("/messages/count_tokens")
-        if _gemini_call(path) is not None:
-            anthropic = None  # Google's shapes
+        if _gemini_call(path) is not None or _bedrock_call(path) is not None:
+            anthropic = None  # Google's or Amazon's shapes
         try:
             await self._answer(conn, record, method, path, headers, body, anthropic)
             record.completed = True
@@ -181,7 +184,9 @@ class MockUpstream:
     ) -> None:
         def fail(status: int, message: str, kind: str, param: str | None = None) -> None:
             record.status = status
-            if anthropic is None:
+            if _bedrock_call(path) is not None:
+                conn.send(status, bedrock_protocol.error_body(status, message))
+            elif anthropic is None:
                 conn.send(status, gemini_protocol.error_body(status, message))
             elif anthropic:
                 conn.send(status, anthropic_protocol.error_body(status, message, kind))
@@ -213,6 +218,9 @@ class MockUpstream:
         gemini_call = _gemini_call(path)
         if gemini_call is not None:
             protocol = gemini_protocol.PROVIDER.for_call(*gemini_call)
+        bedrock_call = _bedrock_call(path)
+        if bedrock_call is not None:
+            protocol = bedrock_protocol.PROVIDER.for_call(*bedrock_call)
         try:
             parsed = protocol.parse_request(endpoint, body)
         except RequestError as exc:
@@ -235,7 +243,10 @@ class MockUpstream:
             self.book.served[request_id] = served
             return
         plan.chunk_delay = max(plan.chunk_delay, self.settings.chunk_latency_ms / 1000)
-        conn.start_stream()
+        if bedrock_call is not None:
+            conn.start_stream(bedrock_protocol.CONTENT_TYPE_STREAM)
+        else:
+            conn.start_stream()
         try:
             await _STREAMS[endpoint](conn, parsed, plan)
             await conn.end_stream()
@@ -256,6 +267,10 @@ class MockUpstream:
         auth = headers.get("authorization", "")
         offered = auth[7:] if auth[:7].lower() == "bearer " else ""
         given = (offered, headers.get("x-api-key"), headers.get("api-key"))
+        if auth.startswith("AWS4-HMAC-SHA256 Credential="):
+            # Bedrock's SigV4: the access key id stands for the key.
+            offered = auth.removeprefix("AWS4-HMAC-SHA256 Credential=").split("/", 1)[0]
+            given = (offered, *given[1:])
         return expected in (*given, headers.get("x-goog-api-key"))
 
     def _introspect(self, conn: Connection, method: str, path: str) -> None:
@@ -328,9 +343,19 @@ def _gemini_call(path: str) -> tuple[str, bool] | None:
     return head.rpartition("/models/")[2], method == "streamGenerateContent"
 
 
+def _bedrock_call(path: str) -> tuple[str, bool] | None:
+    """(model, stream) of a Bedrock path `.../model/{modelId}/converse[-stream]`."""
+    head, _, action = path.rpartition("/")
+    if action not in ("converse", "converse-stream") or "/model/" not in head:
+        return None
+    return urllib.parse.unquote(head.rpartition("/model/")[2]), action == "converse-stream"
+
+
 def _endpoint(path: str) -> str | None:
     if _gemini_call(path) is not None:
         return gemini_protocol.ENDPOINT
+    if _bedrock_call(path) is not None:
+        return bedrock_protocol.ENDPOINT
     for suffix, endpoint in (
         ("/chat/completions", "chat"),
         ("/responses", "responses"),
@@ -349,6 +374,7 @@ _BODIES = {
     "embeddings": openai_answers.embeddings_body,
     "messages": anthropic_answers.messages_body,
     gemini_protocol.ENDPOINT: gemini_answers.generate_body,
+    bedrock_protocol.ENDPOINT: bedrock_answers.converse_body,
 }
 _STREAMS = {
     "chat": openai_answers.chat_stream,
@@ -356,6 +382,7 @@ _STREAMS = {
     "embeddings": openai_answers.no_stream,
     "messages": anthropic_answers.messages_stream,
     gemini_protocol.ENDPOINT: gemini_answers.generate_stream,
+    bedrock_protocol.ENDPOINT: bedrock_answers.converse_stream,
 }
 
 

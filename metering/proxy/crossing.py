@@ -1,6 +1,7 @@
 """Cross-protocol calls (pure): an OpenAI chat call to a model routed to Anthropic, an
 Anthropic messages call to a model routed to an OpenAI-kind upstream, and either to a model
-routed to Gemini (`metering.translate.gemini`).
+routed to Gemini (`metering.translate.gemini`), and an OpenAI chat call to a model routed to
+Bedrock Converse (`metering.translate.bedrock`).
 
 The call is metered as a native one in the upstream's protocol: the upstream body is the
 translated request (`metering.translate`), the hold and the dependent limits apply to it, and
@@ -15,9 +16,12 @@ import dataclasses
 import json
 import time
 
-from metering.providers import gemini
+from botocore.eventstream import EventStreamBuffer, ParserError
+
+from metering.providers import bedrock, gemini
 from metering.providers.anthropic import PROVIDER as ANTHROPIC
 from metering.providers.base import ParsedRequest, Provider, StreamMeter, StreamState
+from metering.providers.bedrock import PROVIDER as BEDROCK
 from metering.providers.gemini import PROVIDER as GEMINI
 from metering.providers.openai import PROVIDER as OPENAI
 from metering.proxy import errors
@@ -26,6 +30,11 @@ from metering.translate import TranslationError
 from metering.translate.anthropic_to_openai import (
     chat_response_to_messages,
     messages_request_to_chat,
+)
+from metering.translate.bedrock import (
+    ConverseToChat,
+    chat_request_to_converse,
+    converse_response_to_chat,
 )
 from metering.translate.gemini import (
     GeminiToChat,
@@ -52,6 +61,10 @@ UPSTREAM_REFUSED = "The upstream provider refused the call."
 def upstream_endpoint(endpoint: str, kind: str) -> str:
     """The upstream's endpoint for a client `endpoint` on an upstream of `kind` ("" when the
     call is native); a 400 wrong_endpoint when the protocols do not map."""
+    if kind == "bedrock":
+        if endpoint != "chat":
+            raise errors.wrong_endpoint("This model is served on /v1/chat/completions only.")
+        return bedrock.ENDPOINT
     if kind == "gemini":
         if endpoint in ("chat", "messages"):
             return gemini.ENDPOINT
@@ -82,6 +95,8 @@ def upstream_endpoint(endpoint: str, kind: str) -> str:
 def provider_of(endpoint: str) -> Provider:
     if endpoint == gemini.ENDPOINT:
         return GEMINI
+    if endpoint == bedrock.ENDPOINT:
+        return BEDROCK
     return ANTHROPIC if endpoint == "messages" else OPENAI
 
 
@@ -89,7 +104,9 @@ def upstream_request(parsed: ParsedRequest, to: str) -> ParsedRequest:
     """The client's request as one in the upstream's protocol (`to`: "messages" or "chat");
     a 400 for what the upstream's protocol cannot carry."""
     try:
-        if to == gemini.ENDPOINT:
+        if to == bedrock.ENDPOINT:
+            body = chat_request_to_converse(parsed.body)
+        elif to == gemini.ENDPOINT:
             if parsed.endpoint == "messages":
                 body = messages_request_to_gemini(parsed.body)
             else:
@@ -106,6 +123,10 @@ def upstream_request(parsed: ParsedRequest, to: str) -> ParsedRequest:
 def whole_answer(endpoint: str, sent: str, content: bytes, model: str) -> bytes:
     """An upstream's whole (2xx) answer (to `sent`) as the client's protocol has it."""
     data = json.loads(content)
+    if sent == bedrock.ENDPOINT:
+        return json.dumps(
+            converse_response_to_chat(data, model=model, created=int(time.time()))
+        ).encode()
     if sent == gemini.ENDPOINT:
         if endpoint == "chat":
             answer = gemini_response_to_chat(data, model=model, created=int(time.time()))
@@ -121,9 +142,12 @@ def error_answer(client: Provider, status: int, content: bytes) -> bytes:
     """An upstream's error in the client's error shape, its message kept."""
     message = UPSTREAM_REFUSED
     try:
-        error = json.loads(content).get("error")
+        data = json.loads(content)
+        error = data.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             message = error["message"]
+        elif isinstance(data.get("message"), str):  # Bedrock's shape
+            message = data["message"]
     except (ValueError, AttributeError):
         pass
     kind = _STATUS_KINDS.get(status, "upstream" if status >= 500 else "invalid")
@@ -166,8 +190,55 @@ class CrossingMeter:
         return b""
 
 
-def stream_meter(endpoint: str, sent: str, model: str, include_usage: bool) -> CrossingMeter:
+class ConverseCrossingMeter:
+    """A ConverseStream (binary event-stream frames) metered by the Bedrock meter, with the
+    client's chat SSE frames made from the same events by `ConverseToChat`."""
+
+    def __init__(self, inner: StreamMeter, translator: ConverseToChat) -> None:
+        self.inner = inner
+        self.translator = translator
+        self.buffer = EventStreamBuffer()
+        self.broken = False
+        self.state: StreamState = inner.state
+
+    def feed(self, chunk: bytes) -> bytes:
+        self.inner.feed(chunk)
+        if self.broken:
+            return b""
+        frames: list[bytes] = []
+        self.buffer.add_data(chunk)
+        try:
+            for message in self.buffer:
+                headers = message.headers
+                if headers.get(":message-type") in ("exception", "error"):
+                    named = headers.get(":exception-type") or headers.get(":error-code")
+                    frames += self.translator.error(str(named or "stream_error"))
+                    continue
+                try:
+                    decoded = json.loads(message.payload or b"{}")
+                except ValueError:
+                    continue
+                if isinstance(decoded, dict):
+                    event = str(headers.get(":event-type") or "")
+                    frames += self.translator.feed(event, decoded)
+        except ParserError:
+            self.broken = True  # the inner meter records the broken stream
+        return b"".join(frames)
+
+    def close(self) -> bytes:
+        self.inner.close()
+        return b""
+
+
+def stream_meter(
+    endpoint: str, sent: str, model: str, include_usage: bool
+) -> CrossingMeter | ConverseCrossingMeter:
     """The meter of a crossing stream: client `endpoint`, upstream endpoint `sent`."""
+    if sent == bedrock.ENDPOINT:
+        return ConverseCrossingMeter(
+            BEDROCK.stream_meter(sent, strip_usage_chunk=False),
+            ConverseToChat(model=model, created=int(time.time()), include_usage=include_usage),
+        )
     inner = provider_of(sent).stream_meter(sent, strip_usage_chunk=False)
     translator: Translator
     if sent == gemini.ENDPOINT:

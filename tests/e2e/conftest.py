@@ -42,6 +42,7 @@ PRICES = {
 
 
 PROVIDER_KEY = "sk-provider-test-0123456789"
+AWS_ACCESS_KEY_ID = "AKIAPROXYTEST0000000"
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +66,12 @@ def proxy_url(django_db_setup, django_db_blocker, mock_upstream_url: str) -> Ite
         "TB_SERVE_STATIC": "0",
         # The provider key the proxy must send upstream (never the client's own key).
         "TB_UPSTREAM_KEY_TEST": PROVIDER_KEY,
+        # Bedrock upstreams sign with the AWS credential chain: these, and no files or roles.
+        "AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": "test-secret-access-key",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "AWS_EC2_METADATA_DISABLED": "true",
     }
     process = servers.start_proxy(port, env)
     yield f"http://127.0.0.1:{port}"

@@ -1,0 +1,149 @@
+"""A Bedrock route with real processes: the openai SDK on /v1/chat/completions, whole and
+streamed; the proxy speaks Converse to the mock (JSON, and AWS's binary event stream back),
+signed with SigV4 from the proxy's own AWS credentials. Every record equals the mock's ledger
+and its cost the price arithmetic (`assert_records_match_ledger`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from decimal import Decimal
+
+import openai
+import pytest
+from django.utils import timezone
+
+from metering.models import ModelPrice, ModelRoute, Upstream, UsageRecord
+from tests.clients.conftest import assert_records_match_ledger, ledger, mock_requests
+from tests.e2e.conftest import AWS_ACCESS_KEY_ID, World
+
+pytestmark = pytest.mark.e2e
+
+PUBLIC = "claude-on-bedrock"
+UPSTREAM_MODEL = "anthropic.mock-claude-cached-v1:0"  # the mock caches part of the prompt
+
+
+@pytest.fixture
+def bedrock_world(client_world: World) -> World:
+    upstream = Upstream.objects.create(
+        name="mock-bedrock",
+        kind="bedrock",
+        base_url=client_world.mock,
+        api_version="eu-west-1",
+        read_timeout=Decimal(3),
+    )
+    ModelRoute.objects.create(
+        public_name=PUBLIC,
+        upstream=upstream,
+        upstream_model=UPSTREAM_MODEL,
+        default_max_output_tokens=256,
+    )
+    ModelPrice.objects.create(
+        model=UPSTREAM_MODEL,
+        input_per_mtok=Decimal("3.00"),
+        output_per_mtok=Decimal("15.00"),
+        cached_input_per_mtok=Decimal("0.30"),
+        effective_from=timezone.now() - dt.timedelta(days=30),
+        source="override",
+    )
+    return client_world
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_openai_sdk_on_a_bedrock_route(bedrock_world: World, stream: bool) -> None:
+    client = openai.OpenAI(api_key=bedrock_world.key, base_url=f"{bedrock_world.proxy}/v1")
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello there, how are you today?"},
+    ]
+    if stream:
+        chunks = list(
+            client.chat.completions.create(
+                model=PUBLIC,
+                messages=messages,
+                max_tokens=12,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+        usage = chunks[-1].usage
+    else:
+        answer = client.chat.completions.create(model=PUBLIC, messages=messages, max_tokens=12)
+        text, finish = answer.choices[0].message.content, answer.choices[0].finish_reason
+        usage = answer.usage
+    assert text.startswith(" the quick brown fox")
+    assert finish == "length"
+    (record,) = assert_records_match_ledger(bedrock_world)
+    assert (record.provider, record.endpoint, record.model) == ("bedrock", "chat", PUBLIC)
+    assert record.streamed is stream
+    assert record.output_tokens == usage.completion_tokens == 12
+    assert record.input_tokens == usage.prompt_tokens
+    assert 0 < record.cached_input_tokens == usage.prompt_tokens_details.cached_tokens
+    # Spoken to in Converse, signed with the proxy's AWS key for the upstream's region.
+    (sent,) = mock_requests(bedrock_world)
+    action = "converse-stream" if stream else "converse"
+    assert sent["path"] == f"/model/anthropic.mock-claude-cached-v1%3A0/{action}"
+    auth = sent["headers"]["authorization"]
+    assert auth.startswith(f"AWS4-HMAC-SHA256 Credential={AWS_ACCESS_KEY_ID}/")
+    assert "/eu-west-1/bedrock/aws4_request" in auth
+    assert bedrock_world.key not in str(sent["headers"])
+    assert sent["body"]["inferenceConfig"]["maxTokens"] == 12
+    assert sent["body"]["system"] == [{"text": "Be brief."}]
+    assert sent["body"]["messages"][0]["content"] == [{"text": "Hello there, how are you today?"}]
+
+
+def _priced_route(world: World, public: str, upstream_model: str) -> None:
+    ModelRoute.objects.create(
+        public_name=public,
+        upstream=Upstream.objects.get(name="mock-bedrock"),
+        upstream_model=upstream_model,
+    )
+    ModelPrice.objects.create(
+        model=upstream_model,
+        input_per_mtok=Decimal("1"),
+        output_per_mtok=Decimal("2"),
+        effective_from=timezone.now() - dt.timedelta(days=30),
+        source="override",
+    )
+
+
+def test_an_upstream_error_passes_through_uncharged(bedrock_world: World) -> None:
+    _priced_route(bedrock_world, "bedrock-down", "mock-bedrock-error-503")
+    client = openai.OpenAI(
+        api_key=bedrock_world.key, base_url=f"{bedrock_world.proxy}/v1", max_retries=0
+    )
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.chat.completions.create(
+            model="bedrock-down", messages=[{"role": "user", "content": "Hi"}]
+        )
+    assert failed.value.status_code == 503
+    assert "failed as asked" in failed.value.message
+    (record,) = UsageRecord.objects.all()
+    assert (record.status_code, record.cost, record.usage_source) == (503, 0, "none")
+
+
+def test_a_stream_broken_mid_way_is_charged_what_was_produced(bedrock_world: World) -> None:
+    """An exception frame after ten words: no usage came, so the output is the text relayed
+    (the mock's own count of what it produced) and the input the local estimate."""
+    _priced_route(bedrock_world, "bedrock-flaky", "mock-bedrock-stream-error")
+    client = openai.OpenAI(
+        api_key=bedrock_world.key, base_url=f"{bedrock_world.proxy}/v1", max_retries=0
+    )
+    text = ""
+    with pytest.raises(openai.APIError):
+        for chunk in client.chat.completions.create(
+            model="bedrock-flaky", messages=[{"role": "user", "content": "Hi"}], stream=True
+        ):
+            text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+    assert text == " the quick brown fox jumps over a lazy dog and"
+    deadline = time.monotonic() + 10
+    while not UsageRecord.objects.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (record,) = UsageRecord.objects.all()
+    ((request_id, (_, produced, why)),) = ledger(bedrock_world)["cut"].items()
+    assert (record.request_id, record.output_tokens, why) == (request_id, produced, "stream_error")
+    assert (record.usage_source, record.error_type) == ("estimated", "serviceUnavailableException")
+    assert record.input_tokens > 0
+    assert record.cost == (record.input_tokens * 1 + record.output_tokens * 2) / Decimal(10**6)

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('metering', '0006_upstream_kind_gemini'),
+        ('metering', '0008_route_first_deployment'),
     ]
 
     operations = [

@@ -211,15 +211,19 @@ def test_revoke_stays_in_sight_on_a_phone(
     transactional_db: None, browser: Any, live_url: str
 ) -> None:
     """The keys table on an employee's page is wider than a phone and scrolls inside its card;
-    the Revoke button stays on screen without scrolling the table."""
+    the Revoke step, and the confirmation it opens, stay on screen without scrolling the table."""
     ids = seed_demo()
     context, page = sign_in_at(browser, live_url, ROLES["manager"], 390)
     page.goto(f"{live_url}/manage/employees/{ids['employee']}/")
     page.evaluate("window.scrollTo(0, document.documentElement.scrollHeight)")
-    revoke = page.get_by_role("button", name="Revoke").first
-    box = revoke.bounding_box()
-    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
-    middle = [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2]
     on_top = "(el, [x, y]) => el.contains(document.elementFromPoint(x, y))"
-    assert revoke.evaluate(on_top, middle)  # not covered by the scrolled table
+    revoke = page.locator("details.confirm-step > summary", has_text="Revoke").first
+    for control in (revoke, page.locator("details.confirm-step[open] button.danger").first):
+        if control is not revoke:
+            revoke.click()
+        page.evaluate("window.scrollTo(0, document.documentElement.scrollHeight)")
+        box = control.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+        middle = [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2]
+        assert control.evaluate(on_top, middle)  # not covered by the scrolled table
     context.close()

@@ -237,13 +237,23 @@ def _plain(value: Any, name: str = "") -> Any:
     (audit snapshots keep the database's decimal places); ids stay as they are."""
     if name == "id" or name.endswith("_id"):
         return value
-    if isinstance(value, bool) or value is None:
-        return value
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, int | float) or (
         isinstance(value, str) and value.replace(".", "", 1).lstrip("-").isdigit()
     ):
         return decimal_text(Decimal(str(value)))
     if isinstance(value, dict):  # a policy's downgrade map, a price's energy estimate
+        if len(value) > 4 or any(isinstance(v, dict | list) for v in value.values()):
+            # A record of its own (an estimate's sources): named, not spelled out in a cell;
+            # the audit API has every field.
+            return (
+                "{"
+                + ", ".join(str(k) for k in list(value)[:3])
+                + (", …}" if len(value) > 3 else "}")
+            )
         return "{" + ", ".join(f"{k} → {_plain(v, str(k))}" for k, v in value.items()) + "}"
     if isinstance(value, list):
         return "[" + ", ".join(str(_plain(item)) for item in value) + "]"

@@ -7,9 +7,10 @@ or an SSE stream, chunk by chunk) to a meter that finds the usage.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -197,3 +198,64 @@ class Provider(Protocol):
         code: str | None = None,
         param: str | None = None,
     ) -> bytes: ...
+
+
+class ModuleProvider:
+    """A provider module's pure functions as a `Provider`: each module builds its `PROVIDER`
+    from its own `parse_request`, `encode_upstream_body`, `usage_from_body`, `stream_meter`
+    and `error_body`. `for_call` binds the model and the streaming that a call's path names
+    (the Gemini and Bedrock surfaces), so its parsed request carries them; on the other
+    protocols the body names both and nothing is bound."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        endpoints: tuple[str, ...],
+        min_output_tokens: Mapping[str, int],
+        parse: Callable[[str, bytes], ParsedRequest],
+        encode: Callable[..., EncodedBody],
+        usage: Callable[[str, dict[str, Any]], Usage | None],
+        meter: Callable[..., StreamMeter],
+        error: Callable[..., bytes],
+    ) -> None:
+        self.name = name
+        self.endpoints = endpoints
+        self.min_output_tokens = min_output_tokens
+        self._parse, self._encode, self._usage = parse, encode, usage
+        self._meter, self._error = meter, error
+        self.model, self.stream = "", False
+
+    def for_call(self, model: str, stream: bool) -> ModuleProvider:
+        bound = copy.copy(self)
+        bound.model, bound.stream = model, stream
+        return bound
+
+    def parse_request(self, endpoint: str, body: bytes) -> ParsedRequest:
+        parsed = self._parse(endpoint, body)
+        if self.model:
+            parsed.model, parsed.stream = self.model, self.stream
+        return parsed
+
+    def encode_upstream_body(
+        self, parsed: ParsedRequest, *, force_include_usage: bool, default_limit_field: str | None
+    ) -> EncodedBody:
+        # No field given: the module's own default limit field.
+        field = {"default_limit_field": default_limit_field} if default_limit_field else {}
+        return self._encode(parsed, force_include_usage=force_include_usage, **field)
+
+    def usage_from_body(self, endpoint: str, data: dict[str, Any]) -> Usage | None:
+        return self._usage(endpoint, data)
+
+    def stream_meter(self, endpoint: str, *, strip_usage_chunk: bool) -> StreamMeter:
+        return self._meter(endpoint, strip_usage_chunk=strip_usage_chunk)
+
+    def error_body(
+        self,
+        status: int,
+        message: str,
+        type: str,  # the wire name; shadows the builtin here only
+        code: str | None = None,
+        param: str | None = None,
+    ) -> bytes:
+        return self._error(status, message, type, code=code, param=param)

@@ -20,7 +20,6 @@ A ConverseStream answer is not SSE but AWS's binary event stream
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +29,9 @@ from metering import validation
 from metering.providers.base import (
     BodyEncodingError,
     EncodedBody,
+    ModuleProvider,
     ParsedRequest,
     RequestError,
-    StreamMeter,
     StreamState,
     Usage,
 )
@@ -316,47 +315,13 @@ def error_body(
     return _DUMP(body).encode()
 
 
-class BedrockProtocol:
-    """This module as a `metering.providers.base.Provider`; `for_call` binds the model and
-    the streaming that a call's path names, so its parsed request carries them."""
-
-    name = "bedrock"
-    endpoints: tuple[str, ...] = ENDPOINTS
-    min_output_tokens: Mapping[str, int] = MIN_OUTPUT_TOKENS
-
-    def __init__(self, model: str = "", stream: bool = False) -> None:
-        self.model = model
-        self.stream = stream
-
-    def for_call(self, model: str, stream: bool) -> BedrockProtocol:
-        return BedrockProtocol(model, stream)
-
-    def parse_request(self, endpoint: str, body: bytes) -> ParsedRequest:
-        parsed = parse_request(endpoint, body)
-        if self.model:
-            parsed.model, parsed.stream = self.model, self.stream
-        return parsed
-
-    def encode_upstream_body(
-        self, parsed: ParsedRequest, *, force_include_usage: bool, default_limit_field: str | None
-    ) -> EncodedBody:
-        return encode_upstream_body(parsed)
-
-    def usage_from_body(self, endpoint: str, data: dict[str, Any]) -> Usage | None:
-        return usage_from_body(endpoint, data)
-
-    def stream_meter(self, endpoint: str, *, strip_usage_chunk: bool) -> StreamMeter:
-        return stream_meter(endpoint, strip_usage_chunk=strip_usage_chunk)
-
-    def error_body(
-        self,
-        status: int,
-        message: str,
-        type: str,  # the exception name; shadows the builtin here only
-        code: str | None = None,
-        param: str | None = None,
-    ) -> bytes:
-        return error_body(status, message, type, code=code, param=param)
-
-
-PROVIDER = BedrockProtocol()
+PROVIDER = ModuleProvider(
+    "bedrock",
+    endpoints=ENDPOINTS,
+    min_output_tokens=MIN_OUTPUT_TOKENS,
+    parse=parse_request,
+    encode=encode_upstream_body,
+    usage=usage_from_body,
+    meter=stream_meter,
+    error=error_body,
+)

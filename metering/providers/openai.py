@@ -13,10 +13,10 @@ from typing import Any
 from metering import validation
 from metering.providers.base import (
     EncodedBody,
+    ModuleProvider,
     ParsedRequest,
     PassThroughMeter,
     RequestError,
-    StreamMeter,
     StreamState,
     Usage,
 )
@@ -569,40 +569,13 @@ def error_body(
     ).encode()
 
 
-class OpenAIProtocol:
-    """This module as a `metering.providers.base.Provider`."""
-
-    name = "openai"
-    endpoints = ENDPOINTS
-    min_output_tokens = MIN_OUTPUT_TOKENS
-
-    def parse_request(self, endpoint: str, body: bytes) -> ParsedRequest:
-        return parse_request(endpoint, body)
-
-    def encode_upstream_body(
-        self, parsed: ParsedRequest, *, force_include_usage: bool, default_limit_field: str | None
-    ) -> EncodedBody:
-        return encode_upstream_body(
-            parsed,
-            force_include_usage=force_include_usage,
-            **({"default_limit_field": default_limit_field} if default_limit_field else {}),
-        )
-
-    def usage_from_body(self, endpoint: str, data: dict[str, Any]) -> Usage | None:
-        return usage_from_body(endpoint, data)
-
-    def stream_meter(self, endpoint: str, *, strip_usage_chunk: bool) -> StreamMeter:
-        return stream_meter(endpoint, strip_usage_chunk=strip_usage_chunk)
-
-    def error_body(
-        self,
-        status: int,
-        message: str,
-        type: str,  # the wire name; shadows the builtin here only
-        code: str | None = None,
-        param: str | None = None,
-    ) -> bytes:
-        return error_body(status, message, type, code=code, param=param)
-
-
-PROVIDER = OpenAIProtocol()
+PROVIDER = ModuleProvider(
+    "openai",
+    endpoints=ENDPOINTS,
+    min_output_tokens=MIN_OUTPUT_TOKENS,
+    parse=parse_request,
+    encode=encode_upstream_body,
+    usage=usage_from_body,
+    meter=stream_meter,
+    error=error_body,
+)

@@ -23,7 +23,7 @@ from django.conf import settings
 from django.core.exceptions import RequestAborted
 
 from metering import cache, tokens
-from metering.providers.base import ParsedRequest, Provider, RequestError
+from metering.providers.base import ParsedRequest, RequestError, RequestParser
 
 log = logging.getLogger("tokenbudget.proxy")
 
@@ -128,7 +128,7 @@ def model_name_valid(name: str) -> bool:
     return cache.name_valid(name, max_length=cache.MODEL_NAME_MAX_LENGTH)
 
 
-def _parse(protocol: Provider, endpoint: str, raw: bytes) -> ParsedRequest:
+def _parse(protocol: RequestParser, endpoint: str, raw: bytes) -> ParsedRequest:
     limit = settings.TB_MAX_JSON_DEPTH
     try:
         parsed = protocol.parse_request(endpoint, raw)
@@ -154,7 +154,7 @@ def _parse(protocol: Provider, endpoint: str, raw: bytes) -> ParsedRequest:
     return parsed
 
 
-async def request_parse(protocol: Provider, endpoint: str, raw: bytes) -> ParsedRequest:
+async def request_parse(protocol: RequestParser, endpoint: str, raw: bytes) -> ParsedRequest:
     """`protocol.parse_request(endpoint, raw)`, made safe for any bytes: too deep a nesting,
     a name no model can have, or anything the parser trips on is a RequestError, never a
     crash; a body over INLINE_BYTES is parsed on the pool, not on the event loop."""

@@ -15,8 +15,8 @@ export TB_REDIS_TEST_URL="${TB_REDIS_TEST_URL:-redis://127.0.0.1:6379/9}"
 .venv/bin/mypy billing budgets/selectors.py budgets/cost_center_pages.py budgets/employee_pages.py \
     budgets/onboarding.py config/celery.py config/management identity \
     metering/apis.py metering/catalog_services.py metering/quota metering/selectors.py \
-    metering/serializers.py metering/services.py metering/deployments.py metering/proxy/health.py \
-    metering/providers
+    metering/serializers.py metering/services.py metering/deployments.py \
+    metering/providers metering/proxy metering/body.py
 
 echo "== SQLite =="
 env -u DATABASE_URL .venv/bin/pytest "$@"

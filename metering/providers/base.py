@@ -172,6 +172,13 @@ class PassThroughMeter:
         raise NotImplementedError
 
 
+class RequestParser(Protocol):
+    """What parses a client request: every `Provider`, and parsers of their own (the count
+    endpoint's, which takes a body without an output limit)."""
+
+    def parse_request(self, endpoint: str, body: bytes) -> ParsedRequest: ...
+
+
 class Provider(Protocol):
     """One provider's wire protocol, as the proxy uses it (each provider module offers one
     instance, `PROVIDER`). Pure: parsing, encoding, metering and error shapes, no I/O."""

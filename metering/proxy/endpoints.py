@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from metering.providers import gemini
@@ -20,8 +21,8 @@ def _inbound(request: HttpRequest) -> shell.Inbound:
     return shell.Inbound(request.method or "GET", request.headers, body)
 
 
-def django_response(reply: shell.Reply) -> HttpResponse:
-    response: HttpResponse
+def django_response(reply: shell.Reply) -> HttpResponseBase:
+    response: HttpResponseBase
     if reply.stream is not None:
         response = StreamingHttpResponse(reply.stream, status=reply.status)
     else:
@@ -33,7 +34,7 @@ def django_response(reply: shell.Reply) -> HttpResponse:
 
 def _endpoint(endpoint: str):
     @csrf_exempt
-    async def view(request: HttpRequest) -> HttpResponse:
+    async def view(request: HttpRequest) -> HttpResponseBase:
         return django_response(await shell.handle(_inbound(request), endpoint))
 
     view.__name__ = view.__qualname__ = endpoint
@@ -47,16 +48,16 @@ messages = _endpoint("messages")
 count_tokens = _endpoint("count_tokens")
 
 
-async def models(request: HttpRequest, model_id: str = "") -> HttpResponse:
+async def models(request: HttpRequest, model_id: str = "") -> HttpResponseBase:
     return django_response(await listing.models(_inbound(request), model_id))
 
 
-async def budget(request: HttpRequest) -> HttpResponse:
+async def budget(request: HttpRequest) -> HttpResponseBase:
     return django_response(await listing.budget_view(_inbound(request)))
 
 
 @csrf_exempt
-async def generate_content(request: HttpRequest, target: str) -> HttpResponse:
+async def generate_content(request: HttpRequest, target: str) -> HttpResponseBase:
     """The Gemini surface: `{model}:generateContent` or `:streamGenerateContent?alt=sse`."""
     found = surface.gemini_call_of(request.path)
     request_id = shell.request_id_new()

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from django.conf import settings
@@ -129,7 +129,7 @@ class HoldOwner:
     def __init__(self, call: Call) -> None:
         self.call = call
         self.closing: asyncio.Task | None = None
-        self.fallback: Callable[[], Awaitable[object]] | None = None
+        self.fallback: Callable[[], Coroutine[Any, Any, object]] | None = None
         # Run once the close has finished (the serving deployment's call is no longer in flight).
         self.on_closed: Callable[[], None] | None = None
 
@@ -156,7 +156,7 @@ class HoldOwner:
     def held(self) -> bool:
         return self.call.held is not None
 
-    def close(self, closer: Callable[[], Awaitable[object]]) -> asyncio.Task:
+    def close(self, closer: Callable[[], Coroutine[Any, Any, object]]) -> asyncio.Task:
         if self.closing is None:
             self.closing = spawn(closer())
             self.closing.add_done_callback(self._closed)

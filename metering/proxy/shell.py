@@ -297,7 +297,9 @@ async def _maybe_downgrade(
     if isinstance(result, quota_redis.RateLimited):
         return result
     refused = isinstance(result, ledger.Refusal)
-    hold = None if refused or isinstance(result, quotas.UnheldCall) else result.hold
+    hold = None
+    if not isinstance(result, ledger.Refusal | quotas.UnheldCall):
+        hold = result.hold
     if not core.downgrade_due(call.info, hold, refused):
         return result
     try:

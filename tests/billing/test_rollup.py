@@ -216,8 +216,8 @@ def test_uncommitted_smaller_id_holds_the_watermark_back() -> None:
             "cost_center_id, provider, model, upstream_model, endpoint, input_tokens, "
             "output_tokens, cached_input_tokens, cache_write_tokens, reasoning_tokens, cost, "
             "latency_ms, status_code, streamed, estimated, usage_source, clamped, intent, "
-            "error_type) VALUES ('slow', %s, %s, %s, '', 'gpt-test', '', 'x', 1, 1, 0, 0, 0, "
-            "5, 0, 200, false, false, 'provider', false, '', '')",
+            "error_type, attempts) VALUES ('slow', %s, %s, %s, '', 'gpt-test', '', 'x', 1, 1, 0, "
+            "0, 0, 5, 0, 200, false, false, 'provider', false, '', '', 1)",
             [at, alice.id, alice.cost_center_id],
         )
         usage(alice, at=at, cost="1")  # commits with a larger id while 'slow' is open

@@ -365,7 +365,9 @@ def test_kill_9_of_a_proxy_worker_mid_stream(
     httpx.delete(f"{world.mock}/_mock/requests", timeout=5)
 
     async def run() -> tuple[int, list[int | str]]:
-        load = asyncio.ensure_future(stream_calls(world, 40))
+        # Streams of about eight seconds each: on a loaded machine the 40 take seconds to start,
+        # and every one must still be open when the worker dies.
+        load = asyncio.ensure_future(stream_calls(world, 40, delay_ms=160))
         # Not a fixed sleep: on a loaded machine the streams take longer to start.
         await asyncio.to_thread(wait_for_upstream_calls, world.mock, 40)
         victim = await asyncio.to_thread(_busiest_worker, production.port)

@@ -8,7 +8,7 @@ test_deployments.py).
   weight; when their weights are equal the one with the fewest calls in flight in this process
   goes first. The others of that priority follow in the same way, then the next priority's.
   A deployment is unhealthy while its breaker is open or its own per-minute limits (rpm, tpm)
-  are spent. When none is healthy, all of them are tried in priority order rather than none.
+  are spent (by every proxy process, as far as this one last read the shared counts). When none is healthy, all of them are tried in priority order rather than none.
 - **Fallback.** A connect error, a timeout before the answer's head, a 429 or a 5xx moves the
   call to the next candidate (after the route's deployments come its fallback models'), at
   most `max_attempts` in all and only while the call's deadline lasts. An answer whose head was
@@ -192,26 +192,31 @@ class Breakers:
 
 
 class MinuteLimits:
-    """Requests and tokens sent to each deployment in the current minute, in this process."""
+    """Requests and tokens sent to each deployment in the current minute: by this process
+    (`count`), and by the other processes as last read from the shared counters
+    (`seen_elsewhere`, total of all processes minus this one's at the read)."""
 
     def __init__(self) -> None:
         self._minute = -1
         self._counts: dict[str, list[int]] = {}
+        self._elsewhere: dict[str, tuple[int, int]] = {}
 
     def _roll(self, now: float) -> None:
         minute = int(now // 60)
         if minute != self._minute:
             self._minute = minute
             self._counts.clear()
+            self._elsewhere.clear()
 
     def room(self, d: DeploymentInfo, tokens: int, now: float) -> bool:
         if d.rpm is None and d.tpm is None:
             return True
         self._roll(now)
         requests, used = self._counts.get(d.key, (0, 0))
-        if d.rpm is not None and requests + 1 > d.rpm:
+        other_requests, other_used = self._elsewhere.get(d.key, (0, 0))
+        if d.rpm is not None and requests + other_requests + 1 > d.rpm:
             return False
-        return d.tpm is None or used + tokens <= d.tpm
+        return d.tpm is None or used + other_used + tokens <= d.tpm
 
     def count(self, d: DeploymentInfo, tokens: int, now: float) -> None:
         if d.rpm is None and d.tpm is None:
@@ -220,3 +225,13 @@ class MinuteLimits:
         counts = self._counts.setdefault(d.key, [0, 0])
         counts[0] += 1
         counts[1] += tokens
+
+    def seen_elsewhere(self, key: str, minute: int, requests: int, tokens: int, now: float) -> None:
+        """The shared counters of `key` for `minute` read `requests` and `tokens` (this
+        process's own counts included, as far as they had reached them). A read of another
+        minute than the current one is stale and ignored."""
+        self._roll(now)
+        if minute != self._minute:
+            return
+        mine_requests, mine_tokens = self._counts.get(key, (0, 0))
+        self._elsewhere[key] = (max(0, requests - mine_requests), max(0, tokens - mine_tokens))

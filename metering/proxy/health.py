@@ -9,10 +9,14 @@ shares the breakers with every other proxy process. Redis is never awaited on th
   the breaker open for everyone (`SET ... PX cool-down`, the value the instant it opened);
 - a success that closes a breaker deletes both keys, in the background too;
 - at most every `REFRESH_SECONDS` a call starts a background read (`MGET`) of the open marks
-  of the deployments it is about to choose from, and the breakers adopt the openings found.
+  of the deployments it is about to choose from, and the breakers adopt the openings found;
+- a call sent to a deployment with its own rpm or tpm adds one request and its tokens to the
+  deployment's counter of the minute (`HINCRBY` on `tb:deploy:minute:<key>:<minute>`, living
+  two minutes), in the background, and the same refresh reads those counters back, so the
+  limits hold for all processes together, to within what was sent during one refresh.
 
-So a deployment another process found failing rests here within a refresh, and Redis being
-slow or down changes nothing but that sharing (each process then counts on its own).
+So a deployment another process found failing or spent rests here within a refresh, and Redis
+being slow or down changes nothing but that sharing (each process then counts on its own).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ log = logging.getLogger("tokenbudget.proxy")
 REFRESH_SECONDS = 0.5
 FAIL_PREFIX = "tb:breaker:fail:"
 OPEN_PREFIX = "tb:breaker:open:"
+MINUTE_PREFIX = "tb:deploy:minute:"
 
 _breakers: Breakers | None = None
 _minutes = MinuteLimits()
@@ -82,7 +87,10 @@ def started(d: DeploymentInfo, tokens: int) -> None:
     now = time.time()
     in_flight[d.key] = in_flight.get(d.key, 0) + 1
     breakers().started(d.key, now)
-    _minutes.count(d, tokens, now)
+    if d.rpm is not None or d.tpm is not None:
+        _minutes.count(d, tokens, now)
+        if settings.REDIS_URL:
+            _spawn(_shared_minute(d.key, int(now // 60), tokens))
 
 
 def finished(d: DeploymentInfo) -> None:
@@ -180,17 +188,41 @@ def _refresh_soon(deployments: Sequence[DeploymentInfo], now: float) -> None:
     if now - _refreshed_at < REFRESH_SECONDS or (_refreshing and not _refreshing.done()):
         return
     _refreshed_at = now
-    _refreshing = asyncio.ensure_future(_refresh([d.key for d in deployments]))
+    limited = [d.key for d in deployments if d.rpm is not None or d.tpm is not None]
+    _refreshing = asyncio.ensure_future(
+        _refresh([d.key for d in deployments], limited, int(now // 60))
+    )
 
 
-async def _refresh(keys: list[str]) -> None:
+def _minute_key(key: str, minute: int) -> str:
+    return f"{MINUTE_PREFIX}{key}:{minute}"
+
+
+async def _shared_minute(key: str, minute: int, tokens: int) -> None:
     try:
-        values = await _client().mget([OPEN_PREFIX + key for key in keys])
+        async with _client().pipeline(transaction=False) as pipe:
+            pipe.hincrby(_minute_key(key, minute), "requests", 1)
+            pipe.hincrby(_minute_key(key, minute), "tokens", tokens)
+            pipe.expire(_minute_key(key, minute), 120)
+            await pipe.execute()
+    except Exception as exc:
+        log.debug("deployment minute count not shared", extra={"error": str(exc)})
+
+
+async def _refresh(keys: list[str], limited: list[str], minute: int) -> None:
+    try:
+        async with _client().pipeline(transaction=False) as pipe:
+            pipe.mget([OPEN_PREFIX + key for key in keys])
+            for key in limited:
+                pipe.hmget(_minute_key(key, minute), "requests", "tokens")
+            values, *counts = await pipe.execute()
     except Exception as exc:
         log.debug("breakers not refreshed", extra={"error": str(exc)})
         return
     state = breakers()
     now = time.time()
+    for key, (requests, tokens) in zip(limited, counts, strict=True):
+        _minutes.seen_elsewhere(key, minute, int(requests or 0), int(tokens or 0), now)
     for key, value in zip(keys, values, strict=True):
         if value is None:
             continue

@@ -324,6 +324,72 @@ def test_with_redis_a_breaker_opened_by_one_process_rests_the_deployment_in_anot
             servers.stop(process)
 
 
+def test_with_redis_a_deployments_rpm_holds_for_all_processes_together(
+    transactional_db,
+    redis_server,  # noqa: F811 (the fixture imported above)
+    mock_upstream_url: str,
+) -> None:
+    """A deployment allowed 3 requests a minute: after 3 calls through one proxy process, the
+    other process sends the route's calls to the next deployment once it has read the shared
+    count, though it sent none there itself."""
+    from django.db import connection
+
+    redis_server.client().flushdb()
+    env = {
+        "DATABASE_URL": servers.database_url_of(connection.settings_dict),
+        "REDIS_URL": redis_server.url,
+        "TB_KEY_CACHE_SECONDS": "0",
+        "TB_MOCK_UPSTREAM_URL": mock_upstream_url,
+        "TB_SERVE_STATIC": "0",
+        "TB_UPSTREAM_KEY_TEST": PROVIDER_KEY,
+        **BREAKER_ENV,
+    }
+    ports = [servers.free_port(), servers.free_port()]
+    processes = [servers.start_proxy(port, env) for port in ports]
+    try:
+        world = make_world(f"http://127.0.0.1:{ports[0]}", mock_upstream_url)
+        mock = Upstream.objects.get(name="mock-openai")
+        route = catalog_services.route_create(
+            actor=None,
+            data={"public_name": "pool-rpm", "upstream": mock, "upstream_model": "gpt-4o-mini"},
+        )
+        catalog_services.route_deployments_set(
+            actor=None,
+            route=route,
+            deployments=[
+                {"upstream": mock, "upstream_model": "gpt-4o-mini", "priority": 0, "rpm": 3},
+                {"upstream": mock, "upstream_model": "o4-mini-cached-reasoning", "priority": 1},
+            ],
+        )
+        # The counts are per wall-clock minute: start early in one, so the calls share it.
+        left = 60 - time.time() % 60
+        if left < 20:
+            time.sleep(left + 0.5)
+
+        def served(proxy: str) -> str:
+            client = openai.OpenAI(
+                base_url=f"{proxy}/v1", api_key=world.key, max_retries=0, timeout=30
+            )
+            return client.chat.completions.create(
+                model="pool-rpm", messages=HELLO, max_tokens=10
+            ).model
+
+        first, second = (f"http://127.0.0.1:{port}" for port in ports)
+        assert [served(first) for _ in range(4)] == ["gpt-4o-mini"] * 3 + [
+            "o4-mini-cached-reasoning"
+        ]
+        served(second)  # starts the second process's background read of the shared counts
+        time.sleep(0.6)
+        assert [served(second) for _ in range(2)] == ["o4-mini-cached-reasoning"] * 2
+        minute = redis_server.client().hgetall(
+            f"tb:deploy:minute:pool-rpm@mock-openai/gpt-4o-mini:{int(time.time() // 60)}"
+        )
+        assert int(minute[b"requests"]) in (3, 4)  # 4: the second process's first call
+    finally:
+        for process in processes:
+            servers.stop(process)
+
+
 def test_a_fallback_model_of_the_other_protocol_is_sent_in_its_own(world: World) -> None:
     """An OpenAI chat call whose route fails falls back to an Anthropic route: the request is
     translated for it, and the record is the Anthropic model's, at its price."""

@@ -196,6 +196,24 @@ def test_minute_limits(rpm, tpm, sent, tokens, room) -> None:
     assert limits.room(d, tokens, 61.0) is True  # the next minute starts afresh
 
 
+def test_minute_limits_count_what_other_processes_sent() -> None:
+    limits = MinuteLimits()
+    d = dep("a", rpm=5, tpm=1000)
+    limits.count(d, 100, 30.0)
+    # The shared counter holds this process's call and three of others' (300 tokens).
+    limits.seen_elsewhere("a", 0, 4, 400, 31.0)
+    assert limits.room(d, 100, 31.0) is True  # 4 + 1 requests, 400 + 100 tokens
+    limits.count(d, 100, 31.0)
+    assert limits.room(d, 1, 32.0) is False  # five requests this minute, by all processes
+    limits.seen_elsewhere("a", 0, 2, 200, 32.0)  # a read before others' calls reached Redis
+    assert limits.room(d, 100, 32.0) is True  # never below zero: others' count is 0 then
+    limits.seen_elsewhere("a", 1, 50, 50_000, 61.0)
+    assert limits.room(d, 100, 61.0) is False  # the next minute's own shared count
+    limits.seen_elsewhere("a", 0, 50, 50_000, 62.0)  # a stale read of the past minute
+    limits.seen_elsewhere("a", 1, 1, 10, 62.0)
+    assert limits.room(d, 100, 62.0) is True
+
+
 def test_a_probe_that_ends_without_an_outcome_lets_the_next_call_probe() -> None:
     breakers = Breakers(failures=1, window=10.0, cooldown=5.0)
     breakers.failure("a", 0.0)

@@ -122,15 +122,34 @@ def gemini_count_of(path: str) -> str | None:
     return model
 
 
+# The Gemini API's methods on a model: a path ending in one is no model read (`auto:<intent>`
+# names hold a colon too).
+GEMINI_MODEL_METHODS = frozenset(
+    {
+        *GEMINI_METHODS,
+        "countTokens",
+        "embedContent",
+        "batchEmbedContents",
+        "asyncBatchEmbedContent",
+        "batchGenerateContent",
+        "predict",
+        "predictLongRunning",
+    }
+)
+
+
 def gemini_model_of(path: str, prefix: str = GEMINI_MODELS_PATH) -> str | None:
-    """The name in `/v1beta/models/{name}` ("" for the list, None for any other path). A name
-    with a method (`{name}:method`) is not a model read."""
+    """The name in `/v1beta/models/{name}` ("" for the list, None for any other path). A path
+    ending in one of the API's methods (`{name}:embedContent`) is not a model read."""
     if path in (prefix, prefix + "/"):
         return ""
     if not path.startswith(prefix + "/"):
         return None
     name = path[len(prefix) + 1 :]
-    return None if ":" in name else name
+    head, sep, method = name.rpartition(":")
+    if sep and (not head or method in GEMINI_MODEL_METHODS):
+        return None
+    return name
 
 
 def looks_gemini(headers: Mapping[str, str], query: Mapping[str, str]) -> bool:

@@ -10,7 +10,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from metering.models import ModelRoute, UsageRecord, VirtualKey
+from metering.models import Intent, ModelRoute, UsageRecord, VirtualKey
 from metering.providers import gemini
 from metering.proxy.counting import local_count
 from tests.clients.conftest import assert_records_match_ledger, ledger, mock_requests
@@ -188,3 +188,18 @@ def test_the_models_on_v1_are_googles_for_google_and_openais_otherwise(
         headers={"x-goog-api-key": world.key},
     )
     assert bad.status_code == 400 and bad.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
+def test_an_intent_name_is_listed_read_and_counted(world: World) -> None:
+    """`auto:<intent>` names are models too: listed, read (their colon is no method) and
+    counted for the model the intent leads to."""
+    Intent.objects.create(name="coding", default_model=CATALOGUED)
+    client = google(world)
+    names = {m.name: m.supported_actions for m in client.models.list()}
+    assert names["models/auto:coding"] == GEMINI_METHODS
+    assert client.models.get(model="auto:coding").name == "models/auto:coding"
+    counted = client.models.count_tokens(model="auto:coding", contents=CONTENTS)
+    (sent,) = mock_requests(world)
+    assert sent["path"] == f"/v1beta/models/{CATALOGUED}:countTokens"
+    assert counted.total_tokens > 0
+    assert_nothing_charged(world)

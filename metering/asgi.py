@@ -31,7 +31,7 @@ from django.http import HttpRequest, HttpResponse
 from metering import metrics, tokens
 from metering.body import BadContentLength, BodyTooLarge, body_read, declared_length
 from metering.providers import gemini
-from metering.proxy import budget, errors, listing, shell, surface
+from metering.proxy import budget, counting, errors, listing, shell, surface
 from metering.proxy.errors import ProxyError
 
 log = logging.getLogger("tokenbudget.proxy")
@@ -58,6 +58,11 @@ def scope_headers(scope: dict[str, Any]) -> dict[str, str]:
         value = raw_value.decode("latin-1")
         headers[name] = f"{headers[name]},{value}" if name in headers else value
     return headers
+
+
+def _query(scope: dict[str, Any]) -> dict[str, str]:
+    """The query string's parameters (blank ones kept: `?key=` is a key, if an empty one)."""
+    return dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
 
 
 async def send_reply(reply: shell.Reply, send: Callable) -> None:
@@ -102,7 +107,7 @@ class ProxyApplication:
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] == "http":
             path = scope.get("path", "")
-            if path.startswith(PREFIX) and not surface.gemini_call_of(path):
+            if path.startswith(PREFIX) and not self._gemini_on_v1(scope, path):
                 # The whole /v1/ surface answers in the providers' shapes, unknown paths too.
                 await self._proxy(scope, receive, send, shell.ENDPOINT_PATHS.get(path))
                 return
@@ -115,29 +120,56 @@ class ProxyApplication:
                 return
         await self.django_app(scope, receive, send)
 
+    @staticmethod
+    def _gemini_on_v1(scope: dict[str, Any], path: str) -> bool:
+        """A /v1/ path of the Gemini surface (google-genai's default API version): a model's
+        method, or the models list read by one of Google's clients."""
+        if surface.gemini_call_of(path) or surface.gemini_count_of(path):
+            return True
+        if surface.model_id_of(path) is None:
+            return False
+        query = _query(scope)
+        return surface.looks_gemini(scope_headers(scope), query)
+
     async def _gemini(
         self, scope: dict[str, Any], receive: Callable, send: Callable, path: str
     ) -> None:
-        """The Gemini API surface: generateContent and streamGenerateContent (alt=sse), the
-        key in `x-goog-api-key` or `?key=`; every answer and refusal in Google's shape."""
-        target = surface.gemini_call_of(path)
+        """The Gemini API surface: generateContent and streamGenerateContent (alt=sse),
+        countTokens, and the models list and model reads; the key in `x-goog-api-key` or
+        `?key=`; every answer and refusal in Google's shape."""
         method = scope.get("method", "GET")
-        if target is None:
-            error = surface.not_found(method, path)
-            await self._refuse(error, gemini.ENDPOINT, send)
-            return
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        query = _query(scope)
         headers = scope_headers(scope)
         if "key" in query and "x-goog-api-key" not in headers:
             headers["x-goog-api-key"] = query["key"]
-        model, stream = target
-        refusal = surface.gemini_stream_format(query) if stream else None
-        if refusal is not None:
-            await self._refuse(refusal, gemini.ENDPOINT, send)
+        target = surface.gemini_call_of(path)
+        if target is not None:
+            model, stream = target
+            refusal = surface.gemini_stream_format(query) if stream else None
+            if refusal is not None:
+                await self._refuse(refusal, gemini.ENDPOINT, send)
+                return
+            await self._proxy(
+                scope, receive, send, gemini.ENDPOINT, headers=headers, model=model, stream=stream
+            )
             return
-        await self._proxy(
-            scope, receive, send, gemini.ENDPOINT, headers=headers, model=model, stream=stream
-        )
+        counted = surface.gemini_count_of(path)
+        if counted is not None:
+            await self._proxy(
+                scope, receive, send, counting.GEMINI_ENDPOINT, headers=headers, model=counted
+            )
+            return
+        prefix = surface.GEMINI_MODELS_PATH if path.startswith(surface.GEMINI_PREFIX) else None
+        name = surface.gemini_model_of(path, prefix or surface.MODELS_PATH)
+        if name is None:
+            await self._refuse(surface.not_found(method, path), gemini.ENDPOINT, send)
+            return
+
+        async def read(inbound: shell.Inbound) -> shell.Reply:
+            return await listing.gemini_models(inbound, name, query)
+
+        # Refusals before the read (size, an internal error) in Google's shape too.
+        await self._proxy(scope, receive, send, gemini.ENDPOINT, headers=headers, view=read)
 
     async def _proxy(
         self,
@@ -149,6 +181,7 @@ class ProxyApplication:
         headers: dict[str, str] | None = None,
         model: str = "",
         stream: bool = False,
+        view: Callable[[shell.Inbound], Awaitable[shell.Reply]] | None = None,
     ) -> None:
         headers = scope_headers(scope) if headers is None else headers
         method = scope.get("method", "GET")
@@ -167,7 +200,7 @@ class ProxyApplication:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._disconnect(receive))
-                reply = await self._run(inbound, endpoint, scope.get("path", ""))
+                reply = await self._run(inbound, endpoint, scope.get("path", ""), view)
                 await send_reply(reply, send)
                 raise _Processed
         except* (_Processed, RequestAborted):
@@ -199,8 +232,16 @@ class ProxyApplication:
             metrics.REQUESTS.labels(endpoint, str(reply.status)).inc()
         await send_reply(reply, send)
 
-    async def _run(self, inbound: shell.Inbound, endpoint: str | None, path: str) -> shell.Reply:
+    async def _run(
+        self,
+        inbound: shell.Inbound,
+        endpoint: str | None,
+        path: str,
+        view: Callable[[shell.Inbound], Awaitable[shell.Reply]] | None = None,
+    ) -> shell.Reply:
         try:
+            if view is not None:
+                return await view(inbound)
             if endpoint is not None:
                 return await shell.handle(inbound, endpoint)
             if path == budget.PATH:

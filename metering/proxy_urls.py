@@ -30,7 +30,13 @@ urlpatterns = [
         endpoints.generate_content,
         name="proxy-gemini-stream-v1",
     ),
+    path(
+        "v1/models/<str:target>:countTokens",
+        endpoints.generate_content,
+        name="proxy-gemini-count-v1",
+    ),
     path("v1/models/<path:model_id>", endpoints.models, name="proxy-model"),
+    path("v1beta/models", endpoints.generate_content, name="proxy-gemini-models"),
     path("v1beta/models/<str:target>", endpoints.generate_content, name="proxy-gemini"),
     path("healthz", ops.healthz, name="healthz"),
     path("readyz", ops.readyz, name="readyz"),

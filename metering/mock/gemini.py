@@ -1,10 +1,11 @@
-"""The mock's Gemini answers: generateContent (body) and streamGenerateContent (alt=sse)."""
+"""The mock's Gemini answers: generateContent (body), streamGenerateContent (alt=sse) and
+countTokens."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from metering.mock.common import DUMP, WORDS, Plan, next_id
+from metering.mock.common import DUMP, WORDS, Plan, next_id, prompt_tokens
 from metering.providers.base import ParsedRequest
 
 if TYPE_CHECKING:
@@ -110,3 +111,9 @@ async def generate_stream(conn: Connection, parsed: ParsedRequest, plan: Plan) -
     if plan.visible_tokens == 0:
         obj = _response(plan, response_id, [{"text": ""}], finish=_finish(plan), visible=0)
         await conn.chunk(_sse(obj), delay)
+
+
+def count_tokens_body(parsed: ParsedRequest) -> bytes:
+    """`models/{model}:countTokens`: the prompt the same generateContent request would be
+    charged for (a CountTokensResponse)."""
+    return DUMP({"totalTokens": prompt_tokens(parsed)}).encode()

@@ -163,7 +163,7 @@ class MockUpstream:
         record = Record(method, path, headers, _decode(body))
         self.book.saw(record)
         anthropic = path.endswith("/messages") or path.endswith("/messages/count_tokens")
-        if _gemini_call(path) is not None or _bedrock_call(path) is not None:
+        if _gemini_call(path) or _gemini_count(path) or _bedrock_call(path) is not None:
             anthropic = None  # Google's or Amazon's shapes
         try:
             await self._answer(conn, record, method, path, headers, body, anthropic)
@@ -213,6 +213,16 @@ class MockUpstream:
             record.status = 200
             self.book.counted += 1
             conn.send(200, anthropic_answers.count_tokens_body(parsed))
+            return
+        if endpoint == gemini_protocol.COUNT_ENDPOINT:
+            try:
+                parsed = gemini_protocol.parse_count_request(endpoint, body)
+            except RequestError as exc:
+                fail(400, exc.message, "invalid_request_error", exc.param)
+                return
+            record.status = 200
+            self.book.counted += 1
+            conn.send(200, gemini_answers.count_tokens_body(parsed))
             return
         protocol: Any = anthropic_protocol if anthropic else openai_protocol
         gemini_call = _gemini_call(path)
@@ -343,6 +353,12 @@ def _gemini_call(path: str) -> tuple[str, bool] | None:
     return head.rpartition("/models/")[2], method == "streamGenerateContent"
 
 
+def _gemini_count(path: str) -> bool:
+    """A Gemini API path `.../models/{model}:countTokens`."""
+    head, sep, method = path.rpartition(":")
+    return bool(sep) and method == "countTokens" and "/models/" in head
+
+
 def _bedrock_call(path: str) -> tuple[str, bool] | None:
     """(model, stream) of a Bedrock path `.../model/{modelId}/converse[-stream]`."""
     head, _, action = path.rpartition("/")
@@ -354,6 +370,8 @@ def _bedrock_call(path: str) -> tuple[str, bool] | None:
 def _endpoint(path: str) -> str | None:
     if _gemini_call(path) is not None:
         return gemini_protocol.ENDPOINT
+    if _gemini_count(path):
+        return gemini_protocol.COUNT_ENDPOINT
     if _bedrock_call(path) is not None:
         return bedrock_protocol.ENDPOINT
     for suffix, endpoint in (

@@ -159,6 +159,59 @@ def parse_request(endpoint: str, body: bytes) -> ParsedRequest:
     )
 
 
+# --- countTokens ---------------------------------------------------------------------------
+
+COUNT_ENDPOINT = "count_tokens_gemini"
+COUNT_REQUEST = "generateContentRequest"
+
+
+def parse_count_request(endpoint: str, body: bytes) -> ParsedRequest:
+    """Parse a `models/{model}:countTokens` body: `contents`, or a whole `generateContentRequest`
+    (with its system instruction and tools), never both. The prompt is read as a
+    `generateContent` body's; `body` keeps the request as sent (the model is in the path)."""
+    if endpoint != COUNT_ENDPOINT:
+        raise ValueError(f"unknown Gemini count endpoint {endpoint!r}")
+    data = _decode(body)
+    inner = data.get(COUNT_REQUEST, data.get("generate_content_request"))
+    if inner is not None:
+        if data.get("contents") is not None:
+            raise RequestError(
+                "contents and generateContentRequest are mutually exclusive.", param="contents"
+            )
+        if not isinstance(inner, dict):
+            raise RequestError("generateContentRequest: must be an object.", param=COUNT_REQUEST)
+        request = inner
+    else:
+        request = {"contents": data.get("contents")}
+    parsed = parse_request(ENDPOINT, _DUMP(request).encode())
+    parsed.endpoint = COUNT_ENDPOINT
+    parsed.body = data
+    parsed.model = ""
+    parsed.max_output_tokens = None
+    return parsed
+
+
+def count_upstream_body(data: dict[str, Any], upstream_model: str) -> bytes:
+    """The count request for the upstream: as the client sent it, the model a
+    `generateContentRequest` names being the upstream's (`models/{upstream_model}`)."""
+    inner = data.get(COUNT_REQUEST, data.get("generate_content_request"))
+    if isinstance(inner, dict):
+        rest = {
+            k: v for k, v in data.items() if k not in (COUNT_REQUEST, "generate_content_request")
+        }
+        rest[COUNT_REQUEST] = {**inner, "model": f"models/{upstream_model}"}
+        data = rest
+    try:
+        return _DUMP(data).encode()
+    except (UnicodeEncodeError, RecursionError, ValueError) as exc:
+        raise BodyEncodingError(str(exc)) from None
+
+
+def count_body(total_tokens: int) -> bytes:
+    """A CountTokensResponse."""
+    return _DUMP({"totalTokens": total_tokens}).encode()
+
+
 @dataclass(frozen=True)
 class GeminiBody(EncodedBody):
     """An upstream Gemini body encoded before the hold: `rest` is everything but

@@ -1,9 +1,11 @@
-"""POST /v1/messages/count_tokens (Anthropic's shape): how many input tokens a messages request
-would be charged for, never charged and never reserved.
+"""How many input tokens a request would be charged for, never charged and never reserved:
+POST /v1/messages/count_tokens (Anthropic's shape) and POST /v1beta/models/{model}:countTokens
+(Gemini's: `{"totalTokens": N}`).
 
 Authenticated with the employee's key and rate-limited like calls (it counts as a request in
-the key's and the employee's per-minute windows); for a model routed to an Anthropic upstream
-the upstream's own count endpoint answers, for any other route the proxy counts locally with
+the key's and the employee's per-minute windows); for a model routed to an upstream of the
+same protocol (Anthropic's count for an Anthropic upstream, Gemini's for a Gemini one) the
+upstream's own count endpoint answers, for any other route the proxy counts locally with
 `metering.tokens` and says so in the `x-tokenbudget-estimated: true` header.
 """
 
@@ -15,13 +17,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 from django.conf import settings
 
 from metering import cache, routing, tokens, upstream
 from metering.body import request_parse, sized_work
 from metering.jsonwire import dumps_bytes
-from metering.providers import anthropic
-from metering.providers.base import ParsedRequest, RequestError
+from metering.providers import anthropic, gemini
+from metering.providers.base import BodyEncodingError, ParsedRequest, RequestError
 from metering.proxy import call as core
 from metering.proxy import errors
 from metering.proxy.errors import Headers
@@ -34,6 +37,9 @@ log = logging.getLogger("tokenbudget.proxy")
 
 ENDPOINT = "count_tokens"
 PATH = "/v1/messages/count_tokens"
+GEMINI_ENDPOINT = gemini.COUNT_ENDPOINT
+# Upstream kinds that speak the Gemini API, and so answer `models/{model}:countTokens`.
+GEMINI_KINDS = frozenset({"gemini"})
 ESTIMATED_HEADER = "x-tokenbudget-estimated"
 _PLACEHOLDER_LIMIT = 1  # the messages parser wants a max_tokens; a count has none
 
@@ -50,6 +56,18 @@ class _CountParser:
         if not asked:
             parsed.body.pop("max_tokens", None)
             parsed.max_output_tokens = None
+        return parsed
+
+
+class _GeminiCountParser:
+    """The Gemini count parser with the path's model bound (checked as a body's model is)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def parse_request(self, endpoint: str, body: bytes) -> ParsedRequest:
+        parsed = gemini.parse_count_request(endpoint, body)
+        parsed.model = self.model
         return parsed
 
 
@@ -127,6 +145,17 @@ def _reply_parts(
     return status, headers, body
 
 
+async def _route_of(info: KeyInfo, parsed: ParsedRequest) -> RouteInfo:
+    """The route counted for (an `auto:<intent>` name resolved as a call's is)."""
+    requested = parsed.model
+    alias = routing.alias_intent(requested)
+    if alias is not None:
+        target = await routing.intents.aget(alias) if alias else None
+        candidates = target.candidates if target is not None else ()
+        parsed.model = core.alias_choice(info, alias, requested, candidates)
+    return count_route(info, parsed.model, await cache.routes.aget(parsed.model))
+
+
 async def count(
     inbound_headers: Mapping[str, str], body: bytes, info: KeyInfo, request_id: str
 ) -> tuple[int, Headers, bytes]:
@@ -135,13 +164,7 @@ async def count(
         parsed = await request_parse(_CountParser(), "messages", body)
     except RequestError as exc:
         raise errors.invalid_request(exc.message, exc.param) from exc
-    requested = parsed.model
-    alias = routing.alias_intent(requested)
-    if alias is not None:
-        target = await routing.intents.aget(alias) if alias else None
-        candidates = target.candidates if target is not None else ()
-        parsed.model = core.alias_choice(info, alias, requested, candidates)
-    route = count_route(info, parsed.model, await cache.routes.aget(parsed.model))
+    route = await _route_of(info, parsed)
     await rate_check(info)
     if route.target.kind != "anthropic":
         counted = await sized_work(len(parsed.prompt_text), local_count, parsed)
@@ -170,3 +193,68 @@ async def count(
         )
         raise errors.upstream_unreachable() from None
     return _reply_parts(response.status_code, content, request_id, estimated=False)
+
+
+def gemini_count_url(target: upstream.UpstreamTarget, upstream_model: str) -> str:
+    """A Gemini upstream's `models/{model}:countTokens` URL (beside its generateContent)."""
+    base = target.base_url.rstrip("/")
+    if not base.endswith("/v1beta"):
+        base = f"{base}/v1beta"
+    return f"{base}/models/{upstream_model}:countTokens"
+
+
+async def count_gemini(
+    inbound_headers: Mapping[str, str], body: bytes, model: str, info: KeyInfo, request_id: str
+) -> tuple[int, Headers, bytes]:
+    """POST /v1beta/models/{model}:countTokens: the count's status, headers and body (Gemini's
+    CountTokensResponse); raises ProxyError for a refusal."""
+    try:
+        parsed = await request_parse(_GeminiCountParser(model), GEMINI_ENDPOINT, body)
+    except RequestError as exc:
+        raise errors.invalid_request(exc.message, exc.param) from exc
+    route = await _route_of(info, parsed)
+    await rate_check(info)
+    if route.target.kind not in GEMINI_KINDS:
+        counted = await sized_work(len(parsed.prompt_text), local_count, parsed)
+        return _reply_parts(200, gemini.count_body(counted), request_id, estimated=True)
+    try:
+        payload = gemini.count_upstream_body(parsed.body, route.upstream_model)
+    except BodyEncodingError:
+        raise errors.unencodable_body() from None
+    headers = upstream.upstream_headers(route.target, inbound_headers, request_id)
+    status, content = await _post(
+        route.target, gemini_count_url(route.target, route.upstream_model), payload, headers
+    )
+    return _reply_parts(status, content, request_id, estimated=False)
+
+
+async def _post(
+    target: upstream.UpstreamTarget, url: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, bytes]:
+    """POST `body` to `url` on the shared session, with the upstream's timeouts; its status
+    and whole body. Failures are the proxy's upstream errors (504, 502)."""
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=target.connect_timeout, sock_read=target.read_timeout
+    )
+    try:
+        try:
+            answer = await upstream.session().post(
+                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            )
+        except TimeoutError as exc:
+            raise upstream.UpstreamTimeout(str(exc)) from exc
+        except aiohttp.ClientError as exc:
+            raise upstream.UpstreamError(str(exc)) from exc
+        response = upstream.UpstreamResponse(answer)
+        try:
+            return response.status_code, await response.aread()
+        finally:
+            await response.aclose()
+    except upstream.UpstreamTimeout:
+        raise errors.upstream_timeout() from None
+    except upstream.UpstreamError as exc:
+        log.warning(
+            "count upstream unreachable",
+            extra={"request_id": headers.get("x-request-id"), "error": type(exc).__name__},
+        )
+        raise errors.upstream_unreachable() from None

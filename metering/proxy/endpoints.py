@@ -10,7 +10,7 @@ from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from metering.providers import gemini
-from metering.proxy import listing, shell, surface
+from metering.proxy import counting, listing, shell, surface
 
 
 def _inbound(request: HttpRequest) -> shell.Inbound:
@@ -57,21 +57,32 @@ async def budget(request: HttpRequest) -> HttpResponseBase:
 
 
 @csrf_exempt
-async def generate_content(request: HttpRequest, target: str) -> HttpResponseBase:
-    """The Gemini surface: `{model}:generateContent` or `:streamGenerateContent?alt=sse`."""
-    found = surface.gemini_call_of(request.path)
+async def generate_content(request: HttpRequest, target: str = "") -> HttpResponseBase:
+    """The Gemini surface: `{model}:generateContent`, `:streamGenerateContent?alt=sse`,
+    `:countTokens`, and (under /v1beta) the models list and one model."""
+    del target
+    path = request.path
     request_id = shell.request_id_new()
-    if found is None:
-        error = surface.not_found(request.method or "GET", request.path)
-        return django_response(shell.error_reply(gemini.ENDPOINT, error, request_id))
-    model, stream = found
-    refusal = surface.gemini_stream_format(request.GET) if stream else None
-    if refusal is not None:
-        return django_response(shell.error_reply(gemini.ENDPOINT, refusal, request_id))
     inbound = _inbound(request)
     headers = {name.lower(): value for name, value in request.headers.items()}
     key = request.GET.get("key")
     if key and "x-goog-api-key" not in headers:
         headers["x-goog-api-key"] = key
+    found = surface.gemini_call_of(path)
+    counted = surface.gemini_count_of(path)
+    if found is None and counted is not None:
+        inbound = shell.Inbound(inbound.method, headers, inbound.body, model=counted)
+        return django_response(await shell.handle(inbound, counting.GEMINI_ENDPOINT))
+    if found is None:
+        name = surface.gemini_model_of(path)
+        if name is not None:
+            inbound = shell.Inbound(inbound.method, headers, inbound.body)
+            return django_response(await listing.gemini_models(inbound, name, request.GET))
+        error = surface.not_found(request.method or "GET", path)
+        return django_response(shell.error_reply(gemini.ENDPOINT, error, request_id))
+    model, stream = found
+    refusal = surface.gemini_stream_format(request.GET) if stream else None
+    if refusal is not None:
+        return django_response(shell.error_reply(gemini.ENDPOINT, refusal, request_id))
     inbound = shell.Inbound(inbound.method, headers, inbound.body, model=model, stream=stream)
     return django_response(await shell.handle(inbound, gemini.ENDPOINT))

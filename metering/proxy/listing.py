@@ -5,12 +5,14 @@ the shape the request looks like (Anthropic's when it carries `anthropic-version
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from metering.dbpool import in_db_thread
 from metering.providers.anthropic import PROVIDER as ANTHROPIC
 from metering.providers.base import Provider
+from metering.providers.gemini import PROVIDER as GEMINI
 from metering.providers.openai import PROVIDER as OPENAI
-from metering.proxy import budget, errors, surface
+from metering.proxy import budget, counting, errors, surface
 from metering.proxy.errors import Headers, ProxyError
 from metering.proxy.shell import Inbound, Reply, authenticate, request_id_new
 from metering.selectors import aliases_for_key, routes_for_key
@@ -43,6 +45,47 @@ async def models(inbound: Inbound, model_id: str = "") -> Reply:
         body = json.dumps(surface.model_object(model_id, owners[model_id], anthropic)).encode()
     else:
         body = surface.models_body(entries, anthropic)
+    headers: Headers = [
+        ("content-type", "application/json"),
+        ("content-length", str(len(body))),
+        ("x-request-id", request_id),
+    ]
+    return Reply(200, headers, body)
+
+
+async def gemini_models(inbound: Inbound, model_id: str, query: Mapping[str, str]) -> Reply:
+    """GET /v1beta/models (paged by `pageSize` / `pageToken`) or /v1beta/models/{name}, in
+    Gemini's shape: the same routes and aliases as /v1/models, a Gemini route (and an
+    `auto:<intent>` name) with generateContent, streamGenerateContent and countTokens, any
+    other route with countTokens only (counted locally)."""
+    request_id = request_id_new()
+    try:
+        if inbound.method not in ("GET", "HEAD"):
+            raise surface.wrong_method(inbound.method, surface.GEMINI_MODELS_PATH, "GET")
+        info = inbound.key_info or await authenticate(inbound.headers)
+        page = surface.gemini_page(query) if not model_id else (0, "")
+    except ProxyError as error:
+        return _rendered(GEMINI, error, request_id)
+    routes = await _routes_for_key(info)
+    aliases = await _aliases_for_key(info, [route.public_name for route in routes])
+    entries: list[tuple[str, tuple[str, ...]]] = [
+        (
+            route.public_name,
+            surface.GEMINI_SERVED
+            if route.upstream.kind in counting.GEMINI_KINDS
+            else surface.COUNT_ONLY,
+        )
+        for route in routes
+    ]
+    entries += [(alias, surface.GEMINI_SERVED) for alias in aliases]
+    if model_id:
+        name = model_id.removeprefix("models/")
+        methods = dict(entries).get(name)
+        if methods is None:
+            return _rendered(GEMINI, surface.unknown_model(name), request_id)
+        body = json.dumps(surface.gemini_model_object(name, methods)).encode()
+    else:
+        body = surface.gemini_models_body(entries, *page)
     headers: Headers = [
         ("content-type", "application/json"),
         ("content-length", str(len(body))),

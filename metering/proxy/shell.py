@@ -59,6 +59,7 @@ PROVIDERS: dict[str, Provider] = {
     "messages": ANTHROPIC,
     counting.ENDPOINT: ANTHROPIC,
     gemini.ENDPOINT: GEMINI,
+    counting.GEMINI_ENDPOINT: GEMINI,
 }
 ENDPOINT_PATHS: dict[str, str] = {
     "/v1/chat/completions": "chat",
@@ -128,8 +129,8 @@ async def handle(inbound: Inbound, endpoint: str) -> Reply:
     request_id = request_id_new()
     REQUEST_ID.set(request_id)
     started = time.perf_counter()
-    if endpoint == counting.ENDPOINT:
-        reply = await _count(inbound, request_id)
+    if endpoint in (counting.ENDPOINT, counting.GEMINI_ENDPOINT):
+        reply = await _count(inbound, endpoint, request_id)
     else:
         reply = await _handle(inbound, endpoint, request_id)
     metrics.LATENCY.labels(endpoint).observe(time.perf_counter() - started)
@@ -137,20 +138,26 @@ async def handle(inbound: Inbound, endpoint: str) -> Reply:
     return reply
 
 
-async def _count(inbound: Inbound, request_id: str) -> Reply:
-    """POST /v1/messages/count_tokens: never held, never charged (see `counting`)."""
+async def _count(inbound: Inbound, endpoint: str, request_id: str) -> Reply:
+    """POST /v1/messages/count_tokens and /v1beta/models/{model}:countTokens: never held, never
+    charged (see `counting`)."""
     try:
         if inbound.method != "POST":
             raise errors.method_not_allowed()
         limit = settings.TB_MAX_BODY_BYTES
         body = core.check_body_size(inbound.headers.get("content-length"), inbound.body, limit)
         info = inbound.key_info or await authenticate(inbound.headers)
-        status, headers, content = await counting.count(inbound.headers, body, info, request_id)
+        if endpoint == counting.GEMINI_ENDPOINT:
+            status, headers, content = await counting.count_gemini(
+                inbound.headers, body, inbound.model, info, request_id
+            )
+        else:
+            status, headers, content = await counting.count(inbound.headers, body, info, request_id)
     except ProxyError as error:
-        return error_reply(counting.ENDPOINT, error, request_id)
+        return error_reply(endpoint, error, request_id)
     except Exception:
         log.exception("token count failed", extra={"request_id": request_id})
-        return error_reply(counting.ENDPOINT, errors.internal(), request_id)
+        return error_reply(endpoint, errors.internal(), request_id)
     return Reply(status, headers, content)
 
 

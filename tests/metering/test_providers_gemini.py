@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from metering.providers import gemini as gm
 from metering.providers.base import RequestError, Usage
 from metering.providers.openai import IMAGE_TOKENS
+from metering.proxy.errors import ProxyError
 from metering.translate import TranslationError
 from metering.translate import gemini as tr
 
@@ -473,3 +474,106 @@ def test_the_stream_format_must_be_sse() -> None:
     assert surface.gemini_stream_format({"alt": "sse"}) is None
     refused = surface.gemini_stream_format({})
     assert refused is not None and refused.status == 400 and refused.param == "alt"
+
+
+# --- countTokens and the models list (pure) ------------------------------------------------
+
+
+def test_a_count_reads_contents_or_a_whole_generate_request() -> None:
+    plain = gm.parse_count_request(
+        gm.COUNT_ENDPOINT, b'{"contents": [{"parts": [{"text": "Hi there"}]}]}'
+    )
+    assert (plain.prompt_text, plain.message_count, plain.max_output_tokens) == (
+        "Hi there",
+        1,
+        None,
+    )
+    whole = gm.parse_count_request(
+        gm.COUNT_ENDPOINT,
+        json.dumps(
+            {
+                "generateContentRequest": {
+                    "model": "models/x",
+                    "systemInstruction": {"parts": [{"text": "Be brief."}]},
+                    "contents": [{"parts": [{"text": "Hi there"}]}],
+                    "generationConfig": {"maxOutputTokens": 5},
+                }
+            }
+        ).encode(),
+    )
+    assert whole.prompt_text == "Be brief.\nHi there"
+    assert (whole.model, whole.max_output_tokens) == ("", None)  # the model is the path's
+    sent = json.loads(gm.count_upstream_body(whole.body, "gemini-2.5-pro"))
+    assert sent["generateContentRequest"]["model"] == "models/gemini-2.5-pro"
+    assert sent["generateContentRequest"]["contents"] == [{"parts": [{"text": "Hi there"}]}]
+    assert json.loads(gm.count_upstream_body(plain.body, "m")) == plain.body
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{}", "contents"),
+        (b'{"contents": []}', "contents"),
+        (b'{"contents": "a", "generateContentRequest": {"contents": "a"}}', "contents"),
+        (b'{"generateContentRequest": []}', "generateContentRequest"),
+        (b'{"generateContentRequest": {}}', "contents"),
+        (b"[1]", None),
+    ],
+)
+def test_bad_count_requests_are_refused(body: bytes, param: str | None) -> None:
+    with pytest.raises(RequestError) as refused:
+        gm.parse_count_request(gm.COUNT_ENDPOINT, body)
+    assert refused.value.param == param
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/v1beta/models/gemini-2.5-flash:countTokens", "gemini-2.5-flash"),
+        ("/v1/models/gemini-2.5-flash:countTokens", "gemini-2.5-flash"),
+        ("/v1beta/models/:countTokens", None),
+        ("/v1beta/models/gemini-2.5-flash:generateContent", None),
+        ("/v1beta/models/gemini-2.5-flash", None),
+    ],
+)
+def test_count_paths(path: str, expected: str | None) -> None:
+    from metering.proxy import surface
+
+    assert surface.gemini_count_of(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/v1beta/models", ""),
+        ("/v1beta/models/", ""),
+        ("/v1beta/models/gemini-2.5-flash", "gemini-2.5-flash"),
+        ("/v1beta/models/gemini-2.5-flash:countTokens", None),
+        ("/v1beta/models/gemini-2.5-flash:embedContent", None),
+        ("/v1beta/models/auto:coding", "auto:coding"),
+        ("/v1beta/models/:x", None),
+        ("/v1beta/modelsx", None),
+        ("/v1beta/files", None),
+    ],
+)
+def test_model_read_paths(path: str, expected: str | None) -> None:
+    from metering.proxy import surface
+
+    assert surface.gemini_model_of(path) == expected
+
+
+def test_the_models_list_is_paged_by_name() -> None:
+    from metering.proxy import surface
+
+    entries = [(name, surface.GEMINI_SERVED) for name in ("c", "a", "b")]
+    first = json.loads(surface.gemini_models_body(entries, 2, ""))
+    assert [m["name"] for m in first["models"]] == ["models/a", "models/b"]
+    size, after = surface.gemini_page({"pageSize": "2", "pageToken": first["nextPageToken"]})
+    rest = json.loads(surface.gemini_models_body(entries, size, after))
+    assert rest == {"models": [surface.gemini_model_object("c", surface.GEMINI_SERVED)]}
+    assert surface.gemini_page({}) == (surface.GEMINI_DEFAULT_PAGE, "")
+    assert surface.gemini_page({"pageSize": "5000"})[0] == surface.GEMINI_MAX_PAGE
+    for bad in ({"pageSize": "-1"}, {"pageSize": "x"}, {"pageToken": "!!"}, {"pageToken": "="}):
+        with pytest.raises(ProxyError) as refused:
+            surface.gemini_page(bad)
+        assert refused.value.status == 400

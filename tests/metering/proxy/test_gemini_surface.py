@@ -60,6 +60,11 @@ def _call(method: str, path: str, query: str = "", headers: dict | None = None) 
             401,
             "UNAUTHENTICATED",
         ),
+        ("POST", "/v1beta/models/gemini-2.5-flash:countTokens", "", 401, "UNAUTHENTICATED"),
+        ("POST", "/v1/models/gemini-2.5-flash:countTokens", "", 401, "UNAUTHENTICATED"),
+        ("GET", "/v1beta/models/gemini-2.5-flash:countTokens", "", 405, "INVALID_ARGUMENT"),
+        ("GET", "/v1beta/models", "", 401, "UNAUTHENTICATED"),
+        ("GET", "/v1beta/models/gemini-2.5-flash", "pageSize=2", 401, "UNAUTHENTICATED"),
         ("POST", "/v1beta/models/gemini-2.5-flash:embedContent", "", 404, "NOT_FOUND"),
         ("GET", "/v1beta/files", "", 404, "NOT_FOUND"),
         ("GET", "/v1beta/models/gemini-2.5-flash:generateContent", "", 405, "INVALID_ARGUMENT"),
@@ -82,7 +87,9 @@ def test_refusals_in_googles_shape(
         ("/v1/models/gem:generateContent", 401, "UNAUTHENTICATED"),
         ("/v1beta/models/gem:streamGenerateContent?alt=sse", 401, "UNAUTHENTICATED"),
         ("/v1beta/models/gem:streamGenerateContent", 400, "INVALID_ARGUMENT"),
-        ("/v1beta/models/gem:countTokens", 404, "NOT_FOUND"),
+        ("/v1beta/models/gem:countTokens", 401, "UNAUTHENTICATED"),
+        ("/v1/models/gem:countTokens", 401, "UNAUTHENTICATED"),
+        ("/v1beta/models/gem:embedContent", 404, "NOT_FOUND"),
     ],
 )
 def test_the_urlconf_serves_the_gemini_surface_too(
@@ -93,3 +100,20 @@ def test_the_urlconf_serves_the_gemini_surface_too(
     response = client.post(path, json.dumps(body), content_type="application/json")
     assert response.status_code == status
     assert json.loads(response.content)["error"]["status"] == wire
+
+
+def test_the_models_list_on_v1_is_googles_for_googles_clients() -> None:
+    """google-genai's default API version reads /v1/models: a request carrying Google's
+    client header (or `?key=`) is answered in Google's shape, any other in OpenAI's."""
+    status, body = _call("GET", "/v1/models", headers={"x-goog-api-client": "google-genai-sdk"})
+    assert status == 401 and body["error"]["status"] == "UNAUTHENTICATED"
+    status, body = _call("GET", "/v1/models/gemini-2.5-flash", query="key=")
+    assert status == 401 and body["error"]["status"] == "UNAUTHENTICATED"
+    status, body = _call("GET", "/v1/models")
+    assert status == 401 and body["error"]["type"] == "invalid_request_error"
+
+
+def test_the_urlconf_lists_models_in_googles_shape_too(client: Any) -> None:
+    response = client.get("/v1beta/models")
+    assert response.status_code == 401
+    assert json.loads(response.content)["error"]["status"] == "UNAUTHENTICATED"

@@ -101,7 +101,7 @@ def test_claude_body_names_the_vertex_version_not_the_model() -> None:
         "stream": True,
         "messages": [{"role": "user", "content": "Hi"}],
     }
-    assert list(sent)[0] == "anthropic_version"
+    assert next(iter(sent)) == "anthropic_version"
     # No limit given: the client's own; a dependent-limit update keeps the variant.
     kept = json.loads(encoded.finish(upstream_model=CLAUDE, max_output_tokens=None))
     assert kept["max_tokens"] == 900 and "model" not in kept
@@ -112,9 +112,8 @@ def test_claude_body_names_the_vertex_version_not_the_model() -> None:
     assert final["thinking"]["budget_tokens"] == 10
     # The native Anthropic body is unchanged: the model first.
     native = anthropic_protocol.encode_upstream_body(parsed)
-    assert list(json.loads(native.finish(upstream_model=CLAUDE, max_output_tokens=5)))[0] == (
-        "model"
-    )
+    native_body = native.finish(upstream_model=CLAUDE, max_output_tokens=5)
+    assert next(iter(json.loads(native_body))) == "model"
 
 
 def test_kinds_speak_gemini_and_anthropic() -> None:

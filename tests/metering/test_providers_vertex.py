@@ -22,6 +22,7 @@ from metering.models import Upstream
 from metering.providers import anthropic as anthropic_protocol
 from metering.proxy import crossing, errors
 from metering.upstream import UpstreamTarget
+from tests.budgets.conftest import Cast
 from tests.google_accounts import Account, grants, write_account
 
 BASE = "/v1/projects/p-test/locations/us-east5"
@@ -355,3 +356,18 @@ def test_a_vertex_upstream_names_its_project_and_region(
         with pytest.raises(ValidationError) as refused:
             catalog_services._check_upstream(row)
         assert field in refused.value.message_dict
+
+
+@pytest.mark.django_db
+def test_the_api_takes_vertex_upstreams(cast: Cast, api) -> None:  # type: ignore[no-untyped-def]
+    base = f"https://us-east5-aiplatform.googleapis.com{BASE}"
+    body = {"name": "vertex-claude", "kind": "vertex_anthropic", "base_url": base}
+    body |= {"credential_env": "TB_UPSTREAM_KEY_VERTEX", "api_version": "us-east5"}
+    created = api("admin").post("/api/v1/upstreams/", body, format="json")
+    assert created.status_code == 201, created.content
+    assert Upstream.objects.get().get_kind_display() == "Google Vertex AI (Anthropic)"
+    wrong = body | {"name": "vertex-gemini", "kind": "vertex", "api_version": "europe-west4"}
+    refused = api("admin").post("/api/v1/upstreams/", wrong, format="json")
+    assert refused.status_code == 400
+    assert "us-east5" in refused.json()["api_version"][0]
+    assert Upstream.objects.count() == 1

@@ -116,6 +116,8 @@ def upstream_url(
         if target.kind == "vertex":
             method = "streamGenerateContent?alt=sse" if stream else "generateContent"
             return f"{base}/publishers/google/models/{model}:{method}"
+        if endpoint == "count_tokens":  # the model is in the body
+            return f"{base}/publishers/anthropic/models/count-tokens:rawPredict"
         method = "streamRawPredict" if stream else "rawPredict"
         return f"{base}/publishers/anthropic/models/{model}:{method}"
     if target.kind == "gemini":

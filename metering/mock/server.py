@@ -210,7 +210,10 @@ class MockUpstream:
         claude_call = vertex.anthropic_call(path)
         if claude_call is not None:
             try:
-                body = vertex.messages_body(body, *claude_call)
+                if claude_call[0] == vertex.COUNT_TOKENS:
+                    body = vertex.count_body(body)
+                else:
+                    body = vertex.messages_body(body, *claude_call)
             except ValueError as exc:
                 fail(400, str(exc), "invalid_request_error")
                 return
@@ -386,8 +389,9 @@ def _bedrock_call(path: str) -> tuple[str, bool] | None:
 
 
 def _endpoint(path: str) -> str | None:
-    if vertex.anthropic_call(path) is not None:
-        return "messages"
+    claude_call = vertex.anthropic_call(path)
+    if claude_call is not None:
+        return "count_tokens" if claude_call[0] == vertex.COUNT_TOKENS else "messages"
     if _gemini_call(path) is not None:
         return gemini_protocol.ENDPOINT
     if _bedrock_call(path) is not None:

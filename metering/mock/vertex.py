@@ -113,6 +113,23 @@ def anthropic_call(path: str) -> tuple[str, bool] | None:
     return model, method == "streamRawPredict"
 
 
+COUNT_TOKENS = "count-tokens"  # `.../publishers/anthropic/models/count-tokens:rawPredict`
+
+
+def count_body(body: bytes) -> bytes:
+    """A Vertex count-tokens body (the model in it, and Vertex's `anthropic_version`) as the
+    Messages count body, or ValueError."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise ValueError("The body is not JSON.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), str):
+        raise ValueError("model: Field required (count-tokens names the model in the body).")
+    if data.pop("anthropic_version", None) != VERTEX_VERSION:
+        raise ValueError(f"anthropic_version: must be {VERTEX_VERSION!r}.")
+    return json.dumps(data).encode()
+
+
 def messages_body(body: bytes, model: str, stream: bool) -> bytes:
     """A Vertex Claude body as the Messages API body it stands for (`model` put back), or
     ValueError naming what Vertex would refuse: a `model` in the body, a missing or other

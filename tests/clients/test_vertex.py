@@ -141,6 +141,23 @@ def test_anthropic_sdk_messages(vertex_world: World, model: str, stream: bool) -
     assert record.output_tokens == message.usage.output_tokens
 
 
+def test_count_tokens_goes_to_vertex_for_claude(vertex_world: World) -> None:
+    client = anthropic.Anthropic(base_url=vertex_world.proxy, api_key=vertex_world.key)
+    counted = client.messages.with_raw_response.count_tokens(model=CLAUDE, messages=MESSAGES)
+    assert "x-tokenbudget-estimated" not in counted.headers
+    assert counted.parse().input_tokens > 0
+    (sent,) = mock_requests(vertex_world)
+    assert sent["path"] == f"{LOCATION}/publishers/anthropic/models/count-tokens:rawPredict"
+    assert sent["headers"]["authorization"].startswith("Bearer ya29.mock-")
+    assert sent["body"]["model"] == CLAUDE_MODEL
+    assert sent["body"]["anthropic_version"] == "vertex-2023-10-16"
+    # A Gemini route's count is the proxy's own estimate; neither is charged.
+    local = client.messages.with_raw_response.count_tokens(model=GEMINI, messages=MESSAGES)
+    assert local.headers["x-tokenbudget-estimated"] == "true"
+    assert len(mock_requests(vertex_world)) == 1
+    assert not UsageRecord.objects.exists()
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_google_genai_sdk_on_a_vertex_gemini_route(vertex_world: World, stream: bool) -> None:
     http = types.HttpOptions(base_url=vertex_world.proxy, api_version="v1beta")

@@ -69,6 +69,9 @@ def test_urls_name_the_publisher_model_and_method() -> None:
     assert upstream.upstream_url(claude, "messages", CLAUDE, True) == (
         f"{host}{BASE}/publishers/anthropic/models/{CLAUDE}:streamRawPredict"
     )
+    assert upstream.upstream_url(claude, "count_tokens", CLAUDE) == (
+        f"{host}{BASE}/publishers/anthropic/models/count-tokens:rawPredict"
+    )
 
 
 def test_headers_carry_no_key_file_path_and_no_client_version(
@@ -280,6 +283,27 @@ def test_the_anthropic_vertex_sdk_reads_the_mock(
     method = "streamRawPredict" if stream else "rawPredict"
     assert sent.path == f"{BASE}/publishers/anthropic/models/{CLAUDE}:{method}"
     assert sent.body["anthropic_version"] == "vertex-2023-10-16" and "model" not in sent.body
+
+
+def test_the_anthropic_vertex_sdk_counts_tokens_on_the_mock(
+    mock: MockServer, account: Account
+) -> None:
+    client = anthropic.AnthropicVertex(
+        region="us-east5",
+        project_id="p-test",
+        access_token=_token(mock, account),
+        base_url=f"{mock.url}/v1",
+    )
+    counted = client.messages.count_tokens(
+        model=CLAUDE,
+        messages=[{"role": "user", "content": "Hello there"}],
+        extra_body={"anthropic_version": "vertex-2023-10-16"},
+    )
+    assert counted.input_tokens > 0
+    sent = mock.mock.book.last
+    assert sent is not None
+    assert sent.path == f"{BASE}/publishers/anthropic/models/count-tokens:rawPredict"
+    assert sent.body["model"] == CLAUDE
 
 
 def test_the_mock_refuses_what_vertex_refuses(mock: MockServer, account: Account) -> None:

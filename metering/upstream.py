@@ -299,6 +299,7 @@ def sign_bedrock(
 
 GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 GOOGLE_REFRESH_MARGIN = 300.0  # seconds of validity left below which a token is refreshed
+GOOGLE_TOKEN_TIMEOUT = 30.0  # seconds a call waits for a token (google-auth's own is 120 s)
 _google: dict[str, Any] = {}  # credentials source ("" for ADC, else a key file's path)
 _google_locks: dict[tuple[int, str], asyncio.Lock] = {}
 
@@ -379,7 +380,9 @@ async def google_token(target: UpstreamTarget) -> str:
             and _token_left(credentials) <= GOOGLE_REFRESH_MARGIN
         ):
             try:
-                credentials = await asyncio.to_thread(_google_refresh, source)
+                credentials = await asyncio.wait_for(
+                    asyncio.to_thread(_google_refresh, source), GOOGLE_TOKEN_TIMEOUT
+                )
             except Exception as exc:
                 log.warning(
                     "vertex access token not obtained",

@@ -58,8 +58,8 @@ def mock_upstream_url() -> Iterator[str]:
 # whose tokens the mock issues; the last names a file that is not a key.
 VERTEX_ACCOUNTS = {
     "TB_UPSTREAM_KEY_VERTEX_SA": ("vertex-proxy", 3600),
-    # Tokens of 302 s: under the proxy's 5-minute margin 2 s after they are issued.
-    "TB_UPSTREAM_KEY_VERTEX_SHORT": ("vertex-short", 302),
+    # Tokens of 304 s: under the proxy's 5-minute margin 4 s after they are issued.
+    "TB_UPSTREAM_KEY_VERTEX_SHORT": ("vertex-short", 304),
 }
 VERTEX_BAD_ENV = "TB_UPSTREAM_KEY_VERTEX_BAD"
 

@@ -21,6 +21,8 @@ them too, without waiting for their lifetime.
 from __future__ import annotations
 
 import datetime as dt
+import re
+import urllib.parse
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypedDict
@@ -135,10 +137,35 @@ class UpstreamInUse(Exception):
         self.routes = routes
 
 
+_VERTEX_PATH = re.compile(r"/v1(?:beta1)?/projects/[^/]+/locations/([^/]+)/?")
+
+
+def _check_vertex(upstream: Upstream) -> None:
+    """A Vertex AI upstream's base URL names the project and the region
+    (`https://{region}-aiplatform.googleapis.com/v1/projects/{project}/locations/{region}`)
+    and its `api_version` is that region."""
+    path = urllib.parse.urlsplit(upstream.base_url).path
+    found = _VERTEX_PATH.fullmatch(path)
+    if found is None:
+        raise _invalid(
+            "base_url",
+            "Use the Vertex AI location URL: "
+            "https://{region}-aiplatform.googleapis.com/v1/projects/{project}/locations/{region}.",
+        )
+    if not upstream.api_version:
+        raise _invalid("api_version", "Set the Vertex AI region (us-east5, europe-west1, global).")
+    if found.group(1) != upstream.api_version:
+        raise _invalid(
+            "api_version", f"The region must be the base URL's location ({found.group(1)})."
+        )
+
+
 def _check_upstream(upstream: Upstream) -> None:
     credential_env_check(upstream.credential_env)
     if not upstream.base_url.startswith(("http://", "https://")):
         raise _invalid("base_url", "Use an http(s) URL.")
+    if upstream.kind in (Upstream.Kind.VERTEX, Upstream.Kind.VERTEX_ANTHROPIC):
+        _check_vertex(upstream)
     if not 0 < upstream.connect_timeout <= MAX_CONNECT_TIMEOUT:
         raise _invalid("connect_timeout", f"More than 0 and at most {MAX_CONNECT_TIMEOUT} s.")
     if not 0 < upstream.read_timeout <= MAX_READ_TIMEOUT:

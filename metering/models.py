@@ -52,6 +52,8 @@ class Upstream(models.Model):
         OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible (vLLM, Ollama, …)"
         GEMINI = "gemini", "Google Gemini API"
         BEDROCK = "bedrock", "AWS Bedrock (Converse)"
+        VERTEX = "vertex", "Google Vertex AI (Gemini)"
+        VERTEX_ANTHROPIC = "vertex_anthropic", "Google Vertex AI (Anthropic)"
 
     name = models.SlugField(max_length=64, unique=True)
     kind = models.CharField(max_length=24, choices=Kind.choices)
@@ -61,10 +63,15 @@ class Upstream(models.Model):
     credential_env = models.CharField(
         max_length=100,
         blank=True,
-        help_text="Environment variable holding the provider key (never the key itself).",
+        help_text=(
+            "Environment variable holding the provider key (never the key itself); for "
+            "Vertex AI, the path of a service-account key file (empty: the default credentials)."
+        ),
     )
     api_version = models.CharField(
-        max_length=32, blank=True, help_text="Azure api-version; a Bedrock upstream's AWS region."
+        max_length=32,
+        blank=True,
+        help_text="Azure api-version; a Bedrock upstream's AWS region; a Vertex AI region.",
     )
     connect_timeout = models.DecimalField(max_digits=6, decimal_places=2, default=Decimal(10))
     read_timeout = models.DecimalField(max_digits=7, decimal_places=2, default=Decimal(600))

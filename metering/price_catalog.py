@@ -32,6 +32,10 @@ _KIND_TO_PROVIDER = {
     Upstream.Kind.AZURE_OPENAI: "openai",
     Upstream.Kind.ANTHROPIC: "anthropic",
     Upstream.Kind.GEMINI: "google",
+    # genai-prices' `google` provider lists Vertex AI's Gemini and Claude prices; its model
+    # rules match Vertex's `claude-...@{date}` ids to their family.
+    Upstream.Kind.VERTEX: "google",
+    Upstream.Kind.VERTEX_ANTHROPIC: "google",
 }
 
 

@@ -10,11 +10,15 @@ the client sends can change where a call goes or which key it carries.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import logging
 import os
 import re
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import yarl
@@ -24,7 +28,11 @@ import yarl
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta", "openai-beta", "accept")
 ANTHROPIC_DEFAULT_VERSION = "2023-06-01"
 
+# Google Vertex AI: Gemini (Google's publisher) and Claude (Anthropic's publisher).
+VERTEX_KINDS = frozenset({"vertex", "vertex_anthropic"})
+
 _sessions: dict[int, aiohttp.ClientSession] = {}
+log = logging.getLogger("tokenbudget.proxy")
 
 
 class UpstreamError(Exception):
@@ -33,6 +41,10 @@ class UpstreamError(Exception):
 
 class UpstreamTimeout(UpstreamError):
     """The upstream did not answer (or stopped sending) within its timeout."""
+
+
+class UpstreamCredentialsError(UpstreamError):
+    """The proxy could not get the credentials to call the upstream (nothing was sent)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,16 @@ def upstream_url(
     target: UpstreamTarget, endpoint: str, upstream_model: str, stream: bool = False
 ) -> str:
     base = target.base_url.rstrip("/")
+    if target.kind in VERTEX_KINDS:
+        # `base` is the admin's `.../v1/projects/{project}/locations/{region}`.
+        model = urllib.parse.quote(upstream_model, safe="@")
+        if target.kind == "vertex":
+            method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+            return f"{base}/publishers/google/models/{model}:{method}"
+        if endpoint == "count_tokens":  # the model is in the body
+            return f"{base}/publishers/anthropic/models/count-tokens:rawPredict"
+        method = "streamRawPredict" if stream else "rawPredict"
+        return f"{base}/publishers/anthropic/models/{model}:{method}"
     if target.kind == "gemini":
         # The Gemini API names the model and the streaming in the path.
         if not base.endswith("/v1beta"):
@@ -146,6 +168,10 @@ def upstream_headers(
         value = client_headers.get(name)
         if value:
             headers[name] = value
+    if target.kind in VERTEX_KINDS:
+        # Anthropic's version goes in the body there; the access token is added by `send`.
+        headers.pop("anthropic-version", None)
+        return headers
     # Checked here too, not only when the upstream is saved: a row written another way (or
     # before the allow-list) must not send any other variable.
     env = target.credential_env
@@ -182,7 +208,9 @@ async def send(
         total=None, sock_connect=target.connect_timeout, sock_read=target.read_timeout
     )
     url: str | yarl.URL = upstream_url(target, endpoint, upstream_model, stream)
-    if target.kind == "bedrock":
+    if target.kind in VERTEX_KINDS:
+        headers = {**headers, "authorization": f"Bearer {await google_token(target)}"}
+    elif target.kind == "bedrock":
         await aws_credentials_ready()
         headers = sign_bedrock(target, str(url), body, headers)
         # Sent as signed: the model id's escapes (`%3A`) stay as they are.
@@ -265,3 +293,110 @@ def sign_bedrock(
     request = AWSRequest(method="POST", url=url, data=body, headers=dict(headers))
     SigV4Auth(frozen, "bedrock", bedrock_region(target)).add_auth(request)
     return dict(request.headers.items())
+
+
+# --- Google Vertex AI: OAuth2 access tokens --------------------------------------------------
+
+GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+GOOGLE_REFRESH_MARGIN = 300.0  # seconds of validity left below which a token is refreshed
+GOOGLE_TOKEN_TIMEOUT = 30.0  # seconds a call waits for a token (google-auth's own is 120 s)
+_google: dict[str, Any] = {}  # credentials source ("" for ADC, else a key file's path)
+_google_locks: dict[tuple[int, str], asyncio.Lock] = {}
+
+
+def clock() -> float:
+    """Now, in seconds since the epoch (tests replace it to move time on)."""
+    return time.time()
+
+
+def google_source(target: UpstreamTarget) -> str:
+    """Where a Vertex upstream's credentials come from: the service-account key file whose
+    path is in its `credential_env` variable, or "" (Application Default Credentials) when
+    the upstream names no variable."""
+    env = target.credential_env
+    if not env:
+        return ""
+    if not credential_env_allowed(env):
+        raise UpstreamCredentialsError(f"The credential variable {env} is not allowed.")
+    path = os.environ.get(env, "")
+    if not path:
+        raise UpstreamCredentialsError(f"{env} is not set (a service-account key file's path).")
+    return path
+
+
+def _google_load(source: str) -> Any:
+    import google.auth
+    from google.oauth2 import service_account
+
+    if source:
+        return service_account.Credentials.from_service_account_file(
+            source, scopes=list(GOOGLE_SCOPES)
+        )
+    credentials, _ = google.auth.default(scopes=list(GOOGLE_SCOPES))
+    return credentials
+
+
+def _google_refresh(source: str) -> Any:
+    """Load (once) and refresh the credentials of `source`: file reads and an HTTP call to
+    the token endpoint, so it runs in a worker thread."""
+    from google.auth.transport.requests import Request
+
+    credentials = _google.get(source)
+    if credentials is None:
+        credentials = _google_load(source)
+    credentials.refresh(Request())
+    _google[source] = credentials
+    return credentials
+
+
+def _token_left(credentials: Any) -> float:
+    """Seconds the credentials' token is still valid for (0: none; inf: no stated expiry)."""
+    if not getattr(credentials, "token", None):
+        return 0.0
+    expiry = credentials.expiry  # google-auth's naive UTC datetime
+    if expiry is None:
+        return float("inf")
+    return expiry.replace(tzinfo=dt.UTC).timestamp() - clock()
+
+
+async def google_token(target: UpstreamTarget) -> str:
+    """The access token for a Vertex upstream, cached per credentials source and process.
+    Fetched, and refreshed once less than GOOGLE_REFRESH_MARGIN is left, in a worker thread
+    (one refresh at a time per source); the event loop only reads the cached token. A token
+    that cannot be had raises UpstreamCredentialsError (the token itself is never logged)."""
+    source = google_source(target)
+    credentials = _google.get(source)
+    if credentials is not None and _token_left(credentials) > GOOGLE_REFRESH_MARGIN:
+        return str(credentials.token)
+    seen = getattr(credentials, "token", None)
+    key = (id(asyncio.get_running_loop()), source)
+    lock = _google_locks.setdefault(key, asyncio.Lock())
+    async with lock:
+        credentials = _google.get(source)
+        # Refreshed by another call meanwhile: its token serves this one too.
+        renewed = credentials is not None and credentials.token != seen
+        if credentials is None or (
+            not (renewed and _token_left(credentials) > 0)
+            and _token_left(credentials) <= GOOGLE_REFRESH_MARGIN
+        ):
+            try:
+                credentials = await asyncio.wait_for(
+                    asyncio.to_thread(_google_refresh, source), GOOGLE_TOKEN_TIMEOUT
+                )
+            except Exception as exc:
+                log.warning(
+                    "vertex access token not obtained",
+                    extra={"error": type(exc).__name__, "source": "adc" if not source else "file"},
+                )
+                credentials = _google.get(source)
+                if credentials is None or _token_left(credentials) <= 0:
+                    raise UpstreamCredentialsError(
+                        f"No access token for the Vertex AI upstream ({type(exc).__name__})."
+                    ) from None
+    return str(credentials.token)
+
+
+def reset_google_credentials() -> None:
+    """Forget the cached credentials and tokens (tests; a rotated key file)."""
+    _google.clear()
+    _google_locks.clear()

@@ -16,6 +16,7 @@ from metering.mock import anthropic as anthropic_answers
 from metering.mock import bedrock as bedrock_answers
 from metering.mock import gemini as gemini_answers
 from metering.mock import openai as openai_answers
+from metering.mock import vertex
 from metering.mock.common import DUMP, MockSettings, make_plan, models_body, request_id
 from metering.mock.ledger import Ledger, Record
 from metering.providers import anthropic as anthropic_protocol
@@ -103,6 +104,7 @@ class MockUpstream:
     def __init__(self, settings: MockSettings | None = None) -> None:
         self.settings = settings or MockSettings()
         self.book = Ledger()
+        self.google = vertex.GoogleAuth()
         self.writers: set[asyncio.StreamWriter] = set()  # open connections, closed on shutdown
 
     @property
@@ -158,13 +160,18 @@ class MockUpstream:
         self, conn: Connection, method: str, path: str, headers: dict[str, str], body: bytes
     ) -> None:
         if path.startswith("/_mock/"):
-            self._introspect(conn, method, path)
+            self._introspect(conn, method, path, body)
+            return
+        if path == vertex.TOKEN_PATH and method == "POST":
+            self._grant(conn, body)
             return
         record = Record(method, path, headers, _decode(body))
         self.book.saw(record)
         anthropic = path.endswith("/messages") or path.endswith("/messages/count_tokens")
         if _gemini_call(path) or _gemini_count(path) or _bedrock_call(path) is not None:
             anthropic = None  # Google's or Amazon's shapes
+        if vertex.anthropic_call(path) is not None:
+            anthropic = True
         try:
             await self._answer(conn, record, method, path, headers, body, anthropic)
             record.completed = True
@@ -193,9 +200,23 @@ class MockUpstream:
             else:
                 conn.send(status, openai_protocol.error_body(status, message, kind, None, param))
 
-        if not self._authorised(headers):
+        if vertex.is_vertex(path):
+            if not self.google.accepts(headers):
+                fail(401, "Request had invalid authentication credentials.", "authentication_error")
+                return
+        elif not self._authorised(headers):
             fail(401, "Incorrect API key provided to the mock upstream.", "authentication_error")
             return
+        claude_call = vertex.anthropic_call(path)
+        if claude_call is not None:
+            try:
+                if claude_call[0] == vertex.COUNT_TOKENS:
+                    body = vertex.count_body(body)
+                else:
+                    body = vertex.messages_body(body, *claude_call)
+            except ValueError as exc:
+                fail(400, str(exc), "invalid_request_error")
+                return
         if method == "GET" and path.endswith("/models"):
             record.status = 200
             conn.send(200, models_body())
@@ -283,8 +304,24 @@ class MockUpstream:
             given = (offered, *given[1:])
         return expected in (*given, headers.get("x-goog-api-key"))
 
-    def _introspect(self, conn: Connection, method: str, path: str) -> None:
-        if path == "/_mock/last":
+    def _grant(self, conn: Connection, body: bytes) -> None:
+        try:
+            conn.send(200, self.google.grant(body))
+        except vertex.GrantRefused as exc:
+            answer = {"error": exc.error, "error_description": exc.message}
+            conn.send(400, DUMP(answer).encode())
+
+    def _introspect(self, conn: Connection, method: str, path: str, body: bytes = b"") -> None:
+        if path == "/_mock/google/keys" and method == "POST":
+            try:
+                self.google.register(_decode(body))
+            except vertex.GrantRefused as exc:
+                conn.send(400, DUMP({"error": exc.message}).encode())
+                return
+            conn.send(200, b"{}")
+        elif path == "/_mock/google":
+            conn.send(200, DUMP(self.google.as_dict()).encode())
+        elif path == "/_mock/last":
             last = self.book.last
             conn.send(200, DUMP(last.as_dict() if last else None).encode())
         elif path == "/_mock/requests" and method == "DELETE":
@@ -368,6 +405,9 @@ def _bedrock_call(path: str) -> tuple[str, bool] | None:
 
 
 def _endpoint(path: str) -> str | None:
+    claude_call = vertex.anthropic_call(path)
+    if claude_call is not None:
+        return "count_tokens" if claude_call[0] == vertex.COUNT_TOKENS else "messages"
     if _gemini_call(path) is not None:
         return gemini_protocol.ENDPOINT
     if _gemini_count(path):

@@ -8,6 +8,7 @@ own rates.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from metering.providers.base import (
@@ -85,6 +86,36 @@ def encode_upstream_body(
     body = dict(parsed.body)
     strip_intent(body)
     return EncodedBody.of(body, ("max_tokens",))
+
+
+VERTEX_VERSION = "vertex-2023-10-16"
+
+
+@dataclass(frozen=True)
+class VertexMessagesBody(EncodedBody):
+    """A Messages body for Claude on Vertex AI: the model is in the URL (`:rawPredict`), and
+    the body names the API version instead (`anthropic_version`); `stream` stays."""
+
+    with_model: bool = False  # Vertex's count-tokens names the model in the body
+
+    def head(self, upstream_model: str) -> dict[str, Any]:
+        head: dict[str, Any] = {"anthropic_version": VERTEX_VERSION}
+        if self.with_model:
+            head["model"] = upstream_model
+        return head
+
+
+def encode_vertex_body(
+    parsed: ParsedRequest, *, with_model: bool = False, **_: object
+) -> VertexMessagesBody:
+    """`encode_upstream_body` for an Anthropic-on-Vertex upstream (a client's own
+    `anthropic_version` gives way to Vertex's; `with_model` for the count-tokens body, which
+    keeps the model). Raises BodyEncodingError as it does."""
+    body = dict(parsed.body)
+    strip_intent(body)
+    body.pop("anthropic_version", None)
+    encoded = EncodedBody.of(body, ("max_tokens",))
+    return VertexMessagesBody(encoded.rest, encoded.limit_fields, encoded.kept, with_model)
 
 
 def build_upstream_body(

@@ -98,8 +98,13 @@ class EncodedBody:
         rest = {**json.loads(self.rest), **extra}
         return dataclasses.replace(self, rest=dumps_bytes(rest))
 
+    def head(self, upstream_model: str) -> dict[str, Any]:
+        """The fields `finish` writes before the limit: the model (a variant may name it in
+        the URL instead, and write fields of its own)."""
+        return {"model": upstream_model}
+
     def finish(self, *, upstream_model: str, max_output_tokens: int | None) -> bytes:
-        head: dict[str, Any] = {"model": upstream_model}
+        head = self.head(upstream_model)
         if max_output_tokens is None:
             head.update(self.kept)
         else:

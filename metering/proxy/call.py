@@ -24,6 +24,7 @@ from budgets import ledger
 from budgets.formatting import plain, tokens_text
 from metering import pricing, routing, tokens, validation
 from metering.models import UsageRecord
+from metering.providers import anthropic
 from metering.providers.base import (
     BodyEncodingError,
     EncodedBody,
@@ -357,8 +358,11 @@ def encode(call: Call, provider: Provider) -> EncodedBody:
     if call.upstream_endpoint:
         call.sent = crossing.upstream_request(call.parsed, call.upstream_endpoint)
         provider = crossing.provider_of(call.upstream_endpoint)
-    limit_field = "max_tokens" if call.route.target.kind == "openai_compatible" else None
+    kind = call.route.target.kind
+    limit_field = "max_tokens" if kind == "openai_compatible" else None
     try:
+        if kind == "vertex_anthropic":
+            return anthropic.encode_vertex_body(call.sent_request)
         return provider.encode_upstream_body(
             call.sent_request,
             force_include_usage=forces_usage(call),

@@ -24,7 +24,7 @@ from metering import cache, routing, tokens, upstream
 from metering.body import request_parse, sized_work
 from metering.jsonwire import dumps_bytes
 from metering.providers import anthropic, gemini
-from metering.providers.base import BodyEncodingError, ParsedRequest, RequestError
+from metering.providers.base import BodyEncodingError, EncodedBody, ParsedRequest, RequestError
 from metering.proxy import call as core
 from metering.proxy import errors
 from metering.proxy.errors import Headers
@@ -166,11 +166,15 @@ async def count(
         raise errors.invalid_request(exc.message, exc.param) from exc
     route = await _route_of(info, parsed)
     await rate_check(info)
-    if route.target.kind != "anthropic":
+    kind = route.target.kind
+    if kind not in ("anthropic", "vertex_anthropic"):
         counted = await sized_work(len(parsed.prompt_text), local_count, parsed)
         answer = json.dumps({"input_tokens": counted}).encode()
         return _reply_parts(200, answer, request_id, estimated=True)
-    encoded = anthropic.encode_upstream_body(parsed)
+    if kind == "vertex_anthropic":
+        encoded: EncodedBody = anthropic.encode_vertex_body(parsed, with_model=True)
+    else:
+        encoded = anthropic.encode_upstream_body(parsed)
     headers = upstream.upstream_headers(route.target, inbound_headers, request_id)
     try:
         response = await upstream.send(
@@ -191,6 +195,8 @@ async def count(
             "count upstream unreachable",
             extra={"request_id": request_id, "error": type(exc).__name__},
         )
+        if isinstance(exc, upstream.UpstreamCredentialsError):
+            raise errors.upstream_credentials() from None
         raise errors.upstream_unreachable() from None
     return _reply_parts(response.status_code, content, request_id, estimated=False)
 

@@ -53,6 +53,9 @@ from metering.translate.streams import ChatToMessages, MessagesToChat
 Translator = MessagesToChat | ChatToMessages | GeminiToChat | GeminiToMessages
 
 OPENAI_KINDS = frozenset({"openai", "openai_compatible", "azure_openai"})
+# Upstream kinds by protocol: Vertex AI serves Gemini's and Anthropic's as they are.
+GEMINI_KINDS = frozenset({"gemini", "vertex"})
+ANTHROPIC_KINDS = frozenset({"anthropic", "vertex_anthropic"})
 _STATUS_KINDS = {400: "invalid", 401: "auth", 403: "permission", 404: "not_found"}
 _STATUS_KINDS |= {413: "too_large", 429: "rate"}
 UPSTREAM_REFUSED = "The upstream provider refused the call."
@@ -65,7 +68,7 @@ def upstream_endpoint(endpoint: str, kind: str) -> str:
         if endpoint != "chat":
             raise errors.wrong_endpoint("This model is served on /v1/chat/completions only.")
         return bedrock.ENDPOINT
-    if kind == "gemini":
+    if kind in GEMINI_KINDS:
         if endpoint in ("chat", "messages"):
             return gemini.ENDPOINT
         if endpoint != gemini.ENDPOINT:
@@ -78,7 +81,7 @@ def upstream_endpoint(endpoint: str, kind: str) -> str:
         raise errors.wrong_endpoint(
             "This model is not a Gemini model: call it on /v1/chat/completions or /v1/messages."
         )
-    anthropic = kind == "anthropic"
+    anthropic = kind in ANTHROPIC_KINDS
     if endpoint == "messages" and not anthropic:
         if kind in OPENAI_KINDS:
             return "chat"

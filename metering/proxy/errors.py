@@ -221,6 +221,16 @@ def upstream_unreachable() -> ProxyError:
     )
 
 
+def upstream_credentials() -> ProxyError:
+    """The proxy could not get the upstream's credentials (a Vertex AI access token)."""
+    return ProxyError(
+        502,
+        "upstream",
+        "The proxy could not authenticate to the upstream provider; nothing was sent or charged.",
+        "upstream_credentials",
+    )
+
+
 def upstream_broken() -> ProxyError:
     return ProxyError(502, "upstream", "The upstream connection failed.", "upstream_unreachable")
 

@@ -392,6 +392,8 @@ def call_failure(call: Call) -> ProxyError:
     """The error of a call none of whose attempts got an answer (the last one's)."""
     if call.last_failure == deployments.TIMEOUT:
         return errors.upstream_timeout()
+    if call.last_failure == "credentials":
+        return errors.upstream_credentials()
     return errors.upstream_unreachable()
 
 
@@ -431,7 +433,9 @@ async def _attempt(
             "upstream unreachable",
             extra={"request_id": call.request_id, "error": type(exc).__name__, "kind": kind},
         )
-        call.last_failure = kind
+        call.last_failure = (
+            "credentials" if isinstance(exc, upstream.UpstreamCredentialsError) else kind
+        )
         if deployment is not None:
             health.failed(deployment, kind, time.perf_counter() - started)
             health.finished(deployment)

@@ -19,9 +19,9 @@ import pytest
 from django.utils import timezone
 
 from metering.models import ModelPrice, ModelRoute, ModelRouteAlias, Upstream, UsageRecord
-from tests.e2e.conftest import World, make_world, mock_upstream_url, proxy_url
+from tests.e2e.conftest import World, make_world, mock_upstream_url, proxy_url, vertex_accounts
 
-__all__ = ["client_world", "mock_upstream_url", "proxy_url"]
+__all__ = ["client_world", "mock_upstream_url", "proxy_url", "vertex_accounts"]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".clients" / "node_modules" / ".bin"

@@ -16,6 +16,7 @@ from budgets.models import Allowance, CostCenter, Employee, Policy
 from metering.models import ModelPrice, ModelRoute, Upstream
 from metering.services import key_create
 from tests import servers
+from tests.google_accounts import Account, rsa_pems, write_account
 
 # Public model -> upstream model. The mock upstream reports cached input tokens for models whose
 # name contains "cached" and reasoning tokens for "reasoning", so those routes exercise every
@@ -53,8 +54,38 @@ def mock_upstream_url() -> Iterator[str]:
     servers.stop(process)
 
 
+# Vertex AI upstreams: variables naming service-account key files (tests/google_accounts.py)
+# whose tokens the mock issues; the last names a file that is not a key.
+VERTEX_ACCOUNTS = {
+    "TB_UPSTREAM_KEY_VERTEX_SA": ("vertex-proxy", 3600),
+    # Tokens of 304 s: under the proxy's 5-minute margin 4 s after they are issued.
+    "TB_UPSTREAM_KEY_VERTEX_SHORT": ("vertex-short", 304),
+}
+VERTEX_BAD_ENV = "TB_UPSTREAM_KEY_VERTEX_BAD"
+
+
 @pytest.fixture(scope="session")
-def proxy_url(django_db_setup, django_db_blocker, mock_upstream_url: str) -> Iterator[str]:
+def vertex_accounts(
+    tmp_path_factory: pytest.TempPathFactory, mock_upstream_url: str
+) -> dict[str, Account]:
+    """The service accounts the proxy's Vertex upstreams use, registered with the mock."""
+    directory = tmp_path_factory.mktemp("vertex")
+    pems = rsa_pems()
+    accounts = {}
+    for env, (name, expires_in) in VERTEX_ACCOUNTS.items():
+        account = write_account(directory, name, f"{mock_upstream_url}/token", pems)
+        account.register(mock_upstream_url, expires_in)
+        accounts[env] = account
+    bad = directory / "not-a-key.json"
+    bad.write_text('{"type": "service_account", "private_key": "not a key"}')
+    accounts[VERTEX_BAD_ENV] = Account("", bad, "")
+    return accounts
+
+
+@pytest.fixture(scope="session")
+def proxy_url(
+    django_db_setup, django_db_blocker, mock_upstream_url: str, vertex_accounts: dict
+) -> Iterator[str]:
     from django.db import connection
 
     port = servers.free_port()
@@ -72,6 +103,8 @@ def proxy_url(django_db_setup, django_db_blocker, mock_upstream_url: str) -> Ite
         "AWS_CONFIG_FILE": "/dev/null",
         "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
         "AWS_EC2_METADATA_DISABLED": "true",
+        # Vertex AI upstreams: paths of service-account key files.
+        **{env_name: str(account.path) for env_name, account in vertex_accounts.items()},
     }
     process = servers.start_proxy(port, env)
     yield f"http://127.0.0.1:{port}"

@@ -124,6 +124,8 @@ def upstream_url(
         # The Gemini API names the model and the streaming in the path.
         if not base.endswith("/v1beta"):
             base = f"{base}/v1beta"
+        if endpoint == "count_tokens":
+            return f"{base}/models/{upstream_model}:countTokens"
         if stream:
             return f"{base}/models/{upstream_model}:streamGenerateContent?alt=sse"
         return f"{base}/models/{upstream_model}:generateContent"

@@ -17,7 +17,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 from django.conf import settings
 
 from metering import cache, routing, tokens, upstream
@@ -175,13 +174,22 @@ async def count(
         encoded: EncodedBody = anthropic.encode_vertex_body(parsed, with_model=True)
     else:
         encoded = anthropic.encode_upstream_body(parsed)
+    upstream_body = encoded.finish(upstream_model=route.upstream_model, max_output_tokens=None)
+    return await _forward(route, inbound_headers, upstream_body, request_id)
+
+
+async def _forward(
+    route: RouteInfo, inbound_headers: Mapping[str, str], body: bytes, request_id: str
+) -> tuple[int, Headers, bytes]:
+    """The upstream's own count of `body` (its count endpoint), relayed as it answered;
+    failures are the proxy's upstream errors (504, 502)."""
     headers = upstream.upstream_headers(route.target, inbound_headers, request_id)
     try:
         response = await upstream.send(
             route.target,
             endpoint=ENDPOINT,
             upstream_model=route.upstream_model,
-            body=encoded.finish(upstream_model=route.upstream_model, max_output_tokens=None),
+            body=body,
             headers=headers,
         )
         try:
@@ -199,14 +207,6 @@ async def count(
             raise errors.upstream_credentials() from None
         raise errors.upstream_unreachable() from None
     return _reply_parts(response.status_code, content, request_id, estimated=False)
-
-
-def gemini_count_url(target: upstream.UpstreamTarget, upstream_model: str) -> str:
-    """A Gemini upstream's `models/{model}:countTokens` URL (beside its generateContent)."""
-    base = target.base_url.rstrip("/")
-    if not base.endswith("/v1beta"):
-        base = f"{base}/v1beta"
-    return f"{base}/models/{upstream_model}:countTokens"
 
 
 async def count_gemini(
@@ -227,40 +227,4 @@ async def count_gemini(
         payload = gemini.count_upstream_body(parsed.body, route.upstream_model)
     except BodyEncodingError:
         raise errors.unencodable_body() from None
-    headers = upstream.upstream_headers(route.target, inbound_headers, request_id)
-    status, content = await _post(
-        route.target, gemini_count_url(route.target, route.upstream_model), payload, headers
-    )
-    return _reply_parts(status, content, request_id, estimated=False)
-
-
-async def _post(
-    target: upstream.UpstreamTarget, url: str, body: bytes, headers: dict[str, str]
-) -> tuple[int, bytes]:
-    """POST `body` to `url` on the shared session, with the upstream's timeouts; its status
-    and whole body. Failures are the proxy's upstream errors (504, 502)."""
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=target.connect_timeout, sock_read=target.read_timeout
-    )
-    try:
-        try:
-            answer = await upstream.session().post(
-                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
-            )
-        except TimeoutError as exc:
-            raise upstream.UpstreamTimeout(str(exc)) from exc
-        except aiohttp.ClientError as exc:
-            raise upstream.UpstreamError(str(exc)) from exc
-        response = upstream.UpstreamResponse(answer)
-        try:
-            return response.status_code, await response.aread()
-        finally:
-            await response.aclose()
-    except upstream.UpstreamTimeout:
-        raise errors.upstream_timeout() from None
-    except upstream.UpstreamError as exc:
-        log.warning(
-            "count upstream unreachable",
-            extra={"request_id": headers.get("x-request-id"), "error": type(exc).__name__},
-        )
-        raise errors.upstream_unreachable() from None
+    return await _forward(route, inbound_headers, payload, request_id)

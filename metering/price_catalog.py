@@ -36,6 +36,9 @@ _KIND_TO_PROVIDER = {
     # rules match Vertex's `claude-...@{date}` ids to their family.
     Upstream.Kind.VERTEX: "google",
     Upstream.Kind.VERTEX_ANTHROPIC: "google",
+    # genai-prices' `aws` provider lists Bedrock's prices; its rules match the cross-region
+    # inference profiles (`us.`, `eu.`, `apac.`, `global.` before the model id) to their entry.
+    Upstream.Kind.BEDROCK: "aws",
 }
 
 

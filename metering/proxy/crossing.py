@@ -1,7 +1,8 @@
 """Cross-protocol calls (pure): an OpenAI chat call to a model routed to Anthropic, an
 Anthropic messages call to a model routed to an OpenAI-kind upstream, and either to a model
-routed to Gemini (`metering.translate.gemini`), and an OpenAI chat call to a model routed to
-Bedrock Converse (`metering.translate.bedrock`).
+routed to Gemini (`metering.translate.gemini`), and an OpenAI chat or Anthropic messages call to a model
+routed to Bedrock Converse (`metering.translate.bedrock`; a messages call goes through the chat
+form both ways).
 
 The call is metered as a native one in the upstream's protocol: the upstream body is the
 translated request (`metering.translate`), the hold and the dependent limits apply to it, and
@@ -65,8 +66,10 @@ def upstream_endpoint(endpoint: str, kind: str) -> str:
     """The upstream's endpoint for a client `endpoint` on an upstream of `kind` ("" when the
     call is native); a 400 wrong_endpoint when the protocols do not map."""
     if kind == "bedrock":
-        if endpoint != "chat":
-            raise errors.wrong_endpoint("This model is served on /v1/chat/completions only.")
+        if endpoint not in ("chat", "messages"):
+            raise errors.wrong_endpoint(
+                "This model is served on /v1/chat/completions and /v1/messages only."
+            )
         return bedrock.ENDPOINT
     if kind in GEMINI_KINDS:
         if endpoint in ("chat", "messages"):
@@ -108,7 +111,10 @@ def upstream_request(parsed: ParsedRequest, to: str) -> ParsedRequest:
     a 400 for what the upstream's protocol cannot carry."""
     try:
         if to == bedrock.ENDPOINT:
-            body = chat_request_to_converse(parsed.body)
+            chat = parsed.body
+            if parsed.endpoint == "messages":
+                chat = messages_request_to_chat(chat)
+            body = chat_request_to_converse(chat)
         elif to == gemini.ENDPOINT:
             if parsed.endpoint == "messages":
                 body = messages_request_to_gemini(parsed.body)
@@ -127,9 +133,10 @@ def whole_answer(endpoint: str, sent: str, content: bytes, model: str) -> bytes:
     """An upstream's whole (2xx) answer (to `sent`) as the client's protocol has it."""
     data = json.loads(content)
     if sent == bedrock.ENDPOINT:
-        return json.dumps(
-            converse_response_to_chat(data, model=model, created=int(time.time()))
-        ).encode()
+        completion = converse_response_to_chat(data, model=model, created=int(time.time()))
+        if endpoint == "messages":
+            return json.dumps(chat_response_to_messages(completion)).encode()
+        return json.dumps(completion).encode()
     if sent == gemini.ENDPOINT:
         if endpoint == "chat":
             answer = gemini_response_to_chat(data, model=model, created=int(time.time()))
@@ -195,11 +202,18 @@ class CrossingMeter:
 
 class ConverseCrossingMeter:
     """A ConverseStream (binary event-stream frames) metered by the Bedrock meter, with the
-    client's chat SSE frames made from the same events by `ConverseToChat`."""
+    client's chat SSE frames made from the same events by `ConverseToChat`; for an Anthropic
+    client (`messages` given), those chat chunks made into its events by `ChatToMessages`."""
 
-    def __init__(self, inner: StreamMeter, translator: ConverseToChat) -> None:
+    def __init__(
+        self,
+        inner: StreamMeter,
+        translator: ConverseToChat,
+        messages: ChatToMessages | None = None,
+    ) -> None:
         self.inner = inner
         self.translator = translator
+        self.messages = messages
         self.buffer = EventStreamBuffer()
         self.broken = False
         self.state: StreamState = inner.state
@@ -214,8 +228,16 @@ class ConverseCrossingMeter:
             for message in self.buffer:
                 headers = message.headers
                 if headers.get(":message-type") in ("exception", "error"):
-                    named = headers.get(":exception-type") or headers.get(":error-code")
-                    frames += self.translator.error(str(named or "stream_error"))
+                    named = str(
+                        headers.get(":exception-type")
+                        or headers.get(":error-code")
+                        or "stream_error"
+                    )
+                    if self.messages is not None:
+                        self.translator.closed = True
+                        frames += self.messages.feed({"error": {"message": named}})
+                    else:
+                        frames += self.translator.error(named)
                     continue
                 try:
                     decoded = json.loads(message.payload or b"{}")
@@ -223,10 +245,20 @@ class ConverseCrossingMeter:
                     continue
                 if isinstance(decoded, dict):
                     event = str(headers.get(":event-type") or "")
-                    frames += self.translator.feed(event, decoded)
+                    frames += self._frames(event, decoded)
         except ParserError:
             self.broken = True  # the inner meter records the broken stream
         return b"".join(frames)
+
+    def _frames(self, event: str, body: dict[str, object]) -> list[bytes]:
+        if self.messages is None:
+            return self.translator.feed(event, body)
+        frames: list[bytes] = []
+        for chunk in self.translator.chunks(event, body):
+            frames += self.messages.feed(chunk)
+        if self.translator.closed:
+            frames += self.messages.done()
+        return frames
 
     def close(self) -> bytes:
         self.inner.close()
@@ -238,9 +270,16 @@ def stream_meter(
 ) -> CrossingMeter | ConverseCrossingMeter:
     """The meter of a crossing stream: client `endpoint`, upstream endpoint `sent`."""
     if sent == bedrock.ENDPOINT:
+        messages = ChatToMessages(model=model) if endpoint == "messages" else None
         return ConverseCrossingMeter(
             BEDROCK.stream_meter(sent, strip_usage_chunk=False),
-            ConverseToChat(model=model, created=int(time.time()), include_usage=include_usage),
+            ConverseToChat(
+                model=model,
+                created=int(time.time()),
+                # The Anthropic client's message_delta carries the usage the chat form ends with.
+                include_usage=include_usage or messages is not None,
+            ),
+            messages,
         )
     inner = provider_of(sent).stream_meter(sent, strip_usage_chunk=False)
     translator: Translator

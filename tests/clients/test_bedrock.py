@@ -1,5 +1,5 @@
-"""A Bedrock route with real processes: the openai SDK on /v1/chat/completions, whole and
-streamed; the proxy speaks Converse to the mock (JSON, and AWS's binary event stream back),
+"""A Bedrock route with real processes: the openai SDK on /v1/chat/completions and the
+anthropic SDK on /v1/messages, whole and streamed; the proxy speaks Converse to the mock (JSON, and AWS's binary event stream back),
 signed with SigV4 from the proxy's own AWS credentials. Every record equals the mock's ledger
 and its cost the price arithmetic (`assert_records_match_ledger`)."""
 
@@ -9,6 +9,7 @@ import datetime as dt
 import time
 from decimal import Decimal
 
+import anthropic
 import openai
 import pytest
 from django.utils import timezone
@@ -94,6 +95,42 @@ def test_openai_sdk_on_a_bedrock_route(bedrock_world: World, stream: bool) -> No
     assert sent["body"]["messages"][0]["content"] == [{"text": "Hello there, how are you today?"}]
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_anthropic_sdk_on_a_bedrock_route(bedrock_world: World, stream: bool) -> None:
+    """/v1/messages to a Converse route: translated through the chat form both ways, metered
+    by the Bedrock meter, the answer an Anthropic Message the SDK parses."""
+    client = anthropic.Anthropic(api_key=bedrock_world.key, base_url=bedrock_world.proxy)
+    asked = {
+        "model": PUBLIC,
+        "max_tokens": 12,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Hello there, how are you today?"}],
+    }
+    if stream:
+        with client.messages.stream(**asked) as events:  # type: ignore[arg-type]
+            kinds = [event.type for event in events]
+            message = events.get_final_message()
+        assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    else:
+        message = client.messages.create(**asked)  # type: ignore[arg-type]
+    assert message.content[0].type == "text"
+    assert message.content[0].text.startswith(" the quick brown fox")
+    assert message.stop_reason == "max_tokens"
+    (record,) = assert_records_match_ledger(bedrock_world)
+    assert (record.provider, record.endpoint, record.model) == ("bedrock", "messages", PUBLIC)
+    assert record.streamed is stream
+    assert record.output_tokens == message.usage.output_tokens == 12
+    assert 0 < record.cached_input_tokens == message.usage.cache_read_input_tokens
+    assert record.input_tokens == message.usage.input_tokens + record.cached_input_tokens
+    (sent,) = mock_requests(bedrock_world)
+    action = "converse-stream" if stream else "converse"
+    assert sent["path"] == f"/model/anthropic.mock-claude-cached-v1%3A0/{action}"
+    assert sent["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 ")
+    assert bedrock_world.key not in str(sent["headers"])
+    assert sent["body"]["system"] == [{"text": "Be brief."}]
+    assert sent["body"]["inferenceConfig"]["maxTokens"] == 12
+
+
 def _priced_route(world: World, public: str, upstream_model: str) -> None:
     ModelRoute.objects.create(
         public_name=public,
@@ -120,8 +157,19 @@ def test_an_upstream_error_passes_through_uncharged(bedrock_world: World) -> Non
         )
     assert failed.value.status_code == 503
     assert "failed as asked" in failed.value.message
-    (record,) = UsageRecord.objects.all()
-    assert (record.status_code, record.cost, record.usage_source) == (503, 0, "none")
+    # The anthropic SDK gets the same refusal in Anthropic's error shape.
+    claude = anthropic.Anthropic(
+        api_key=bedrock_world.key, base_url=bedrock_world.proxy, max_retries=0
+    )
+    with pytest.raises(anthropic.InternalServerError) as refused:
+        claude.messages.create(
+            model="bedrock-down", max_tokens=5, messages=[{"role": "user", "content": "Hi"}]
+        )
+    assert refused.value.status_code == 503
+    assert refused.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    assert "failed as asked" in refused.value.message
+    records = UsageRecord.objects.order_by("created_at")
+    assert [(r.status_code, r.cost, r.usage_source) for r in records] == [(503, 0, "none")] * 2
 
 
 def test_a_stream_broken_mid_way_is_charged_what_was_produced(bedrock_world: World) -> None:

@@ -72,6 +72,36 @@ def test_routed_models_get_their_family_price_and_unknown_ones_are_reported() ->
 
 
 @pytest.mark.django_db
+def test_bedrock_routes_get_bedrocks_own_prices() -> None:
+    """A Bedrock model id, with or without a cross-region inference profile, takes Bedrock's
+    price (an EU profile costs more than the model on Anthropic's own API)."""
+    bedrock = Upstream.objects.create(
+        name="aws", kind="bedrock", base_url="https://bedrock-runtime.eu-west-1.amazonaws.com"
+    )
+    routed = {
+        "sonnet-eu": "eu.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "haiku": "anthropic.claude-3-haiku-20240307-v1:0",
+        "nova": "us.amazon.nova-lite-v1:0",
+    }
+    for public, model in routed.items():
+        ModelRoute.objects.create(public_name=public, upstream=bedrock, upstream_model=model)
+    result = prices_sync(now=NOW)
+    assert result.unmatched == []
+    rows = {m: ModelPrice.objects.get(model=m, source=CATALOG) for m in routed.values()}
+    assert {row.provider for row in rows.values()} == {"aws"}
+    sonnet = rows["eu.anthropic.claude-sonnet-4-5-20250929-v1:0"]
+    assert (sonnet.input_per_mtok, sonnet.output_per_mtok) == (Decimal("3.3"), Decimal("16.5"))
+    assert (sonnet.cached_input_per_mtok, sonnet.cache_write_per_mtok) == (
+        Decimal("0.33"),
+        Decimal("4.125"),
+    )
+    haiku = rows["anthropic.claude-3-haiku-20240307-v1:0"]
+    assert (haiku.input_per_mtok, haiku.output_per_mtok) == (Decimal("0.25"), Decimal("1.25"))
+    nova = rows["us.amazon.nova-lite-v1:0"]
+    assert (nova.input_per_mtok, nova.cached_input_per_mtok) == (Decimal("0.06"), Decimal("0.015"))
+
+
+@pytest.mark.django_db
 def test_changed_price_adds_a_row_and_overrides_are_untouched() -> None:
     prices_sync(now=NOW)
     row = ModelPrice.objects.get(model="claude-3-5-haiku-latest", source=CATALOG)

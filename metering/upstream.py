@@ -114,6 +114,8 @@ def upstream_url(
         # `base` is the admin's `.../v1/projects/{project}/locations/{region}`.
         model = urllib.parse.quote(upstream_model, safe="@")
         if target.kind == "vertex":
+            if endpoint == "count_tokens":
+                return f"{base}/publishers/google/models/{model}:countTokens"
             method = "streamGenerateContent?alt=sse" if stream else "generateContent"
             return f"{base}/publishers/google/models/{model}:{method}"
         if endpoint == "count_tokens":  # the model is in the body

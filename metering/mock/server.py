@@ -236,6 +236,8 @@ class MockUpstream:
             conn.send(200, anthropic_answers.count_tokens_body(parsed))
             return
         if endpoint == gemini_protocol.COUNT_ENDPOINT:
+            if vertex.is_vertex(path):
+                body = vertex.gemini_count_body(body)
             try:
                 parsed = gemini_protocol.parse_count_request(endpoint, body)
             except RequestError as exc:

@@ -116,6 +116,18 @@ def anthropic_call(path: str) -> tuple[str, bool] | None:
 COUNT_TOKENS = "count-tokens"  # `.../publishers/anthropic/models/count-tokens:rawPredict`
 
 
+def gemini_count_body(body: bytes) -> bytes:
+    """Vertex's Gemini CountTokensRequest (the generate request's fields at its top level) as
+    the Gemini API's `generateContentRequest` form, so the system instruction and tools count."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body  # refused as the Gemini API refuses it
+    if not isinstance(data, dict) or "generateContentRequest" in data:
+        return body
+    return json.dumps({"generateContentRequest": data}).encode()
+
+
 def count_body(body: bytes) -> bytes:
     """A Vertex count-tokens body (the model in it, and Vertex's `anthropic_version`) as the
     Messages count body, or ValueError."""

@@ -207,6 +207,20 @@ def count_upstream_body(data: dict[str, Any], upstream_model: str) -> bytes:
         raise BodyEncodingError(str(exc)) from None
 
 
+def vertex_count_body(data: dict[str, Any]) -> bytes:
+    """The count request for Gemini on Vertex AI, whose CountTokensRequest carries the
+    generate request's fields (`contents`, `systemInstruction`, `tools`, `generationConfig`)
+    at its top level: a `generateContentRequest` is unwrapped, its model left out (the model
+    is in the path)."""
+    inner = data.get(COUNT_REQUEST, data.get("generate_content_request"))
+    if isinstance(inner, dict):
+        data = {k: v for k, v in inner.items() if k != "model"}
+    try:
+        return _DUMP(data).encode()
+    except (UnicodeEncodeError, RecursionError, ValueError) as exc:
+        raise BodyEncodingError(str(exc)) from None
+
+
 def count_body(total_tokens: int) -> bytes:
     """A CountTokensResponse."""
     return _DUMP({"totalTokens": total_tokens}).encode()

@@ -38,7 +38,7 @@ ENDPOINT = "count_tokens"
 PATH = "/v1/messages/count_tokens"
 GEMINI_ENDPOINT = gemini.COUNT_ENDPOINT
 # Upstream kinds that speak the Gemini API, and so answer `models/{model}:countTokens`.
-GEMINI_KINDS = frozenset({"gemini"})
+GEMINI_KINDS = frozenset({"gemini", "vertex"})
 ESTIMATED_HEADER = "x-tokenbudget-estimated"
 _PLACEHOLDER_LIMIT = 1  # the messages parser wants a max_tokens; a count has none
 
@@ -224,7 +224,10 @@ async def count_gemini(
         counted = await sized_work(len(parsed.prompt_text), local_count, parsed)
         return _reply_parts(200, gemini.count_body(counted), request_id, estimated=True)
     try:
-        payload = gemini.count_upstream_body(parsed.body, route.upstream_model)
+        if route.target.kind == "vertex":
+            payload = gemini.vertex_count_body(parsed.body)
+        else:
+            payload = gemini.count_upstream_body(parsed.body, route.upstream_model)
     except BodyEncodingError:
         raise errors.unencodable_body() from None
     return await _forward(route, inbound_headers, payload, request_id)

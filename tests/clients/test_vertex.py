@@ -11,6 +11,7 @@ import time
 from decimal import Decimal
 
 import anthropic
+import httpx
 import openai
 import pytest
 from django.utils import timezone
@@ -156,6 +157,41 @@ def test_count_tokens_goes_to_vertex_for_claude(vertex_world: World) -> None:
     assert local.headers["x-tokenbudget-estimated"] == "true"
     assert len(mock_requests(vertex_world)) == 1
     assert not UsageRecord.objects.exists()
+
+
+def test_count_tokens_goes_to_vertex_for_gemini(vertex_world: World) -> None:
+    """google-genai's countTokens on a Vertex Gemini route: Vertex's own count (its request
+    has the generate request's fields at the top level), what the same call is charged."""
+    http = types.HttpOptions(base_url=vertex_world.proxy, api_version="v1beta")
+    client = genai.Client(api_key=vertex_world.key, http_options=http)
+    counted = client.models.count_tokens(model=GEMINI, contents="Hello there")
+    (sent,) = mock_requests(vertex_world)
+    assert sent["path"] == f"{LOCATION}/publishers/google/models/{GEMINI_MODEL}:countTokens"
+    assert sent["headers"]["authorization"].startswith("Bearer ya29.mock-")
+    assert sent["body"] == {"contents": [{"parts": [{"text": "Hello there"}], "role": "user"}]}
+    assert ledger(vertex_world)["counted"] == 1
+    assert not UsageRecord.objects.exists()
+    # A whole generate request is unwrapped: its system instruction is counted, no model sent.
+    inner = {
+        "model": f"models/{GEMINI}",
+        "systemInstruction": {"parts": [{"text": "Be brief."}]},
+        "contents": [{"role": "user", "parts": [{"text": "Hello there"}]}],
+    }
+    answer = httpx.post(
+        f"{vertex_world.proxy}/v1beta/models/{GEMINI}:countTokens",
+        headers={"x-goog-api-key": vertex_world.key},
+        json={"generateContentRequest": inner},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    assert "x-tokenbudget-estimated" not in answer.headers
+    whole = types.CountTokensResponse.model_validate(answer.json())
+    assert whole.total_tokens > counted.total_tokens
+    sent = mock_requests(vertex_world)[1]
+    assert sent["body"] == {k: v for k, v in inner.items() if k != "model"}
+    answer = client.models.generate_content(model=GEMINI, contents="Hello there")
+    assert answer.usage_metadata.prompt_token_count == counted.total_tokens
+    assert_records_match_ledger(vertex_world)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])

@@ -304,8 +304,12 @@ def sign_bedrock(
 GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 GOOGLE_REFRESH_MARGIN = 300.0  # seconds of validity left below which a token is refreshed
 GOOGLE_TOKEN_TIMEOUT = 30.0  # seconds a call waits for a token (google-auth's own is 120 s)
+GOOGLE_RETRY_AFTER = 10.0  # seconds after a failed fetch before a token is fetched again
 _google: dict[str, Any] = {}  # credentials source ("" for ADC, else a key file's path)
+# Per (event loop, source): the one fetch at a time, and the refresh running beside calls.
 _google_locks: dict[tuple[int, str], asyncio.Lock] = {}
+_google_refreshes: dict[tuple[int, str], asyncio.Task[None]] = {}
+_google_failures: dict[str, tuple[float, str]] = {}  # source -> (clock() of it, error name)
 
 
 def clock() -> float:
@@ -365,42 +369,82 @@ def _token_left(credentials: Any) -> float:
 
 async def google_token(target: UpstreamTarget) -> str:
     """The access token for a Vertex upstream, cached per credentials source and process.
-    Fetched, and refreshed once less than GOOGLE_REFRESH_MARGIN is left, in a worker thread
-    (one refresh at a time per source); the event loop only reads the cached token. A token
-    that cannot be had raises UpstreamCredentialsError (the token itself is never logged)."""
+    The event loop only reads the cached token: it is fetched in a worker thread, and once
+    less than GOOGLE_REFRESH_MARGIN of it is left, refreshed beside the calls that go on with
+    it. Only a call with no valid token waits (GOOGLE_TOKEN_TIMEOUT at most). A token that
+    cannot be had raises UpstreamCredentialsError (the token itself is never logged), and for
+    GOOGLE_RETRY_AFTER after a failed fetch calls are refused at once rather than each
+    fetching again."""
     source = google_source(target)
-    credentials = _google.get(source)
-    if credentials is not None and _token_left(credentials) > GOOGLE_REFRESH_MARGIN:
+    credentials: Any = _google.get(source)
+    left = _token_left(credentials) if credentials is not None else 0.0
+    if left > GOOGLE_REFRESH_MARGIN:
         return str(credentials.token)
-    seen = getattr(credentials, "token", None)
-    key = (id(asyncio.get_running_loop()), source)
-    lock = _google_locks.setdefault(key, asyncio.Lock())
+    if left > 0:
+        _refresh_beside(source)
+        return str(credentials.token)
+    return str((await _google_fetch(source)).token)
+
+
+def _refresh_beside(source: str) -> None:
+    """Start one refresh of `source`'s token on this loop unless one runs or just failed."""
+    loop = asyncio.get_running_loop()
+    key = (id(loop), source)
+    running = _google_refreshes.get(key)
+    if running is not None and not running.done():
+        return
+    failed = _google_failures.get(source)
+    if failed is not None and clock() - failed[0] < GOOGLE_RETRY_AFTER:
+        return
+    _google_refreshes[key] = loop.create_task(_google_refresh_quietly(source))
+
+
+async def _google_refresh_quietly(source: str) -> None:
+    try:
+        await _google_fetch(source)
+    except UpstreamCredentialsError:
+        pass  # logged; the calls go on with the token they have until it expires
+
+
+async def _google_fetch(source: str) -> Any:
+    """Fresh credentials for `source`, one fetch at a time per source and loop; a fetch that
+    another call finished meanwhile serves this one too."""
+    seen = getattr(_google.get(source), "token", None)
+    lock = _google_locks.setdefault((id(asyncio.get_running_loop()), source), asyncio.Lock())
     async with lock:
         credentials = _google.get(source)
-        # Refreshed by another call meanwhile: its token serves this one too.
-        renewed = credentials is not None and credentials.token != seen
-        if credentials is None or (
-            not (renewed and _token_left(credentials) > 0)
-            and _token_left(credentials) <= GOOGLE_REFRESH_MARGIN
-        ):
-            try:
-                credentials = await asyncio.wait_for(
-                    asyncio.to_thread(_google_refresh, source), GOOGLE_TOKEN_TIMEOUT
-                )
-            except Exception as exc:
-                log.warning(
-                    "vertex access token not obtained",
-                    extra={"error": type(exc).__name__, "source": "adc" if not source else "file"},
-                )
-                credentials = _google.get(source)
-                if credentials is None or _token_left(credentials) <= 0:
-                    raise UpstreamCredentialsError(
-                        f"No access token for the Vertex AI upstream ({type(exc).__name__})."
-                    ) from None
-    return str(credentials.token)
+        if credentials is not None and credentials.token != seen and _token_left(credentials) > 0:
+            return credentials
+        failed = _google_failures.get(source)
+        if failed is not None and clock() - failed[0] < GOOGLE_RETRY_AFTER:
+            raise UpstreamCredentialsError(
+                f"No access token for the Vertex AI upstream ({failed[1]}; tried again "
+                f"{GOOGLE_RETRY_AFTER:g} s after the last try)."
+            )
+        try:
+            credentials = await asyncio.wait_for(
+                asyncio.to_thread(_google_refresh, source), GOOGLE_TOKEN_TIMEOUT
+            )
+        except Exception as exc:
+            name = type(exc).__name__
+            _google_failures[source] = (clock(), name)
+            log.warning(
+                "vertex access token not obtained",
+                extra={"error": name, "source": "adc" if not source else "file"},
+            )
+            credentials = _google.get(source)
+            if credentials is None or _token_left(credentials) <= 0:
+                raise UpstreamCredentialsError(
+                    f"No access token for the Vertex AI upstream ({name})."
+                ) from None
+            return credentials
+        _google_failures.pop(source, None)
+        return credentials
 
 
 def reset_google_credentials() -> None:
     """Forget the cached credentials and tokens (tests; a rotated key file)."""
     _google.clear()
     _google_locks.clear()
+    _google_failures.clear()
+    _google_refreshes.clear()

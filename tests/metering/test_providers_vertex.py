@@ -163,11 +163,57 @@ def test_one_token_for_many_calls_then_a_refresh_before_it_expires(
     now[0] += 54 * 60
     assert asyncio.run(tokens(3)) == first[:3]
     assert grants(mock.url, account) == 1
-    # 56 minutes on: under 5 minutes left, so it is refreshed, once.
+    # 56 minutes on: under 5 minutes left, so it is refreshed, once, beside the calls, which
+    # go on with the token they have (still valid) rather than wait for the new one.
     now[0] += 2 * 60
-    second = asyncio.run(tokens(10))
+
+    async def refreshed() -> tuple[list[str], list[str]]:
+        during = await tokens(10)
+        (refresh,) = [t for t in upstream._google_refreshes.values() if not t.done()]
+        await refresh
+        return during, await tokens(10)
+
+    during, second = asyncio.run(refreshed())
+    assert during == first[:10]
     assert len(set(second)) == 1 and second[0] != first[0]
     assert grants(mock.url, account) == 2
+
+
+def test_a_failed_fetch_is_not_tried_again_by_every_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key file that gives no token: one fetch, then every call refused at once for
+    GOOGLE_RETRY_AFTER; after it, one fetch again."""
+    upstream.reset_google_credentials()
+    monkeypatch.setenv(ENV, str(tmp_path / "missing.json"))
+    now = [0.0]
+    real = upstream.clock()
+    monkeypatch.setattr(upstream, "clock", lambda: real + now[0])
+    fetched: list[str] = []
+    original = upstream._google_refresh
+
+    def counted(source: str) -> object:
+        fetched.append(source)
+        return original(source)
+
+    monkeypatch.setattr(upstream, "_google_refresh", counted)
+
+    async def calls(n: int) -> list[BaseException | str]:
+        return await asyncio.gather(
+            *(upstream.google_token(target("vertex")) for _ in range(n)), return_exceptions=True
+        )
+
+    first = asyncio.run(calls(5))
+    assert all(isinstance(e, upstream.UpstreamCredentialsError) for e in first)
+    assert len(fetched) == 1
+    now[0] += upstream.GOOGLE_RETRY_AFTER - 1
+    again = asyncio.run(calls(3))
+    assert all(isinstance(e, upstream.UpstreamCredentialsError) for e in again)
+    assert "tried again" in str(again[0]) and len(fetched) == 1
+    now[0] += 2
+    asyncio.run(calls(3))
+    assert len(fetched) == 2
+    upstream.reset_google_credentials()
 
 
 def test_the_token_is_fetched_in_a_worker_thread(

@@ -10,6 +10,7 @@ the client sends can change where a call goes or which key it carries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -400,10 +401,9 @@ def _refresh_beside(source: str) -> None:
 
 
 async def _google_refresh_quietly(source: str) -> None:
-    try:
+    # A failure is logged; the calls go on with the token they have until it expires.
+    with contextlib.suppress(UpstreamCredentialsError):
         await _google_fetch(source)
-    except UpstreamCredentialsError:
-        pass  # logged; the calls go on with the token they have until it expires
 
 
 async def _google_fetch(source: str) -> Any:

@@ -272,8 +272,9 @@ class MockUpstream:
         request_id = headers.get("x-request-id", str(id(record)))
         served = (plan.prompt_tokens, plan.total_output)
         if not parsed.stream:
-            conn.send(200, _BODIES[endpoint](parsed, plan))
-            self.book.served[request_id] = served
+            body = _BODIES[endpoint](parsed, plan)
+            self.book.served[request_id] = served  # in the book before a reader can see it
+            conn.send(200, body)
             return
         plan.chunk_delay = max(plan.chunk_delay, self.settings.chunk_latency_ms / 1000)
         if bedrock_call is not None:

@@ -393,15 +393,28 @@ def _route_save(request: HttpRequest, route: ModelRoute | None) -> HttpResponse:
 # --- upstreams --------------------------------------------------------------------------------
 
 
+# What an upstream's `api_version` field means for the kinds that use it (the page's label and
+# hint); other kinds have no such field on the page.
+API_VERSION_FIELDS = {
+    "azure_openai": ("API version", "Azure's api-version, e.g. 2024-10-21."),
+    "bedrock": ("Region", "The AWS region signed for, e.g. eu-west-1."),
+    "bedrock_anthropic": ("Region", "The AWS region signed for, e.g. us-east-1."),
+    "vertex": ("Region", "The Vertex AI region of the base URL, e.g. us-east5."),
+    "vertex_anthropic": ("Region", "The Vertex AI region of the base URL, e.g. us-east5."),
+}
+
+
 @login_required
 def upstream_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    """URL, timeouts and state of an upstream. Its credential is an environment variable set in
-    configuration: the page shows the variable's name and whether it is set, never a value,
-    and has no field that would accept one."""
+    """URL, region or API version, timeouts and state of an upstream. Its credential is an
+    environment variable set in configuration: the page shows the variable's name and whether
+    it is set, never a value, and has no field that would accept one."""
     require_admin(request.user)
     upstream = get_object_or_404(Upstream, pk=pk)
+    version = API_VERSION_FIELDS.get(upstream.kind)
     form: dict[str, Any] = {
         "base_url": upstream.base_url,
+        "api_version": upstream.api_version,
         "connect_timeout": format(upstream.connect_timeout.normalize(), "f"),
         "read_timeout": format(upstream.read_timeout.normalize(), "f"),
         "active": upstream.active,
@@ -410,10 +423,12 @@ def upstream_edit(request: HttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST":
         form = {
             n: request.POST.get(n, "").strip()
-            for n in ("base_url", "connect_timeout", "read_timeout")
+            for n in ("base_url", "api_version", "connect_timeout", "read_timeout")
         }
         form["active"] = request.POST.get("active") == "on"
         data: UpstreamData = {"base_url": form["base_url"], "active": form["active"]}
+        if version is not None:
+            data["api_version"] = form["api_version"]
         for name in ("connect_timeout", "read_timeout"):
             seconds = form_decimal(form[name])
             if seconds is None:
@@ -434,6 +449,8 @@ def upstream_edit(request: HttpRequest, pk: int) -> HttpResponse:
         "nav": "routes",
         "upstream": upstream,
         "credential_set": bool(upstream.credential_env and os.environ.get(upstream.credential_env)),
+        "version_label": version[0] if version else "",
+        "version_hint": version[1] if version else "",
         "form": form,
         "errors": errors,
         "cache_note": _cache_note(),

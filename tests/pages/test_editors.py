@@ -234,6 +234,38 @@ def test_upstream_errors_change_nothing(
     assert _catalogue_state() == before
 
 
+def test_an_upstreams_region_is_edited_beside_its_url(catalogue: dict[str, Any]) -> None:
+    """A Vertex upstream moved to another region: the base URL and the region change together,
+    and a region that is not the URL's is refused beside its field with nothing written. An
+    OpenAI upstream has no such field."""
+    client = client_for(catalogue["admin"])
+    location = "https://{0}-aiplatform.googleapis.com/v1/projects/p-1/locations/{0}"
+    vertex = Upstream.objects.create(
+        name="vertex", kind="vertex", base_url=location.format("us-east5"), api_version="us-east5"
+    )
+    page = client.get(f"/manage/models/upstreams/{vertex.pk}/").content.decode()
+    assert '<label for="api_version">Region</label>' in page and 'value="us-east5"' in page
+    plain = client.get(f"/manage/models/upstreams/{catalogue['upstream'].pk}/").content.decode()
+    assert 'name="api_version"' not in plain
+    form = {"connect_timeout": "5", "read_timeout": "60", "active": "on"}
+    before = _catalogue_state()
+    moved = {**form, "base_url": location.format("europe-west1"), "api_version": "us-east5"}
+    response = client.post(f"/manage/models/upstreams/{vertex.pk}/", moved)
+    assert response.status_code == 400
+    assert 'id="api_version-error"' in response.content.decode()
+    assert "europe-west1" in response.content.decode()
+    assert _catalogue_state() == before
+    moved["api_version"] = "europe-west1"
+    assert client.post(f"/manage/models/upstreams/{vertex.pk}/", moved).status_code == 302
+    vertex.refresh_from_db()
+    assert (vertex.base_url, vertex.api_version) == (
+        location.format("europe-west1"),
+        "europe-west1",
+    )
+    event = AuditEvent.objects.filter(action="upstream.update").latest("pk")
+    assert event.after["api_version"] == "europe-west1"
+
+
 def test_admin_adds_and_edits_a_route(catalogue: dict[str, Any]) -> None:
     client = client_for(catalogue["admin"])
     upstream = catalogue["upstream"]

@@ -36,6 +36,9 @@ _KIND_TO_PROVIDER = {
     # rules match Vertex's `claude-...@{date}` ids to their family.
     Upstream.Kind.VERTEX: "google",
     Upstream.Kind.VERTEX_ANTHROPIC: "google",
+    # genai-prices' `aws` provider matches Bedrock's `us.anthropic.claude-...-v1:0` ids to
+    # their regional entries.
+    Upstream.Kind.BEDROCK_ANTHROPIC: "aws",
 }
 
 

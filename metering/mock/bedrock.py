@@ -137,7 +137,6 @@ async def converse_stream(conn: Connection, parsed: ParsedRequest, plan: Plan) -
 # --- InvokeModel for Claude (Anthropic's Messages body and events) ---------------------------
 
 INVOKE_ACTIONS = {"invoke": False, "invoke-with-response-stream": True}
-BEDROCK_VERSION = "bedrock-2023-05-31"
 _REGION_PREFIXES = ("us.", "eu.", "apac.", "global.")
 
 
@@ -157,7 +156,7 @@ def invoke_call(path: str) -> tuple[str, bool] | None:
 def invoke_body(body: bytes, model: str, stream: bool) -> bytes:
     """An InvokeModel Claude body as the Messages API body it stands for (`model` and
     `stream` put back from the URL), or ValueError naming what Bedrock would refuse: a
-    `model` or `stream` in the body, a missing or other `anthropic_version`."""
+    `model` or `stream` in the body, a missing `anthropic_version`."""
     try:
         data = json.loads(body)
     except ValueError:
@@ -167,8 +166,11 @@ def invoke_body(body: bytes, model: str, stream: bool) -> bytes:
     for name in ("model", "stream"):
         if name in data:
             raise ValueError(f"Malformed input request: extraneous key [{name}] is not permitted")
-    if data.pop("anthropic_version", None) != BEDROCK_VERSION:
-        raise ValueError(f"Malformed input request: anthropic_version must be {BEDROCK_VERSION}")
+    # Bedrock's documented version is bedrock-2023-05-31 (what the proxy sends); the anthropic
+    # SDK's AnthropicBedrock sends its own API version: either is taken, none is not.
+    version = data.pop("anthropic_version", None)
+    if not isinstance(version, str) or not version:
+        raise ValueError("Malformed input request: required key [anthropic_version] not found")
     return json.dumps({"model": model, **data, "stream": stream}).encode()
 
 

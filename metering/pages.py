@@ -434,6 +434,7 @@ def upstream_edit(request: HttpRequest, pk: int) -> HttpResponse:
         "nav": "routes",
         "upstream": upstream,
         "credential_set": bool(upstream.credential_env and os.environ.get(upstream.credential_env)),
+        "aws_signed": upstream.kind in (Upstream.Kind.BEDROCK, Upstream.Kind.BEDROCK_ANTHROPIC),
         "form": form,
         "errors": errors,
         "cache_note": _cache_note(),

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from anthropic.lib.bedrock._stream_decoder import AWSEventStreamDecoder
 from botocore.eventstream import EventStreamBuffer
+from django.test import Client
 
 from metering import price_catalog, upstream
 from metering.mock import bedrock as mock_bedrock
@@ -27,6 +28,7 @@ from metering.providers.anthropic import PROVIDER as ANTHROPIC
 from metering.providers.base import Usage
 from metering.proxy import crossing
 from metering.upstream import UpstreamTarget
+from tests.budgets.conftest import Cast
 
 MODEL = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
 QUOTED = "us.anthropic.claude-sonnet-4-5-20250929-v1%3A0"
@@ -363,3 +365,30 @@ def test_the_mock_answers_boto3_invoke_model(mock: MockServer) -> None:
     streamed = client.invoke_model_with_response_stream(modelId=MODEL, body=json.dumps(BODY))
     events = [json.loads(e["chunk"]["bytes"]) for e in streamed["body"]]
     assert events[-1]["type"] == "message_stop"
+
+
+# --- the catalogue: API and pages -----------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_api_and_the_models_pages_take_bedrock_anthropic_upstreams(
+    cast: Cast,
+    api,  # type: ignore[no-untyped-def]
+) -> None:
+    body = {
+        "name": "bedrock-claude",
+        "kind": "bedrock_anthropic",
+        "base_url": "https://bedrock-runtime.us-east-1.amazonaws.com",
+        "api_version": "us-east-1",
+    }
+    created = api("admin").post("/api/v1/upstreams/", body, format="json")
+    assert created.status_code == 201, created.content
+    row = Upstream.objects.get()
+    assert row.get_kind_display() == "AWS Bedrock (Anthropic)"
+    browser = Client()
+    browser.force_login(cast.users["admin"])
+    listing = browser.get("/manage/models/").content.decode()
+    assert "AWS Bedrock (Anthropic)" in listing
+    page = browser.get(f"/manage/models/upstreams/{row.pk}/").content.decode()
+    assert "AWS Bedrock (Anthropic)" in page and "signed with SigV4" in page
+    assert "us-east-1" in page

@@ -252,3 +252,65 @@ def test_the_catalogue_prices_a_bedrock_claude_id(invoke_world: World) -> None:
     _check_sent(invoke_world, False, quoted="us.anthropic.claude-sonnet-4-5-20250929-v1%3A0")
     (record,) = assert_records_match_ledger(invoke_world)
     assert record.upstream_model == model and record.cost == expected_cost(record) > 0
+
+
+def _wait_for_cut(world: World, request_id: str) -> list:
+    deadline = time.monotonic() + 5
+    while request_id not in (cut := ledger(world)["cut"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return cut[request_id]
+
+
+def test_a_client_that_leaves_after_five_tokens_pays_input_plus_five(
+    invoke_world: World,
+) -> None:
+    client = anthropic.Anthropic(
+        base_url=invoke_world.proxy, api_key=invoke_world.key, max_retries=0
+    )
+    received = 0
+    with client.messages.stream(
+        model=PUBLIC,
+        max_tokens=100,
+        messages=MESSAGES,
+        metadata={"mock_output_tokens": 40, "mock_chunk_delay_ms": 300},  # type: ignore[typeddict-unknown-key]
+    ) as stream:
+        request_id = stream.response.headers["x-request-id"]
+        for _ in stream.text_stream:
+            received += 1
+            if received == 5:
+                break
+    served_input, produced, why = _wait_for_cut(invoke_world, request_id)
+    assert why == "client_gone" and produced == 5
+    deadline = time.monotonic() + 10
+    while not UsageRecord.objects.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (record,) = UsageRecord.objects.all()
+    assert (record.input_tokens, record.output_tokens) == (served_input, 5)
+    assert record.status_code == 499 and record.error_type == "client_closed"
+    assert record.cost == expected_cost(record) > 0
+
+
+def test_a_chat_stream_cut_by_the_upstream_ends_in_an_error(invoke_world: World) -> None:
+    """The mock's `stream-error` model breaks off half-way (6 of 12 words): the chat client
+    gets an error after the words, the record input + those 6."""
+    _route(
+        "bedrock-invoke-flaky", "us.anthropic.mock-claude-stream-error-v1:0", ("1", "2", "1", "1")
+    )
+    client = openai.OpenAI(
+        base_url=invoke_world.proxy + "/v1", api_key=invoke_world.key, max_retries=0
+    )
+    text = ""
+    with pytest.raises(openai.APIError):
+        for chunk in client.chat.completions.create(
+            model="bedrock-invoke-flaky", messages=MESSAGES, max_tokens=12, stream=True
+        ):
+            text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+    assert text == " the quick brown fox jumps over"
+    deadline = time.monotonic() + 10
+    while not UsageRecord.objects.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (record,) = UsageRecord.objects.all()
+    ((request_id, (served_input, produced, why)),) = ledger(invoke_world)["cut"].items()
+    assert (record.request_id, why, produced) == (request_id, "stream_error", 6)
+    assert (record.input_tokens, record.output_tokens) == (served_input, 6)
+    assert record.error_type == "overloaded_error" and record.cost == expected_cost(record)

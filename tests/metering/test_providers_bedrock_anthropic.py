@@ -388,7 +388,7 @@ def test_the_api_and_the_models_pages_take_bedrock_anthropic_upstreams(
     browser = Client()
     browser.force_login(cast.users["admin"])
     listing = browser.get("/manage/models/").content.decode()
-    assert "AWS Bedrock (Anthropic)" in listing
+    assert "AWS Bedrock (Anthropic)" in listing and "AWS credentials (SigV4)" in listing
     page = browser.get(f"/manage/models/upstreams/{row.pk}/").content.decode()
     assert "AWS Bedrock (Anthropic)" in page and "signed with SigV4" in page
     assert "us-east-1" in page

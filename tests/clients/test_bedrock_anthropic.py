@@ -16,7 +16,7 @@ import openai
 import pytest
 from django.utils import timezone
 
-from metering import price_catalog
+from metering import catalog_services, price_catalog
 from metering.models import ModelPrice, ModelRoute, Upstream, UsageRecord
 from tests.clients.conftest import (
     assert_records_match_ledger,
@@ -314,3 +314,54 @@ def test_a_chat_stream_cut_by_the_upstream_ends_in_an_error(invoke_world: World)
     assert (record.request_id, why, produced) == (request_id, "stream_error", 6)
     assert (record.input_tokens, record.output_tokens) == (served_input, 6)
     assert record.error_type == "overloaded_error" and record.cost == expected_cost(record)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_failing_bedrock_deployment_falls_back_to_native_anthropic(
+    invoke_world: World, stream: bool
+) -> None:
+    """Claude on Bedrock first (it answers 503), Anthropic's own API next: the body is encoded
+    again for the native kind (model in it, no anthropic_version) and its stream relayed as
+    it comes (no event-stream decoding), one record naming the deployment that served."""
+    bedrock = Upstream.objects.get(name="mock-bedrock-anthropic")
+    failing = "us.anthropic.mock-claude-error-503-v1:0"
+    native = Upstream.objects.get(name="mock-anthropic")
+    route = catalog_services.route_create(
+        actor=None,
+        data={"public_name": "claude-two-clouds", "upstream": bedrock, "upstream_model": failing},
+    )
+    catalog_services.route_deployments_set(
+        actor=None,
+        route=route,
+        deployments=[
+            {"upstream": bedrock, "upstream_model": failing, "priority": 0},
+            {"upstream": native, "upstream_model": "claude-opus-5-5", "priority": 1},
+        ],
+    )
+    ModelPrice.objects.create(
+        model=failing,
+        input_per_mtok=Decimal(1),
+        output_per_mtok=Decimal(2),
+        effective_from=timezone.now() - dt.timedelta(days=30),
+        source="override",
+    )
+    client = anthropic.Anthropic(base_url=invoke_world.proxy, api_key=invoke_world.key)
+    kwargs = {"model": "claude-two-clouds", "max_tokens": 20, "messages": MESSAGES}
+    if stream:
+        with client.messages.stream(**kwargs) as events:  # type: ignore[arg-type]
+            message = events.get_final_message()
+    else:
+        message = client.messages.create(**kwargs)  # type: ignore[arg-type]
+    assert message.content[0].text.startswith(" the quick brown fox")  # type: ignore[union-attr]
+    first, second = mock_requests(invoke_world)
+    assert first["path"].endswith("/invoke-with-response-stream" if stream else "/invoke")
+    assert first["body"]["anthropic_version"] == "bedrock-2023-05-31"
+    assert second["path"] == "/v1/messages"
+    assert second["body"]["model"] == "claude-opus-5-5"
+    assert "anthropic_version" not in second["body"]
+    (record,) = assert_records_match_ledger(invoke_world)
+    assert (record.provider, record.upstream_model, record.attempts) == (
+        "anthropic",
+        "claude-opus-5-5",
+        2,
+    )

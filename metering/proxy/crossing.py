@@ -16,6 +16,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import re
 import time
 
 from botocore.eventstream import EventStreamBuffer, ParserError
@@ -244,6 +245,9 @@ _INVOKE_ERRORS = {
 }
 
 
+_EVENT_NAME = re.compile(r"[a-z_]{1,64}")  # message_start, content_block_delta, …
+
+
 class InvokeStreamMeter:
     """An InvokeModelWithResponseStream answer (Claude on Bedrock): binary event-stream frames,
     each a `chunk` event whose payload's `bytes` is one Anthropic stream event (base64 JSON).
@@ -296,13 +300,18 @@ class InvokeStreamMeter:
         try:
             raw = base64.b64decode(json.loads(payload)["bytes"], validate=True)
             decoded = json.loads(raw)
-        except (ValueError, TypeError, KeyError, binascii.Error):
+        except (ValueError, TypeError, KeyError, binascii.Error, RecursionError):
             return None
-        if not isinstance(decoded, dict) or not isinstance(decoded.get("type"), str):
+        if not isinstance(decoded, dict):
             return None
-        # One line of JSON (a `data:` line cannot hold a newline).
-        data = json.dumps(decoded, separators=(",", ":"), ensure_ascii=False)
-        return f"event: {decoded['type']}\ndata: {data}\n\n".encode()
+        name = decoded.get("type")
+        if not isinstance(name, str) or not _EVENT_NAME.fullmatch(name):
+            return None
+        # The event's JSON as sent, on one line: a line break can only be whitespace between
+        # JSON tokens, so an event that has one is written again (a `data:` line cannot hold it).
+        if b"\n" in raw or b"\r" in raw:
+            raw = json.dumps(decoded, separators=(",", ":")).encode()
+        return b"event: " + name.encode() + b"\ndata: " + raw.strip() + b"\n\n"
 
 
 def stream_meter(

@@ -233,8 +233,16 @@ def test_frames_that_are_not_anthropic_events_are_skipped() -> None:
         json.dumps({"bytes": base64.b64encode(b"[1]").decode()}).encode(),
     )
     other = mock_bedrock.event("metadata", {"usage": {}})
+    forged = mock_bedrock.chunk_frame({"type": "ping\n\nevent: message_stop"})
     meter = _meter()
-    assert meter.feed(odd + listy + other) == b""
+    assert meter.feed(odd + listy + other + forged) == b""
+    # An event written over several lines is relayed on one.
+    spread = json.dumps({"type": "ping", "note": "a\nb"}, indent=2).encode()
+    frame = mock_bedrock.frame(
+        {":event-type": "chunk", ":message-type": "event"},
+        json.dumps({"bytes": base64.b64encode(spread).decode()}).encode(),
+    )
+    assert meter.feed(frame) == b'event: ping\ndata: {"type":"ping","note":"a\\nb"}\n\n'
     assert meter.feed(_frames(EVENTS)) == _sse(EVENTS)
 
 

@@ -54,6 +54,7 @@ class Upstream(models.Model):
         BEDROCK = "bedrock", "AWS Bedrock (Converse)"
         VERTEX = "vertex", "Google Vertex AI (Gemini)"
         VERTEX_ANTHROPIC = "vertex_anthropic", "Google Vertex AI (Anthropic)"
+        BEDROCK_ANTHROPIC = "bedrock_anthropic", "AWS Bedrock (Anthropic)"
 
     name = models.SlugField(max_length=64, unique=True)
     kind = models.CharField(max_length=24, choices=Kind.choices)

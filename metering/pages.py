@@ -397,8 +397,11 @@ def _route_save(request: HttpRequest, route: ModelRoute | None) -> HttpResponse:
 # hint); other kinds have no such field on the page.
 API_VERSION_FIELDS = {
     "azure_openai": ("API version", "Azure's api-version, e.g. 2024-10-21."),
-    "bedrock": ("Region", "The AWS region signed for, e.g. eu-west-1."),
-    "bedrock_anthropic": ("Region", "The AWS region signed for, e.g. us-east-1."),
+    "bedrock": ("Region", "The AWS region signed for, e.g. eu-west-1 (empty: the base URL's)."),
+    "bedrock_anthropic": (
+        "Region",
+        "The AWS region signed for, e.g. us-east-1 (empty: the base URL's).",
+    ),
     "vertex": ("Region", "The Vertex AI region of the base URL, e.g. us-east5."),
     "vertex_anthropic": ("Region", "The Vertex AI region of the base URL, e.g. us-east5."),
 }
@@ -451,6 +454,7 @@ def upstream_edit(request: HttpRequest, pk: int) -> HttpResponse:
         "credential_set": bool(upstream.credential_env and os.environ.get(upstream.credential_env)),
         "version_label": version[0] if version else "",
         "version_hint": version[1] if version else "",
+        "aws_signed": upstream.kind in (Upstream.Kind.BEDROCK, Upstream.Kind.BEDROCK_ANTHROPIC),
         "form": form,
         "errors": errors,
         "cache_note": _cache_note(),

@@ -39,6 +39,7 @@ _KIND_TO_PROVIDER = {
     # genai-prices' `aws` provider lists Bedrock's prices; its rules match the cross-region
     # inference profiles (`us.`, `eu.`, `apac.`, `global.` before the model id) to their entry.
     Upstream.Kind.BEDROCK: "aws",
+    Upstream.Kind.BEDROCK_ANTHROPIC: "aws",
 }
 
 

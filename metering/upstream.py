@@ -31,6 +31,8 @@ ANTHROPIC_DEFAULT_VERSION = "2023-06-01"
 
 # Google Vertex AI: Gemini (Google's publisher) and Claude (Anthropic's publisher).
 VERTEX_KINDS = frozenset({"vertex", "vertex_anthropic"})
+# AWS Bedrock: Converse (any model, translated) and InvokeModel for Claude (Anthropic's body).
+BEDROCK_KINDS = frozenset({"bedrock", "bedrock_anthropic"})
 
 _sessions: dict[int, aiohttp.ClientSession] = {}
 log = logging.getLogger("tokenbudget.proxy")
@@ -136,6 +138,10 @@ def upstream_url(
         # Converse names the model and the streaming in the path.
         model = urllib.parse.quote(upstream_model, safe="")
         return f"{base}/model/{model}/{'converse-stream' if stream else 'converse'}"
+    if target.kind == "bedrock_anthropic":
+        # InvokeModel: the model id quoted as botocore does (`:` as `%3A`).
+        model = urllib.parse.quote(upstream_model, safe="")
+        return f"{base}/model/{model}/{'invoke-with-response-stream' if stream else 'invoke'}"
     if target.kind == "azure_openai":
         path = {"chat": "chat/completions", "responses": "responses", "embeddings": "embeddings"}[
             endpoint
@@ -177,6 +183,13 @@ def upstream_headers(
         # Anthropic's version goes in the body there; the access token is added by `send`.
         headers.pop("anthropic-version", None)
         return headers
+    if target.kind == "bedrock_anthropic":
+        # The version is in the body; InvokeModel answers JSON, or its event stream when the
+        # URL asks for it (an SSE `accept` would be refused). Signed with SigV4 in `send`.
+        for name in ("anthropic-version", "anthropic-beta", "accept"):
+            headers.pop(name, None)
+        headers["accept"] = "application/json"
+        return headers
     # Checked here too, not only when the upstream is saved: a row written another way (or
     # before the allow-list) must not send any other variable.
     env = target.credential_env
@@ -215,7 +228,7 @@ async def send(
     url: str | yarl.URL = upstream_url(target, endpoint, upstream_model, stream)
     if target.kind in VERTEX_KINDS:
         headers = {**headers, "authorization": f"Bearer {await google_token(target)}"}
-    elif target.kind == "bedrock":
+    elif target.kind in BEDROCK_KINDS:
         await aws_credentials_ready()
         headers = sign_bedrock(target, str(url), body, headers)
         # Sent as signed: the model id's escapes (`%3A`) stay as they are.

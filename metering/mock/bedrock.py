@@ -3,8 +3,11 @@ stream), with `frame` encoding one event-stream message."""
 
 from __future__ import annotations
 
+import base64
 import binascii
+import json
 import struct
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from metering.mock.common import DUMP, WORDS, Plan
@@ -129,3 +132,84 @@ async def converse_stream(conn: Connection, parsed: ParsedRequest, plan: Plan) -
     await conn.chunk(event("messageStop", {"stopReason": _stop(plan)}), 0)
     metadata = {"usage": usage(plan), "metrics": {"latencyMs": 1}}
     await conn.chunk(event("metadata", metadata), 0)
+
+
+# --- InvokeModel for Claude (Anthropic's Messages body and events) ---------------------------
+
+INVOKE_ACTIONS = {"invoke": False, "invoke-with-response-stream": True}
+_REGION_PREFIXES = ("us.", "eu.", "apac.", "global.")
+
+
+def invoke_call(path: str) -> tuple[str, bool] | None:
+    """(model, stream) of a Bedrock path `.../model/{modelId}/invoke[-with-response-stream]`
+    for a Claude model id (`anthropic.` after an optional cross-region prefix)."""
+    head, _, action = path.rpartition("/")
+    if action not in INVOKE_ACTIONS or "/model/" not in head:
+        return None
+    model = urllib.parse.unquote(head.rpartition("/model/")[2])
+    bare = next((model[len(p) :] for p in _REGION_PREFIXES if model.startswith(p)), model)
+    if not bare.startswith("anthropic."):
+        return None
+    return model, INVOKE_ACTIONS[action]
+
+
+def invoke_body(body: bytes, model: str, stream: bool) -> bytes:
+    """An InvokeModel Claude body as the Messages API body it stands for (`model` and
+    `stream` put back from the URL), or ValueError naming what Bedrock would refuse: a
+    `model` or `stream` in the body, a missing `anthropic_version`."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise ValueError("Malformed input request: the body is not JSON.") from None
+    if not isinstance(data, dict):
+        raise ValueError("Malformed input request: the body is not a JSON object.")
+    for name in ("model", "stream"):
+        if name in data:
+            raise ValueError(f"Malformed input request: extraneous key [{name}] is not permitted")
+    # Bedrock's documented version is bedrock-2023-05-31 (what the proxy sends); the anthropic
+    # SDK's AnthropicBedrock sends its own API version: either is taken, none is not.
+    version = data.pop("anthropic_version", None)
+    if not isinstance(version, str) or not version:
+        raise ValueError("Malformed input request: required key [anthropic_version] not found")
+    return json.dumps({"model": model, **data, "stream": stream}).encode()
+
+
+def chunk_frame(event: dict[str, Any]) -> bytes:
+    """One Anthropic stream event as InvokeModelWithResponseStream sends it: a `chunk` event
+    whose JSON payload has the event's JSON, base64-encoded, in `bytes`."""
+    raw = base64.b64encode(DUMP(event).encode()).decode()
+    headers = {
+        ":event-type": "chunk",
+        ":content-type": "application/json",
+        ":message-type": "event",
+    }
+    return frame(headers, DUMP({"bytes": raw}).encode())
+
+
+class InvokeStream:
+    """A stand-in for the mock's connection that turns the Anthropic answers' SSE chunks into
+    InvokeModelWithResponseStream frames: each event a `chunk` frame (message_stop with
+    Bedrock's `amazon-bedrock-invocationMetrics`), an `error` event an `exception` frame."""
+
+    def __init__(self, conn: Connection, plan: Plan) -> None:
+        self.conn = conn
+        self.plan = plan
+
+    async def chunk(self, data: bytes, delay: float) -> None:
+        line = next(x for x in data.split(b"\n") if x.startswith(b"data: "))
+        event = json.loads(line[6:])
+        if event.get("type") == "error":
+            message = event.get("error", {}).get("message", "")
+            await self.conn.chunk(exception("serviceUnavailableException", message), delay)
+            return
+        if event.get("type") == "message_stop":
+            plan = self.plan
+            event["amazon-bedrock-invocationMetrics"] = {
+                "inputTokenCount": plan.prompt_tokens
+                - plan.cached_tokens
+                - plan.cache_write_tokens,
+                "outputTokenCount": plan.total_output,
+                "invocationLatency": 1,
+                "firstByteLatency": 1,
+            }
+        await self.conn.chunk(chunk_frame(event), delay)

@@ -170,7 +170,7 @@ class MockUpstream:
         anthropic = path.endswith("/messages") or path.endswith("/messages/count_tokens")
         if _gemini_call(path) or _gemini_count(path) or _bedrock_call(path) is not None:
             anthropic = None  # Google's or Amazon's shapes
-        if vertex.anthropic_call(path) is not None:
+        if vertex.anthropic_call(path) is not None or bedrock_answers.invoke_call(path):
             anthropic = True
         try:
             await self._answer(conn, record, method, path, headers, body, anthropic)
@@ -189,9 +189,11 @@ class MockUpstream:
         body: bytes,
         anthropic: bool | None,
     ) -> None:
+        invoke_call = bedrock_answers.invoke_call(path)
+
         def fail(status: int, message: str, kind: str, param: str | None = None) -> None:
             record.status = status
-            if _bedrock_call(path) is not None:
+            if _bedrock_call(path) is not None or invoke_call is not None:
                 conn.send(status, bedrock_protocol.error_body(status, message))
             elif anthropic is None:
                 conn.send(status, gemini_protocol.error_body(status, message))
@@ -204,6 +206,11 @@ class MockUpstream:
             if not self.google.accepts(headers):
                 fail(401, "Request had invalid authentication credentials.", "authentication_error")
                 return
+        elif invoke_call is not None and not headers.get("authorization", "").startswith(
+            "AWS4-HMAC-SHA256 Credential="
+        ):
+            fail(403, "Missing Authentication Token", "permission_error")
+            return
         elif not self._authorised(headers):
             fail(401, "Incorrect API key provided to the mock upstream.", "authentication_error")
             return
@@ -214,6 +221,12 @@ class MockUpstream:
                     body = vertex.count_body(body)
                 else:
                     body = vertex.messages_body(body, *claude_call)
+            except ValueError as exc:
+                fail(400, str(exc), "invalid_request_error")
+                return
+        if invoke_call is not None:
+            try:
+                body = bedrock_answers.invoke_body(body, *invoke_call)
             except ValueError as exc:
                 fail(400, str(exc), "invalid_request_error")
                 return
@@ -277,12 +290,15 @@ class MockUpstream:
             conn.send(200, body)
             return
         plan.chunk_delay = max(plan.chunk_delay, self.settings.chunk_latency_ms / 1000)
-        if bedrock_call is not None:
+        writer: Any = conn
+        if bedrock_call is not None or invoke_call is not None:
             conn.start_stream(bedrock_protocol.CONTENT_TYPE_STREAM)
+            if invoke_call is not None:
+                writer = bedrock_answers.InvokeStream(conn, plan)
         else:
             conn.start_stream()
         try:
-            await _STREAMS[endpoint](conn, parsed, plan)
+            await _STREAMS[endpoint](writer, parsed, plan)
             await conn.end_stream()
         except ClientGone:
             if plan.produced:
@@ -411,6 +427,8 @@ def _endpoint(path: str) -> str | None:
     claude_call = vertex.anthropic_call(path)
     if claude_call is not None:
         return "count_tokens" if claude_call[0] == vertex.COUNT_TOKENS else "messages"
+    if bedrock_answers.invoke_call(path) is not None:
+        return "messages"
     if _gemini_call(path) is not None:
         return gemini_protocol.ENDPOINT
     if _gemini_count(path):

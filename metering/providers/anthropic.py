@@ -118,6 +118,31 @@ def encode_vertex_body(
     return VertexMessagesBody(encoded.rest, encoded.limit_fields, encoded.kept, with_model)
 
 
+BEDROCK_VERSION = "bedrock-2023-05-31"
+
+
+@dataclass(frozen=True)
+class BedrockMessagesBody(EncodedBody):
+    """A Messages body for Claude on AWS Bedrock (InvokeModel): the model and the streaming
+    are in the URL (`/invoke`, `/invoke-with-response-stream`), and the body names the API
+    version instead (`anthropic_version`)."""
+
+    def head(self, upstream_model: str) -> dict[str, Any]:
+        return {"anthropic_version": BEDROCK_VERSION}
+
+
+def encode_bedrock_body(parsed: ParsedRequest, **_: object) -> BedrockMessagesBody:
+    """`encode_upstream_body` for an Anthropic-on-Bedrock upstream: no `model`, no `stream`,
+    and Bedrock's `anthropic_version` (a client's own gives way to it). Raises
+    BodyEncodingError as it does."""
+    body = dict(parsed.body)
+    strip_intent(body)
+    body.pop("anthropic_version", None)
+    body.pop("stream", None)
+    encoded = EncodedBody.of(body, ("max_tokens",))
+    return BedrockMessagesBody(encoded.rest, encoded.limit_fields, encoded.kept)
+
+
 def build_upstream_body(
     parsed: ParsedRequest,
     *,

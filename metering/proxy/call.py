@@ -363,6 +363,8 @@ def encode(call: Call, provider: Provider) -> EncodedBody:
     try:
         if kind == "vertex_anthropic":
             return anthropic.encode_vertex_body(call.sent_request)
+        if kind == "bedrock_anthropic":
+            return anthropic.encode_bedrock_body(call.sent_request)
         return provider.encode_upstream_body(
             call.sent_request,
             force_include_usage=forces_usage(call),

@@ -13,8 +13,11 @@ an upstream error (in the client's error shape), and a stream, frame by frame.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import json
+import re
 import time
 
 from botocore.eventstream import EventStreamBuffer, ParserError
@@ -56,7 +59,7 @@ Translator = MessagesToChat | ChatToMessages | GeminiToChat | GeminiToMessages
 OPENAI_KINDS = frozenset({"openai", "openai_compatible", "azure_openai"})
 # Upstream kinds by protocol: Vertex AI serves Gemini's and Anthropic's as they are.
 GEMINI_KINDS = frozenset({"gemini", "vertex"})
-ANTHROPIC_KINDS = frozenset({"anthropic", "vertex_anthropic"})
+ANTHROPIC_KINDS = frozenset({"anthropic", "vertex_anthropic", "bedrock_anthropic"})
 _STATUS_KINDS = {400: "invalid", 401: "auth", 403: "permission", 404: "not_found"}
 _STATUS_KINDS |= {413: "too_large", 429: "rate"}
 UPSTREAM_REFUSED = "The upstream provider refused the call."
@@ -263,6 +266,84 @@ class ConverseCrossingMeter:
     def close(self) -> bytes:
         self.inner.close()
         return b""
+
+
+# Bedrock's stream exceptions (`:exception-type`) as Anthropic's error types.
+_INVOKE_ERRORS = {
+    "throttlingException": "rate_limit_error",
+    "serviceUnavailableException": "overloaded_error",
+    "validationException": "invalid_request_error",
+    "modelTimeoutException": "timeout_error",
+}
+
+
+_EVENT_NAME = re.compile(r"[a-z_]{1,64}")  # message_start, content_block_delta, …
+
+
+class InvokeStreamMeter:
+    """An InvokeModelWithResponseStream answer (Claude on Bedrock): binary event-stream frames,
+    each a `chunk` event whose payload's `bytes` is one Anthropic stream event (base64 JSON).
+    Each event is re-emitted as Anthropic SSE and fed to `inner` (the Anthropic meter, or a
+    crossing meter over it), whose output is relayed; an `exception` frame becomes an
+    Anthropic `error` event, so the meter and the client see the failure as Anthropic's."""
+
+    def __init__(self, inner: StreamMeter | CrossingMeter) -> None:
+        self.inner = inner
+        self.buffer = EventStreamBuffer()
+        self.broken = False
+        self.state: StreamState = inner.state
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.broken:
+            return b""
+        events: list[bytes] = []
+        self.buffer.add_data(chunk)
+        try:
+            for message in self.buffer:
+                event = self._event(message.headers, message.payload)
+                if event is not None:
+                    events.append(event)
+        except ParserError:
+            self.broken = True
+            self.state.error = self.state.error or "bad_frame"
+        return self.inner.feed(b"".join(events)) if events else b""
+
+    def close(self) -> bytes:
+        return self.inner.close()
+
+    @staticmethod
+    def _event(headers: dict, payload: bytes) -> bytes | None:
+        """One frame as an SSE event (`event: <type>` and `data: <json>`), None to skip it."""
+        kind = headers.get(":message-type")
+        if kind in ("exception", "error"):
+            named = str(headers.get(":exception-type") or headers.get(":error-code") or "")
+            try:
+                message = json.loads(payload or b"{}").get("message")
+            except (ValueError, AttributeError):
+                message = None
+            error = {
+                "type": _INVOKE_ERRORS.get(named, "api_error"),
+                "message": message if isinstance(message, str) else named or UPSTREAM_REFUSED,
+            }
+            data = json.dumps({"type": "error", "error": error}, separators=(",", ":"))
+            return f"event: error\ndata: {data}\n\n".encode()
+        if headers.get(":event-type") != "chunk":
+            return None
+        try:
+            raw = base64.b64decode(json.loads(payload)["bytes"], validate=True)
+            decoded = json.loads(raw)
+        except (ValueError, TypeError, KeyError, binascii.Error, RecursionError):
+            return None
+        if not isinstance(decoded, dict):
+            return None
+        name = decoded.get("type")
+        if not isinstance(name, str) or not _EVENT_NAME.fullmatch(name):
+            return None
+        # The event's JSON as sent, on one line: a line break can only be whitespace between
+        # JSON tokens, so an event that has one is written again (a `data:` line cannot hold it).
+        if b"\n" in raw or b"\r" in raw:
+            raw = json.dumps(decoded, separators=(",", ":")).encode()
+        return b"event: " + name.encode() + b"\ndata: " + raw.strip() + b"\n\n"
 
 
 def stream_meter(

@@ -475,6 +475,10 @@ def _stream(owner: HoldOwner, response: upstream.UpstreamResponse, provider: Pro
         strip = core.forces_usage(call) and not call.parsed.include_usage_requested
         meter = provider.stream_meter(call.endpoint, strip_usage_chunk=strip)
         content_type = response.headers.get("content-type", "text/event-stream")
+    if call.route.target.kind == "bedrock_anthropic":
+        # Bedrock's event-stream frames carry Anthropic's events: relayed as Anthropic SSE.
+        meter = crossing.InvokeStreamMeter(meter)
+        content_type = "text/event-stream"
     relay = Relay(owner, response, meter)
     owner.fallback = relay.abandon
     headers: Headers = [
@@ -516,6 +520,10 @@ async def _whole(
     content_type = response.headers.get("content-type", "application/json")
     if call.upstream_endpoint:
         content, content_type = _translated(call, provider, status, content), "application/json"
+    elif status >= 400 and call.route.target.kind == "bedrock_anthropic":
+        # Bedrock's error shape ({"message": ...}) in Anthropic's.
+        content = crossing.error_answer(provider, status, content)
+        content_type = "application/json"
     headers: Headers = [
         ("content-type", content_type),
         ("content-length", str(len(content))),

@@ -433,6 +433,7 @@ def _quiet(proxy: str, key: str, seconds: float) -> tuple[list[float], list[floa
     return _probe_until(proxy, key, done)
 
 
+@pytest.mark.alone
 def test_a_large_prompt_does_not_stall_other_calls(world: World, stall_proxy: str) -> None:
     """While a 7 MB prompt is read, parsed, counted and forwarded, /healthz answers within
     50 ms, and a small call on the same process is not queued behind it: it answers within

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
+import re
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -98,12 +99,31 @@ def _ends(value: Any) -> tuple[float, float]:
     return float(low), float(high)
 
 
+# A vendor's model as a cloud names it: Bedrock's `[us.|eu.|…]anthropic.claude-…-v1:0` (a
+# cross-region profile, the vendor, the model, the version) and Vertex's `claude-…@20250929`.
+_BEDROCK_ID = re.compile(r"(?:[a-z-]+\.)?(anthropic|mistral|cohere)\.(.+?)(?:-v\d+(?::\d+)?)?")
+_VERTEX_CLAUDE = re.compile(r"(claude-[a-z0-9-]+)@(\d{8})")
+_VENDORS = {"anthropic": "anthropic", "mistral": "mistralai", "cohere": "cohere"}
+
+
+def _vendor_model(name: str) -> tuple[str, str] | None:
+    """(EcoLogits provider, the vendor's own model name) for a cloud's id of it, else None."""
+    if found := _BEDROCK_ID.fullmatch(name):
+        return _VENDORS[found.group(1)], found.group(2)
+    if found := _VERTEX_CLAUDE.fullmatch(name):
+        return "anthropic", f"{found.group(1)}-{found.group(2)}"
+    return None
+
+
 def _find(name: str, providers: list[str]) -> tuple[str, Any] | None:
     from ecologits.model_repository import models
 
     for provider in providers:
         if (mapped := PROVIDERS.get(provider)) and models.find_model(mapped, name) is not None:
             return mapped, models.find_model(mapped, name)
+    # Bedrock and Vertex serve the vendor's own model: its figure is the vendor's.
+    if (vendor := _vendor_model(name)) and (model := models.find_model(*vendor)) is not None:
+        return vendor[0], model
     found = [m for m in models.list_models() if m.name == name]
     if len({m.provider.value for m in found}) == 1:
         return found[0].provider.value, found[0]

@@ -76,6 +76,28 @@ def test_gpt_4o_figure_and_range_are_pinned_to_the_package_version() -> None:
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("cloud_id", "provider"),
+    [
+        ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "aws"),  # Bedrock, a US profile
+        ("anthropic.claude-sonnet-4-5-20250929-v1:0", "aws"),  # Bedrock, one region
+        ("claude-sonnet-4-5@20250929", "google"),  # Vertex AI
+    ],
+)
+def test_a_clouds_id_of_a_vendors_model_gets_the_vendors_figure(
+    cloud_id: str, provider: str
+) -> None:
+    own = energy_default("claude-sonnet-4-5-20250929", ["anthropic"])
+    served = energy_default(cloud_id, [provider])
+    assert own is not None and served is not None
+    assert served.reference == own.reference == "anthropic/claude-sonnet-4-5-20250929"
+    assert (served.model, served.wh_per_1k_output) == (cloud_id, own.wh_per_1k_output)
+    assert served.wh_per_1k_output > 0
+    # An id the vendor's catalogue does not know stays unmatched.
+    assert energy_default("us.anthropic.claude-nonesuch-v1:0", ["aws"]) is None
+
+
+@pytest.mark.django_db
 def test_every_row_of_the_model_is_filled_and_audited_with_its_source() -> None:
     rows = [price("gpt-4o", "openai"), price("gpt-4o", days=10)]
     out = sync()

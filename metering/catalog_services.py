@@ -37,7 +37,7 @@ from budgets.audit import audit_record, snapshot
 from budgets.invalidation import invalidation_publish
 from metering import cache
 from metering.models import Deployment, ModelPrice, ModelRoute, ModelRouteAlias, Upstream
-from metering.upstream import credential_env_allowed
+from metering.upstream import REGION_IN_HOST, credential_env_allowed
 
 MAX_CONNECT_TIMEOUT = Decimal(120)  # seconds; beyond this a dead upstream holds workers too long
 MAX_READ_TIMEOUT = Decimal(3600)
@@ -160,12 +160,33 @@ def _check_vertex(upstream: Upstream) -> None:
         )
 
 
+_AWS_REGION = re.compile(r"[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}")
+
+
+def _check_bedrock(upstream: Upstream) -> None:
+    """A Bedrock upstream's region (`api_version`), when set, is an AWS region, and the base
+    URL's own (`bedrock-runtime.{region}.amazonaws.com`) when the URL names one: a signature
+    for one region is refused by another."""
+    region = upstream.api_version
+    if not region:
+        return
+    if not _AWS_REGION.fullmatch(region):
+        raise _invalid("api_version", "Use an AWS region, e.g. us-east-1 or eu-west-1.")
+    found = REGION_IN_HOST.search(urllib.parse.urlsplit(upstream.base_url).netloc)
+    if found is not None and found.group(1) != region:
+        raise _invalid(
+            "api_version", f"The region must be the base URL's ({found.group(1)}), or empty."
+        )
+
+
 def _check_upstream(upstream: Upstream) -> None:
     credential_env_check(upstream.credential_env)
     if not upstream.base_url.startswith(("http://", "https://")):
         raise _invalid("base_url", "Use an http(s) URL.")
     if upstream.kind in (Upstream.Kind.VERTEX, Upstream.Kind.VERTEX_ANTHROPIC):
         _check_vertex(upstream)
+    if upstream.kind in (Upstream.Kind.BEDROCK, Upstream.Kind.BEDROCK_ANTHROPIC):
+        _check_bedrock(upstream)
     if not 0 < upstream.connect_timeout <= MAX_CONNECT_TIMEOUT:
         raise _invalid("connect_timeout", f"More than 0 and at most {MAX_CONNECT_TIMEOUT} s.")
     if not 0 < upstream.read_timeout <= MAX_READ_TIMEOUT:

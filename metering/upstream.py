@@ -250,7 +250,7 @@ async def send(
 
 # --- AWS Bedrock: SigV4 ----------------------------------------------------------------------
 
-_REGION_IN_HOST = re.compile(r"bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com")
+REGION_IN_HOST = re.compile(r"bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com")
 _aws: dict[str, object] = {}
 
 
@@ -285,7 +285,7 @@ def bedrock_region(target: UpstreamTarget) -> str:
     `bedrock-runtime.{region}.amazonaws.com` base URL, else AWS_REGION / AWS_DEFAULT_REGION."""
     if target.api_version:
         return target.api_version
-    found = _REGION_IN_HOST.search(urllib.parse.urlsplit(target.base_url).netloc)
+    found = REGION_IN_HOST.search(urllib.parse.urlsplit(target.base_url).netloc)
     if found:
         return found.group(1)
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")

@@ -11,10 +11,12 @@ from collections.abc import Iterator
 import boto3
 import botocore.config
 import pytest
+from django.core.exceptions import ValidationError
 
-from metering import upstream
+from metering import catalog_services, upstream
 from metering.mock import bedrock as mock_bedrock
 from metering.mock.server import MockServer, start_in_thread
+from metering.models import Upstream
 from metering.providers import bedrock
 from metering.providers.base import RequestError, Usage
 from metering.translate.bedrock import (
@@ -288,3 +290,30 @@ def test_credentials_resolve_off_the_event_loop(aws_env: None) -> None:
     asyncio.run(main())
     assert seen and seen[0] != threading.main_thread().name
     assert upstream.aws_credentials() is not None
+
+
+@pytest.mark.parametrize(
+    ("base_url", "region", "refused"),
+    [
+        ("https://bedrock-runtime.eu-west-1.amazonaws.com", "", False),  # the URL's region
+        ("https://bedrock-runtime.eu-west-1.amazonaws.com", "eu-west-1", False),
+        ("https://bedrock-runtime.eu-west-1.amazonaws.com", "us-east-1", True),  # not the URL's
+        ("https://vpce-1.bedrock-runtime.example.internal", "us-gov-west-1", False),
+        ("https://vpce-1.bedrock-runtime.example.internal", "ap-southeast-2", False),
+        ("https://vpce-1.bedrock-runtime.example.internal", "2023-05-31", True),  # a version
+        ("https://vpce-1.bedrock-runtime.example.internal", "EU-WEST-1", True),
+    ],
+)
+def test_a_bedrock_upstreams_region_is_an_aws_region_and_the_urls(
+    base_url: str, region: str, refused: bool
+) -> None:
+    """A signature is for one region: a region that is not one, or not the URL's, is refused
+    when the upstream is saved rather than by AWS on every call."""
+    for kind in (Upstream.Kind.BEDROCK, Upstream.Kind.BEDROCK_ANTHROPIC):
+        row = Upstream(name="b", kind=kind, base_url=base_url, api_version=region)
+        if not refused:
+            catalog_services._check_upstream(row)
+            continue
+        with pytest.raises(ValidationError) as failed:
+            catalog_services._check_upstream(row)
+        assert "api_version" in failed.value.message_dict

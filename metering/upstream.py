@@ -134,6 +134,9 @@ def upstream_url(
         if stream:
             return f"{base}/models/{upstream_model}:streamGenerateContent?alt=sse"
         return f"{base}/models/{upstream_model}:generateContent"
+    if target.kind in BEDROCK_KINDS and endpoint == "count_tokens":
+        # CountTokens takes either API's request in its body, the model in the path.
+        return f"{base}/model/{urllib.parse.quote(upstream_model, safe='')}/count-tokens"
     if target.kind == "bedrock":
         # Converse names the model and the streaming in the path.
         model = urllib.parse.quote(upstream_model, safe="")

@@ -213,3 +213,33 @@ class InvokeStream:
                 "firstByteLatency": 1,
             }
         await self.conn.chunk(chunk_frame(event), delay)
+
+
+def count_call(path: str) -> str | None:
+    """The model id of a Bedrock CountTokens path `.../model/{modelId}/count-tokens`."""
+    head, _, action = path.rpartition("/")
+    if action != "count-tokens" or "/model/" not in head:
+        return None
+    return urllib.parse.unquote(head.rpartition("/model/")[2])
+
+
+def count_request(body: bytes, model: str) -> tuple[str, bytes]:
+    """(endpoint, body) of what a CountTokens request counts: an InvokeModel Claude body (as
+    the Messages body it stands for) or a Converse request; ValueError for what Bedrock
+    refuses."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise ValueError("Malformed input request: the body is not JSON.") from None
+    asked = data.get("input") if isinstance(data, dict) else None
+    if not isinstance(asked, dict) or len(asked) != 1:
+        raise ValueError("input: exactly one of invokeModel and converse is required.")
+    if isinstance(asked.get("invokeModel"), dict):
+        try:
+            inner = base64.b64decode(asked["invokeModel"].get("body") or "", validate=True)
+        except ValueError:
+            raise ValueError("input.invokeModel.body: not base64.") from None
+        return "messages", invoke_body(inner, model, False)
+    if isinstance(asked.get("converse"), dict):
+        return "converse", json.dumps(asked["converse"]).encode()
+    raise ValueError("input: exactly one of invokeModel and converse is required.")

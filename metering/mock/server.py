@@ -17,7 +17,14 @@ from metering.mock import bedrock as bedrock_answers
 from metering.mock import gemini as gemini_answers
 from metering.mock import openai as openai_answers
 from metering.mock import vertex
-from metering.mock.common import DUMP, MockSettings, make_plan, models_body, request_id
+from metering.mock.common import (
+    DUMP,
+    MockSettings,
+    make_plan,
+    models_body,
+    prompt_tokens,
+    request_id,
+)
 from metering.mock.ledger import Ledger, Record
 from metering.providers import anthropic as anthropic_protocol
 from metering.providers import bedrock as bedrock_protocol
@@ -224,6 +231,10 @@ class MockUpstream:
             except ValueError as exc:
                 fail(400, str(exc), "invalid_request_error")
                 return
+        count_model = bedrock_answers.count_call(path)
+        if count_model is not None:
+            self._bedrock_count(conn, record, headers, body, count_model)
+            return
         if invoke_call is not None:
             try:
                 body = bedrock_answers.invoke_body(body, *invoke_call)
@@ -309,6 +320,40 @@ class MockUpstream:
                 self.book.cut[request_id] = (plan.prompt_tokens, plan.produced, "stream_error")
         else:
             self.book.served[request_id] = served
+
+    def _bedrock_count(
+        self, conn: Connection, record: Record, headers: dict[str, str], body: bytes, model: str
+    ) -> None:
+        """Bedrock's CountTokens: the input the same InvokeModel or Converse call is charged."""
+
+        def fail(status: int, message: str) -> None:
+            record.status = status
+            conn.send(status, bedrock_protocol.error_body(status, message))
+
+        if not headers.get("authorization", "").startswith("AWS4-HMAC-SHA256 Credential="):
+            fail(403, "Missing Authentication Token")
+            return
+        try:
+            endpoint, request = bedrock_answers.count_request(body, model)
+            if endpoint == "messages":
+                parsed = anthropic_protocol.parse_request("messages", request)
+            else:
+                parsed = bedrock_protocol.PROVIDER.for_call(model, False).parse_request(
+                    bedrock_protocol.ENDPOINT, request
+                )
+        except ValueError as exc:
+            fail(400, str(exc))
+            return
+        except RequestError as exc:
+            fail(400, exc.message)
+            return
+        status = make_plan(parsed, headers).error_status
+        if status is not None:
+            fail(status, "The mock upstream failed as asked.")
+            return
+        record.status = 200
+        self.book.counted += 1
+        conn.send(200, json.dumps({"inputTokens": prompt_tokens(parsed)}).encode())
 
     def _authorised(self, headers: dict[str, str]) -> bool:
         expected = self.settings.expected_key

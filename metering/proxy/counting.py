@@ -4,17 +4,19 @@ POST /v1/messages/count_tokens (Anthropic's shape) and POST /v1beta/models/{mode
 
 Authenticated with the employee's key and rate-limited like calls (it counts as a request in
 the key's and the employee's per-minute windows); for a model routed to an upstream of the
-same protocol (Anthropic's count for an Anthropic upstream, Gemini's for a Gemini one) the
-upstream's own count endpoint answers, for any other route the proxy counts locally with
+same protocol (Anthropic's count for an Anthropic upstream, Gemini's for a Gemini one, and
+Bedrock's CountTokens for a messages count on a Bedrock route) the upstream's own count
+endpoint answers, for any other route the proxy counts locally with
 `metering.tokens` and says so in the `x-tokenbudget-estimated: true` header.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.conf import settings
@@ -23,14 +25,18 @@ from metering import cache, routing, tokens, upstream
 from metering.body import request_parse, sized_work
 from metering.jsonwire import dumps_bytes
 from metering.providers import anthropic, gemini
+from metering.providers.anthropic import PROVIDER as ANTHROPIC
 from metering.providers.base import BodyEncodingError, EncodedBody, ParsedRequest, RequestError
 from metering.proxy import call as core
-from metering.proxy import errors
+from metering.proxy import crossing, errors
 from metering.proxy.errors import Headers
 from metering.quota import clients
 from metering.quota.down import redis_health
 from metering.quota.keys import rate_window
 from metering.selectors import KeyInfo, RouteInfo
+from metering.translate import TranslationError
+from metering.translate.anthropic_to_openai import messages_request_to_chat
+from metering.translate.bedrock import chat_request_to_converse
 
 log = logging.getLogger("tokenbudget.proxy")
 
@@ -166,6 +172,14 @@ async def count(
     route = await _route_of(info, parsed)
     await rate_check(info)
     kind = route.target.kind
+    if kind in upstream.BEDROCK_KINDS:
+        try:
+            payload = _bedrock_count_body(parsed, kind)
+        except BodyEncodingError:
+            raise errors.unencodable_body() from None
+        except TranslationError as exc:
+            raise errors.invalid_request(exc.message, exc.param) from exc
+        return await _forward(route, inbound_headers, payload, request_id, _bedrock_answer)
     if kind not in ("anthropic", "vertex_anthropic"):
         counted = await sized_work(len(parsed.prompt_text), local_count, parsed)
         answer = json.dumps({"input_tokens": counted}).encode()
@@ -178,11 +192,48 @@ async def count(
     return await _forward(route, inbound_headers, upstream_body, request_id)
 
 
+def _bedrock_count_body(parsed: ParsedRequest, kind: str) -> bytes:
+    """Bedrock's CountTokens request for a messages count: the InvokeModel body Claude on
+    Bedrock would get (base64, with a max_tokens it requires), or the Converse request's
+    messages, system and tools for a Converse route."""
+    if kind == "bedrock_anthropic":
+        encoded = anthropic.encode_bedrock_body(parsed)
+        limit = None if parsed.max_output_tokens else _PLACEHOLDER_LIMIT
+        inner = encoded.finish(upstream_model="", max_output_tokens=limit)
+        request: dict[str, Any] = {"invokeModel": {"body": base64.b64encode(inner).decode()}}
+    else:
+        converse = chat_request_to_converse(messages_request_to_chat(parsed.body))
+        wanted = ("messages", "system", "toolConfig")
+        request = {"converse": {k: converse[k] for k in wanted if k in converse}}
+    try:
+        return dumps_bytes({"input": request})
+    except (UnicodeEncodeError, RecursionError, ValueError) as exc:
+        raise BodyEncodingError(str(exc)) from None
+
+
+def _bedrock_answer(status: int, content: bytes) -> tuple[int, bytes]:
+    """Bedrock's count (`{"inputTokens": N}`) in Anthropic's shape, its errors in Anthropic's
+    error shape; a count that cannot be read is a 502."""
+    if status < 400:
+        try:
+            counted = json.loads(content).get("inputTokens")
+        except (ValueError, AttributeError):
+            counted = None
+        if isinstance(counted, int) and not isinstance(counted, bool) and counted >= 0:
+            return status, json.dumps({"input_tokens": counted}).encode()
+        status, content = 502, b"{}"
+    return status, crossing.error_answer(ANTHROPIC, status, content)
+
+
 async def _forward(
-    route: RouteInfo, inbound_headers: Mapping[str, str], body: bytes, request_id: str
+    route: RouteInfo,
+    inbound_headers: Mapping[str, str],
+    body: bytes,
+    request_id: str,
+    answer: Callable[[int, bytes], tuple[int, bytes]] | None = None,
 ) -> tuple[int, Headers, bytes]:
-    """The upstream's own count of `body` (its count endpoint), relayed as it answered;
-    failures are the proxy's upstream errors (504, 502)."""
+    """The upstream's own count of `body` (its count endpoint), relayed as it answered or as
+    `answer` writes it for the client; failures are the proxy's upstream errors (504, 502)."""
     headers = upstream.upstream_headers(route.target, inbound_headers, request_id)
     try:
         response = await upstream.send(
@@ -206,7 +257,10 @@ async def _forward(
         if isinstance(exc, upstream.UpstreamCredentialsError):
             raise errors.upstream_credentials() from None
         raise errors.upstream_unreachable() from None
-    return _reply_parts(response.status_code, content, request_id, estimated=False)
+    status = response.status_code
+    if answer is not None:
+        status, content = answer(status, content)
+    return _reply_parts(status, content, request_id, estimated=False)
 
 
 async def count_gemini(

@@ -131,6 +131,31 @@ def test_anthropic_sdk_on_a_bedrock_route(bedrock_world: World, stream: bool) ->
     assert sent["body"]["inferenceConfig"]["maxTokens"] == 12
 
 
+def test_count_tokens_on_a_converse_route_is_bedrocks_own(bedrock_world: World) -> None:
+    """The anthropic SDK's count_tokens on a Converse route: Bedrock's CountTokens with the
+    Converse request (messages, system) the call would send, never charged; the count is the
+    input the same call is then charged."""
+    client = anthropic.Anthropic(api_key=bedrock_world.key, base_url=bedrock_world.proxy)
+    asked = {
+        "model": PUBLIC,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Hello there, how are you today?"}],
+    }
+    counted = client.messages.with_raw_response.count_tokens(**asked)  # type: ignore[arg-type]
+    assert "x-tokenbudget-estimated" not in counted.headers
+    (sent,) = mock_requests(bedrock_world)
+    assert sent["path"] == "/model/anthropic.mock-claude-cached-v1%3A0/count-tokens"
+    assert sent["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 ")
+    converse = sent["body"]["input"]["converse"]
+    assert converse["system"] == [{"text": "Be brief."}]
+    assert converse["messages"][0]["content"] == [{"text": "Hello there, how are you today?"}]
+    assert "inferenceConfig" not in converse
+    assert not UsageRecord.objects.exists()
+    client.messages.create(max_tokens=8, **asked)  # type: ignore[arg-type]
+    (record,) = assert_records_match_ledger(bedrock_world)
+    assert record.input_tokens == counted.parse().input_tokens
+
+
 def _priced_route(world: World, public: str, upstream_model: str) -> None:
     ModelRoute.objects.create(
         public_name=public,

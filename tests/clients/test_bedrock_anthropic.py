@@ -7,7 +7,9 @@ credentials, and relays Anthropic's answers and SSE; every record equals the moc
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import time
 from decimal import Decimal
 
@@ -152,12 +154,43 @@ def test_openai_sdk_chat_crosses_to_the_invoke_route(invoke_world: World, stream
     )
 
 
-def test_count_tokens_is_the_local_estimate(invoke_world: World) -> None:
+def test_count_tokens_is_bedrocks_own_count(invoke_world: World) -> None:
+    """count_tokens goes to Bedrock's CountTokens with the InvokeModel body the call would
+    get (base64): the count is what the same call is then charged, and is never charged."""
     client = anthropic.Anthropic(base_url=invoke_world.proxy, api_key=invoke_world.key)
-    counted = client.messages.with_raw_response.count_tokens(model=PUBLIC, messages=MESSAGES)
-    assert counted.headers["x-tokenbudget-estimated"] == "true"
-    assert counted.parse().input_tokens > 0
-    assert mock_requests(invoke_world) == []
+    counted = client.messages.with_raw_response.count_tokens(
+        model=PUBLIC, system="Be brief.", messages=MESSAGES
+    )
+    assert "x-tokenbudget-estimated" not in counted.headers
+    total = counted.parse().input_tokens
+    (sent,) = mock_requests(invoke_world)
+    assert sent["path"] == f"/model/{QUOTED}/count-tokens"
+    assert sent["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 ")
+    assert invoke_world.key not in str(sent["headers"])
+    inner = json.loads(base64.b64decode(sent["body"]["input"]["invokeModel"]["body"]))
+    assert inner["anthropic_version"] == "bedrock-2023-05-31"
+    assert inner["system"] == "Be brief." and "model" not in inner and inner["max_tokens"] >= 1
+    assert ledger(invoke_world)["counted"] == 1
+    assert not UsageRecord.objects.exists()
+    message = client.messages.create(
+        model=PUBLIC, max_tokens=8, system="Be brief.", messages=MESSAGES
+    )
+    (record,) = assert_records_match_ledger(invoke_world)
+    assert record.input_tokens == total > message.usage.input_tokens  # part of it cached
+
+
+def test_a_refused_count_is_in_anthropics_shape(invoke_world: World) -> None:
+    """Bedrock's CountTokens failing (the mock's scripted 503): Anthropic's error shape, its
+    message kept, nothing charged."""
+    _route("bedrock-invoke-down", "us.anthropic.mock-claude-error-503-v1:0", None)
+    client = anthropic.Anthropic(
+        base_url=invoke_world.proxy, api_key=invoke_world.key, max_retries=0
+    )
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        client.messages.count_tokens(model="bedrock-invoke-down", messages=MESSAGES)
+    assert refused.value.status_code == 503
+    assert refused.value.body["type"] == "error"  # type: ignore[index]
+    assert "failed as asked" in refused.value.message
     assert not UsageRecord.objects.exists()
 
 

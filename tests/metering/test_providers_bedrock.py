@@ -255,6 +255,36 @@ def test_the_mock_answers_boto3_converse_stream(mock_server: MockServer) -> None
     assert mock_server.mock.last.path == "/model/anthropic.mock-claude-v1%3A0/converse-stream"
 
 
+def test_the_mock_answers_boto3_count_tokens(mock_server: MockServer) -> None:
+    """boto3's CountTokens, both forms, against the mock: the count is the input the same
+    Converse or InvokeModel call is charged."""
+    client = _boto(mock_server)
+    turn = [{"role": "user", "content": [{"text": "Hello there, my friend"}]}]
+    counted = client.count_tokens(  # type: ignore[attr-defined]
+        modelId="anthropic.mock-claude-v1:0", input={"converse": {"messages": turn}}
+    )["inputTokens"]
+    answer = client.converse(  # type: ignore[attr-defined]
+        modelId="anthropic.mock-claude-v1:0", messages=turn, inferenceConfig={"maxTokens": 4}
+    )
+    assert counted == answer["usage"]["inputTokens"] > 0
+    body = {
+        "anthropic_version": "bedrock-2023-05-31",
+        "max_tokens": 4,
+        "messages": [{"role": "user", "content": "Hello there, my friend"}],
+    }
+    invoked = client.count_tokens(  # type: ignore[attr-defined]
+        modelId="us.anthropic.mock-claude-v1:0",
+        input={"invokeModel": {"body": json.dumps(body).encode()}},
+    )["inputTokens"]
+    assert invoked == counted
+    with pytest.raises(client.exceptions.ClientError) as refused:  # type: ignore[attr-defined]
+        client.count_tokens(  # type: ignore[attr-defined]
+            modelId="us.anthropic.mock-claude-v1:0",
+            input={"invokeModel": {"body": json.dumps({"max_tokens": 4}).encode()}},
+        )
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
 def test_the_mock_tool_use_through_boto3(mock_server: MockServer) -> None:
     client = _boto(mock_server)
     tool = {"toolSpec": {"name": "weather", "inputSchema": {"json": {"type": "object"}}}}

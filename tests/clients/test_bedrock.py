@@ -220,3 +220,31 @@ def test_a_stream_broken_mid_way_is_charged_what_was_produced(bedrock_world: Wor
     assert (record.usage_source, record.error_type) == ("estimated", "serviceUnavailableException")
     assert record.input_tokens > 0
     assert record.cost == (record.input_tokens * 1 + record.output_tokens * 2) / Decimal(10**6)
+
+
+def test_an_anthropic_stream_broken_mid_way_ends_in_an_error_event(bedrock_world: World) -> None:
+    """The same exception frame after ten words, for the anthropic SDK on /v1/messages: the
+    text relayed, then Anthropic's `error` event (the SDK raises), charged what was produced."""
+    _priced_route(bedrock_world, "bedrock-flaky", "mock-bedrock-stream-error")
+    client = anthropic.Anthropic(
+        api_key=bedrock_world.key, base_url=bedrock_world.proxy, max_retries=0
+    )
+    text = ""
+    with (
+        pytest.raises(anthropic.APIError),
+        client.messages.stream(
+            model="bedrock-flaky", max_tokens=64, messages=[{"role": "user", "content": "Hi"}]
+        ) as events,
+    ):
+        for event in events:
+            if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                text += event.delta.text
+    assert text == " the quick brown fox jumps over a lazy dog and"
+    deadline = time.monotonic() + 10
+    while not UsageRecord.objects.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (record,) = UsageRecord.objects.all()
+    ((request_id, (_, produced, why)),) = ledger(bedrock_world)["cut"].items()
+    assert (record.request_id, record.output_tokens, why) == (request_id, produced, "stream_error")
+    assert (record.endpoint, record.error_type) == ("messages", "serviceUnavailableException")
+    assert record.cost == (record.input_tokens * 1 + record.output_tokens * 2) / Decimal(10**6)

@@ -347,6 +347,9 @@ class MockUpstream:
         except RequestError as exc:
             fail(400, exc.message)
             return
+        if "claude" not in model:  # CountTokens serves some models only, Claude among them
+            fail(400, "The provided model doesn't support counting tokens.")
+            return
         status = make_plan(parsed, headers).error_status
         if status is not None:
             fail(status, "The mock upstream failed as asked.")

@@ -179,7 +179,12 @@ async def count(
             raise errors.unencodable_body() from None
         except TranslationError as exc:
             raise errors.invalid_request(exc.message, exc.param) from exc
-        return await _forward(route, inbound_headers, payload, request_id, _bedrock_answer)
+        answered = await _forward(route, inbound_headers, payload, request_id, _bedrock_answer)
+        if answered[0] not in (400, 404):
+            return answered
+        # The request passed the proxy's own parse: Bedrock cannot count this model (CountTokens
+        # serves some models only), so the count is the proxy's estimate, as on other routes.
+        log.info("bedrock count refused; estimated", extra={"request_id": request_id})
     if kind not in ("anthropic", "vertex_anthropic"):
         counted = await sized_work(len(parsed.prompt_text), local_count, parsed)
         answer = json.dumps({"input_tokens": counted}).encode()

@@ -156,6 +156,23 @@ def test_count_tokens_on_a_converse_route_is_bedrocks_own(bedrock_world: World) 
     assert record.input_tokens == counted.parse().input_tokens
 
 
+def test_a_model_bedrock_cannot_count_is_estimated(bedrock_world: World) -> None:
+    """Bedrock's CountTokens refuses a model it does not count: the answer is the proxy's own
+    estimate, marked so, and nothing is charged."""
+    _priced_route(bedrock_world, "nova-on-bedrock", "amazon.mock-nova-lite-v1:0")
+    client = anthropic.Anthropic(api_key=bedrock_world.key, base_url=bedrock_world.proxy)
+    counted = client.messages.with_raw_response.count_tokens(
+        model="nova-on-bedrock", messages=[{"role": "user", "content": "Hello there"}]
+    )
+    assert counted.headers["x-tokenbudget-estimated"] == "true"
+    assert counted.parse().input_tokens > 0
+    (sent,) = mock_requests(bedrock_world)
+    assert sent["path"] == "/model/amazon.mock-nova-lite-v1%3A0/count-tokens"
+    assert sent["status"] == 400
+    assert ledger(bedrock_world)["counted"] == 0
+    assert not UsageRecord.objects.exists()
+
+
 def _priced_route(world: World, public: str, upstream_model: str) -> None:
     ModelRoute.objects.create(
         public_name=public,

@@ -14,7 +14,7 @@ configured names, never any other server variable.
 
 The proxy holds routes and their prices in per-process caches (`metering.cache.routes`, at most
 `TB_KEY_CACHE_SECONDS`). A change made here drops this process's entries once the transaction
-commits and publishes an invalidation (`tb:invalidate`) so every other proxy process drops
+commits and publishes an invalidation (`tb:invalidate:<db>`) so every other proxy process drops
 them too, without waiting for their lifetime.
 """
 

@@ -1,5 +1,5 @@
 """The proxy side of cache invalidation: a background task per proxy process that listens on
-the Redis channel `budgets.invalidation.CHANNEL` and hands each message to the caches.
+the Redis channel `budgets.invalidation.channel(REDIS_URL)` and hands each message to the caches.
 
 Contract: `listen` calls `on_subscribed()` each time its subscription is confirmed (the first
 time and after every reconnect), because messages published while it was not subscribed are
@@ -19,7 +19,7 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from budgets.invalidation import CHANNEL
+from budgets.invalidation import channel
 
 log = logging.getLogger("tokenbudget.invalidation")
 
@@ -51,7 +51,7 @@ async def _subscribed(
     client: aioredis.Redis, on_message: OnMessage, on_subscribed: Callable[[], None]
 ) -> None:
     async with client.pubsub() as pubsub:
-        await pubsub.subscribe(CHANNEL)
+        await pubsub.subscribe(channel(settings.REDIS_URL))
         while True:
             message = await pubsub.get_message(timeout=POLL_SECONDS)
             if message is None:

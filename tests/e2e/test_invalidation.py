@@ -16,7 +16,7 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from budgets.invalidation import CHANNEL, invalidation_publish
+from budgets.invalidation import channel, invalidation_publish
 from budgets.models import Policy
 from budgets.services import policy_set
 from metering.models import VirtualKey
@@ -67,7 +67,9 @@ def _warm(world: World, redis_server: RedisServer) -> None:  # noqa: F811
     """Calls until every worker listens, then fresh cache entries in every worker: the next
     4 s no entry expires, so only a message can make a change visible."""
     deadline = time.monotonic() + 30
-    while (listening := redis_server.client().pubsub_numsub(CHANNEL)[0][1]) < WORKERS:
+    while (
+        listening := redis_server.client().pubsub_numsub(channel(redis_server.url))[0][1]
+    ) < WORKERS:
         _call(world)
         assert time.monotonic() < deadline, f"{listening} of {WORKERS} workers listen"
     invalidation_publish()  # every process drops everything

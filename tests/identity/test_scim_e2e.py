@@ -14,7 +14,7 @@ import openai
 import pytest
 from django.db import connection
 
-from budgets.invalidation import CHANNEL
+from budgets.invalidation import channel
 from budgets.models import AuditEvent, CostCenter, Employee, EmployeeMove
 from metering.services import key_create
 from tests import servers
@@ -117,7 +117,7 @@ def test_provision_move_deprovision(
 
     # Fresh cache entries in every worker: only the invalidation message can stop the key now.
     deadline = time.monotonic() + 30
-    while redis_server.client().pubsub_numsub(CHANNEL)[0][1] < WORKERS:
+    while redis_server.client().pubsub_numsub(channel(redis_server.url))[0][1] < WORKERS:
         call(proxy, key)
         assert time.monotonic() < deadline, "the workers never listened"
     for _ in range(8):

@@ -1,6 +1,6 @@
 """One write path for the model catalogue: every write through the REST API and the pages goes
 through `metering.catalog_services`, so each writes its audit event and publishes the routes
-invalidation on `tb:invalidate` (observed on real Redis); a refusal writes and publishes
+invalidation on `tb:invalidate:<db>` (observed on real Redis); a refusal writes and publishes
 nothing."""
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ import pytest
 import redis
 from django.db import transaction
 
-from budgets.invalidation import CHANNEL, invalidation_publish
+from budgets import invalidation as publisher
+from budgets.invalidation import invalidation_publish
 from metering import cache, invalidation
 from tests.metering.test_quota_redis import REDIS_URL, redis_client
 
@@ -22,7 +23,7 @@ def channel(settings: Any) -> Any:
     client = redis_client()
     settings.REDIS_URL = REDIS_URL
     pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(CHANNEL)
+    pubsub.subscribe(publisher.channel(REDIS_URL))
     pubsub.get_message(timeout=1)  # the subscription's confirmation
     yield pubsub
     pubsub.close()
@@ -48,6 +49,27 @@ def test_published_once_committed_and_never_on_rollback(channel: Any) -> None:
         invalidation_publish(cache="routes")
         raise RuntimeError
     assert received(channel, 0.3) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_installation_on_another_database_of_the_same_server_hears_nothing(
+    channel: Any, settings: Any
+) -> None:
+    """Pub/sub is not scoped by database: the channel is named by it, so two installations
+    sharing one Redis server never drop each other's caches."""
+    db = int(publisher.parse_url(REDIS_URL).get("db") or 0)
+    settings.REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + f"/{(db + 1) % 16}"
+    invalidation_publish(cache="keys", entry="other")
+    assert received(channel, 0.3) == []
+    settings.REDIS_URL = REDIS_URL
+    invalidation_publish(cache="keys", entry="ours")
+    assert received(channel) == [{"cache": "keys", "entry": "ours"}]
+
+
+def test_the_channel_is_named_by_the_database() -> None:
+    assert publisher.channel("redis://127.0.0.1:6379/12") == "tb:invalidate:12"
+    assert publisher.channel("redis://127.0.0.1:6379") == "tb:invalidate:0"
+    assert publisher.channel("rediss://cache.internal:6380/?db=3") == "tb:invalidate:3"
 
 
 @pytest.mark.django_db(transaction=True)
@@ -118,7 +140,9 @@ def test_the_listener_drops_entries_and_everything_on_subscribing(settings: Any)
                 if events:
                     break
                 await asyncio.sleep(0.02)
-            await asyncio.to_thread(client.publish, CHANNEL, '{"cache":"keys","entry":"h"}')
+            await asyncio.to_thread(
+                client.publish, publisher.channel(REDIS_URL), '{"cache":"keys","entry":"h"}'
+            )
             for _ in range(100):
                 if len(events) > 1:
                     break

@@ -140,13 +140,30 @@ INVOKE_ACTIONS = {"invoke": False, "invoke-with-response-stream": True}
 _REGION_PREFIXES = ("us.", "eu.", "apac.", "global.")
 
 
+def model_action(path: str) -> tuple[str, str] | None:
+    """(model id, action) of a Bedrock runtime path `.../model/{modelId}/{action}`, the id
+    unquoted as botocore quoted it."""
+    head, _, action = path.rpartition("/")
+    if "/model/" not in head:
+        return None
+    return urllib.parse.unquote(head.rpartition("/model/")[2]), action
+
+
+def converse_call(path: str) -> tuple[str, bool] | None:
+    """(model, stream) of a Bedrock path `.../model/{modelId}/converse[-stream]`."""
+    call = model_action(path)
+    if call is None or call[1] not in ("converse", "converse-stream"):
+        return None
+    return call[0], call[1] == "converse-stream"
+
+
 def invoke_call(path: str) -> tuple[str, bool] | None:
     """(model, stream) of a Bedrock path `.../model/{modelId}/invoke[-with-response-stream]`
     for a Claude model id (`anthropic.` after an optional cross-region prefix)."""
-    head, _, action = path.rpartition("/")
-    if action not in INVOKE_ACTIONS or "/model/" not in head:
+    call = model_action(path)
+    if call is None or call[1] not in INVOKE_ACTIONS:
         return None
-    model = urllib.parse.unquote(head.rpartition("/model/")[2])
+    model, action = call
     bare = next((model[len(p) :] for p in _REGION_PREFIXES if model.startswith(p)), model)
     if not bare.startswith("anthropic."):
         return None
@@ -217,10 +234,8 @@ class InvokeStream:
 
 def count_call(path: str) -> str | None:
     """The model id of a Bedrock CountTokens path `.../model/{modelId}/count-tokens`."""
-    head, _, action = path.rpartition("/")
-    if action != "count-tokens" or "/model/" not in head:
-        return None
-    return urllib.parse.unquote(head.rpartition("/model/")[2])
+    call = model_action(path)
+    return call[0] if call is not None and call[1] == "count-tokens" else None
 
 
 def count_request(body: bytes, model: str) -> tuple[str, bytes]:

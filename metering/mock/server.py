@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import threading
-import urllib.parse
 from collections import deque
 from http import HTTPStatus
 from typing import Any
@@ -175,7 +174,11 @@ class MockUpstream:
         record = Record(method, path, headers, _decode(body))
         self.book.saw(record)
         anthropic = path.endswith("/messages") or path.endswith("/messages/count_tokens")
-        if _gemini_call(path) or _gemini_count(path) or _bedrock_call(path) is not None:
+        if (
+            _gemini_call(path)
+            or _gemini_count(path)
+            or bedrock_answers.converse_call(path) is not None
+        ):
             anthropic = None  # Google's or Amazon's shapes
         if vertex.anthropic_call(path) is not None or bedrock_answers.invoke_call(path):
             anthropic = True
@@ -200,7 +203,7 @@ class MockUpstream:
 
         def fail(status: int, message: str, kind: str, param: str | None = None) -> None:
             record.status = status
-            if _bedrock_call(path) is not None or invoke_call is not None:
+            if bedrock_answers.converse_call(path) is not None or invoke_call is not None:
                 conn.send(status, bedrock_protocol.error_body(status, message))
             elif anthropic is None:
                 conn.send(status, gemini_protocol.error_body(status, message))
@@ -275,7 +278,7 @@ class MockUpstream:
         gemini_call = _gemini_call(path)
         if gemini_call is not None:
             protocol = gemini_protocol.PROVIDER.for_call(*gemini_call)
-        bedrock_call = _bedrock_call(path)
+        bedrock_call = bedrock_answers.converse_call(path)
         if bedrock_call is not None:
             protocol = bedrock_protocol.PROVIDER.for_call(*bedrock_call)
         try:
@@ -463,14 +466,6 @@ def _gemini_count(path: str) -> bool:
     return bool(sep) and method == "countTokens" and "/models/" in head
 
 
-def _bedrock_call(path: str) -> tuple[str, bool] | None:
-    """(model, stream) of a Bedrock path `.../model/{modelId}/converse[-stream]`."""
-    head, _, action = path.rpartition("/")
-    if action not in ("converse", "converse-stream") or "/model/" not in head:
-        return None
-    return urllib.parse.unquote(head.rpartition("/model/")[2]), action == "converse-stream"
-
-
 def _endpoint(path: str) -> str | None:
     claude_call = vertex.anthropic_call(path)
     if claude_call is not None:
@@ -481,7 +476,7 @@ def _endpoint(path: str) -> str | None:
         return gemini_protocol.ENDPOINT
     if _gemini_count(path):
         return gemini_protocol.COUNT_ENDPOINT
-    if _bedrock_call(path) is not None:
+    if bedrock_answers.converse_call(path) is not None:
         return bedrock_protocol.ENDPOINT
     for suffix, endpoint in (
         ("/chat/completions", "chat"),

@@ -95,6 +95,15 @@ def ledger(world: World) -> dict:
     return httpx.get(f"{world.mock}/_mock/ledger", timeout=5).json()
 
 
+def the_record(timeout: float = 10) -> UsageRecord:
+    """The call's one record, once the proxy has written it (after the client saw the end)."""
+    deadline = time.monotonic() + timeout
+    while not UsageRecord.objects.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (record,) = UsageRecord.objects.all()
+    return record
+
+
 def mock_requests(world: World) -> list[dict]:
     return httpx.get(f"{world.mock}/_mock/requests", timeout=5).json()
 

@@ -6,7 +6,6 @@ and its cost the price arithmetic (`assert_records_match_ledger`)."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 from decimal import Decimal
 
 import anthropic
@@ -15,7 +14,7 @@ import pytest
 from django.utils import timezone
 
 from metering.models import ModelPrice, ModelRoute, Upstream, UsageRecord
-from tests.clients.conftest import assert_records_match_ledger, ledger, mock_requests
+from tests.clients.conftest import assert_records_match_ledger, ledger, mock_requests, the_record
 from tests.e2e.conftest import AWS_ACCESS_KEY_ID, World
 
 pytestmark = pytest.mark.e2e
@@ -228,10 +227,7 @@ def test_a_stream_broken_mid_way_is_charged_what_was_produced(bedrock_world: Wor
         ):
             text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
     assert text == " the quick brown fox jumps over a lazy dog and"
-    deadline = time.monotonic() + 10
-    while not UsageRecord.objects.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    (record,) = UsageRecord.objects.all()
+    record = the_record()
     ((request_id, (_, produced, why)),) = ledger(bedrock_world)["cut"].items()
     assert (record.request_id, record.output_tokens, why) == (request_id, produced, "stream_error")
     assert (record.usage_source, record.error_type) == ("estimated", "serviceUnavailableException")
@@ -257,10 +253,7 @@ def test_an_anthropic_stream_broken_mid_way_ends_in_an_error_event(bedrock_world
             if event.type == "content_block_delta" and event.delta.type == "text_delta":
                 text += event.delta.text
     assert text == " the quick brown fox jumps over a lazy dog and"
-    deadline = time.monotonic() + 10
-    while not UsageRecord.objects.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    (record,) = UsageRecord.objects.all()
+    record = the_record()
     ((request_id, (_, produced, why)),) = ledger(bedrock_world)["cut"].items()
     assert (record.request_id, record.output_tokens, why) == (request_id, produced, "stream_error")
     assert (record.endpoint, record.error_type) == ("messages", "serviceUnavailableException")

@@ -25,6 +25,7 @@ from tests.clients.conftest import (
     expected_cost,
     ledger,
     mock_requests,
+    the_record,
 )
 from tests.e2e.conftest import AWS_ACCESS_KEY_ID, World
 
@@ -247,10 +248,7 @@ def test_a_stream_cut_by_the_upstream_is_charged_input_plus_what_was_streamed(
             text += part
     assert "overloaded" in str(caught.value).lower()
     assert text == " the quick brown fox jumps over"
-    deadline = time.monotonic() + 10
-    while not UsageRecord.objects.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    (record,) = UsageRecord.objects.all()
+    record = the_record()
     served_input, produced, why = ledger(invoke_world)["cut"][request_id]
     assert (why, produced) == ("stream_error", 6)
     assert (record.request_id, record.input_tokens, record.output_tokens) == (
@@ -314,10 +312,7 @@ def test_a_client_that_leaves_after_five_tokens_pays_input_plus_five(
                 break
     served_input, produced, why = _wait_for_cut(invoke_world, request_id)
     assert why == "client_gone" and produced == 5
-    deadline = time.monotonic() + 10
-    while not UsageRecord.objects.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    (record,) = UsageRecord.objects.all()
+    record = the_record()
     assert (record.input_tokens, record.output_tokens) == (served_input, 5)
     assert record.status_code == 499 and record.error_type == "client_closed"
     assert record.cost == expected_cost(record) > 0
@@ -339,10 +334,7 @@ def test_a_chat_stream_cut_by_the_upstream_ends_in_an_error(invoke_world: World)
         ):
             text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
     assert text == " the quick brown fox jumps over"
-    deadline = time.monotonic() + 10
-    while not UsageRecord.objects.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    (record,) = UsageRecord.objects.all()
+    record = the_record()
     ((request_id, (served_input, produced, why)),) = ledger(invoke_world)["cut"].items()
     assert (record.request_id, why, produced) == (request_id, "stream_error", 6)
     assert (record.input_tokens, record.output_tokens) == (served_input, 6)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from decimal import Decimal
 
 import anthropic
@@ -23,7 +22,7 @@ from google.genai import types
 
 from metering import price_catalog
 from metering.models import ModelPrice, ModelRoute, Upstream, UsageRecord
-from tests.clients.conftest import assert_records_match_ledger, ledger, mock_requests
+from tests.clients.conftest import assert_records_match_ledger, ledger, mock_requests, the_record
 from tests.e2e.conftest import World
 
 pytestmark = pytest.mark.e2e
@@ -372,10 +371,7 @@ def test_a_stream_broken_mid_way_is_charged_what_was_produced(gemini_world: Worl
             text += chunk.text or ""
     assert text == " the quick brown fox jumps over a lazy dog and"
     cut = ledger(gemini_world)["cut"]
-    deadline = time.monotonic() + 10
-    while not UsageRecord.objects.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    (record,) = UsageRecord.objects.all()
+    record = the_record()
     assert cut == {record.request_id: [record.input_tokens, record.output_tokens, "stream_error"]}
     assert (record.usage_source, record.error_type) == ("estimated", "UNAVAILABLE")
     assert record.cost == (record.input_tokens * 1 + record.output_tokens * 2) / Decimal(10**6)

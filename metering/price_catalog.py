@@ -27,7 +27,7 @@ CATALOG_PROVIDERS = ("openai", "anthropic")
 # the first sync (demo data, imports) still finds a price.
 SEED_FROM = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 _PLACES = Decimal("0.00000001")  # ModelPrice stores 8 decimal places
-_KIND_TO_PROVIDER = {
+_KIND_TO_PROVIDER: dict[str, str] = {
     Upstream.Kind.OPENAI: "openai",
     Upstream.Kind.AZURE_OPENAI: "openai",
     Upstream.Kind.ANTHROPIC: "anthropic",

@@ -272,10 +272,10 @@ async def aws_credentials_ready() -> None:
     expiring ones in a worker thread, so that signing on the event loop never waits on I/O."""
     if "credentials" not in _aws:
         await asyncio.to_thread(aws_credentials)
-    credentials = _aws.get("credentials")
+    credentials: Any = _aws.get("credentials")  # botocore's Credentials (untyped), or None
     refresh_needed = getattr(credentials, "refresh_needed", None)
     if refresh_needed is not None and refresh_needed():
-        await asyncio.to_thread(credentials.get_frozen_credentials)  # type: ignore[union-attr]
+        await asyncio.to_thread(credentials.get_frozen_credentials)
 
 
 def reset_aws_credentials() -> None:

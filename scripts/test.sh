@@ -17,7 +17,8 @@ export PYTHONUNBUFFERED=1
     budgets/onboarding.py config/celery.py config/management identity \
     metering/apis.py metering/catalog_services.py metering/quota metering/selectors.py \
     metering/serializers.py metering/services.py metering/deployments.py \
-    metering/providers metering/proxy metering/body.py
+    metering/providers metering/proxy metering/body.py metering/price_catalog.py \
+    metering/upstream.py
 
 # With no pytest arguments, the date-sensitive tests (marker `clock`) run again on each
 # database, each test starting at a hard instant in a zone far from UTC: the first minute of a

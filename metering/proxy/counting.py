@@ -174,7 +174,8 @@ async def count(
     kind = route.target.kind
     if kind in upstream.BEDROCK_KINDS:
         try:
-            payload = _bedrock_count_body(parsed, kind)
+            # Translating and encoding megabytes of prompt goes to the pool, as a call's does.
+            payload = await sized_work(len(body), _bedrock_count_body, parsed, kind)
         except BodyEncodingError:
             raise errors.unencodable_body() from None
         except TranslationError as exc:

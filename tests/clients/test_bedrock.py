@@ -130,15 +130,20 @@ def test_anthropic_sdk_on_a_bedrock_route(bedrock_world: World, stream: bool) ->
     assert sent["body"]["inferenceConfig"]["maxTokens"] == 12
 
 
-def test_count_tokens_on_a_converse_route_is_bedrocks_own(bedrock_world: World) -> None:
+@pytest.mark.parametrize("repeat", [1, 2500], ids=["short", "over-64KiB"])
+def test_count_tokens_on_a_converse_route_is_bedrocks_own(
+    bedrock_world: World, repeat: int
+) -> None:
     """The anthropic SDK's count_tokens on a Converse route: Bedrock's CountTokens with the
     Converse request (messages, system) the call would send, never charged; the count is the
-    input the same call is then charged."""
+    input the same call is then charged. A prompt over 64 KiB is translated off the event loop,
+    to the same count."""
     client = anthropic.Anthropic(api_key=bedrock_world.key, base_url=bedrock_world.proxy)
+    prompt = "Hello there, how are you today?" * repeat
     asked = {
         "model": PUBLIC,
         "system": "Be brief.",
-        "messages": [{"role": "user", "content": "Hello there, how are you today?"}],
+        "messages": [{"role": "user", "content": prompt}],
     }
     counted = client.messages.with_raw_response.count_tokens(**asked)  # type: ignore[arg-type]
     assert "x-tokenbudget-estimated" not in counted.headers
@@ -147,7 +152,7 @@ def test_count_tokens_on_a_converse_route_is_bedrocks_own(bedrock_world: World) 
     assert sent["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 ")
     converse = sent["body"]["input"]["converse"]
     assert converse["system"] == [{"text": "Be brief."}]
-    assert converse["messages"][0]["content"] == [{"text": "Hello there, how are you today?"}]
+    assert converse["messages"][0]["content"] == [{"text": prompt}]
     assert "inferenceConfig" not in converse
     assert not UsageRecord.objects.exists()
     client.messages.create(max_tokens=8, **asked)  # type: ignore[arg-type]

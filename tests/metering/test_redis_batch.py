@@ -12,6 +12,7 @@ import redis
 import redis.asyncio as aioredis
 
 from metering.quota.batch import ScriptBatcher
+from tests.e2e.test_production import RedisServer, redis_server  # noqa: F401  (fixture)
 
 REDIS_URL = os.environ.get("TB_TEST_REDIS_BATCH_URL", "redis://127.0.0.1:6379/11")
 # Adds ARGV[1] to KEYS[1] and answers the new value; ARGV[1] == "boom" raises a script error.
@@ -57,11 +58,15 @@ def test_concurrent_runs_share_pipelines_and_each_gets_its_own_answer(url: str) 
     assert batcher.pipelines < 10  # 200 runs from one burst: a handful of round trips
 
 
-def test_a_lone_call_and_a_flushed_script_cache_still_work(url: str) -> None:
+def test_a_lone_call_and_a_flushed_script_cache_still_work(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """On a Redis server of the test's own: SCRIPT FLUSH empties the whole server's cache, and
+    would send every other user of a shared one to NOSCRIPT."""
     key = f"test:batch:{uuid.uuid4().hex}"
 
     async def run() -> list[int]:
-        client, _, add = await _setup(url)
+        client, _, add = await _setup(redis_server.url)
         try:
             first = int(await add(keys=[key], args=[5]))
             await client.script_flush()  # as after a Redis restart: NOSCRIPT on the next run

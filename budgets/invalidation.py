@@ -4,12 +4,12 @@ pub/sub channel, sent once the change has committed.
 The proxy caches keys (with their employee, policy, allowance and cost-center caps) and routes
 (with their prices) per process for at most `TB_KEY_CACHE_SECONDS`. With Redis configured each
 proxy process listens on `channel(settings.REDIS_URL)` (`metering.invalidation`) and drops what a
-message names, so a
-revoked key or a changed policy takes effect within a round trip instead of a cache lifetime.
-Redis pub/sub is not scoped by database, so the channel is named by the database of `REDIS_URL`:
-two installations sharing one Redis server on different databases never drop each other's
-caches. Without Redis, or while it is unreachable, nothing is sent and the lifetime still bounds
-staleness; a listener that reconnects drops everything, since it may have missed messages.
+message names, so a revoked key or a changed policy takes effect within a round trip instead of
+a cache lifetime. Redis pub/sub is not scoped by database, so the channel is named by the
+database of `REDIS_URL`: two installations sharing one Redis server on different databases never
+drop each other's caches. Without Redis, or while it is unreachable, nothing is sent and the
+lifetime still bounds staleness; a listener that reconnects drops everything, since it may have
+missed messages.
 
 This module lives in `budgets` (the lowest app) so that budgets' own services can publish
 without importing the proxy.

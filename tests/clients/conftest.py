@@ -13,8 +13,10 @@ import shutil
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
+import openai
 import pytest
 from django.utils import timezone
 
@@ -93,6 +95,31 @@ def client_world(transactional_db: None, proxy_url: str, mock_upstream_url: str)
 
 def ledger(world: World) -> dict:
     return httpx.get(f"{world.mock}/_mock/ledger", timeout=5).json()
+
+
+def wait_for_cut(world: World, request_id: str) -> list:
+    """The mock's ledger entry for a cut stream, [input, produced, why], once it has one."""
+    deadline = time.monotonic() + 5
+    while request_id not in (cut := ledger(world)["cut"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return cut[request_id]
+
+
+def chat_answer(client: openai.OpenAI, stream: bool, **kwargs: Any) -> tuple[str, Any, Any]:
+    """(text, finish reason, usage) of one chat completion through the openai SDK, whole or
+    streamed with usage included."""
+    if stream:
+        chunks = list(
+            client.chat.completions.create(
+                **kwargs, stream=True, stream_options={"include_usage": True}
+            )
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+        return text, finish, chunks[-1].usage
+    answer = client.chat.completions.create(stream=False, **kwargs)
+    choice = answer.choices[0]
+    return choice.message.content or "", choice.finish_reason, answer.usage
 
 
 def the_record(timeout: float = 10) -> UsageRecord:

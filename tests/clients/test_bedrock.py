@@ -14,7 +14,13 @@ import pytest
 from django.utils import timezone
 
 from metering.models import ModelPrice, ModelRoute, Upstream, UsageRecord
-from tests.clients.conftest import assert_records_match_ledger, ledger, mock_requests, the_record
+from tests.clients.conftest import (
+    assert_records_match_ledger,
+    chat_answer,
+    ledger,
+    mock_requests,
+    the_record,
+)
 from tests.e2e.conftest import AWS_ACCESS_KEY_ID, World
 
 pytestmark = pytest.mark.e2e
@@ -56,23 +62,9 @@ def test_openai_sdk_on_a_bedrock_route(bedrock_world: World, stream: bool) -> No
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hello there, how are you today?"},
     ]
-    if stream:
-        chunks = list(
-            client.chat.completions.create(
-                model=PUBLIC,
-                messages=messages,
-                max_tokens=12,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-        )
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
-        usage = chunks[-1].usage
-    else:
-        answer = client.chat.completions.create(model=PUBLIC, messages=messages, max_tokens=12)
-        text, finish = answer.choices[0].message.content, answer.choices[0].finish_reason
-        usage = answer.usage
+    text, finish, usage = chat_answer(
+        client, stream, model=PUBLIC, messages=messages, max_tokens=12
+    )
     assert text.startswith(" the quick brown fox")
     assert finish == "length"
     (record,) = assert_records_match_ledger(bedrock_world)

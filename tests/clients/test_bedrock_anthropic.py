@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import time
 from decimal import Decimal
 
 import anthropic
@@ -22,10 +21,12 @@ from metering import catalog_services, price_catalog
 from metering.models import ModelPrice, ModelRoute, Upstream, UsageRecord
 from tests.clients.conftest import (
     assert_records_match_ledger,
+    chat_answer,
     expected_cost,
     ledger,
     mock_requests,
     the_record,
+    wait_for_cut,
 )
 from tests.e2e.conftest import AWS_ACCESS_KEY_ID, World
 
@@ -129,21 +130,7 @@ def test_anthropic_sdk_messages(invoke_world: World, stream: bool) -> None:
 def test_openai_sdk_chat_crosses_to_the_invoke_route(invoke_world: World, stream: bool) -> None:
     client = openai.OpenAI(base_url=invoke_world.proxy + "/v1", api_key=invoke_world.key)
     kwargs = {"model": PUBLIC, "messages": MESSAGES, "max_tokens": 12}
-    if stream:
-        chunks = list(
-            client.chat.completions.create(
-                **kwargs,  # type: ignore[arg-type]
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-        )
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
-        usage = chunks[-1].usage
-    else:
-        answer = client.chat.completions.create(**kwargs)  # type: ignore[arg-type]
-        text, finish = answer.choices[0].message.content or "", answer.choices[0].finish_reason
-        usage = answer.usage
+    text, finish, usage = chat_answer(client, stream, **kwargs)
     assert text.startswith(" the quick brown fox")
     assert finish == "length"
     assert _check_sent(invoke_world, stream)["max_tokens"] == 12
@@ -285,13 +272,6 @@ def test_the_catalogue_prices_a_bedrock_claude_id(invoke_world: World) -> None:
     assert record.upstream_model == model and record.cost == expected_cost(record) > 0
 
 
-def _wait_for_cut(world: World, request_id: str) -> list:
-    deadline = time.monotonic() + 5
-    while request_id not in (cut := ledger(world)["cut"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return cut[request_id]
-
-
 def test_a_client_that_leaves_after_five_tokens_pays_input_plus_five(
     invoke_world: World,
 ) -> None:
@@ -310,7 +290,7 @@ def test_a_client_that_leaves_after_five_tokens_pays_input_plus_five(
             received += 1
             if received == 5:
                 break
-    served_input, produced, why = _wait_for_cut(invoke_world, request_id)
+    served_input, produced, why = wait_for_cut(invoke_world, request_id)
     assert why == "client_gone" and produced == 5
     record = the_record()
     assert (record.input_tokens, record.output_tokens) == (served_input, 5)

@@ -20,7 +20,7 @@ from google.genai import types
 
 from metering import catalog_services, price_catalog
 from metering.models import ModelPrice, ModelRoute, Upstream, UsageRecord
-from tests.clients.conftest import assert_records_match_ledger, ledger, mock_requests
+from tests.clients.conftest import assert_records_match_ledger, chat_answer, ledger, mock_requests
 from tests.e2e.conftest import VERTEX_BAD_ENV, World
 from tests.google_accounts import Account, grants
 
@@ -103,17 +103,7 @@ def test_the_catalogue_prices_vertex_models(vertex_world: World) -> None:
 def test_openai_sdk_chat(vertex_world: World, model: str, stream: bool) -> None:
     client = openai.OpenAI(base_url=vertex_world.proxy + "/v1", api_key=vertex_world.key)
     kwargs = {"model": model, "messages": MESSAGES, "max_tokens": 40}
-    if stream:
-        chunks = list(
-            client.chat.completions.create(
-                **kwargs, stream=True, stream_options={"include_usage": True}
-            )
-        )
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        usage = chunks[-1].usage
-    else:
-        answer = client.chat.completions.create(**kwargs)
-        text, usage = answer.choices[0].message.content or "", answer.usage
+    text, _, usage = chat_answer(client, stream, **kwargs)
     assert text.startswith(" the quick brown fox")
     body = _check_sent(vertex_world, model, stream)
     if model == CLAUDE:

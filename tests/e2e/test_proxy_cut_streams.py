@@ -6,14 +6,13 @@ error before any output gives the hold back and charges nothing."""
 
 from __future__ import annotations
 
-import time
-
 import anthropic
 import httpx
 import pytest
 
 from budgets.models import Allowance
 from metering.models import UsageRecord
+from tests.clients.conftest import ledger, wait_for_cut
 from tests.e2e.conftest import World
 from tests.e2e.proxy_modes import (
     Mode,
@@ -38,17 +37,6 @@ def claude(world: World) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=world.proxy, api_key=world.key, max_retries=0, timeout=20)
 
 
-def _ledger(world: World) -> dict:
-    return httpx.get(f"{world.mock}/_mock/ledger", timeout=5).json()
-
-
-def _wait_for_cut(world: World, request_id: str) -> list:
-    deadline = time.monotonic() + 5
-    while request_id not in (cut := _ledger(world)["cut"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return cut[request_id]
-
-
 def _assert_charged(world: World, mode: Mode, record: UsageRecord) -> None:
     allowance = Allowance.objects.get(pk=world.allowance.pk)
     assert allowance.used == record.input_tokens + record.output_tokens
@@ -70,7 +58,7 @@ def test_a_client_that_leaves_after_five_tokens_pays_input_plus_five(
             received += 1
             if received == 5:
                 break
-    served_input, produced, why = _wait_for_cut(world, request_id)
+    served_input, produced, why = wait_for_cut(world, request_id)
     assert why == "client_gone" and produced == 5
     [record] = wait_for_records(1)
     assert record.request_id == request_id
@@ -100,7 +88,7 @@ def test_an_upstream_error_after_six_tokens_is_charged_input_plus_six(
         for _ in stream.text_stream:
             pass
     assert "overloaded" in str(caught.value).lower()
-    served_input, produced, why = _wait_for_cut(world, request_id)
+    served_input, produced, why = wait_for_cut(world, request_id)
     assert why == "stream_error" and produced == 6
     [record] = wait_for_records(1)
     assert (record.request_id, record.input_tokens, record.output_tokens) == (
@@ -132,7 +120,7 @@ def test_an_upstream_error_before_any_output_charges_nothing(world: World, mode:
     assert (
         record.usage_source == UsageRecord.Source.NONE and record.error_type == "overloaded_error"
     )
-    assert _ledger(world)["cut"] == {} and _ledger(world)["count"] == 0, "the mock produced nothing"
+    assert ledger(world)["cut"] == {} and ledger(world)["count"] == 0, "the mock produced nothing"
     allowance = Allowance.objects.get(pk=world.allowance.pk)
     assert allowance.used == 0
     assert_no_hold_left(world, mode)
@@ -149,7 +137,7 @@ def test_a_complete_stream_is_charged_the_final_usage(world: World, mode: Mode) 
         final = stream.get_final_message()
     assert final.usage.output_tokens == 30
     [record] = wait_for_records(1)
-    assert _ledger(world)["requests"] == {request_id: [record.input_tokens, 30]}
+    assert ledger(world)["requests"] == {request_id: [record.input_tokens, 30]}
     assert record.output_tokens == 30 and not record.estimated
     _assert_charged(world, mode, record)
 
@@ -177,7 +165,7 @@ def test_a_chat_stream_cut_after_five_tokens_matches_the_mock(world: World, mode
                 words += 1
             if words == 5:
                 break
-    served_input, produced, why = _wait_for_cut(world, request_id)
+    served_input, produced, why = wait_for_cut(world, request_id)
     assert (why, produced) == ("client_gone", 5)
     [record] = wait_for_records(1)
     assert record.output_tokens == produced
